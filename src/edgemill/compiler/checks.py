@@ -1,0 +1,31 @@
+"""Model validity: the ONNX checker and strict shape inference, with one-line errors."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..errors import ModelCheckError
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def check_model(model: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    """Run the ONNX checker and shape inference; return the model with inferred shapes."""
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelCheckError(
+            f"{label} fails the ONNX checker", value=_first_line(exc),
+            fix="re-export the model from its framework; `python -c \"import onnx; onnx.checker.check_model('MODEL')\"` "
+                "shows the full report",
+        ) from None
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelCheckError(
+            f"{label} fails ONNX shape inference", value=_first_line(exc),
+            fix="check the input shapes (fix them with --input NAME:SHAPE) or re-export the model",
+        ) from None

@@ -1,0 +1,57 @@
+"""What flows through the pipeline: the model being compiled and what each step learned."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from ..targets import Target
+from .options import CompileOptions
+
+Progress = Callable[[str, str, float | None], None]  # (step, message, seconds or None when starting)
+
+
+def silent(step: str, message: str, seconds: float | None) -> None:
+    pass
+
+
+@dataclass
+class SourceInfo:
+    framework: str
+    framework_version: str
+    file: str
+    sha256: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"framework": self.framework, "framework_version": self.framework_version, "file": self.file,
+                "sha256": self.sha256, **self.details}
+
+
+@dataclass
+class CompileContext:
+    options: CompileOptions
+    target: Target
+    backend: str
+    source: SourceInfo
+    original: onnx.ModelProto  # as the frontend produced it, after checks: the accuracy reference
+    progress: Progress = silent
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str, message: str) -> Iterator[dict[str, Any]]:
+        """Time a step, report progress, and collect what it records in the report."""
+        record: dict[str, Any] = {"step": name}
+        self.progress(name, message, None)
+        start = time.perf_counter()
+        yield record
+        record["seconds"] = round(time.perf_counter() - start, 4)
+        self.steps.append(record)
+        self.progress(name, record.get("summary", message), record["seconds"])

@@ -1,0 +1,98 @@
+"""Compile options, validated once at the edge so the pipeline can trust them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FileNotFound, OptionError
+from ..package.layout import SUFFIX
+from ..package.manifest import is_semver
+from ..tensors import InputOverride, parse_input_override
+
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+AVAILABLE_PRECISIONS = ("fp32",)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    model: Path
+    target: str = "host"
+    output: Path | None = None
+    framework: str | None = None
+    inputs: tuple[InputOverride, ...] = ()
+    precision: str = "auto"
+    backend: str = "auto"
+    name: str | None = None
+    version: str = "0.1.0"
+    tolerance: float = 1e-4  # max relative error accepted for a lossless compile
+    validation: Path | None = None  # .npz of inputs used for the accuracy check
+    measure: bool = True  # measure latency of original vs compiled when the target runs here
+    seed: int = 0
+    check_threads: int = 1  # one thread makes the accuracy check, and so the manifest, deterministic
+    extra_passes: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def create(
+        cls,
+        model: str | Path,
+        target: str = "host",
+        output: str | Path | None = None,
+        inputs: list[str] | tuple[str | InputOverride, ...] = (),
+        **kwargs: object,
+    ) -> CompileOptions:
+        """Build options from user-facing values (paths as text, ``--input`` strings), validated."""
+        overrides = tuple(i if isinstance(i, InputOverride) else parse_input_override(i) for i in inputs)
+        opts = cls(
+            model=Path(model),
+            target=target,
+            output=Path(output) if output is not None else None,
+            inputs=overrides,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        opts.validate()
+        return opts
+
+    def validate(self) -> None:
+        if not self.model.exists():
+            raise FileNotFound("model file not found", value=str(self.model), fix="check the path")
+        if self.precision not in PRECISIONS:
+            raise OptionError("unknown precision", value=self.precision, expected=" | ".join(PRECISIONS),
+                              fix="pass --precision fp32")
+        if self.precision not in ("auto", *AVAILABLE_PRECISIONS):
+            raise OptionError(
+                "precision not available in this edgemill version", value=self.precision,
+                expected=" | ".join(("auto", *AVAILABLE_PRECISIONS)),
+                fix="compile with --precision fp32 (lossless); reduced precision arrives with the quantization passes",
+            )
+        if not is_semver(self.version):
+            raise OptionError("version is not semantic", value=self.version, expected="MAJOR.MINOR.PATCH, e.g. 1.2.0",
+                              fix="pass --version 1.0.0")
+        if self.name is not None and not _NAME.match(self.name):
+            raise OptionError("bad package name", value=self.name,
+                              expected="letters, digits, '.', '_' or '-', starting with a letter or digit",
+                              fix="pass --name my-model")
+        if not (0 <= self.tolerance < 1):
+            raise OptionError("tolerance out of range", value=self.tolerance, expected="0 <= tolerance < 1",
+                              fix="pass e.g. --tolerance 1e-4")
+        if self.validation is not None and not self.validation.is_file():
+            raise FileNotFound("validation file not found", value=str(self.validation),
+                               fix="pass an .npz with one array per model input")
+        names = [o.name for o in self.inputs]
+        if len(set(names)) != len(names):
+            raise OptionError("the same input is given twice with --input", value=names, fix="give each input once")
+
+    @property
+    def package_name(self) -> str:
+        if self.name:
+            return self.name
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model.stem).strip("-.") or "model"
+        return stem[:128]
+
+    @property
+    def output_path(self) -> Path:
+        if self.output is not None:
+            return self.output
+        return self.model.with_name(f"{self.package_name}-{self.target}{SUFFIX}")

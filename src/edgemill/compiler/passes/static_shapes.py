@@ -1,0 +1,67 @@
+"""Fix input shapes the user gave with ``--input NAME:SHAPE[:DTYPE]``, then re-infer shapes.
+
+Static shapes let onnxruntime plan memory once and let later passes (quantization, TVM) specialize.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+from ...errors import OptionError
+from ..checks import check_model
+from ..context import CompileContext
+from ..graph import graph_inputs, value_spec
+from . import register
+
+
+def _applies(ctx: CompileContext) -> bool:
+    return bool(ctx.options.inputs)
+
+
+@register("static_shapes", "fix input shapes given with --input", order=10, applies=_applies)
+def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inputs = {v.name: v for v in graph_inputs(model)}
+    changed = []
+    for override in ctx.options.inputs:
+        if override.name not in inputs:
+            raise OptionError("--input names an input the model does not have", value=override.name,
+                              expected="one of " + ", ".join(repr(n) for n in inputs),
+                              fix="use `edgemill compile --explain` or Netron to see the input names")
+        value = inputs[override.name]
+        spec = value_spec(value)
+        if override.dtype is not None and override.dtype != spec.dtype:
+            raise OptionError(f"--input gives input {override.name!r} a different dtype", value=override.dtype,
+                              expected=spec.dtype, fix=f"write --input {override.name}:SHAPE:{spec.dtype} or leave DTYPE out")
+        if spec.shape and len(override.shape) != len(spec.shape):
+            raise OptionError(f"--input gives input {override.name!r} a different rank", value=list(override.shape),
+                              expected=f"{len(spec.shape)} dimensions {spec.shape_text()}",
+                              fix="give one size per dimension")
+        for axis, (new, old) in enumerate(zip(override.shape, spec.shape)):
+            if isinstance(old, int) and old >= 0 and isinstance(new, int) and new >= 0 and new != old:
+                raise OptionError(f"--input changes a fixed dimension of {override.name!r}", value=new,
+                                  expected=f"{old} at axis {axis} (the model fixes it)",
+                                  fix=f"keep axis {axis} at {old}")
+        dims = value.type.tensor_type.shape.dim
+        while len(dims) < len(override.shape):
+            dims.add()
+        for d, new in zip(dims, override.shape):
+            if isinstance(new, int) and new >= 0:
+                d.dim_value = new
+            elif isinstance(new, str):
+                d.dim_param = new
+            else:
+                d.Clear()
+        changed.append(f"{override.name}{list(override.shape)}")
+    # Shapes inferred for the old input shapes are stale: drop them and let inference derive new ones.
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        if tt.HasField("shape") and any(not d.HasField("dim_value") for d in tt.shape.dim):
+            tt.ClearField("shape")
+    model = check_model(model, "the model with fixed input shapes")
+    record["summary"] = "fixed " + ", ".join(changed)
+    return model
+

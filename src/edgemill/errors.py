@@ -1,0 +1,176 @@
+"""One error tree for the whole project.
+
+Every error a user can cause is an :class:`EdgemillError` that carries what was wrong (the value),
+what was expected, and how to fix it. :data:`STATUS_TABLE` maps each kind of error to the exit code of
+the CLI, the HTTP status of the server and the gRPC status code of the agent, so the three front
+doors agree.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class EdgemillError(Exception):
+    """Base class: a problem the user can fix, described in one line."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        value: Any = None,
+        expected: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.problem = problem
+        self.value = value
+        self.expected = expected
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        parts = [self.problem]
+        if self.value is not None:
+            parts[0] += f": {_show(self.value)}"
+        if self.expected:
+            parts.append(f"expected {self.expected}")
+        text = "; ".join(parts)
+        if self.fix:
+            text += f". Fix: {self.fix}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        status = status_for(self)
+        return {
+            "error": type(self).__name__,
+            "message": self.one_line(),
+            "problem": self.problem,
+            "value": _show(self.value) if self.value is not None else None,
+            "expected": self.expected,
+            "fix": self.fix,
+            "exit_code": status.exit_code,
+        }
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if value != "" else "''"
+    return str(value)
+
+
+# --- user errors (exit 1) -------------------------------------------------------------------
+
+
+class UserError(EdgemillError):
+    """Bad input from the user: a file, an option, a tensor."""
+
+
+class FileNotFound(UserError):
+    """A path the user named does not exist."""
+
+
+class ModelFormatError(UserError):
+    """A file that is not a model of the expected kind, or cannot be parsed."""
+
+
+class ModelCheckError(UserError):
+    """A model that parses but is invalid (checker, shape inference)."""
+
+
+class UnknownTargetError(UserError):
+    """A target name not in the catalog."""
+
+
+class OptionError(UserError):
+    """A compile/run option with a bad value."""
+
+
+class InputMismatchError(UserError):
+    """Tensors given to a model do not match its inputs (name, dtype, shape)."""
+
+
+class AccuracyCheckError(UserError):
+    """The compiled model does not reproduce the original within tolerance."""
+
+
+class KeyFileError(UserError):
+    """A signing or public key that cannot be read or has the wrong type."""
+
+
+class BackendError(UserError):
+    """A backend library refused or failed to run a model."""
+
+
+class UsageError(EdgemillError):
+    """The command line itself is malformed (exit 2)."""
+
+
+# --- verification refusals (exit 3) ---------------------------------------------------------
+
+
+class RefusalReason(str, enum.Enum):
+    """Why a package was refused. Every refusal names exactly one of these."""
+
+    CORRUPT_PACKAGE = "corrupt_package"
+    MALFORMED_MANIFEST = "malformed_manifest"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    NOT_SIGNED = "not_signed"
+    MALFORMED_SIGNATURE = "malformed_signature"
+    UNTRUSTED_KEY = "untrusted_key"
+    BAD_SIGNATURE = "bad_signature"
+    MANIFEST_MODIFIED = "manifest_modified"
+    FILE_MODIFIED = "file_modified"
+    FILE_ADDED = "file_added"
+    FILE_REMOVED = "file_removed"
+    VERSION_ROLLBACK = "version_rollback"
+
+
+class VerificationError(EdgemillError):
+    """A package refused before any byte of it was loaded."""
+
+    def __init__(self, reason: RefusalReason, problem: str, **kwargs: Any) -> None:
+        self.reason = reason
+        super().__init__(problem, **kwargs)
+
+    def one_line(self) -> str:
+        return f"package refused ({self.reason.value}): {super().one_line()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "reason": self.reason.value}
+
+
+# --- one table: error kind -> exit code, HTTP status, gRPC code -----------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    exit_code: int
+    http_status: int
+    grpc_code: str  # name of grpc.StatusCode, kept as text so this module imports nothing
+
+
+STATUS_TABLE: dict[type[EdgemillError], Status] = {
+    EdgemillError: Status(1, 400, "INVALID_ARGUMENT"),
+    UserError: Status(1, 400, "INVALID_ARGUMENT"),
+    FileNotFound: Status(1, 404, "NOT_FOUND"),
+    ModelFormatError: Status(1, 422, "INVALID_ARGUMENT"),
+    ModelCheckError: Status(1, 422, "INVALID_ARGUMENT"),
+    UnknownTargetError: Status(1, 400, "INVALID_ARGUMENT"),
+    OptionError: Status(1, 400, "INVALID_ARGUMENT"),
+    InputMismatchError: Status(1, 400, "INVALID_ARGUMENT"),
+    AccuracyCheckError: Status(1, 422, "FAILED_PRECONDITION"),
+    KeyFileError: Status(1, 400, "INVALID_ARGUMENT"),
+    BackendError: Status(1, 500, "INTERNAL"),
+    UsageError: Status(2, 400, "INVALID_ARGUMENT"),
+    VerificationError: Status(3, 422, "PERMISSION_DENIED"),
+}
+
+
+def status_for(error: EdgemillError) -> Status:
+    """The status of the most specific class of ``error`` listed in the table."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_TABLE:
+            return STATUS_TABLE[cls]  # type: ignore[index]
+    return STATUS_TABLE[EdgemillError]

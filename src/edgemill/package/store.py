@@ -1,0 +1,117 @@
+"""The I/O shell around the package format: open and verify, read verified bytes, sign, describe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import RefusalReason, VerificationError
+from .bundle import make_bundle, parse_bundle
+from .keys import KeySource, PublicKey, load_private_key, load_public_keys
+from .layout import MANIFEST, REPORT, SIGNATURE
+from .reader import PackageReader, open_package
+from .verify import VerifiedPackage, verify_package
+from .writer import is_tar_path, write_file_atomic, write_package
+
+TrustedKeys = Sequence[KeySource | PublicKey]
+
+
+def _public_keys(trusted_keys: TrustedKeys | None) -> list[PublicKey] | None:
+    if trusted_keys is None:
+        return None
+    keys = [k for k in trusted_keys if isinstance(k, PublicKey)]
+    keys += load_public_keys([k for k in trusted_keys if not isinstance(k, PublicKey)])
+    return keys
+
+
+def _gather(reader: PackageReader) -> tuple[bytes | None, dict[str, str], bytes | None]:
+    names = set(reader.names())
+    bundle = reader.read(SIGNATURE) if SIGNATURE in names else None
+    manifest = reader.read(MANIFEST) if MANIFEST in names else None
+    digests = {n: reader.sha256(n) for n in sorted(names - {SIGNATURE})}
+    return manifest, digests, bundle
+
+
+def open_verified(
+    path: str | os.PathLike[str],
+    trusted_keys: TrustedKeys | None = None,
+    installed_version: str | None = None,
+    allow_rollback: bool = False,
+) -> tuple[PackageReader, VerifiedPackage]:
+    """Open the package at ``path`` and verify it; the caller closes the reader."""
+    keys = _public_keys(trusted_keys)
+    reader = open_package(path)
+    try:
+        manifest, digests, bundle = _gather(reader)
+        verified = verify_package(manifest, digests, bundle, keys, installed_version, allow_rollback)
+    except BaseException:
+        reader.close()
+        raise
+    return reader, verified
+
+
+def read_verified(reader: PackageReader, verified: VerifiedPackage, name: str) -> bytes:
+    """The bytes of a file, re-checked against the verified manifest as they are read, so what is
+    loaded is exactly what was verified even if the file changed in between."""
+    data = reader.read(name)
+    entry = verified.manifest.files[name]
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise VerificationError(RefusalReason.FILE_MODIFIED, "a file changed while the package was being loaded",
+                                value=name, fix="do not modify packages while they are loaded")
+    return data
+
+
+def sign_package(path: str | os.PathLike[str], private_key: KeySource, password: bytes | None = None) -> str:
+    """Sign the package at ``path`` in place (replacing any signature); returns the signer's key hint.
+
+    The package must be intact against its own manifest: we never sign something already tampered with.
+    """
+    key = load_private_key(private_key, password)
+    path = Path(path)
+    with open_package(path) as reader:
+        manifest, digests, _ = _gather(reader)
+        verified = verify_package(manifest, digests, None, None)
+        bundle = make_bundle(verified.manifest.name, digests, key)
+        if is_tar_path(path) or path.is_file():
+            files = {n: reader.read(n) for n in reader.names() if n != SIGNATURE}
+            files[SIGNATURE] = bundle
+    if path.is_dir():
+        write_file_atomic(path / SIGNATURE, bundle)
+    else:
+        write_package(files, path)
+    return parse_bundle(bundle).key_hint
+
+
+def describe_package(path: str | os.PathLike[str], trusted_keys: TrustedKeys | None = None) -> dict[str, Any]:
+    """Everything `edgemill inspect` shows: manifest, id, signature state, report summary."""
+    keys = _public_keys(trusted_keys)
+    with open_package(path) as reader:
+        manifest_bytes, digests, bundle = _gather(reader)
+        verified = verify_package(manifest_bytes, digests, None, None)
+        report = json.loads(reader.read(REPORT)) if REPORT in reader.names() else None
+        partition = json.loads(reader.read("partition.json")) if "partition.json" in reader.names() else None
+    signature: dict[str, Any] = {"signed": bundle is not None}
+    if bundle is not None:
+        try:
+            signature["key"] = parse_bundle(bundle).key_hint[:16]
+        except Exception:  # noqa: BLE001 - shown as state, verification reports the reason
+            signature["key"] = None
+        if keys is not None:
+            try:
+                verify_package(manifest_bytes, digests, bundle, keys)
+                signature["verified"] = True
+            except VerificationError as exc:
+                signature["verified"] = False
+                signature["refusal"] = exc.reason.value
+    return {
+        "path": str(path),
+        "package_id": verified.package_id,
+        "manifest": json.loads(manifest_bytes or b"{}"),
+        "signature": signature,
+        "report": report,
+        "partition": partition,
+    }

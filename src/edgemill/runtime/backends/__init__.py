@@ -1,0 +1,55 @@
+"""Backends: one small module each, registered by name. A backend turns verified model bytes into a
+session that runs a feed dict and returns outputs in manifest order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ...errors import OptionError
+
+
+class BackendSession(Protocol):
+    def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    threads: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # the manifest's backend_options
+
+
+Loader = Callable[[bytes, Sequence[str], LoadSettings], BackendSession]
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    def wrap(loader: Loader) -> Loader:
+        _REGISTRY[name] = loader
+        return loader
+
+    return wrap
+
+
+def names() -> list[str]:
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_loader(name: str) -> Loader:
+    _import_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise OptionError(
+            "unknown backend", value=name, expected="one of " + ", ".join(sorted(_REGISTRY)),
+            fix="install the edgemill version that built this package, or recompile with a known backend",
+        ) from None
+
+
+def _import_builtin() -> None:
+    # Importing the modules registers them; each imports its library only when a model is loaded.
+    from . import onnxruntime, reference  # noqa: F401

@@ -1,0 +1,84 @@
+"""A loaded model: verified package, checked inputs, one backend session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError
+from ..package.reader import PackageReader
+from ..package.store import TrustedKeys, open_verified, read_verified
+from ..package.verify import VerifiedPackage
+from ..targets import host
+from ..tensors import TensorSpec
+from .backends import LoadSettings, get_loader
+from .validate import InputChecker
+
+
+class Model:
+    """A compiled model ready to run. Thread-safe for concurrent :meth:`run` calls."""
+
+    def __init__(self, verified: VerifiedPackage, reader: PackageReader, threads: int | None) -> None:
+        manifest = verified.manifest
+        _check_cpu(manifest.backend_options)
+        self.package_id = verified.package_id
+        self.manifest = manifest
+        self.signed_by = verified.signed_by.short_id if verified.signed_by else None
+        self.inputs: list[TensorSpec] = list(manifest.inputs)
+        self.outputs: list[TensorSpec] = list(manifest.outputs)
+        self._output_names = [s.name for s in self.outputs]
+        self._checker = InputChecker(self.inputs)
+        model_bytes = read_verified(reader, verified, manifest.entrypoint)
+        loader = get_loader(manifest.backend)
+        self._session = loader(model_bytes, self._output_names, LoadSettings(threads, manifest.backend_options))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def backend(self) -> str:
+        return self.manifest.backend
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model on ``inputs`` (name -> array); returns outputs by name."""
+        feed = self._checker.check(inputs)
+        return dict(zip(self._output_names, self._session.run(feed)))
+
+    def __repr__(self) -> str:
+        return f"<edgemill Model {self.name} {self.version} [{self.backend}] id={self.package_id[:12]}>"
+
+
+def _check_cpu(options: Mapping[str, Any]) -> None:
+    required = set(options.get("requires_cpu_features", ()))
+    missing = sorted(required - set(host().cpu_features))
+    if missing:
+        raise BackendError(
+            "package was compiled for a CPU with features this machine lacks", value=", ".join(missing),
+            fix="compile for a portable target (e.g. -t x86_64-avx2 or -t aarch64) or for -t host on this device",
+        )
+
+
+def load(
+    path: str | os.PathLike[str],
+    trusted_keys: TrustedKeys | None = None,
+    threads: int | None = None,
+    installed_version: str | None = None,
+    allow_rollback: bool = False,
+) -> Model:
+    """Verify the package at ``path``, then load it.
+
+    ``trusted_keys``: public keys (paths, PEM bytes or :class:`PublicKey`); when given, the package
+    must be signed by one of them. When ``None``, only its integrity against its manifest is checked.
+    ``threads``: intra-op threads for the backend (default: the backend's choice, usually the core count).
+    """
+    reader, verified = open_verified(path, trusted_keys, installed_version, allow_rollback)
+    with reader:
+        return Model(verified, reader, threads)
