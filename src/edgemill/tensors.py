@@ -166,3 +166,34 @@ def parse_input_override(text: str) -> InputOverride:
 def _is_dtype(text: str) -> bool:
     key = text.strip().lower()
     return _DTYPE_ALIASES.get(key, key) in DTYPE_TO_ONNX_ELEM
+
+
+def concrete_shape(spec: TensorSpec, batch: int, fix: str) -> tuple[int, ...]:
+    """``spec``'s shape with a dynamic leading (batch) axis set to ``batch``; other dynamic axes are an
+    error whose fix is ``fix`` (the caller knows how its user can supply a shape)."""
+    dims = []
+    for axis, d in enumerate(spec.shape):
+        if isinstance(d, int) and d >= 0:
+            dims.append(d)
+        elif axis == 0:
+            dims.append(batch)
+        else:
+            raise OptionError(f"input {spec.name!r} has a dynamic dimension at axis {axis}", value=spec.shape_text(),
+                              expected="static sizes for every axis but the batch axis", fix=fix)
+    return tuple(dims)
+
+
+def random_feed(specs: Any, batch: int, seed: int, fix: str) -> dict[str, np.ndarray]:
+    """Seeded random inputs: normal floats, 0/1 integers (safe as indices and masks), random bools."""
+    rng = np.random.default_rng(seed)
+    feed: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = concrete_shape(spec, batch, fix)
+        dt = numpy_dtype(spec.dtype)
+        if dt.kind == "f":
+            feed[spec.name] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind in "iub":
+            feed[spec.name] = rng.integers(0, 2, size=shape).astype(dt)
+        else:
+            feed[spec.name] = np.array(rng.integers(0, 10, size=shape).astype(str), dtype=object)
+    return feed

@@ -8,27 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptionError
-from ..tensors import TensorSpec, dtype_name, numpy_dtype
+from ..tensors import TensorSpec, dtype_name, random_feed
 
 DYNAMIC_BATCH_SIZES = (1, 3)  # a dynamic leading dimension is checked at more than one size
-
-
-def concrete_shape(spec: TensorSpec, batch: int) -> tuple[int, ...]:
-    dims = []
-    for axis, d in enumerate(spec.shape):
-        if isinstance(d, int) and d >= 0:
-            dims.append(d)
-        elif axis == 0:
-            dims.append(batch)
-        else:
-            raise OptionError(
-                f"input {spec.name!r} has a dynamic dimension at axis {axis}", value=spec.shape_text(),
-                expected="static sizes for every axis but the batch axis",
-                fix=f"fix it with --input {spec.name}:" + "x".join(str(x if isinstance(x, int) and x > 0 else 1)
-                                                                  for x in spec.shape)
-                + f", or pass --validation DATA.npz with real inputs",
-            )
-    return tuple(dims)
 
 
 def has_dynamic_batch(specs: Sequence[TensorSpec]) -> bool:
@@ -36,21 +18,10 @@ def has_dynamic_batch(specs: Sequence[TensorSpec]) -> bool:
 
 
 def generate(specs: Sequence[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded random inputs: normal floats, small non-negative integers (safe as indices), random bools."""
-    rng = np.random.default_rng(seed)
-    feed: dict[str, np.ndarray] = {}
-    for spec in specs:
-        shape = concrete_shape(spec, batch)
-        dt = numpy_dtype(spec.dtype)
-        if dt.kind == "f":
-            feed[spec.name] = rng.standard_normal(shape).astype(dt)
-        elif dt.kind in "iu":
-            feed[spec.name] = rng.integers(0, 2, size=shape).astype(dt)
-        elif dt.kind == "b":
-            feed[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
-        else:
-            feed[spec.name] = np.array(rng.integers(0, 10, size=shape).astype(str), dtype=object)
-    return feed
+    fix = ("fix it with --input NAME:SHAPE (e.g. " + ", ".join(f"{s.name}:" + "x".join(
+        str(d) if isinstance(d, int) and d > 0 else "1" for d in s.shape) for s in specs) +
+        "), or pass --validation DATA.npz with real inputs")
+    return random_feed(specs, batch, seed, fix)
 
 
 def from_file(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:

@@ -100,3 +100,21 @@ def load_public_key(source: KeySource) -> PublicKey:
 
 def load_public_keys(sources: list[KeySource] | tuple[KeySource, ...]) -> list[PublicKey]:
     return [load_public_key(s) for s in sources]
+
+
+def write_keypair(directory: str | os.PathLike[str], force: bool = False) -> tuple[Path, Path, str]:
+    """Generate a key pair into ``directory``; returns (private path, public path, key id)."""
+    from ..errors import OptionError
+    from .writer import write_file_atomic
+
+    out = Path(directory)
+    private_path, public_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
+    if not force and (private_path.exists() or public_path.exists()):
+        raise OptionError("a key pair already exists", value=str(private_path),
+                          fix="use another directory, or --force to replace it (packages signed with it will "
+                              "no longer verify against the new key)")
+    private_pem, public_pem = generate_keypair()
+    out.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(private_path, private_pem, mode=0o600)
+    write_file_atomic(public_path, public_pem, mode=0o644)
+    return private_path, public_path, load_public_key(public_pem).short_id

@@ -1,0 +1,65 @@
+"""`edgemill compile MODEL -t TARGET`"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .output import emit_json, fmt_ms, info
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("compile", parents=[common], help="compile a model into a package for a target",
+                       description="Compile a model for a hardware target and write a package (.emp file or directory).")
+    p.add_argument("model", help="the model file (.onnx)")
+    p.add_argument("-t", "--target", default="host", help="target name from `edgemill targets` (default: host)")
+    p.add_argument("-o", "--output", help="package to write: NAME.emp (tar) or a directory (default: MODEL-TARGET.emp)")
+    p.add_argument("--framework", help="source framework, when it cannot be detected from the file")
+    p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
+                   help="fix an input's shape, e.g. image:1x3x224x224:float32 (repeat per input)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 (default: auto, lossless)")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime | reference (default: auto)")
+    p.add_argument("--name", help="package name (default: the model file's stem)")
+    p.add_argument("--version", default="0.1.0", help="package version, semantic (default: 0.1.0)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="max relative error between compiled and original outputs (default: 1e-4)")
+    p.add_argument("--validation", help=".npz with one array per input, used for the accuracy check")
+    p.add_argument("--no-measure", action="store_true", help="skip the quick latency measurement")
+    p.add_argument("--explain", action="store_true", help="print what each pass did")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compiler import CompileOptions, compile_model
+
+    options = CompileOptions.create(
+        args.model, target=args.target, output=args.output, inputs=args.input, framework=args.framework,
+        precision=args.precision, backend=args.backend, name=args.name, version=args.version,
+        tolerance=args.tolerance, validation=Path(args.validation) if args.validation else None,
+        measure=not args.no_measure,
+    )
+    quiet = args.quiet or args.json
+
+    def progress(step: str, message: str, seconds: float | None) -> None:
+        if not quiet and seconds is not None:
+            info(f"  {step:<13} {message}  ({fmt_ms(seconds)})")
+
+    if not quiet:
+        info(f"compiling {options.model} for target {options.target}")
+    result = compile_model(options, progress)
+    if args.json:
+        emit_json({"path": str(result.path), "package_id": result.package_id, "manifest": result.manifest.to_dict(),
+                   "report": result.report})
+        return 0
+    print(f"{result.path}  id {result.package_id[:16]}  {result.manifest.backend}/{result.manifest.precision}  "
+          f"max rel err {result.manifest.accuracy['value']:.1e}")
+    if args.explain:
+        for step in result.report["steps"]:
+            details = {k: v for k, v in step.items() if k not in ("step", "seconds", "summary")}
+            info(f"  {step['step']}: {step.get('summary', '')} {details if details else ''}".rstrip())
+        info("  partition: target has no accelerator; every node runs on the CPU"
+             if not result.manifest.target.get("accelerators") else
+             "  partition: accelerator partitioning is not performed by this version; the device's execution "
+             "providers claim nodes at load")
+    return 0

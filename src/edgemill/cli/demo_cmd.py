@@ -1,0 +1,109 @@
+"""`edgemill demo`: the whole flow on embedded defaults, one step at a time, with timings."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .output import emit_json
+
+T = TypeVar("T")
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("demo", parents=[common], help="run the whole flow on a small model built here",
+                       description="Train a small classifier, compile it, sign it, verify it, refuse a tampered "
+                                   "copy, load it with the runtime and predict, printing each step with its time.")
+    p.add_argument("--workdir", default="edgemill-demo", help="where to write the files (default: ./edgemill-demo)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import onnx
+
+    from .. import compile as compile_model
+    from ..demo.train import make_dataset, train_mlp
+    from ..demo.zoo import mlp
+    from ..errors import VerificationError
+    from ..package import open_verified, sign_package
+    from ..package.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, write_keypair
+    from ..runtime import load
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    steps: list[dict[str, Any]] = []
+    quiet = args.json
+
+    def step(title: str, fn: Callable[[], T], describe: Callable[[T], str]) -> T:
+        start = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - start
+        text = describe(value)
+        steps.append({"step": title, "seconds": round(seconds, 4), "result": text})
+        if not quiet:
+            print(f"[{len(steps):>2}] {title:<40} {seconds * 1000:8.1f} ms  {text}", flush=True)
+        return value
+
+    data = step("make a dataset (synthetic, seeded)", lambda: make_dataset(),
+                lambda d: f"{len(d.y_train)} train / {len(d.y_test)} held-out samples, {d.x_train.shape[1]} features")
+    trained = step("train an MLP classifier (NumPy)", lambda: train_mlp(data),
+                   lambda m: f"held-out accuracy {m.accuracy(data.x_test, data.y_test):.3f}")
+    model_path = work / "classifier.onnx"
+    step("export it to ONNX", lambda: onnx.save(
+        mlp(batch="batch", features=data.x_train.shape[1], hidden=(trained.layers[0][0].shape[0],),
+            classes=trained.layers[-1][0].shape[0], weights=trained.layers), str(model_path)),
+         lambda _: f"{model_path} ({model_path.stat().st_size} bytes, dynamic batch)")
+    package = work / "classifier.emp"
+    result = step("compile for this machine (-t host)", lambda: compile_model(
+        model_path, target="host", output=package, name="classifier", version="1.0.0"),
+        lambda r: f"{r.path} id {r.package_id[:12]}, max rel err {r.manifest.accuracy['value']:.1e}")
+    keys = work / "keys"
+    step("generate a signing key pair", lambda: write_keypair(keys, force=True),
+         lambda k: f"{k[0]} (secret), {k[1]}")
+    step("sign the package", lambda: sign_package(package, keys / PRIVATE_KEY_NAME),
+         lambda h: f"OpenSSF model-signing bundle, key {h[:16]}")
+    public = keys / PUBLIC_KEY_NAME
+
+    def verify() -> str:
+        reader, verified = open_verified(package, [public])
+        reader.close()
+        return verified.package_id
+    step("verify signature and file hashes", verify, lambda pid: f"ok, id {pid[:12]}")
+
+    def tamper() -> str:
+        import tarfile
+
+        bad = work / "classifier-tampered.emp"
+        shutil.copy(package, bad)
+        with tarfile.open(bad, "r:") as tar:
+            member = tar.getmember("model/model.onnx")
+        with open(bad, "r+b") as f:  # flip one byte of the model's weights inside the tar
+            f.seek(member.offset_data + member.size // 2)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        try:
+            load(bad, trusted_keys=[public])
+        except VerificationError as exc:
+            return f"refused as expected: {exc.reason.value}"
+        raise AssertionError("a tampered package was loaded")
+    step("load a tampered copy (must be refused)", tamper, lambda text: text)
+    model = step("load with the runtime (verifies first)", lambda: load(package, trusted_keys=[public], threads=2),
+                 lambda m: f"{m!r}")
+    outputs = step("predict the held-out set", lambda: model.run({"features": data.x_test}),
+                   lambda o: f"logits {list(o['logits'].shape)}")
+    labels = outputs["logits"].argmax(1)
+    agree = float((labels == trained.logits(data.x_test).argmax(1)).mean())
+    accuracy = float((labels == data.y_test).mean())
+    summary = {"package": str(package), "package_id": result.package_id, "held_out_accuracy": accuracy,
+               "agreement_with_numpy_model": agree, "workdir": str(work)}
+    if quiet:
+        emit_json({"steps": steps, **summary})
+    else:
+        print(f"\npackage {package}: held-out accuracy {accuracy:.3f}, predictions agree with the NumPy model on "
+              f"{agree * 100:.1f}% of samples.\nNext: `edgemill inspect {package}`, `edgemill bench {package}`.")
+    return 0 if agree == 1.0 else 1

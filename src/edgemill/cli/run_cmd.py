@@ -1,0 +1,82 @@
+"""`edgemill run PKG -i NAME=FILE.npy ...`"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FileNotFound, OptionError
+from .output import emit_json, info
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("run", parents=[common], help="run a package once on inputs from .npy/.npz files",
+                       description="Run a package once. Inputs: -i NAME=FILE.npy per input, or -i FILE.npz holding "
+                                   "one array per input name; --random makes random inputs.")
+    p.add_argument("package")
+    p.add_argument("-i", "--input", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz")
+    p.add_argument("--random", action="store_true", help="run on random inputs of the model's shapes")
+    p.add_argument("-o", "--output", help="save the outputs to this .npz")
+    p.add_argument("--trusted-key", action="append", metavar="PUB", help="verify the signature with this key")
+    p.add_argument("--threads", type=int, help="intra-op threads")
+    p.set_defaults(handler=run)
+
+
+def _load_array_file(path: Path) -> dict[str, np.ndarray] | np.ndarray:
+    if not path.is_file():
+        raise FileNotFound("input file not found", value=str(path), fix="check the path")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise OptionError("cannot read the input file", value=str(path),
+                          fix=f"save arrays with numpy.save (.npy) or numpy.savez (.npz) ({exc})") from None
+
+
+def read_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    feed: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep:
+            loaded = _load_array_file(Path(spec))
+            if not isinstance(loaded, dict):
+                raise OptionError("a .npy input needs a name", value=spec, fix="write -i NAME=FILE.npy")
+            feed.update(loaded)
+        else:
+            loaded = _load_array_file(Path(file))
+            if isinstance(loaded, dict):
+                raise OptionError("NAME=FILE takes a .npy file", value=spec, fix="write -i FILE.npz without a name")
+            feed[name] = loaded
+    return feed
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime import load
+    from ..runtime.benchmark import random_inputs
+
+    model = load(args.package, trusted_keys=args.trusted_key, threads=args.threads)
+    if args.random:
+        feed = random_inputs(model.inputs)
+    elif args.input:
+        feed = read_inputs(args.input)
+    else:
+        raise OptionError("no inputs given", expected=", ".join(str(s) for s in model.inputs),
+                          fix="pass -i NAME=FILE.npy for each input, -i FILE.npz, or --random")
+    outputs = model.run(feed)
+    if args.output:
+        np.savez(args.output, **outputs)
+        if not args.json:
+            info(f"saved outputs to {args.output}")
+    if args.json:
+        emit_json({"package_id": model.package_id, "outputs": {
+            k: {"dtype": str(v.dtype), "shape": list(v.shape), "values": v.tolist()} for k, v in outputs.items()}})
+        return 0
+    with np.printoptions(precision=5, threshold=20, edgeitems=4, suppress=True):
+        for name, value in outputs.items():
+            print(f"{name}: {value.dtype}{list(value.shape)}")
+            print(f"  {value}".replace("\n", "\n  "))
+    return 0
