@@ -152,7 +152,9 @@ def get_target(name: str) -> Target:
         return CATALOG[name]
     except KeyError:
         names = ["host", *CATALOG]
-        close = [n for n in names if name.lower() in n or n in name.lower()]
+        query = name.lower()
+        close = [n for n in names if query in n or n in query]
+        close += [t.name for t in CATALOG.values() if len(query) >= 3 and query in t.description.lower()]
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UnknownTargetError(
             "unknown target",

@@ -66,6 +66,7 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     ctx = CompileContext(options=options, target=target, backend=backend, source=source, original=model,
                          progress=progress)
     ctx.steps.append({"step": "load", "frontend": frontend.name, "nodes": len(model.graph.node),
+                      "summary": f"{frontend.name} model, {len(model.graph.node)} nodes, checked",
                       "seconds": round(time.perf_counter() - start, 4)})
 
     for p in all_passes():
@@ -162,7 +163,7 @@ def _check_accuracy(ctx: CompileContext, compiled: bytes, inputs: list, output_n
     if not value <= ctx.options.tolerance:
         bad = max(comparisons, key=lambda c: c.max_relative_error)
         raise AccuracyCheckError(
-            f"the compiled model's output {bad.name!r} differs from the original's", value=f"{value:.3e}",
+            f"the compiled model's output {bad.name!r} differs from the original's", value=float(f"{value:.3e}"),
             expected=f"max relative error <= {ctx.options.tolerance:.0e}",
             fix="raise --tolerance if this difference is acceptable, or compile with --backend reference "
                 "and report the model to us; no package was written",

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import FileNotFound, OptionError
 from ..package.layout import SUFFIX
 from ..package.manifest import is_semver
+from ..targets import get_target
 from ..tensors import InputOverride, parse_input_override
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
@@ -58,6 +59,7 @@ class CompileOptions:
     def validate(self) -> None:
         if not self.model.exists():
             raise FileNotFound("model file not found", value=str(self.model), fix="check the path")
+        get_target(self.target)  # an unknown target fails here, before any work
         if self.precision not in PRECISIONS:
             raise OptionError("unknown precision", value=self.precision, expected=" | ".join(PRECISIONS),
                               fix="pass --precision fp32")

@@ -21,7 +21,7 @@ class Dataset:
 
 def make_dataset(features: int = 16, classes: int = 4, per_class: int = 300, seed: int = 0) -> Dataset:
     rng = np.random.default_rng(seed)
-    centers = rng.normal(0, 0.5, size=(classes, features))
+    centers = rng.normal(0, 0.8, size=(classes, features))
     x = np.concatenate([c + rng.normal(0, 1.0, size=(per_class, features)) for c in centers]).astype(np.float32)
     y = np.repeat(np.arange(classes), per_class)
     order = rng.permutation(len(y))

@@ -111,7 +111,7 @@ class TarReader(PackageReader):
             self._tar = tarfile.open(path, mode="r:")
             members = self._tar.getmembers()
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise _corrupt(f"{path} is not a readable {SUFFIX} package ({exc})", value=str(path)) from None
+            raise _corrupt(f"not a readable {SUFFIX} package ({exc})", value=str(path)) from None
         self._members: dict[str, tarfile.TarInfo] = {}
         total = 0
         for m in members:
@@ -124,7 +124,7 @@ class TarReader(PackageReader):
             if name in self._members:
                 raise _corrupt("duplicate file inside package", value=name)
             if m.offset_data + m.size > total_size:
-                raise _corrupt(f"{path} is truncated", value=name, fix="re-download or rebuild the package")
+                raise _corrupt(f"package is truncated inside {name!r}", value=str(path), fix="re-download or rebuild the package")
             total += m.size
             if total > MAX_TOTAL_BYTES or len(self._members) >= MAX_FILES:
                 raise _corrupt("package is larger than the limit", value=f"{total} bytes, {len(members)} files")
@@ -156,7 +156,7 @@ def open_package(path: str | os.PathLike[str]) -> PackageReader:
         return DirectoryReader(p)
     if not tarfile.is_tarfile(p):
         raise _corrupt(
-            f"{p} is not an edgemill package (neither a directory nor a {SUFFIX} tar)",
+            f"not an edgemill package (neither a directory nor a {SUFFIX} tar)",
             value=str(p),
             fix="pass the output of `edgemill compile`",
         )

@@ -58,9 +58,9 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
     # Shapes inferred for the old input shapes are stale: drop them and let inference derive new ones.
     del model.graph.value_info[:]
     for out in model.graph.output:
-        tt = out.type.tensor_type
-        if tt.HasField("shape") and any(not d.HasField("dim_value") for d in tt.shape.dim):
-            tt.ClearField("shape")
+        for d in out.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
     model = check_model(model, "the model with fixed input shapes")
     record["summary"] = "fixed " + ", ".join(changed)
     return model

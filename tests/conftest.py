@@ -1,0 +1,81 @@
+"""Shared fixtures: small real models built in code, compiled packages, key pairs, a CLI runner."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import edgemill
+from edgemill.cli import main
+from edgemill.demo import zoo
+from edgemill.package.keys import write_keypair
+
+MODELS = {
+    "cnn": lambda: zoo.cnn(),
+    "encoder": lambda: zoo.encoder(seq=16, d_model=64, heads=4, d_ff=128, layers=2),
+    "mlp": lambda: zoo.mlp(),
+    "dynamic_batch": lambda: zoo.mlp(batch="batch"),
+}
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str | Path) -> CliResult:
+    """Run the CLI in-process (fast) and capture what a user would see."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse exits on usage errors and --help
+            code = int(exc.code or 0)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    for name, build in MODELS.items():
+        onnx.save(build(), str(d / f"{name}.onnx"))
+    return d
+
+
+@pytest.fixture(scope="session")
+def packages(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each test model compiled once for the host, as .emp."""
+    out = tmp_path_factory.mktemp("packages")
+    return {
+        name: edgemill.compile(model_dir / f"{name}.onnx", output=out / f"{name}.emp", measure=False).path
+        for name in MODELS
+    }
+
+
+@pytest.fixture(scope="session")
+def keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    private, public, _ = write_keypair(tmp_path_factory.mktemp("keys"))
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def other_keypair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    private, public, _ = write_keypair(tmp_path_factory.mktemp("other-keys"))
+    return private, public
+
+
+def random_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for value in model.graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
+        feed[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feed
