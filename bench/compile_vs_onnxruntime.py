@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="edgemill-compiled packages vs bare onnxruntime on the original models")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of timed runs per measurement (default: 5)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides (default: 2)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="measurements per model and side, in alternating order; the median is shown (default: 3)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="measurements per model and side, in alternating order; the median is shown (default: 5)")
     p.add_argument("--out", help="directory for the generated models and packages (default: a temporary one)")
     p.add_argument("--only", action="append", help="benchmark only this model (repeatable)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -165,13 +165,22 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
     else:
         header = ["model", "ORT default p50 ms", "edgemill p50 ms", "edgemill/ORT p50", "ORT p99 ms",
-                  "edgemill p99 ms", "compile s", "package", ".onnx"]
+                  "edgemill p99 ms", "ORT load ms", "edgemill load ms", "compile s", "package", ".onnx"]
         rows = [[e["model"], _ms(e["onnxruntime_median"]["p50_ms"]), _ms(e["edgemill_median"]["p50_ms"]),
                  f"{e['ratio_p50']:.2f}", _ms(e["onnxruntime_median"]["p99_ms"]), _ms(e["edgemill_median"]["p99_ms"]),
+                 f"{e['onnxruntime_median']['load_ms']:.1f}", f"{e['edgemill_median']['load_ms']:.1f}",
                  f"{e['compile_s']:.2f}", _size(e["package_bytes"]), _size(e["onnx_bytes"])] for e in entries]
         print(f"threads={args.threads}  duration={args.duration:g} s per measurement  repeats={args.repeats} "
               f"(median shown)  batch 1")
         print(table(rows, header))
+        print("\np50 of each repeat, ms (spread = (max - min) / median):")
+        for e in entries:
+            parts = []
+            for side, label in (("onnxruntime", "ORT"), ("edgemill", "edgemill")):
+                p50s = [float(r["p50_ms"]) for r in e[side]]
+                spread = (max(p50s) - min(p50s)) / statistics.median(p50s)
+                parts.append(f"{label} " + " ".join(_ms(v) for v in p50s) + f" (spread {spread:.0%})")
+            print(f"  {e['model']}: " + "; ".join(parts))
     if tmp is not None:
         tmp.cleanup()
     return 0

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                           fix="pass -i NAME=FILE.npy for each input, -i FILE.npz, or --random")
     outputs = model.run(feed)
     if args.output:
-        np.savez(args.output, **outputs)
+        np.savez(args.output, **outputs)  # type: ignore[arg-type]
         if not args.json:
             info(f"saved outputs to {args.output}")
     if args.json:

@@ -183,7 +183,7 @@ def _check_accuracy(ctx: CompileContext, compiled: bytes, inputs: list, output_n
 def _time_runs(run, budget_s: float = 0.5, max_runs: int = 200) -> float:  # type: ignore[no-untyped-def]
     for _ in range(3):
         run()
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < 10 or (time.perf_counter() < deadline and len(times) < max_runs):
         start = time.perf_counter()
@@ -196,7 +196,6 @@ def _measure(ctx: CompileContext, compiled: bytes, inputs: list, output_names: l
     feed = _feeds(ctx, inputs)[0]
     original = _reference_session(ctx, None, optimized=True)
     original_ms = _time_runs(lambda: original.run(output_names, feed))
-    del original
     session = get_loader(ctx.backend)(compiled, output_names, LoadSettings(None, ctx.backend_options))
     compiled_ms = _time_runs(lambda: session.run(feed))
     return {

@@ -6,7 +6,7 @@ builder called twice gives byte-identical models. Needs the ``onnx`` package (``
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 import onnx
@@ -38,12 +38,12 @@ class _Graph:
         w = self.rng.normal(0.0, (2.0 / fan_in) ** 0.5, size=shape).astype(np.float32)
         return self.const(base, w)
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: object) -> list[str]:
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
         outs = [self.name(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.name(op_type), **attrs))
         return outs
 
-    def one(self, op_type: str, inputs: list[str], **attrs: object) -> str:
+    def one(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
         return self.op(op_type, inputs, 1, **attrs)[0]
 
     def model(self, name: str, inputs: list[onnx.ValueInfoProto], out: str, out_type: onnx.ValueInfoProto) -> onnx.ModelProto:
