@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         emit_json({"path": str(result.path), "package_id": result.package_id, "manifest": result.manifest.to_dict(),
                    "report": result.report})
         return 0
+    for warning in result.report["warnings"]:
+        info(f"warning: {warning}")
     print(f"{result.path}  id {result.package_id[:16]}  {result.manifest.backend}/{result.manifest.precision}  "
           f"max rel err {result.manifest.accuracy['value']:.1e}")
     if args.explain:

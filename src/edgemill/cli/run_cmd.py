@@ -33,8 +33,9 @@ def _load_array_file(path: Path) -> dict[str, np.ndarray] | np.ndarray:
                 return {k: data[k] for k in data.files}
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
+        hint = ", string arrays as np.asarray(x, dtype=str)" if "allow_pickle" in str(exc) else ""
         raise OptionError("cannot read the input file", value=str(path),
-                          fix=f"save arrays with numpy.save (.npy) or numpy.savez (.npz) ({exc})") from None
+                          fix=f"save arrays with numpy.save (.npy) or numpy.savez (.npz){hint} ({exc})") from None
 
 
 def read_inputs(specs: list[str]) -> dict[str, np.ndarray]:
@@ -68,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
                           fix="pass -i NAME=FILE.npy for each input, -i FILE.npz, or --random")
     outputs = model.run(feed)
     if args.output:
-        np.savez(args.output, **outputs)  # type: ignore[arg-type]
+        # Object (string) arrays would be pickled, which np.load refuses by default: store them as unicode.
+        np.savez(args.output, **{k: v.astype(str) if v.dtype == object else v  # type: ignore[arg-type]
+                                 for k, v in outputs.items()})
         if not args.json:
             info(f"saved outputs to {args.output}")
     if args.json:

@@ -29,8 +29,9 @@ def from_file(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as exc:
+        hint = " and string inputs as np.asarray(x, dtype=str)" if "allow_pickle" in str(exc) else ""
         raise OptionError("cannot read the validation file", value=str(path),
-                          fix=f"save it with numpy.savez(path, **{{input_name: array}}) ({exc})") from None
+                          fix=f"save it with numpy.savez(path, **{{input_name: array}}){hint} ({exc})") from None
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     if missing:

@@ -61,7 +61,7 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
         for d in out.type.tensor_type.shape.dim:
             if not d.HasField("dim_value"):
                 d.Clear()
-    model = check_model(model, "the model with fixed input shapes")
+    model = check_model(model, "the model with fixed input shapes", ctx.warnings)
     record["summary"] = "fixed " + ", ".join(changed)
     return model
 
