@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,7 @@ def _hwm_mib() -> float:
 def child(mode: str, path: str | None, threads: int, calls: int) -> dict[str, Any]:
     if mode == "import-ort":
         rss0, t0 = _rss_mib(), time.perf_counter()
-        import onnxruntime  # noqa: F401
+        import onnxruntime
 
         t1 = time.perf_counter()
         return {"import_ms": (t1 - t0) * 1000, "rss_before_mib": rss0, "rss_after_mib": _rss_mib()}
@@ -67,7 +66,7 @@ def child(mode: str, path: str | None, threads: int, calls: int) -> dict[str, An
         import edgemill.runtime  # noqa: F401
 
         t1 = time.perf_counter()
-        import onnxruntime  # noqa: F401,F811
+        import onnxruntime
 
         t2 = time.perf_counter()
         return {"import_ms": (t2 - t0) * 1000, "edgemill_runtime_import_ms": (t1 - t0) * 1000,
@@ -77,7 +76,6 @@ def child(mode: str, path: str | None, threads: int, calls: int) -> dict[str, An
     sys.path.insert(0, str(HERE))
     import numpy as np
     import onnxruntime  # noqa: F401 - imported before the RSS baseline on both sides
-
     from _ort_baseline import default_session, summarize, time_calls
 
     feed = {"features": np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)}
@@ -90,14 +88,14 @@ def child(mode: str, path: str | None, threads: int, calls: int) -> dict[str, An
         if mode == "calls-edgemill-inner":
             # The onnxruntime session inside the edgemill model (private attributes: bench code only).
             inner = model._session._session  # type: ignore[attr-defined]
-            call = lambda: inner.run(None, feed)  # noqa: E731
+            call = lambda: inner.run(None, feed)
         else:
-            call = lambda: model.run(feed)  # noqa: E731
+            call = lambda: model.run(feed)
     else:
         rss0, t0 = _rss_mib(), time.perf_counter()
         session = default_session(path, threads)
         load_ms = (time.perf_counter() - t0) * 1000
-        call = lambda: session.run(None, feed)  # noqa: E731
+        call = lambda: session.run(None, feed)
     if mode.startswith("load-"):
         rss_loaded = _rss_mib()
         call()
@@ -120,7 +118,7 @@ def run_child(mode: str, path: str | None, threads: int, calls: int) -> dict[str
            "--calls", str(calls)]
     if path:
         cmd += ["--path", path]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"child {mode} failed (exit {proc.returncode}):\n{proc.stderr.strip()}")
     return json.loads(proc.stdout)
@@ -147,7 +145,7 @@ def med(rs: list[dict[str, Any]], key: str) -> float:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -168,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.calls < 1 or args.threads < 1:
         p.error("--repeats, --calls and --threads must be positive")
 
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
     tmp = None
     if args.out:
         out = Path(args.out)
@@ -177,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="edgemill-overhead-")
         out = Path(tmp.name)
     onnx_path, pkg = out / "mlp-3x512.onnx", out / "mlp-3x512.emp"
-    build = subprocess.run([sys.executable, "-c", "import sys, onnx; from edgemill.demo import zoo; "
-                            "onnx.save(zoo.mlp(batch=1, features=512, hidden=(512, 512), classes=10), sys.argv[1])",
-                            str(onnx_path)], capture_output=True, text=True)
+    code = ("import sys, onnx; from edgemill.demo import zoo; "
+            "onnx.save(zoo.mlp(batch=1, features=512, hidden=(512, 512), classes=10), sys.argv[1])")
+    build = subprocess.run([sys.executable, "-c", code, str(onnx_path)], check=False, capture_output=True, text=True)
     if build.returncode != 0:
         raise SystemExit(build.stderr)
     if pkg.exists():
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     script = Path(sys.executable).parent / "edgemill"
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "edgemill"]
     comp = subprocess.run([*cli, "compile", str(onnx_path), "-t", "host", "-o", str(pkg), "-q"],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if comp.returncode != 0:
         raise SystemExit(comp.stderr)
 
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
     io, ie = imports["import-ort"], imports["import-edgemill"]
     lo, le = loads["load-ort"], loads["load-edgemill"]
-    summary = {
+    summary: dict[str, Any] = {
         "import_ms": {"ort": med(io, "import_ms"), "edgemill": med(ie, "import_ms"),
                       "edgemill_runtime_alone": med(ie, "edgemill_runtime_import_ms")},
         "rss_after_import_mib": {"interpreter": med(io + ie, "rss_before_mib"), "ort": med(io, "rss_after_mib"),

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{result.name} [{result.backend}] id {result.package_id[:16]}  threads={result.threads or 'auto'} "
           f"batch={result.batch}")
-    print(f"  load        {result.load_ms:.1f} ms")
+    print(f"  load        {result.load_ms:.1f} ms (verify + load; importing {result.backend} took "
+          f"{result.import_ms:.1f} ms more)")
     print(f"  latency     p50 {result.p50_ms:.3f} ms   p90 {result.p90_ms:.3f} ms   p99 {result.p99_ms:.3f} ms   "
           f"({result.iterations} runs)")
     print(f"  throughput  {result.throughput_per_s:.1f} samples/s (one request at a time)")

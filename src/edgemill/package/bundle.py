@@ -14,11 +14,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from .keys import key_hint
 from .layout import SIGNATURE
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -27,6 +30,8 @@ PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 
 
 def hash_for(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:
+    from cryptography.hazmat.primitives import hashes
+
     return {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}[key.curve.key_size]
 
 
@@ -63,6 +68,8 @@ def statement_payload(model_name: str, digests: Mapping[str, str]) -> bytes:
 
 def make_bundle(model_name: str, digests: Mapping[str, str], private_key: ec.EllipticCurvePrivateKey) -> bytes:
     """Sign the file digests of a package; returns the bundle's JSON bytes."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     payload = statement_payload(model_name, digests)
     signature = private_key.sign(pae(payload), ec.ECDSA(hash_for(private_key)))
     bundle = {

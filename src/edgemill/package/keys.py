@@ -10,12 +10,15 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING, Union
 
 from ..errors import FileNotFound, KeyFileError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# `cryptography` is imported inside the functions that need it: importing the runtime (which loads
+# unsigned packages too) should not pay ~40 ms and ~14 MiB for it on a small device.
 
 PRIVATE_KEY_NAME = "edgemill.key"
 PUBLIC_KEY_NAME = "edgemill.pub"
@@ -36,6 +39,8 @@ class PublicKey:
 
 
 def public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -45,6 +50,9 @@ def key_hint(key: ec.EllipticCurvePublicKey) -> str:
 
 def generate_keypair() -> tuple[bytes, bytes]:
     """A new P-256 key pair as (private PKCS#8 PEM, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     private = ec.generate_private_key(ec.SECP256R1())
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -62,6 +70,8 @@ def _read(source: KeySource, what: str) -> tuple[bytes, str]:
 
 
 def _check_curve(key: object, label: str, what: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) or key.curve.name not in _CURVES:
         kind = getattr(getattr(key, "curve", None), "name", type(key).__name__)
         raise KeyFileError(
@@ -73,6 +83,8 @@ def _check_curve(key: object, label: str, what: str) -> None:
 
 
 def load_private_key(source: KeySource, password: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+
     data, label = _read(source, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=password)
@@ -87,6 +99,8 @@ def load_private_key(source: KeySource, password: bytes | None = None) -> ec.Ell
 
 
 def load_public_key(source: KeySource) -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
     data, label = _read(source, "public key")
     try:
         key = serialization.load_pem_public_key(data)

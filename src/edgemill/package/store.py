@@ -28,12 +28,26 @@ def _public_keys(trusted_keys: TrustedKeys | None) -> list[PublicKey] | None:
     return keys
 
 
-def _gather(reader: PackageReader) -> tuple[bytes | None, dict[str, str], bytes | None]:
+def _gather(reader: PackageReader, keep: str | None = None
+            ) -> tuple[bytes | None, dict[str, str], bytes | None, bytes | None]:
+    """Manifest bytes, the sha256 of every file but the signature, the signature bytes, and the bytes
+    of the file named ``keep`` (read once: hashed here and later handed to the backend as they are)."""
     names = set(reader.names())
     bundle = reader.read(SIGNATURE) if SIGNATURE in names else None
     manifest = reader.read(MANIFEST) if MANIFEST in names else None
-    digests = {n: reader.sha256(n) for n in sorted(names - {SIGNATURE})}
-    return manifest, digests, bundle
+    kept = reader.read(keep) if keep is not None and keep in names and keep != MANIFEST else None
+    digests = {n: (hashlib.sha256(kept).hexdigest() if kept is not None and n == keep else reader.sha256(n))
+               for n in sorted(names - {SIGNATURE})}
+    return manifest, digests, bundle, kept
+
+
+def _entrypoint(manifest: bytes | None) -> str | None:
+    """The entrypoint a manifest names, read leniently: verification judges the manifest properly."""
+    try:
+        value = json.loads(manifest or b"").get("entrypoint")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def open_verified(
@@ -46,7 +60,7 @@ def open_verified(
     keys = _public_keys(trusted_keys)
     reader = open_package(path)
     try:
-        manifest, digests, bundle = _gather(reader)
+        manifest, digests, bundle, _ = _gather(reader)
         verified = verify_package(manifest, digests, bundle, keys, installed_version, allow_rollback)
     except BaseException:
         reader.close()
@@ -54,15 +68,23 @@ def open_verified(
     return reader, verified
 
 
-def read_verified(reader: PackageReader, verified: VerifiedPackage, name: str) -> bytes:
-    """The bytes of a file, re-checked against the verified manifest as they are read, so what is
-    loaded is exactly what was verified even if the file changed in between."""
-    data = reader.read(name)
-    entry = verified.manifest.files[name]
-    if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise VerificationError(RefusalReason.FILE_MODIFIED, "a file changed while the package was being loaded",
-                                value=name, fix="do not modify packages while they are loaded")
-    return data
+def read_verified_model(
+    path: str | os.PathLike[str],
+    trusted_keys: TrustedKeys | None = None,
+    installed_version: str | None = None,
+    allow_rollback: bool = False,
+) -> tuple[VerifiedPackage, bytes]:
+    """Verify the package and return its entrypoint's bytes: the very bytes that were hashed, so what
+    a backend loads is exactly what was verified, even if the file changes afterwards."""
+    keys = _public_keys(trusted_keys)
+    with open_package(path) as reader:
+        manifest = reader.read(MANIFEST) if MANIFEST in reader.names() else None
+        manifest, digests, bundle, model = _gather(reader, keep=_entrypoint(manifest))
+    verified = verify_package(manifest, digests, bundle, keys, installed_version, allow_rollback)
+    if model is None:  # cannot happen once verified: the entrypoint is a listed, present file
+        raise VerificationError(RefusalReason.FILE_REMOVED, "the model file is missing",
+                                value=verified.manifest.entrypoint, fix="rebuild the package")
+    return verified, model
 
 
 def sign_package(path: str | os.PathLike[str], private_key: KeySource, password: bytes | None = None) -> str:
@@ -73,7 +95,7 @@ def sign_package(path: str | os.PathLike[str], private_key: KeySource, password:
     key = load_private_key(private_key, password)
     path = Path(path)
     with open_package(path) as reader:
-        manifest, digests, _ = _gather(reader)
+        manifest, digests, _, _ = _gather(reader)
         verified = verify_package(manifest, digests, None, None)
         bundle = make_bundle(verified.manifest.name, digests, key)
         if is_tar_path(path) or path.is_file():
@@ -90,7 +112,7 @@ def describe_package(path: str | os.PathLike[str], trusted_keys: TrustedKeys | N
     """Everything `edgemill inspect` shows: manifest, id, signature state, report summary."""
     keys = _public_keys(trusted_keys)
     with open_package(path) as reader:
-        manifest_bytes, digests, bundle = _gather(reader)
+        manifest_bytes, digests, bundle, _ = _gather(reader)
         verified = verify_package(manifest_bytes, digests, None, None)
         report = json.loads(reader.read(REPORT)) if REPORT in reader.names() else None
         partition = json.loads(reader.read("partition.json")) if "partition.json" in reader.names() else None

@@ -12,9 +12,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from ..errors import RefusalReason, VerificationError
 from .bundle import hash_for, parse_bundle, parse_statement, pae
 from .keys import PublicKey
@@ -55,6 +52,9 @@ def _compare_file_sets(expected: Mapping[str, str], actual: Mapping[str, str], w
 
 def check_signature(bundle: bytes, trusted_keys: Sequence[PublicKey]) -> tuple[PublicKey, dict[str, str]]:
     """Verify a bundle against the trusted keys; return the signer and the signed file digests."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         parsed = parse_bundle(bundle)
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeDecodeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -10,7 +11,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import EdgemillError, OptionError
+from ..package.layout import MANIFEST
+from ..package.reader import open_package
+from .backends import import_library
 from ..tensors import TensorSpec, random_feed
 from .session import Model, load
 
@@ -41,7 +45,8 @@ class BenchResult:
     threads: int | None
     batch: int
     iterations: int
-    load_ms: float
+    import_ms: float  # importing the backend library, before the load
+    load_ms: float  # verify + load, library already imported
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -69,6 +74,14 @@ def bench(
     if warmup < 0 or (iterations is not None and iterations < 1) or duration_s <= 0 or batch < 1:
         raise OptionError("bad benchmark settings", value=f"warmup={warmup} iterations={iterations} "
                           f"duration={duration_s} batch={batch}", fix="use positive numbers")
+    start = time.perf_counter()
+    with open_package(path) as reader:  # the backend's import is not the model's load: do it first
+        backend = str(json.loads(reader.read(MANIFEST)).get("backend", "")) if MANIFEST in reader.names() else ""
+    try:
+        import_library(backend)
+    except EdgemillError:
+        pass  # load() below reports an unknown backend or a broken package properly
+    import_ms = (time.perf_counter() - start) * 1000
     rss_before = _rss_bytes()
     start = time.perf_counter()
     model: Model = load(path, trusted_keys=trusted_keys, threads=threads)
@@ -87,7 +100,7 @@ def bench(
     samples = next(iter(feed.values())).shape[0] if feed and next(iter(feed.values())).ndim else 1
     return BenchResult(
         package_id=model.package_id, name=model.name, backend=model.backend, threads=threads, batch=samples,
-        iterations=len(times), load_ms=round(load_ms, 3),
+        iterations=len(times), import_ms=round(import_ms, 3), load_ms=round(load_ms, 3),
         p50_ms=round(float(np.percentile(arr, 50)), 4), p90_ms=round(float(np.percentile(arr, 90)), 4),
         p99_ms=round(float(np.percentile(arr, 99)), 4), mean_ms=round(float(arr.mean()), 4),
         min_ms=round(float(arr.min()), 4),

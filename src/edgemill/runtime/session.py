@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
-from ..package.reader import PackageReader
-from ..package.store import TrustedKeys, open_verified, read_verified
+from ..package.store import TrustedKeys, read_verified_model
 from ..package.verify import VerifiedPackage
 from ..targets import host
 from ..tensors import TensorSpec
@@ -21,7 +20,7 @@ from .validate import InputChecker
 class Model:
     """A compiled model ready to run. Thread-safe for concurrent :meth:`run` calls."""
 
-    def __init__(self, verified: VerifiedPackage, reader: PackageReader, threads: int | None) -> None:
+    def __init__(self, verified: VerifiedPackage, model_bytes: bytes, threads: int | None) -> None:
         manifest = verified.manifest
         _check_cpu(manifest.backend_options)
         self.package_id = verified.package_id
@@ -31,7 +30,6 @@ class Model:
         self.outputs: list[TensorSpec] = list(manifest.outputs)
         self._output_names = [s.name for s in self.outputs]
         self._checker = InputChecker(self.inputs)
-        model_bytes = read_verified(reader, verified, manifest.entrypoint)
         loader = get_loader(manifest.backend)
         self._session = loader(model_bytes, self._output_names, LoadSettings(threads, manifest.backend_options))
 
@@ -79,6 +77,5 @@ def load(
     must be signed by one of them. When ``None``, only its integrity against its manifest is checked.
     ``threads``: intra-op threads for the backend (default: the backend's choice, usually the core count).
     """
-    reader, verified = open_verified(path, trusted_keys, installed_version, allow_rollback)
-    with reader:
-        return Model(verified, reader, threads)
+    verified, model_bytes = read_verified_model(path, trusted_keys, installed_version, allow_rollback)
+    return Model(verified, model_bytes, threads)

@@ -24,14 +24,26 @@ class LoadSettings:
 
 Loader = Callable[[bytes, Sequence[str], LoadSettings], BackendSession]
 _REGISTRY: dict[str, Loader] = {}
+_LIBRARIES: dict[str, str] = {}
 
 
-def register(name: str) -> Callable[[Loader], Loader]:
+def register(name: str, library: str) -> Callable[[Loader], Loader]:
+    """Register a loader; ``library`` is the module it imports lazily (see :func:`import_library`)."""
+
     def wrap(loader: Loader) -> Loader:
         _REGISTRY[name] = loader
+        _LIBRARIES[name] = library
         return loader
 
     return wrap
+
+
+def import_library(name: str) -> None:
+    """Import a backend's library now, e.g. so a benchmark does not count the import as model load."""
+    import importlib
+
+    get_loader(name)
+    importlib.import_module(_LIBRARIES[name])
 
 
 def names() -> list[str]:

@@ -52,6 +52,6 @@ class OnnxRuntimeSession:
                                fix="check the input values (e.g. index ranges) against what the model expects") from None
 
 
-@register("onnxruntime")
+@register("onnxruntime", library="onnxruntime")
 def load(model: bytes, output_names: Sequence[str], settings: LoadSettings) -> OnnxRuntimeSession:
     return OnnxRuntimeSession(model, output_names, settings)

@@ -31,6 +31,6 @@ class ReferenceSession:
             raise BackendError("onnx.reference failed to run the model", value=str(exc).splitlines()[0]) from None
 
 
-@register("reference")
+@register("reference", library="onnx.reference")
 def load(model: bytes, output_names: Sequence[str], settings: LoadSettings) -> ReferenceSession:
     return ReferenceSession(model, output_names)
