@@ -94,3 +94,11 @@ def test_load_with_trusted_keys_given_as_bytes(packages: dict, keypair: tuple[Pa
     shutil.copy(packages["mlp"], pkg)
     sign_package(pkg, keypair[0])
     assert rt.load(pkg, trusted_keys=[keypair[1].read_bytes()]).signed_by
+
+
+def test_fast_path_still_catches_a_wrong_static_axis_on_a_dynamic_batch(packages: dict) -> None:
+    model = rt.load(packages["dynamic_batch"])
+    with pytest.raises(InputMismatchError, match="axis 1 must be 64"):
+        model.run({"features": np.zeros((5, 63), np.float32)})
+    with pytest.raises(InputMismatchError, match="wrong rank"):
+        model.run({"features": np.zeros((5, 64, 1), np.float32)})

@@ -28,13 +28,14 @@ def _public_keys(trusted_keys: TrustedKeys | None) -> list[PublicKey] | None:
     return keys
 
 
-def _gather(reader: PackageReader, keep: str | None = None
+def _gather(reader: PackageReader, keep_entrypoint: bool = False
             ) -> tuple[bytes | None, dict[str, str], bytes | None, bytes | None]:
-    """Manifest bytes, the sha256 of every file but the signature, the signature bytes, and the bytes
-    of the file named ``keep`` (read once: hashed here and later handed to the backend as they are)."""
+    """Manifest bytes, the sha256 of every file but the signature, the signature bytes, and (when
+    asked) the entrypoint's bytes, read once: hashed here and later handed to the backend as they are."""
     names = set(reader.names())
     bundle = reader.read(SIGNATURE) if SIGNATURE in names else None
     manifest = reader.read(MANIFEST) if MANIFEST in names else None
+    keep = _entrypoint(manifest) if keep_entrypoint else None
     kept = reader.read(keep) if keep is not None and keep in names and keep != MANIFEST else None
     digests = {n: (hashlib.sha256(kept).hexdigest() if kept is not None and n == keep else reader.sha256(n))
                for n in sorted(names - {SIGNATURE})}
@@ -78,8 +79,7 @@ def read_verified_model(
     a backend loads is exactly what was verified, even if the file changes afterwards."""
     keys = _public_keys(trusted_keys)
     with open_package(path) as reader:
-        manifest = reader.read(MANIFEST) if MANIFEST in reader.names() else None
-        manifest, digests, bundle, model = _gather(reader, keep=_entrypoint(manifest))
+        manifest, digests, bundle, model = _gather(reader, keep_entrypoint=True)
     verified = verify_package(manifest, digests, bundle, keys, installed_version, allow_rollback)
     if model is None:  # cannot happen once verified: the entrypoint is a listed, present file
         raise VerificationError(RefusalReason.FILE_REMOVED, "the model file is missing",

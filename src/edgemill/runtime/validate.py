@@ -19,17 +19,22 @@ class InputChecker:
         self._names = [s.name for s in self.specs]
         self._name_set = frozenset(self._names)
         self._dtypes = {s.name: numpy_dtype(s.dtype) for s in self.specs}
-        # For fully static inputs the correct call is checked by identity and equality only.
-        self._static = (
-            tuple((s.name, self._dtypes[s.name], tuple(s.shape)) for s in self.specs)
-            if all(s.is_static() for s in self.specs) else None
-        )
+        # The correct call takes a fast path: dtype identity, rank, and the static sizes (None marks a
+        # dynamic axis). A symbol shared between inputs needs the full check to compare sizes.
+        symbols = [d for s in self.specs for d in s.shape if isinstance(d, str)]
+        self._fast = None if len(symbols) != len(set(symbols)) else tuple(
+            (s.name, self._dtypes[s.name], len(s.shape),
+             tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int) and d >= 0))
+            for s in self.specs)
 
     def check(self, feed: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
-        if self._static is not None and type(feed) is dict and len(feed) == len(self._static):
-            for name, dtype, shape in self._static:
+        if self._fast is not None and type(feed) is dict and len(feed) == len(self._fast):
+            for name, dtype, rank, fixed in self._fast:
                 value = feed.get(name)
-                if type(value) is not np.ndarray or value.dtype != dtype or value.shape != shape:
+                if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+                    break
+                shape = value.shape
+                if any(shape[axis] != size for axis, size in fixed):
                     break
             else:
                 return feed  # the common, correct call: nothing to convert
