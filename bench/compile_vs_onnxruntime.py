@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _report import markdown_table  # bench/ is on sys.path when a script here runs
+
 HERE = Path(__file__).resolve().parent
 BASELINE = HERE / "_ort_baseline.py"
 
@@ -99,12 +101,6 @@ def _size(n: int) -> str:
 
 def _ms(v: float) -> str:
     return f"{v:.4f}" if v < 0.1 else f"{v:.3f}" if v < 10 else f"{v:.1f}"
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{e['compile_s']:.2f}", _size(e["package_bytes"]), _size(e["onnx_bytes"])] for e in entries]
         print(f"threads={args.threads}  duration={args.duration:g} s per measurement  repeats={args.repeats} "
               f"(median shown)  batch 1")
-        print(table(rows, header))
+        print(markdown_table(rows, header))
         print("\np50 of each repeat, ms (spread = (max - min) / median):")
         for e in entries:
             parts = []

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _report import markdown_table  # bench/ is on sys.path when a script here runs
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -143,12 +145,6 @@ def med(rs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(r[key] for r in rs))
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="edgemill runtime overhead vs bare onnxruntime")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads on both sides (default: 2)")
@@ -253,14 +249,14 @@ def main(argv: list[str] | None = None) -> int:
             ["(c) peak RSS, MiB", f"{s['peak_rss_mib']['ort']:.1f}", f"{s['peak_rss_mib']['edgemill']:.1f}",
              f"{s['peak_rss_mib']['edgemill'] - s['peak_rss_mib']['ort']:+.1f} MiB"],
         ]
-        print(table(rows, ["measurement", "bare onnxruntime", "edgemill", "edgemill - bare"]))
+        print(markdown_table(rows, ["measurement", "bare onnxruntime", "edgemill", "edgemill - bare"]))
         print(f"\n(a) interpreter alone: {s['rss_after_import_mib']['interpreter']:.1f} MiB; "
               f"`import edgemill.runtime` alone: {s['import_ms']['edgemill_runtime_alone']:.1f} ms")
         print()
         rows = [[f"threads={t} {k.replace('_ms', '')}", f"{v['ort']:.2f}", f"{v['edgemill']:.2f}",
                  f"{v['edgemill'] - v['ort']:+.2f}", f"{v['edgemill_inner']:.2f}", f"{v['edgemill'] - v['edgemill_inner']:+.2f}"]
                 for t, pc in s["per_call_us"].items() for k, v in pc.items()]
-        print(table(rows, ["(d) per call, us", "bare session.run", "edgemill model.run", "edgemill - bare",
+        print(markdown_table(rows, ["(d) per call, us", "bare session.run", "edgemill model.run", "edgemill - bare",
                            "edgemill's own ORT session.run", "wrapper (model.run - its session.run)"]))
         print("\n(d) p50 of each process, us:")
         for t, each in s["per_call_p50_us_each_round"].items():
