@@ -99,6 +99,10 @@ class KeyFileError(UserError):
     """A signing or public key that cannot be read or has the wrong type."""
 
 
+class MissingDependencyError(UserError):
+    """An optional framework or library is not installed; the fix names the extra."""
+
+
 class BackendError(UserError):
     """A backend library refused or failed to run a model."""
 
@@ -162,6 +166,7 @@ STATUS_TABLE: dict[type[EdgemillError], Status] = {
     InputMismatchError: Status(1, 400, "INVALID_ARGUMENT"),
     AccuracyCheckError: Status(1, 422, "FAILED_PRECONDITION"),
     KeyFileError: Status(1, 400, "INVALID_ARGUMENT"),
+    MissingDependencyError: Status(1, 501, "UNIMPLEMENTED"),
     BackendError: Status(1, 500, "INTERNAL"),
     UsageError: Status(2, 400, "INVALID_ARGUMENT"),
     VerificationError: Status(3, 422, "PERMISSION_DENIED"),

@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from .. import __version__
-from ..errors import EdgemillError, status_for
+from ..errors import EdgemillError, UsageError, status_for
 from . import bench_cmd, compile_cmd, demo_cmd, inspect_cmd, keys_cmd, run_cmd, targets_cmd
 from .output import emit_json
 
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except EdgemillError as exc:
         if getattr(args, "json", False):
             emit_json(exc.to_dict())
-        print(f"edgemill: error: {exc.one_line()}", file=sys.stderr)
+        kind = "usage error" if isinstance(exc, UsageError) else "error"
+        print(f"edgemill: {kind}: {exc.one_line()}", file=sys.stderr)
         return status_for(exc).exit_code
     except KeyboardInterrupt:
         print("edgemill: interrupted", file=sys.stderr)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .output import emit_json, fmt_ms, info
+from ..errors import UsageError
+from .output import emit_json, fmt_ms, info, table
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compile", parents=[common], help="compile a model into a package for a target",
                        description="Compile a model for a hardware target and write a package (.emp file or directory).")
-    p.add_argument("model", help="the model file (.onnx)")
+    p.add_argument("model", nargs="?", help="the model: a file or directory from any supported framework")
+    p.add_argument("--list-frameworks", action="store_true",
+                   help="list the frameworks edgemill reads, which are installed, and the extra for the rest")
     p.add_argument("-t", "--target", default="host", help="target name from `edgemill targets` (default: host)")
     p.add_argument("-o", "--output", help="package to write: NAME.emp (tar) or a directory (default: MODEL-TARGET.emp)")
     p.add_argument("--framework", help="source framework, when it cannot be detected from the file")
@@ -24,20 +27,39 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max relative error between compiled and original outputs (default: 1e-4)")
     p.add_argument("--validation", help=".npz with one array per input, used for the accuracy check")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading pickled models (scikit-learn): unpickling runs code, so only for files you trust")
     p.add_argument("--no-measure", action="store_true", help="skip the quick latency measurement")
     p.add_argument("--explain", action="store_true", help="print what each pass did")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     p.set_defaults(handler=run)
 
 
+def list_frameworks(as_json: bool) -> int:
+    from ..compiler.frontends import all_frontends
+
+    rows = [{"framework": f.name, "description": f.description, "installed": not f.missing(),
+             "missing": f.missing(), "install": f"pip install 'edgemill[{f.extra}]'"} for f in all_frontends()]
+    if as_json:
+        emit_json(rows)
+        return 0
+    print(table([[r["framework"], "yes" if r["installed"] else "no: " + r["install"], r["description"]]
+                 for r in rows], ["FRAMEWORK", "INSTALLED", "READS"]))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..compiler import CompileOptions, compile_model
 
+    if args.list_frameworks:
+        return list_frameworks(args.json)
+    if args.model is None:
+        raise UsageError("compile needs a MODEL", fix="run `edgemill compile MODEL -t TARGET`, or --list-frameworks")
     options = CompileOptions.create(
         args.model, target=args.target, output=args.output, inputs=args.input, framework=args.framework,
         precision=args.precision, backend=args.backend, name=args.name, version=args.version,
         tolerance=args.tolerance, validation=Path(args.validation) if args.validation else None,
-        measure=not args.no_measure,
+        measure=not args.no_measure, trust_pickle=args.trust_pickle,
     )
     quiet = args.quiet or args.json
 

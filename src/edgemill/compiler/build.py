@@ -22,7 +22,7 @@ from ..targets import Target, get_target, runnable_here
 from . import accuracy, sample_inputs
 from .checks import check_model
 from .context import CompileContext, Progress, silent
-from .frontends import choose
+from .frontends import FrontendRequest, choose
 from .graph import input_specs, output_specs, to_bytes
 from .options import CompileOptions
 from .passes import all_passes
@@ -59,7 +59,7 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
 
     progress("load", f"loading {options.model.name} ({frontend.name})", None)
     start = time.perf_counter()
-    model, source = frontend.load(options.model)
+    model, source = frontend.load(options.model, FrontendRequest(options.inputs, options.trust_pickle))
     load_warnings: list[str] = []
     model = check_model(model, f"model {options.model.name}", load_warnings)
     progress("load", f"loaded {options.model.name}: {len(model.graph.node)} nodes, checker and shape inference pass",

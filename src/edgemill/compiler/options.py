@@ -32,6 +32,7 @@ class CompileOptions:
     validation: Path | None = None  # .npz of inputs used for the accuracy check
     measure: bool = True  # measure latency of original vs compiled when the target runs here
     seed: int = 0
+    trust_pickle: bool = False  # unpickling runs code: only with the user's explicit consent
     check_threads: int = 1  # one thread makes the accuracy check, and so the manifest, deterministic
     extra_passes: tuple[str, ...] = field(default_factory=tuple)
 

@@ -1,13 +1,23 @@
-"""Frontends turn what a user brings into an ONNX model. One module per framework, registered here."""
+"""Frontends turn what a user brings into an ONNX model. One module per framework in this folder;
+each registers itself when imported, so adding a framework is adding a file (and its test).
+
+A frontend's ``detect`` must be cheap and import nothing heavy: it runs for every compile. Its
+``load`` imports the framework, and only after :func:`choose` has checked that it is installed.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ...errors import ModelFormatError
+from ...errors import MissingDependencyError, ModelFormatError
+from ...tensors import InputOverride
 from ..context import SourceInfo
 
 if TYPE_CHECKING:  # the name 'onnx' must stay free here: it is our ONNX frontend's module
@@ -15,15 +25,30 @@ if TYPE_CHECKING:  # the name 'onnx' must stay free here: it is our ONNX fronten
 
 
 @dataclass(frozen=True)
+class FrontendRequest:
+    """What a frontend may need besides the path: input shapes, and consent to unpickle."""
+
+    inputs: tuple[InputOverride, ...] = ()
+    trust_pickle: bool = False
+
+
+@dataclass(frozen=True)
 class Frontend:
     name: str
     description: str
     detect: Callable[[Path], bool]
-    load: Callable[[Path], tuple["onnx.ModelProto", SourceInfo]]
+    load: Callable[[Path, FrontendRequest], tuple["onnx.ModelProto", SourceInfo]]
+    requires: tuple[str, ...] = ()  # modules the frontend imports
+    extra: str = "compile"  # the pip extra that installs them
+    priority: int = 50  # detection order: lower is tried first
+    suffixes: tuple[str, ...] = field(default_factory=tuple)  # for --list-frameworks
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m.split(".")[0]) is None]
 
 
 _REGISTRY: dict[str, Frontend] = {}
-_BUILTIN = ("onnx",)
+_LOADED = False
 
 
 def register(frontend: Frontend) -> Frontend:
@@ -32,12 +57,21 @@ def register(frontend: Frontend) -> Frontend:
 
 
 def all_frontends() -> list[Frontend]:
-    import importlib
+    global _LOADED
+    if not _LOADED:
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")  # importing registers the frontend
+        _LOADED = True
+    return sorted(_REGISTRY.values(), key=lambda f: (f.priority, f.name))
 
-    for module in _BUILTIN:
-        importlib.import_module(f"{__name__}.{module}")  # importing registers the frontend
 
-    return list(_REGISTRY.values())
+def require(frontend: Frontend) -> None:
+    missing = frontend.missing()
+    if missing:
+        raise MissingDependencyError(
+            f"the {frontend.name} frontend needs a package that is not installed", value=", ".join(missing),
+            fix=f"pip install 'edgemill[{frontend.extra}]'",
+        )
 
 
 def choose(path: Path, framework: str | None) -> Frontend:
@@ -45,13 +79,42 @@ def choose(path: Path, framework: str | None) -> Frontend:
     if framework is not None:
         if framework not in frontends:
             raise ModelFormatError("unknown framework", value=framework, expected="one of " + ", ".join(frontends),
-                                   fix="omit --framework to detect it from the file")
-        return frontends[framework]
-    for f in frontends.values():
-        if f.detect(path):
-            return f
-    raise ModelFormatError(
-        "cannot tell which framework made this file", value=str(path),
-        expected="a model from: " + ", ".join(frontends),
-        fix="pass --framework NAME, or check that the file is a trained model",
-    )
+                                   fix="omit --framework to detect it from the file, or see "
+                                       "`edgemill compile --list-frameworks`")
+        chosen = frontends[framework]
+    else:
+        chosen = next((f for f in frontends.values() if f.detect(path)), None)  # type: ignore[assignment]
+        if chosen is None:
+            raise ModelFormatError(
+                "cannot tell which framework made this file", value=str(path),
+                expected="a model from: " + ", ".join(frontends),
+                fix="pass --framework NAME (see `edgemill compile --list-frameworks`), or check that the file "
+                    "is a trained model",
+            )
+    require(chosen)
+    return chosen
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (relative names and contents, in sorted order)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def source_info(path: Path, framework: str, version: str, **details: Any) -> SourceInfo:
+    return SourceInfo(framework=framework, framework_version=version, file=path.name, sha256=sha256_of(path),
+                      details=details)
+
+
+def read_head(path: Path, size: int = 16) -> bytes:
+    if not path.is_file():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import onnx
@@ -10,15 +9,7 @@ from google.protobuf.message import DecodeError
 
 from ...errors import ModelFormatError
 from ..context import SourceInfo
-from . import Frontend, register
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from . import Frontend, FrontendRequest, read_head, register, source_info
 
 
 def detect(path: Path) -> bool:
@@ -26,12 +17,10 @@ def detect(path: Path) -> bool:
         return False
     if path.suffix.lower() == ".onnx":
         return True
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return head[:1] == b"\x08"  # field 1 (ir_version), varint: how every ModelProto starts
+    return read_head(path, 1) == b"\x08"  # field 1 (ir_version), varint: how every ModelProto starts
 
 
-def load(path: Path) -> tuple[onnx.ModelProto, SourceInfo]:
+def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceInfo]:
     if path.is_dir():
         raise ModelFormatError("expected an .onnx file, got a directory", value=str(path), fix="pass the .onnx file")
     try:
@@ -44,11 +33,10 @@ def load(path: Path) -> tuple[onnx.ModelProto, SourceInfo]:
     if not model.graph.node and not model.graph.output:
         raise ModelFormatError("the ONNX file holds no graph", value=str(path), fix="pass a complete exported model")
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    info = SourceInfo(
-        framework="onnx", framework_version=onnx.__version__, file=path.name, sha256=_sha256(path),
-        details={"opsets": opsets, "producer": f"{model.producer_name} {model.producer_version}".strip()},
-    )
+    info = source_info(path, "onnx", onnx.__version__, opsets=opsets,
+                       producer=f"{model.producer_name} {model.producer_version}".strip())
     return model, info
 
 
-register(Frontend("onnx", "ONNX model (.onnx)", detect, load))
+register(Frontend("onnx", "ONNX model (.onnx)", detect, load, requires=("onnx",), extra="compile", priority=90,
+                  suffixes=(".onnx",)))
