@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import MissingDependencyError, ModelFormatError
+from ...errors import MissingDependencyError, ModelFormatError, OptionError
 from ...tensors import InputOverride
 from ..context import SourceInfo
 
@@ -118,3 +118,28 @@ def read_head(path: Path, size: int = 16) -> bytes:
         return b""
     with open(path, "rb") as f:
         return f.read(size)
+
+
+def tabular_input(request: FrontendRequest, n_features: int, framework: str) -> tuple[str, list[int | str | None]]:
+    """Name and shape of a tabular model's one input: ``[batch, n_features]`` float32, the batch
+    dynamic unless ``--input`` fixes it. Converters take ``None`` for a dynamic dimension."""
+    if not request.inputs:
+        return "input", [None, n_features]
+    if len(request.inputs) != 1:
+        raise OptionError(f"a {framework} model has one input", value=len(request.inputs),
+                          fix="give --input once, e.g. --input input:Nx%d" % n_features)
+    override = request.inputs[0]
+    if len(override.shape) != 2 or override.shape[1] != n_features:
+        raise OptionError(f"--input shape does not fit a {framework} model with {n_features} features",
+                          value=list(override.shape), expected=f"[batch, {n_features}]",
+                          fix=f"write --input {override.name}:Nx{n_features}")
+    if override.dtype not in (None, "float32"):
+        raise OptionError(f"{framework} models take float32 features", value=override.dtype,
+                          fix=f"write --input {override.name}:Nx{n_features}:float32")
+    batch = override.shape[0]
+    return override.name, [batch if isinstance(batch, int) and batch > 0 else None, n_features]
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
