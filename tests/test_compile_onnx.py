@@ -163,3 +163,12 @@ def test_compile_cli_json(model_dir: Path, tmp_path: Path) -> None:
     assert result.code == 0
     data = json.loads(result.out)
     assert data["package_id"] == data["report"]["package_id"]
+
+
+@pytest.mark.parametrize("target", ["host", "x86_64-avx2"])
+@pytest.mark.parametrize("name", ["cnn", "encoder"])
+def test_ids_repeat_within_one_process(name: str, target: str, model_dir: Path, tmp_path: Path) -> None:
+    # onnxruntime names rewritten nodes from a process-wide counter; the id must not depend on it.
+    ids = {edgemill.compile(model_dir / f"{name}.onnx", target=target, output=tmp_path / f"{i}.emp",
+                            measure=False).package_id for i in range(3)}
+    assert len(ids) == 1

@@ -116,6 +116,7 @@ def test_fixed_batch_with_input_override(digits, tmp_path: Path) -> None:  # typ
 
 
 def test_pickles_need_explicit_trust(tmp_path: Path) -> None:
+    pytest.importorskip("skl2onnx")
     from sklearn.linear_model import LinearRegression
 
     path = tmp_path / "model.pkl"

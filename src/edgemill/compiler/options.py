@@ -17,6 +17,14 @@ AVAILABLE_PRECISIONS = ("fp32",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+def split_entry(path: Path | str) -> tuple[Path, str] | None:
+    """``(Path("dir/model.py"), "factory")`` for a Python entry ``dir/model.py:factory``, else None."""
+    file, sep, name = str(path).rpartition(":")
+    if sep and file.lower().endswith(".py") and name.isidentifier():
+        return Path(file), name
+    return None
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     model: Path
@@ -58,8 +66,8 @@ class CompileOptions:
         return opts
 
     def validate(self) -> None:
-        if not self.model.exists():
-            raise FileNotFound("model file not found", value=str(self.model), fix="check the path")
+        if not self.source_path.exists():
+            raise FileNotFound("model file not found", value=str(self.source_path), fix="check the path")
         get_target(self.target)  # an unknown target fails here, before any work
         if self.precision not in PRECISIONS:
             raise OptionError("unknown precision", value=self.precision, expected=" | ".join(PRECISIONS),
@@ -88,14 +96,20 @@ class CompileOptions:
             raise OptionError("the same input is given twice with --input", value=names, fix="give each input once")
 
     @property
+    def source_path(self) -> Path:
+        """The file or directory the model comes from (for ``model.py:factory``, the ``.py`` file)."""
+        entry = split_entry(self.model)
+        return entry[0] if entry else self.model
+
+    @property
     def package_name(self) -> str:
         if self.name:
             return self.name
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model.stem).strip("-.") or "model"
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", self.source_path.stem).strip("-.") or "model"
         return stem[:128]
 
     @property
     def output_path(self) -> Path:
         if self.output is not None:
             return self.output
-        return self.model.with_name(f"{self.package_name}-{self.target}{SUFFIX}")
+        return self.source_path.with_name(f"{self.package_name}-{self.target}{SUFFIX}")

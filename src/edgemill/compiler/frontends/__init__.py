@@ -19,6 +19,10 @@ from typing import TYPE_CHECKING, Any
 from ...errors import MissingDependencyError, ModelFormatError, OptionError
 from ...tensors import InputOverride
 from ..context import SourceInfo
+from ..options import split_entry
+
+__all__ = ["Frontend", "FrontendRequest", "choose", "read_head", "register", "source_info", "split_entry",
+           "tabular_input"]
 
 if TYPE_CHECKING:  # the name 'onnx' must stay free here: it is our ONNX frontend's module
     import onnx

@@ -53,8 +53,8 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
             raise BackendError("onnxruntime cannot load the model", value=str(exc).strip().splitlines()[0][:300],
                                fix="check that onnxruntime supports every operator and opset in the model") from None
         optimized = onnx.load(out_path)
-    # onnxruntime names the file it wrote in no field, but clear anything path-like to stay deterministic.
     optimized.graph.doc_string = ""
+    canonicalize_names(optimized)
     ctx.backend_options["load_optimization"] = load_level
     ctx.backend_options["execution_providers"] = list(ctx.target.execution_providers)
     if save_level == "all":
@@ -64,3 +64,86 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
     if not runnable_here(ctx.target):
         record["note"] = f"target {ctx.target.name} cannot run here: hardware-specific layouts are left to the device"
     return optimized
+
+
+def canonicalize_names(model: onnx.ModelProto) -> None:
+    """Rename what onnxruntime's rewrites named from a process-wide counter (nodes, and the tensors
+    and weights they create), so that the same model compiled twice in one process gives the same
+    bytes and so the same package id. Graph inputs and outputs keep their names."""
+    graph = model.graph
+    _sort_nodes_canonically(graph)
+    for i, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{i}"
+        node.doc_string = ""  # fused nodes carry their source node's (counter-based) name here
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # subgraphs may refer to outer tensors by name: leave tensor names alone
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    # Names follow node order (which is deterministic), never the order onnxruntime wrote initializers
+    # in, which follows a hash map and varies between runs.
+    weights = {init.name for init in graph.initializer} - keep
+    renames: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in weights and name not in renames:
+                renames[name] = f"w{len(renames)}"
+        for out in node.output:
+            if out not in keep and out not in renames:
+                renames[out] = f"t{len(renames)}"
+    for name in sorted(weights - set(renames)):
+        renames[name] = f"w{len(renames)}"
+    for init in graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    order = {new: i for i, new in enumerate(renames.values())}
+    graph.initializer.sort(key=lambda init: order.get(init.name, -1))
+    for node in graph.node:
+        node.input[:] = [renames.get(x, x) for x in node.input]
+        node.output[:] = [renames.get(x, x) for x in node.output]
+    for info in graph.value_info:
+        info.name = renames.get(info.name, info.name)
+
+
+def _sort_nodes_canonically(graph: onnx.GraphProto) -> None:
+    """A topological order that depends on the graph's structure only. onnxruntime writes parallel
+    branches (e.g. YOLO's two heads) in an order that varies between runs."""
+    import hashlib
+
+    from onnx import numpy_helper
+
+    def weight_key(init: onnx.TensorProto) -> str:
+        h = hashlib.sha256(numpy_helper.to_array(init).tobytes())
+        h.update(repr((list(init.dims), init.data_type)).encode())
+        return h.hexdigest()
+
+    weights = {init.name: weight_key(init) for init in graph.initializer}
+    inputs = {v.name: i for i, v in enumerate(graph.input)}
+    nodes = list(graph.node)
+    produced_by = {out: i for i, node in enumerate(nodes) for out in node.output}
+    attrs = [b"".join(a.SerializeToString(deterministic=True) for a in node.attribute) for node in nodes]
+    placed: dict[int, int] = {}  # old index -> new position
+    order: list[int] = []
+    waiting = {i: {produced_by[x] for x in node.input if x in produced_by} for i, node in enumerate(nodes)}
+    ready = {i for i, deps in waiting.items() if not deps}
+
+    def input_key(name: str) -> tuple:  # type: ignore[type-arg]
+        if name in produced_by:
+            producer = produced_by[name]
+            return (0, placed[producer], list(nodes[producer].output).index(name))
+        if name in inputs:
+            return (1, inputs[name], 0)
+        return (2, weights.get(name, name), 0)
+
+    while ready:
+        best = min(ready, key=lambda i: ([input_key(x) for x in nodes[i].input], nodes[i].op_type,
+                                         nodes[i].domain, attrs[i]))
+        ready.remove(best)
+        placed[best] = len(order)
+        order.append(best)
+        for i, deps in waiting.items():
+            if best in deps:
+                deps.discard(best)
+                if not deps and i not in placed:
+                    ready.add(i)
+    if len(order) != len(nodes):
+        return  # not a DAG as far as we can tell (should not happen): keep onnxruntime's order
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)

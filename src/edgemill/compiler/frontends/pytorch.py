@@ -1,0 +1,368 @@
+"""PyTorch frontend: TorchScript files, ``torch.export`` programs (.pt2) and ``module.py:factory`` entries.
+
+Three inputs, two exporters (torch 2.13):
+
+* a TorchScript archive (``torch.jit.save``) goes through the legacy TorchScript exporter
+  (``dynamo=False``): the dynamo exporter cannot trace a ScriptModule. TorchScript records no input
+  shapes, so ``--input NAME:SHAPE[:DTYPE]`` is required; a symbolic dim (``Nx3x32x32``) stays dynamic.
+* a ``torch.export.save`` ExportedProgram (``.pt2``) goes through the dynamo exporter, which needs
+  ``onnxscript``; its own example inputs and dynamic shapes give the graph's inputs.
+* ``path/to/module.py:factory``: we import the file and call ``factory()`` for an ``nn.Module``, then
+  export it with the dynamo exporter and the ``--input`` shapes. Importing a ``.py`` runs its code, as
+  unpickling does: name only files you trust.
+
+Loading a TorchScript or .pt2 archive runs no Python from the file (TorchScript code runs in its own
+interpreter; tensors are read with torch's restricted unpickler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ModelFormatError, OptionError
+from ...tensors import InputOverride, numpy_dtype
+from ..context import SourceInfo
+from . import Frontend, FrontendRequest, register, source_info, split_entry
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 18  # both exporters reach it; the dynamo exporter's floor
+_EXAMPLE_SYMBOL_SIZE = 2  # torch.export specializes sizes 0 and 1, so a dynamic dim is traced at 2
+_TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ptl")
+_EXPORT_SUFFIXES = (".pt2",)
+_ENTRY_EXAMPLE = "model.py:build"
+
+
+# --- detection: cheap, imports nothing heavy ---------------------------------------------------------
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _is_torchscript(names: list[str]) -> bool:
+    return any("/code/" in n or n.startswith("code/") or n.endswith("constants.pkl") for n in names)
+
+
+def _is_exported_program(names: list[str]) -> bool:
+    return any(n.endswith("/archive_format") or ("/models/" in n and n.endswith(".json")) for n in names)
+
+
+def detect(path: Path) -> bool:
+    entry = split_entry(path)
+    if entry is not None:
+        return entry[0].is_file()
+    if not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in _EXPORT_SUFFIXES:
+        return zipfile.is_zipfile(path)
+    if suffix in _TORCHSCRIPT_SUFFIXES:
+        return _is_torchscript(_zip_names(path))
+    return False
+
+
+# --- load ---------------------------------------------------------------------------------------------
+
+def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceInfo]:
+    import onnx
+    import torch
+
+    entry = split_entry(path)
+    if entry is not None:
+        file, factory = entry
+        model, kind = _from_entry(file, factory, torch), "entry"
+        details: dict[str, Any] = {"entry": f"{file.name}:{factory}"}
+    else:
+        if not path.is_file():
+            raise ModelFormatError("expected a PyTorch file, got a directory or nothing", value=str(path),
+                                   fix="pass a TorchScript .pt, a torch.export .pt2, or model.py:factory")
+        names = _zip_names(path)
+        if _is_exported_program(names):
+            model, kind, details = _load_exported_program(path, torch), "exported_program", {}
+        elif _is_torchscript(names):
+            model, kind, details = _load_torchscript(path, torch), "torchscript", {}
+        else:
+            raise _not_pytorch(path, names)
+        file = path
+
+    if isinstance(model, torch.export.ExportedProgram):
+        proto, exporter = _export_program(model, torch), "dynamo"
+    elif isinstance(model, torch.jit.ScriptModule):
+        proto, exporter = _export_torchscript(model, request.inputs, torch), "torchscript"
+    else:
+        proto, exporter = _export_module(model, request.inputs, torch), "dynamo"
+    _name_symbols(proto, request.inputs)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    proto.producer_name, proto.producer_version = "edgemill-pytorch", torch.__version__
+    info = source_info(file, "pytorch", torch.__version__, kind=kind, exporter=exporter, opset=opset,
+                       onnx_version=onnx.__version__, **details)
+    return proto, info
+
+
+def _not_pytorch(path: Path, names: list[str]) -> ModelFormatError:
+    if any(n.endswith("data.pkl") for n in names):
+        return ModelFormatError(
+            "a torch.save checkpoint holds weights but no graph", value=str(path),
+            expected="a TorchScript archive (torch.jit.save) or an ExportedProgram (torch.export.save)",
+            fix="save the model with torch.jit.save(torch.jit.script(model), ...) or torch.export.save, or pass "
+                f"{_ENTRY_EXAMPLE} that builds and loads it",
+        )
+    return ModelFormatError(
+        "not a PyTorch model", value=str(path),
+        expected="a TorchScript .pt (torch.jit.save), a torch.export .pt2 (torch.export.save) or "
+                 f"{_ENTRY_EXAMPLE} returning an nn.Module",
+        fix="save the model with torch.jit.save or torch.export.save, or drop --framework to detect the format",
+    )
+
+
+def _load_torchscript(path: Path, torch: Any) -> Any:
+    try:
+        with _quiet():
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError for every kind of damage
+        raise ModelFormatError("cannot load the TorchScript archive", value=str(path),
+                               fix=f"re-save it with torch.jit.save ({_first_line(exc)})") from None
+
+
+def _load_exported_program(path: Path, torch: Any) -> Any:
+    try:
+        with _quiet():
+            return torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFormatError("cannot load the ExportedProgram", value=str(path),
+                               fix=f"re-save it with torch.export.save ({_first_line(exc)})") from None
+
+
+def _from_entry(file: Path, factory: str, torch: Any) -> Any:
+    """Import ``file`` (this runs its code) and call ``factory()``."""
+    if not file.is_file():
+        raise ModelFormatError("the Python file of the entry does not exist", value=str(file),
+                               fix=f"write the entry as {_ENTRY_EXAMPLE} with an existing file")
+    module_name = f"edgemill_user_{abs(hash(str(file.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise ModelFormatError("cannot import the Python file", value=str(file), fix="pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
+    sys.path.insert(0, str(file.resolve().parent))  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+        fn = getattr(module, factory, None)
+        if not callable(fn):
+            raise ModelFormatError(f"{file.name} has no callable {factory!r}", value=factory,
+                                   expected="a function returning an nn.Module",
+                                   fix=f"define `def {factory}(): return MyModel()` in {file.name}")
+        model = fn()
+    except ModelFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
+        raise ModelFormatError(f"running {file.name}:{factory} failed", value=f"{type(exc).__name__}: {_first_line(exc)}",
+                               fix="make the factory run on its own: python -c 'import ...; ...()'") from None
+    finally:
+        sys.path.remove(str(file.resolve().parent))
+    if not isinstance(model, (torch.nn.Module, torch.export.ExportedProgram)):
+        raise ModelFormatError(f"{file.name}:{factory} did not return an nn.Module", value=type(model).__name__,
+                               expected="a torch.nn.Module (or ExportedProgram)",
+                               fix=f"return the model from {factory}(), e.g. `return MyNet()`")
+    return model.eval() if isinstance(model, torch.nn.Module) else model
+
+
+# --- example inputs from --input ---------------------------------------------------------------------
+
+def _forward_names(model: Any, torch: Any) -> list[str]:
+    if isinstance(model, torch.jit.ScriptModule):
+        return [a.name for a in model.forward.schema.arguments[1:]]
+    import inspect
+
+    params = inspect.signature(model.forward).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _examples(model: Any, overrides: tuple[InputOverride, ...], torch: Any) -> tuple[list[str], list[Any]]:
+    """Input names in ``forward``'s order and an example tensor for each, from ``--input``."""
+    names = _forward_names(model, torch)
+    given = {o.name: o for o in overrides}
+    example = ":".join([names[0] if names else "x", "Nx3x224x224", "float32"])
+    missing = [n for n in names if n not in given]
+    if missing:
+        what = "a TorchScript module" if isinstance(model, torch.jit.ScriptModule) else "an nn.Module"
+        raise OptionError(
+            f"{what} does not record input shapes; pass --input NAME:SHAPE:DTYPE for each input",
+            value=", ".join(missing), expected="--input for " + ", ".join(names),
+            fix=f"add --input {example} with your model's shape (a symbol such as N keeps that dimension dynamic)",
+        )
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise OptionError("--input names an input the model does not have", value=", ".join(unknown),
+                          expected="one of " + ", ".join(repr(n) for n in names),
+                          fix="use the parameter names of the model's forward()")
+    tensors = []
+    for i, name in enumerate(names):
+        o = given[name]
+        shape = [d if isinstance(d, int) and d > 0 else _EXAMPLE_SYMBOL_SIZE for d in o.shape]
+        dtype = numpy_dtype(o.dtype or "float32")
+        if dtype.kind == "f":
+            t = torch.randn(*shape, generator=torch.Generator().manual_seed(i)).to(_torch_dtype(dtype, torch))
+        else:
+            t = torch.zeros(*shape, dtype=_torch_dtype(dtype, torch))
+        tensors.append(t)
+    return names, tensors
+
+
+def _torch_dtype(dtype: Any, torch: Any) -> Any:
+    import numpy as np
+
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+
+
+def _dynamic_axes(overrides: tuple[InputOverride, ...]) -> dict[str, dict[int, str]]:
+    return {o.name: {axis: d if isinstance(d, str) else f"{o.name}_{axis}"
+                     for axis, d in enumerate(o.shape) if not (isinstance(d, int) and d > 0)}
+            for o in overrides if any(not (isinstance(d, int) and d > 0) for d in o.shape)}
+
+
+def _output_names(model: Any, args: list[Any], torch: Any) -> list[str]:
+    """Run the model once: it checks the shapes and counts the outputs, so they get readable names."""
+    try:
+        with torch.no_grad():
+            out = model(*args)
+    except Exception as exc:  # noqa: BLE001
+        shapes = ", ".join(f"{list(a.shape)}:{str(a.dtype).replace('torch.', '')}" for a in args)
+        raise OptionError("the model does not run on inputs of the --input shapes", value=shapes,
+                          fix=f"give the shapes the model was built for ({_first_line(exc)[:200]})") from None
+    count = len(torch.utils._pytree.tree_leaves(out))
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+# --- export ----------------------------------------------------------------------------------------------
+
+def _export_torchscript(model: Any, overrides: tuple[InputOverride, ...], torch: Any) -> onnx.ModelProto:
+    import onnx
+
+    names, args = _examples(model, overrides, torch)
+    outputs = _output_names(model, args, torch)
+    buffer = io.BytesIO()
+    with _export_errors("torchscript"), _quiet():
+        torch.onnx.export(model, tuple(args), buffer, dynamo=False, opset_version=OPSET, input_names=names,
+                          output_names=outputs, dynamic_axes=_dynamic_axes(overrides) or None,
+                          do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _export_module(model: Any, overrides: tuple[InputOverride, ...], torch: Any) -> onnx.ModelProto:
+    names, args = _examples(model, overrides, torch)
+    outputs = _output_names(model, args, torch)
+    dims: dict[str, Any] = {}
+    dynamic: dict[str, dict[int, Any]] = {}
+    for name, axes in _dynamic_axes(overrides).items():
+        dynamic[name] = {axis: dims.setdefault(sym, torch.export.Dim(_identifier(sym))) for axis, sym in axes.items()}
+    with _export_errors("dynamo"), _quiet():
+        program = torch.onnx.export(model, tuple(args), dynamo=True, opset_version=OPSET, input_names=names,
+                                    output_names=outputs, dynamic_shapes=dynamic or None, verbose=False)
+    return program.model_proto
+
+
+def _export_program(program: Any, torch: Any) -> onnx.ModelProto:
+    with _export_errors("dynamo"), _quiet():
+        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=OPSET, verbose=False)
+    return onnx_program.model_proto
+
+
+def _identifier(symbol: str) -> str:
+    text = re.sub(r"\W", "_", symbol)
+    return text if text and not text[0].isdigit() else f"d_{text}"
+
+
+def _name_symbols(proto: onnx.ModelProto, overrides: tuple[InputOverride, ...]) -> None:
+    """Give dynamic input dims the user's symbols (the exporters may call them s0, s77...) everywhere, and
+    refuse a symbol the export could not keep dynamic."""
+    rename: dict[str, str] = {}
+    given = {o.name: o for o in overrides}
+    for value in proto.graph.input:
+        if value.name not in given:
+            continue
+        for axis, (d, want) in enumerate(zip(value.type.tensor_type.shape.dim, given[value.name].shape)):
+            if isinstance(want, str) and d.HasField("dim_value"):
+                # torch.export specializes a dim the code fixes (a reshape to constants...) without failing
+                raise OptionError(
+                    f"the model does not allow axis {axis} of input {value.name!r} to be dynamic", value=want,
+                    expected="a number (the exported graph fixes this dimension)",
+                    fix=f"give axis {axis} of {value.name!r} as a number in --input, or make the model's code "
+                        "independent of that size",
+                )
+            if isinstance(want, str) and d.HasField("dim_param") and d.dim_param != want:
+                rename.setdefault(d.dim_param, want)
+    if not rename:
+        return
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporters print progress, deprecation notes and IR dumps; a compile shows its own progress."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    sink = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _export_errors(exporter: str) -> Iterator[None]:
+    """Turn an exporter failure into one line naming the operator (and node) it could not map."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - exporters raise RuntimeError, TorchExportError, UserError...
+        text = "\n".join(str(e) for e in (exc, exc.__cause__) if e is not None)
+        op = re.search(r"op='([\w.]+)'", text) or re.search(r"operator '([\w:.]+)'", text) \
+            or re.search(r"namespace ([\w:.]+)", text)
+        node = re.search(r"translating node %(\w+)", text)
+        if op:
+            where = f" at node {node.group(1)}" if node else ""
+            raise ModelFormatError(
+                f"the {exporter} ONNX exporter cannot map an operator{where}", value=op.group(1),
+                expected=f"operators with an ONNX opset {OPSET} mapping",
+                fix="replace the operator in the model with supported ones, or register an ONNX translation for it "
+                    "(torch.onnx.export custom_translation_table)",
+            ) from None
+        if "Constraints violated" in text or "specialized" in text.lower():
+            raise OptionError("the model does not allow a dimension given as dynamic in --input",
+                              value=_first_line(exc)[:200], fix="give that dimension as a number") from None
+        raise ModelFormatError(f"the {exporter} ONNX exporter failed", value=_first_line(exc)[:300],
+                               fix="check that the model exports with torch.onnx.export on its own") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+register(Frontend(
+    "pytorch", "PyTorch: TorchScript (.pt/.pth/.ptl), torch.export (.pt2), module.py:factory", detect, load,
+    requires=("torch", "onnxscript"), extra="torch", priority=40, suffixes=(*_TORCHSCRIPT_SUFFIXES, *_EXPORT_SUFFIXES),
+))
