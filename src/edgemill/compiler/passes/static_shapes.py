@@ -5,6 +5,7 @@ Static shapes let onnxruntime plan memory once and let later passes (quantizatio
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import onnx
@@ -26,6 +27,8 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
     inputs = {v.name: v for v in graph_inputs(model)}
     changed = []
     for override in ctx.options.inputs:
+        if override.name not in inputs and override.name.endswith(":0") and override.name[:-2] in inputs:
+            override = replace(override, name=override.name[:-2])  # TensorFlow's "image:0" is input "image"
         if override.name not in inputs:
             raise OptionError("--input names an input the model does not have", value=override.name,
                               expected="one of " + ", ".join(repr(n) for n in inputs),
