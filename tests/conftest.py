@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,13 @@ import edgemill
 from edgemill.cli import main
 from edgemill.demo import zoo
 from edgemill.package.keys import write_keypair
+
+# The CUDA build of torch (what PyPI serves on a machine without our local CPU wheel) imports triton
+# from torch.optim/torch._dynamo; triton's LLVM clashes with TensorFlow's and the import segfaults
+# once TensorFlow is loaded (the TensorFlow tests load it at collection). The tests run on the CPU and
+# never need triton: make importing it fail cleanly, which torch reads as "no triton".
+if "triton" not in sys.modules:
+    sys.modules["triton"] = None  # type: ignore[assignment]
 
 MODELS = {
     "cnn": lambda: zoo.cnn(),

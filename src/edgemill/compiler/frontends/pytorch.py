@@ -79,6 +79,28 @@ def detect(path: Path) -> bool:
 # --- load ---------------------------------------------------------------------------------------------
 
 def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceInfo]:
+    with _without_triton():
+        return _load(path, request)
+
+
+@contextlib.contextmanager
+def _without_triton() -> Iterator[None]:
+    """Keep torch from importing triton while we export. Triton compiles GPU kernels, which a CPU
+    export never needs, and its LLVM clashes with TensorFlow's: importing it into a process that has
+    TensorFlow loaded segfaults (seen with the CUDA build of torch 2.13 from PyPI next to
+    tensorflow-cpu 2.21). torch treats an import that fails as "no triton"."""
+    if "triton" in sys.modules:
+        yield
+        return
+    sys.modules["triton"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get("triton", 0) is None:
+            del sys.modules["triton"]
+
+
+def _load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceInfo]:
     import onnx
     import torch
 
