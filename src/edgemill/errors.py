@@ -60,6 +60,12 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's text: what a one-line error can quote of a library."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 # --- user errors (exit 1) -------------------------------------------------------------------
 
 

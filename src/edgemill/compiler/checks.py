@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from ..errors import ModelCheckError
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
+from ..errors import ModelCheckError, first_line
 
 
 def check_model(model: onnx.ModelProto, label: str, warnings: list[str] | None = None) -> onnx.ModelProto:
@@ -18,14 +13,14 @@ def check_model(model: onnx.ModelProto, label: str, warnings: list[str] | None =
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelCheckError(
-            f"{label} fails the ONNX checker", value=_first_line(exc),
+            f"{label} fails the ONNX checker", value=first_line(exc),
             fix="re-export the model from its framework; `python -c \"import onnx; onnx.checker.check_model('MODEL')\"` "
                 "shows the full report",
         ) from None
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError) as exc:
-        strict_error = _first_line(exc)
+        strict_error = first_line(exc)
     # Strict inference also fails on gaps in onnx's own inference (e.g. a function body whose default
     # attribute it does not fill in). Accept what lenient inference accepts: the accuracy check that
     # follows runs the model, so a genuinely broken graph is still refused there.

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import MissingDependencyError, ModelFormatError, OptionError
+from ...errors import MissingDependencyError, ModelFormatError, OptionError, first_line
 from ...tensors import InputOverride
 from ..context import SourceInfo
 from ..options import split_entry
 
-__all__ = ["Frontend", "FrontendRequest", "choose", "read_head", "register", "source_info", "split_entry",
-           "tabular_input"]
+__all__ = ["Frontend", "FrontendRequest", "choose", "first_line", "read_head", "register", "source_info",
+           "split_entry", "tabular_input"]
 
 if TYPE_CHECKING:  # the name 'onnx' must stay free here: it is our ONNX frontend's module
     import onnx
@@ -143,7 +143,3 @@ def tabular_input(request: FrontendRequest, n_features: int, framework: str) -> 
     batch = override.shape[0]
     return override.name, [batch if isinstance(batch, int) and batch > 0 else None, n_features]
 
-
-def first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ...errors import ModelFormatError, OptionError
 from ...tensors import InputOverride, numpy_dtype
 from ..context import SourceInfo
-from . import Frontend, FrontendRequest, register, source_info, split_entry
+from . import Frontend, FrontendRequest, first_line, register, source_info, split_entry
 
 if TYPE_CHECKING:
     import onnx
@@ -158,7 +158,7 @@ def _load_torchscript(path: Path, torch: Any) -> Any:
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError for every kind of damage
         raise ModelFormatError("cannot load the TorchScript archive", value=str(path),
-                               fix=f"re-save it with torch.jit.save ({_first_line(exc)})") from None
+                               fix=f"re-save it with torch.jit.save ({first_line(exc)})") from None
 
 
 def _load_exported_program(path: Path, torch: Any) -> Any:
@@ -167,7 +167,7 @@ def _load_exported_program(path: Path, torch: Any) -> Any:
             return torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001
         raise ModelFormatError("cannot load the ExportedProgram", value=str(path),
-                               fix=f"re-save it with torch.export.save ({_first_line(exc)})") from None
+                               fix=f"re-save it with torch.export.save ({first_line(exc)})") from None
 
 
 def _from_entry(file: Path, factory: str, torch: Any) -> Any:
@@ -193,7 +193,7 @@ def _from_entry(file: Path, factory: str, torch: Any) -> Any:
     except ModelFormatError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
-        raise ModelFormatError(f"running {file.name}:{factory} failed", value=f"{type(exc).__name__}: {_first_line(exc)}",
+        raise ModelFormatError(f"running {file.name}:{factory} failed", value=f"{type(exc).__name__}: {first_line(exc)}",
                                fix="make the factory run on its own: python -c 'import ...; ...()'") from None
     finally:
         sys.path.remove(str(file.resolve().parent))
@@ -266,7 +266,7 @@ def _output_names(model: Any, args: list[Any], torch: Any) -> list[str]:
     except Exception as exc:  # noqa: BLE001
         shapes = ", ".join(f"{list(a.shape)}:{str(a.dtype).replace('torch.', '')}" for a in args)
         raise OptionError("the model does not run on inputs of the --input shapes", value=shapes,
-                          fix=f"give the shapes the model was built for ({_first_line(exc)[:200]})") from None
+                          fix=f"give the shapes the model was built for ({first_line(exc)[:200]})") from None
     count = len(torch.utils._pytree.tree_leaves(out))
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
@@ -374,14 +374,9 @@ def _export_errors(exporter: str) -> Iterator[None]:
             ) from None
         if "Constraints violated" in text or "specialized" in text.lower():
             raise OptionError("the model does not allow a dimension given as dynamic in --input",
-                              value=_first_line(exc)[:200], fix="give that dimension as a number") from None
-        raise ModelFormatError(f"the {exporter} ONNX exporter failed", value=_first_line(exc)[:300],
+                              value=first_line(exc)[:200], fix="give that dimension as a number") from None
+        raise ModelFormatError(f"the {exporter} ONNX exporter failed", value=first_line(exc)[:300],
                                fix="check that the model exports with torch.onnx.export on its own") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 register(Frontend(
