@@ -36,20 +36,21 @@ from _report import markdown_table  # bench/ is on sys.path when a script here r
 HERE = Path(__file__).resolve().parent
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident) in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def _hwm_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mib("VmHWM")
 
 
 # ---------------------------------------------------------------------------------------------------------
