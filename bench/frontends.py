@@ -9,7 +9,9 @@ with `edgemill compile -t host` in its own process, and prints wall time and siz
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -21,6 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from _report import markdown_table  # bench/ is on sys.path when a script here runs
+
+REPO = Path(__file__).resolve().parent.parent
+# As in tests/conftest.py: a CUDA torch build imports triton, whose LLVM clashes with TensorFlow's.
+sys.modules.setdefault("triton", None)  # type: ignore[arg-type]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +75,71 @@ def _torch_cnn():  # type: ignore[no-untyped-def]
         layers += [nn.Conv2d(c, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
         c = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)).eval()
+
+
+def _keras_cnn():  # type: ignore[no-untyped-def]
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers: list = [keras.Input((64, 64, 3), name="input")]
+    for width in (32, 64, 128):
+        layers += [keras.layers.Conv2D(width, 3, padding="same"), keras.layers.BatchNormalization(),
+                   keras.layers.ReLU(), keras.layers.MaxPooling2D()]
+    return keras.Sequential([*layers, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+
+
+def make_keras(out: Path) -> tuple[Path, list[str]]:
+    path = out / "cnn.keras"
+    _keras_cnn().save(path)
+    return path, []
+
+
+def make_saved_model(out: Path) -> tuple[Path, list[str]]:
+    path = out / "saved_model"
+    _keras_cnn().export(str(path), verbose=False)
+    return path, []
+
+
+def make_tflite(out: Path) -> tuple[Path, list[str]]:
+    import tensorflow as tf
+
+    path = out / "cnn.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(_keras_cnn()).convert())
+    return path, []
+
+
+def mxnet_python() -> str | None:
+    """MXNet lives in its own environment (it needs numpy<1.24); see README "Install extras"."""
+    for candidate in (os.environ.get("EDGEMILL_MXNET_PYTHON", ""), str(REPO / ".venv-mxnet" / "bin" / "python")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+_MXNET_CNN = """
+import os, sys
+os.environ.setdefault("MXNET_MKLDNN_ENABLED", "0")
+import mxnet as mx
+from mxnet import gluon
+mx.random.seed(0)
+net = gluon.nn.HybridSequential()
+for width in (32, 64, 128):
+    net.add(gluon.nn.Conv2D(width, 3, padding=1), gluon.nn.BatchNorm(), gluon.nn.Activation("relu"),
+            gluon.nn.MaxPool2D(2))
+net.add(gluon.nn.GlobalAvgPool2D(), gluon.nn.Flatten(), gluon.nn.Dense(10))
+net.initialize(mx.init.Xavier())
+net.hybridize()
+net(mx.nd.zeros((1, 3, 64, 64)))
+net.export(sys.argv[1])
+"""
+
+
+def make_mxnet(out: Path) -> tuple[Path, list[str]]:
+    python = mxnet_python()
+    if python is None:
+        raise LookupError("no MXNet environment (.venv-mxnet or EDGEMILL_MXNET_PYTHON)")
+    subprocess.run([python, "-c", _MXNET_CNN, str(out / "cnn")], check=True, capture_output=True)
+    return out / "cnn-symbol.json", ["--input", "data:1x3x64x64"]
 
 
 def make_xgboost(out: Path) -> tuple[Path, list[str]]:
@@ -122,7 +194,11 @@ FRAMEWORKS: dict[str, tuple[str, Callable[[Path], tuple[Path, list[str]]]]] = {
     "xgboost": ("xgboost", make_xgboost),
     "lightgbm": ("lightgbm", make_lightgbm),
     "sklearn": ("sklearn", make_sklearn),
+    "keras (.keras)": ("tensorflow", make_keras),
+    "tensorflow (SavedModel)": ("tensorflow", make_saved_model),
+    "tflite": ("tensorflow", make_tflite),
     "darknet": ("numpy", make_darknet),
+    "mxnet": ("numpy", make_mxnet),
 }
 
 
@@ -142,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         work = out / "".join(ch if ch.isalnum() else "_" for ch in label)
         work.mkdir(exist_ok=True)
-        source, extra = make(work)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # converters print summaries; keep stdout the table
+                source, extra = make(work)
+        except LookupError as exc:
+            results.append({"framework": label, "skipped": str(exc)})
+            continue
         package = work / f"{source.stem}.emp"
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "edgemill", "compile", str(source), "-o", str(package),
@@ -151,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             results.append({"framework": label, "error": proc.stderr.strip().splitlines()[-1]})
             continue
-        size_in = sum(f.stat().st_size for f in work.iterdir() if f != package and f.is_file())
+        size_in = sum(f.stat().st_size for f in work.rglob("*") if f != package and f.is_file())
         results.append({"framework": label, "compile_s": round(seconds, 2), "source_kib": round(size_in / 1024, 1),
                         "package_kib": round(package.stat().st_size / 1024, 1)})
     if args.json:
