@@ -24,6 +24,14 @@ from edgemill.package.keys import write_keypair
 if "triton" not in sys.modules:
     sys.modules["triton"] = None  # type: ignore[assignment]
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tuning results are cached per user; the tests get a cache of their own."""
+    import os
+
+    os.environ["EDGEMILL_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgemill-cache"))
+
+
 MODELS = {
     "cnn": lambda: zoo.cnn(),
     "encoder": lambda: zoo.encoder(seq=16, d_model=64, heads=4, d_ff=128, layers=2),

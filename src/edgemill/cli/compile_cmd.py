@@ -20,16 +20,30 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--framework", help="source framework, when it cannot be detected from the file")
     p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
                    help="fix an input's shape, e.g. image:1x3x224x224:float32 (repeat per input)")
-    p.add_argument("--precision", default="auto", help="auto | fp32 (default: auto, lossless)")
-    p.add_argument("--backend", default="auto", help="auto | onnxruntime | reference (default: auto)")
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | fp16 | bf16 | int8 (default: auto: every precision the target computes, "
+                        "kept only if it passes the accuracy gate)")
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime | openvino | reference (default: auto: "
+                                                      "measure the target's backends and keep the fastest)")
+    p.add_argument("--calibration", metavar="DATA",
+                   help="representative inputs for static INT8: .npz (one array per input, samples first) "
+                        "or a folder of .npy samples")
+    p.add_argument("--calibration-method", default="minmax", help="minmax | entropy | percentile (default: minmax)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.0, metavar="X",
+                   help="what reduced precision may lose, as a fraction (0.01 = one point of top-1 accuracy with "
+                        "labelled --validation data); default 0: no loss")
+    p.add_argument("--tune-budget", type=float, default=20.0, metavar="SECONDS",
+                   help="seconds spent measuring candidates on this machine (default: 20; cached per model)")
     p.add_argument("--name", help="package name (default: the model file's stem)")
     p.add_argument("--version", default="0.1.0", help="package version, semantic (default: 0.1.0)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="max relative error between compiled and original outputs (default: 1e-4)")
-    p.add_argument("--validation", help=".npz with one array per input, used for the accuracy check")
+    p.add_argument("--validation", help=".npz with one array per input (samples first) and optionally 'labels', "
+                                         "for the accuracy gate")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading pickled models (scikit-learn): unpickling runs code, so only for files you trust")
-    p.add_argument("--no-measure", action="store_true", help="skip the quick latency measurement")
+    p.add_argument("--no-measure", action="store_true",
+                   help="skip measuring: keep the first candidate that passes the gate (fp32 first)")
     p.add_argument("--explain", action="store_true", help="print what each pass did")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     p.set_defaults(handler=run)
@@ -48,6 +62,12 @@ def list_frameworks(as_json: bool) -> int:
     return 0
 
 
+def accuracy_summary(acc: dict) -> str:  # type: ignore[type-arg]
+    if acc.get("metric") == "max_relative_error":
+        return f"max rel err {acc['value']:.1e}"
+    return f"{acc['metric']} {acc['value']:.4f} (original {acc['original']:.4f}, drop {acc['drop']:.4f})"
+
+
 def run(args: argparse.Namespace) -> int:
     from ..compiler import CompileOptions, compile_model
 
@@ -59,13 +79,19 @@ def run(args: argparse.Namespace) -> int:
         args.model, target=args.target, output=args.output, inputs=args.input, framework=args.framework,
         precision=args.precision, backend=args.backend, name=args.name, version=args.version,
         tolerance=args.tolerance, validation=Path(args.validation) if args.validation else None,
+        calibration=Path(args.calibration) if args.calibration else None, calibration_method=args.calibration_method,
+        max_accuracy_drop=args.max_accuracy_drop, tune_budget=args.tune_budget,
         measure=not args.no_measure, trust_pickle=args.trust_pickle,
     )
     quiet = args.quiet or args.json
 
     def progress(step: str, message: str, seconds: float | None) -> None:
-        if not quiet and seconds is not None:
-            info(f"  {step:<13} {message}  ({fmt_ms(seconds)})")
+        if quiet:
+            return
+        if seconds is not None:
+            info(f"  {step:<16} {message}  ({fmt_ms(seconds)})")
+        elif message.startswith(("building", "measuring")):  # the long steps say what they are doing
+            info(f"  {step:<16} {message} ...")
 
     if not quiet:
         info(f"compiling {options.model} for target {options.target}")
@@ -77,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.report["warnings"]:
         info(f"warning: {warning}")
     print(f"{result.path}  id {result.package_id[:16]}  {result.manifest.backend}/{result.manifest.precision}  "
-          f"max rel err {result.manifest.accuracy['value']:.1e}")
+          f"{accuracy_summary(result.manifest.accuracy)}")
     if args.explain:
         for step in result.report["steps"]:
             details = {k: v for k, v in step.items() if k not in ("step", "seconds", "summary")}

@@ -44,6 +44,7 @@ class CompileContext:
     steps: list[dict[str, Any]] = field(default_factory=list)
     backend_options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    calibration: list[dict[str, Any]] | None = None  # feeds for static INT8, checked against the inputs
 
     @contextmanager
     def step(self, name: str, message: str) -> Iterator[dict[str, Any]]:

@@ -12,8 +12,10 @@ from ..package.manifest import is_semver
 from ..targets import get_target
 from ..tensors import InputOverride, parse_input_override
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-AVAILABLE_PRECISIONS = ("fp32",)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tvm", "reference")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_TUNE_BUDGET_S = 20.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -37,8 +39,12 @@ class CompileOptions:
     name: str | None = None
     version: str = "0.1.0"
     tolerance: float = 1e-4  # max relative error accepted for a lossless compile
-    validation: Path | None = None  # .npz of inputs used for the accuracy check
-    measure: bool = True  # measure latency of original vs compiled when the target runs here
+    validation: Path | None = None  # .npz of inputs (and optional labels) for the accuracy gate
+    calibration: Path | None = None  # .npz or folder of .npy: representative inputs for static INT8
+    calibration_method: str = "minmax"
+    max_accuracy_drop: float = 0.0  # what a reduced-precision candidate may lose (0: nothing)
+    measure: bool = True  # tune (measure candidates) when the target runs here
+    tune_budget: float = DEFAULT_TUNE_BUDGET_S  # seconds of measuring, all candidates together
     seed: int = 0
     trust_pickle: bool = False  # unpickling runs code: only with the user's explicit consent
     check_threads: int = 1  # one thread makes the accuracy check, and so the manifest, deterministic
@@ -72,12 +78,22 @@ class CompileOptions:
         if self.precision not in PRECISIONS:
             raise OptionError("unknown precision", value=self.precision, expected=" | ".join(PRECISIONS),
                               fix="pass --precision fp32")
-        if self.precision not in ("auto", *AVAILABLE_PRECISIONS):
-            raise OptionError(
-                "precision not available in this edgemill version", value=self.precision,
-                expected=" | ".join(("auto", *AVAILABLE_PRECISIONS)),
-                fix="compile with --precision fp32 (lossless); reduced precision arrives with the quantization passes",
-            )
+        if self.backend not in BACKENDS:
+            raise OptionError("unknown backend", value=self.backend, expected=" | ".join(BACKENDS),
+                              fix="pass --backend auto")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise OptionError("unknown calibration method", value=self.calibration_method,
+                              expected=" | ".join(CALIBRATION_METHODS), fix="pass --calibration-method minmax")
+        if not (0 <= self.max_accuracy_drop < 1):
+            raise OptionError("--max-accuracy-drop out of range", value=self.max_accuracy_drop,
+                              expected="0 <= drop < 1 (a fraction: 0.01 is one point of top-1)",
+                              fix="pass e.g. --max-accuracy-drop 0.01")
+        if not self.tune_budget > 0:
+            raise OptionError("the tuning budget must be positive", value=self.tune_budget,
+                              fix="pass e.g. --tune-budget 20, or --no-measure to skip tuning")
+        if self.calibration is not None and not self.calibration.exists():
+            raise FileNotFound("calibration data not found", value=str(self.calibration),
+                               fix="pass --calibration DATA.npz (one array per input) or a folder of .npy samples")
         if not is_semver(self.version):
             raise OptionError("version is not semantic", value=self.version, expected="MAJOR.MINOR.PATCH, e.g. 1.2.0",
                               fix="pass --version 1.0.0")

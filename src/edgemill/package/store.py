@@ -28,16 +28,22 @@ def _public_keys(trusted_keys: TrustedKeys | None) -> list[PublicKey] | None:
     return keys
 
 
-def _gather(reader: PackageReader, keep_entrypoint: bool = False
-            ) -> tuple[bytes | None, dict[str, str], bytes | None, bytes | None]:
+def _gather(reader: PackageReader, keep_model: bool = False
+            ) -> tuple[bytes | None, dict[str, str], bytes | None, dict[str, bytes]]:
     """Manifest bytes, the sha256 of every file but the signature, the signature bytes, and (when
-    asked) the entrypoint's bytes, read once: hashed here and later handed to the backend as they are."""
+    asked) the bytes of the model's files (the entrypoint and whatever else lies beside it under
+    ``model/``, e.g. OpenVINO's weights), read once: hashed here and later handed to the backend as
+    they are."""
     names = set(reader.names())
     bundle = reader.read(SIGNATURE) if SIGNATURE in names else None
     manifest = reader.read(MANIFEST) if MANIFEST in names else None
-    keep = _entrypoint(manifest) if keep_entrypoint else None
-    kept = reader.read(keep) if keep is not None and keep in names and keep != MANIFEST else None
-    digests = {n: (hashlib.sha256(kept).hexdigest() if kept is not None and n == keep else reader.sha256(n))
+    entrypoint = _entrypoint(manifest) if keep_model else None
+    kept: dict[str, bytes] = {}
+    if entrypoint is not None:
+        folder = entrypoint.rpartition("/")[0]
+        wanted = {entrypoint} | ({n for n in names if n.startswith(folder + "/")} if folder else set())
+        kept = {n: reader.read(n) for n in sorted(wanted & names) if n not in (MANIFEST, SIGNATURE)}
+    digests = {n: (hashlib.sha256(kept[n]).hexdigest() if n in kept else reader.sha256(n))
                for n in sorted(names - {SIGNATURE})}
     return manifest, digests, bundle, kept
 
@@ -74,17 +80,18 @@ def read_verified_model(
     trusted_keys: TrustedKeys | None = None,
     installed_version: str | None = None,
     allow_rollback: bool = False,
-) -> tuple[VerifiedPackage, bytes]:
-    """Verify the package and return its entrypoint's bytes: the very bytes that were hashed, so what
-    a backend loads is exactly what was verified, even if the file changes afterwards."""
+) -> tuple[VerifiedPackage, dict[str, bytes]]:
+    """Verify the package and return its model files' bytes (path -> bytes, the entrypoint among
+    them): the very bytes that were hashed, so what a backend loads is exactly what was verified,
+    even if the files change afterwards."""
     keys = _public_keys(trusted_keys)
     with open_package(path) as reader:
-        manifest, digests, bundle, model = _gather(reader, keep_entrypoint=True)
+        manifest, digests, bundle, files = _gather(reader, keep_model=True)
     verified = verify_package(manifest, digests, bundle, keys, installed_version, allow_rollback)
-    if model is None:  # cannot happen once verified: the entrypoint is a listed, present file
+    if verified.manifest.entrypoint not in files:  # cannot happen once verified: a listed, present file
         raise VerificationError(RefusalReason.FILE_REMOVED, "the model file is missing",
                                 value=verified.manifest.entrypoint, fix="rebuild the package")
-    return verified, model
+    return verified, files
 
 
 def sign_package(path: str | os.PathLike[str], private_key: KeySource, password: bytes | None = None) -> str:

@@ -20,7 +20,7 @@ from .validate import InputChecker
 class Model:
     """A compiled model ready to run. Thread-safe for concurrent :meth:`run` calls."""
 
-    def __init__(self, verified: VerifiedPackage, model_bytes: bytes, threads: int | None) -> None:
+    def __init__(self, verified: VerifiedPackage, files: dict[str, bytes], threads: int | None) -> None:
         manifest = verified.manifest
         _check_cpu(manifest.backend_options)
         self.package_id = verified.package_id
@@ -31,7 +31,13 @@ class Model:
         self._output_names = [s.name for s in self.outputs]
         self._checker = InputChecker(self.inputs)
         loader = get_loader(manifest.backend)
-        self._session = loader(model_bytes, self._output_names, LoadSettings(threads, manifest.backend_options))
+        if threads is None:  # the thread count tuning found fastest for this target, if it measured one
+            threads = manifest.backend_options.get("threads")
+        entrypoint = manifest.entrypoint
+        others = {name: data for name, data in files.items() if name != entrypoint}
+        self.threads = threads
+        self._session = loader(files[entrypoint], self._output_names,
+                               LoadSettings(threads, manifest.backend_options, others))
 
     @property
     def name(self) -> str:
@@ -77,5 +83,5 @@ def load(
     must be signed by one of them. When ``None``, only its integrity against its manifest is checked.
     ``threads``: intra-op threads for the backend (default: the backend's choice, usually the core count).
     """
-    verified, model_bytes = read_verified_model(path, trusted_keys, installed_version, allow_rollback)
-    return Model(verified, model_bytes, threads)
+    verified, files = read_verified_model(path, trusted_keys, installed_version, allow_rollback)
+    return Model(verified, files, threads)

@@ -1,7 +1,8 @@
 """Graph passes: one module each, registered in pipeline order.
 
 A pass takes an ONNX model and the compile context and returns a (possibly new) model, recording
-what it did. Later issues add quantization, other backends and autotuning as new modules here.
+what it did. These passes are target-independent; what depends on the backend and precision lives
+in ``compiler/lowering``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def register(name: str, description: str, order: int, applies: Callable[[Compile
 
 
 def all_passes() -> list[Pass]:
-    from . import ort_optimize, static_shapes  # noqa: F401 - registers them
+    from . import static_shapes  # noqa: F401 - registers it
 
     return sorted(_REGISTRY.values(), key=lambda p: p.order)
 

@@ -20,6 +20,7 @@ class BackendSession(Protocol):
 class LoadSettings:
     threads: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)  # the manifest's backend_options
+    files: Mapping[str, bytes] = field(default_factory=dict)  # the package's other verified model files
 
 
 Loader = Callable[[bytes, Sequence[str], LoadSettings], BackendSession]
@@ -64,4 +65,4 @@ def get_loader(name: str) -> Loader:
 
 def _import_builtin() -> None:
     # Importing the modules registers them; each imports its library only when a model is loaded.
-    from . import onnxruntime, reference  # noqa: F401
+    from . import onnxruntime, openvino, reference  # noqa: F401

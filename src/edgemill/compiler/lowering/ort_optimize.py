@@ -14,15 +14,12 @@ from typing import Any
 import onnx
 
 from ...errors import BackendError
-from ...targets import runnable_here
-from ..context import CompileContext
+from ...targets import Target, runnable_here
 from ..graph import to_bytes
-from . import node_count, register
 
 
-def plan(ctx: CompileContext) -> tuple[str, str]:
+def plan(target: Target) -> tuple[str, str]:
     """(level saved into the package, level the runtime applies at load)."""
-    target = ctx.target
     if target.name == "host":
         return "all", "none"  # includes NCHWc layouts for this CPU: nothing left to do at load
     if target.accelerators:
@@ -30,16 +27,15 @@ def plan(ctx: CompileContext) -> tuple[str, str]:
     return "extended", "all"  # CPU fusions; the device adds its own layout at load
 
 
-@register("ort_optimize", "onnxruntime graph optimizations, saved into the package", order=50,
-          applies=lambda ctx: ctx.backend == "onnxruntime")
-def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> onnx.ModelProto:
+def optimize(model: onnx.ModelProto, target: Target, record: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The optimized model and the backend options the runtime must load it with."""
     import onnxruntime as ort
 
-    save_level, load_level = plan(ctx)
+    save_level, load_level = plan(target)
     levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    before = node_count(model)
+    before = len(model.graph.node)
     with tempfile.TemporaryDirectory(prefix="edgemill-ort-") as tmp:
         out_path = os.path.join(tmp, "optimized.onnx")
         so = ort.SessionOptions()
@@ -55,15 +51,15 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
         optimized = onnx.load(out_path)
     optimized.graph.doc_string = ""
     canonicalize_names(optimized)
-    ctx.backend_options["load_optimization"] = load_level
-    ctx.backend_options["execution_providers"] = list(ctx.target.execution_providers)
+    options: dict[str, Any] = {"load_optimization": load_level, "execution_providers": list(target.execution_providers)}
     if save_level == "all":
-        ctx.backend_options["requires_cpu_features"] = list(ctx.target.cpu_features)
-    record.update(level=save_level, load_level=load_level, nodes_before=before, nodes_after=node_count(optimized),
-                  summary=f"{before} -> {node_count(optimized)} nodes (onnxruntime level '{save_level}')")
-    if not runnable_here(ctx.target):
-        record["note"] = f"target {ctx.target.name} cannot run here: hardware-specific layouts are left to the device"
-    return optimized
+        options["requires_cpu_features"] = list(target.cpu_features)
+    after = len(optimized.graph.node)
+    record.update(level=save_level, load_level=load_level, nodes_before=before, nodes_after=after,
+                  summary=f"{before} -> {after} nodes (onnxruntime level '{save_level}')")
+    if not runnable_here(target):
+        record["note"] = f"target {target.name} cannot run here: hardware-specific layouts are left to the device"
+    return optimized, options
 
 
 def canonicalize_names(model: onnx.ModelProto) -> None:

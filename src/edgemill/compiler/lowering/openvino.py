@@ -1,0 +1,50 @@
+"""OpenVINO artifacts: the model converted once to OpenVINO IR (``model.xml`` + ``model.bin``) at
+compile time, so the device only reads and compiles it for its CPU.
+
+fp32 keeps fp32 weights and sets ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would otherwise pick bf16
+on CPUs that have it); bf16 stores the same IR and sets the hint to bf16; int8 converts the statically
+quantized QDQ graph (OpenVINO turns QDQ pairs into its FakeQuantize and runs INT8 kernels).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING
+
+import onnx
+
+from ...errors import BackendError, first_line
+from . import MODEL_DIR, Artifact, Candidate
+
+if TYPE_CHECKING:
+    from ..context import CompileContext
+
+ENTRYPOINT = f"{MODEL_DIR}/model.xml"
+WEIGHTS = f"{MODEL_DIR}/model.bin"
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> Artifact:
+    import openvino as ov
+
+    notes: dict[str, object] = {"openvino": ov.__version__}
+    if candidate.precision == "int8":
+        from .onnxruntime import quantize_static
+
+        model = quantize_static(model, ctx, notes)
+    with tempfile.TemporaryDirectory(prefix="edgemill-ov-") as folder:
+        source = os.path.join(folder, "model.onnx")
+        onnx.save(model, source)
+        try:
+            converted = ov.convert_model(source)
+            ov.save_model(converted, os.path.join(folder, "model.xml"), compress_to_fp16=False)
+        except Exception as exc:  # OpenVINO raises RuntimeError/OpConversionFailure with long messages
+            raise BackendError("OpenVINO cannot convert the model", value=first_line(exc)[:300],
+                               fix="compile with --backend onnxruntime") from None
+        with open(os.path.join(folder, "model.xml"), "rb") as f:
+            xml = f.read()
+        with open(os.path.join(folder, "model.bin"), "rb") as f:
+            weights = f.read()
+    options = {"inference_precision": HINTS[candidate.precision], "performance_hint": "LATENCY"}
+    return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: xml, WEIGHTS: weights}, options, notes)

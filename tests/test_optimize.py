@@ -1,0 +1,252 @@
+"""Optimizing for the target: precision candidates (INT8 static/dynamic, fp16, bf16), the OpenVINO
+backend, the accuracy gate on real held-out data, measured tuning and its cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+import edgemill
+import edgemill.runtime as rt
+from edgemill.errors import AccuracyCheckError, OptionError
+from edgemill.package import open_package
+
+from .conftest import run_cli
+
+datasets = pytest.importorskip("sklearn.datasets")
+needs_openvino = pytest.mark.skipif(pytest.importorskip("importlib.util").find_spec("openvino") is None,
+                                    reason="openvino is not installed (pip install 'edgemill[openvino]')")
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small CNN trained briefly on scikit-learn's digits (PyTorch), exported to ONNX with a dynamic
+    batch; calibration data from the training split, a labelled held-out validation set."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    d = datasets.load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.int64)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), 0.01)
+    xt, yt = torch.tensor(x[:1400]), torch.tensor(y[:1400])
+    for _ in range(12):
+        perm = torch.randperm(1400)
+        for i in range(0, 1400, 64):
+            idx = perm[i:i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    net.eval()
+    folder = tmp_path_factory.mktemp("digits")
+    torch.onnx.export(net, torch.zeros(1, 1, 8, 8), str(folder / "digits.onnx"), input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
+    np.savez(folder / "calib.npz", image=x[:300])
+    np.savez(folder / "val.npz", image=x[1500:], labels=y[1500:])
+    return {"dir": folder, "model": folder / "digits.onnx", "calib": folder / "calib.npz", "val": folder / "val.npz",
+            "x_test": x[1500:], "y_test": y[1500:]}
+
+
+def top1(package_path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    model = rt.load(package_path)
+    (logits,) = model.run({"image": x}).values()
+    return float((logits.argmax(1) == y).mean())
+
+
+def original_top1(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    (logits,) = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    return float((logits.argmax(1) == y).mean())
+
+
+def ops_in(package_path: Path) -> set[str]:
+    with open_package(package_path) as reader:
+        return {n.op_type for n in onnx.load_from_string(reader.read("model/model.onnx")).graph.node}
+
+
+# --- reduced precision behind the gate --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_static_int8_is_quantized_and_keeps_top1_within_the_allowance(digits_cnn: dict, tmp_path: Path) -> None:
+    result = edgemill.compile(digits_cnn["model"], output=tmp_path / "q.emp", precision="int8", backend="onnxruntime",
+                              calibration=digits_cnn["calib"], validation=digits_cnn["val"], max_accuracy_drop=0.01,
+                              measure=False)
+    manifest = result.manifest
+    assert manifest.precision == "int8" and manifest.accuracy["metric"] == "top1"
+    assert ops_in(result.path) & {"QLinearConv", "QuantizeLinear", "DequantizeLinear", "QLinearMatMul"}
+    x, y = digits_cnn["x_test"], digits_cnn["y_test"]
+    reference = original_top1(digits_cnn["model"], x, y)
+    measured = top1(result.path, x, y)
+    assert manifest.accuracy["original"] == pytest.approx(reference)
+    assert manifest.accuracy["value"] == pytest.approx(measured)
+    assert reference - measured <= 0.01
+
+
+@pytest.mark.slow
+def test_auto_measures_every_candidate_and_keeps_the_fastest_that_passes(digits_cnn: dict, tmp_path: Path) -> None:
+    result = edgemill.compile(digits_cnn["model"], output=tmp_path / "a.emp", calibration=digits_cnn["calib"],
+                              validation=digits_cnn["val"], max_accuracy_drop=0.01, tune_budget=12)
+    report = result.report
+    built = [c for c in report["candidates"] if c["status"] in ("passed", "rejected")]
+    labels = {c["candidate"] for c in built}
+    assert {"onnxruntime/fp32 (optimized)", "onnxruntime/int8 (static-qdq)"} <= labels
+    passing = [c for c in built if c["status"] == "passed"]
+    assert all(c["p50_ms"] > 0 for c in passing)
+    chosen = report["chosen"]["candidate"]
+    assert min(passing, key=lambda c: c["p50_ms"])["candidate"] == chosen
+    assert report["latency"]["compiled_p50_ms"] > 0 and report["tuning"]["original"]["p50_ms"] > 0
+    x, y = digits_cnn["x_test"], digits_cnn["y_test"]
+    assert original_top1(digits_cnn["model"], x, y) - top1(result.path, x, y) <= 0.01
+    # Tuned on this machine: the package remembers the thread count that won.
+    assert result.manifest.backend_options["threads"] == report["chosen"]["threads"]
+
+    again = edgemill.compile(digits_cnn["model"], output=tmp_path / "b.emp", calibration=digits_cnn["calib"],
+                             validation=digits_cnn["val"], max_accuracy_drop=0.01, tune_budget=12)
+    tune = next(s for s in again.report["steps"] if s["step"] == "tune")
+    assert tune["cached"] is True and again.report["chosen"]["candidate"] == chosen
+    assert len([s for s in again.report["steps"] if "candidate" in s]) == 1  # only the winner was rebuilt
+
+
+@pytest.mark.slow
+def test_gate_refuses_when_no_candidate_meets_the_allowance(digits_cnn: dict, tmp_path: Path) -> None:
+    # Calibrating on inputs 100x too large gives ranges so coarse that INT8 loses accuracy.
+    bad = tmp_path / "bad_calib.npz"
+    np.savez(bad, image=np.load(digits_cnn["calib"])["image"] * 100)
+    out = tmp_path / "refused.emp"
+    result = run_cli("compile", digits_cnn["model"], "-o", out, "--precision", "int8", "--backend", "onnxruntime",
+                     "--calibration", bad, "--validation", digits_cnn["val"], "--no-measure")
+    assert result.code == 1 and "Traceback" not in result.err
+    line = next(ln for ln in result.err.splitlines() if ln.startswith("edgemill:"))
+    assert "closest: onnxruntime/int8" in line and "over by" in line and "--max-accuracy-drop 0" in line, line
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_reduced_precision_without_real_data_is_judged_by_output_error(digits_cnn: dict, tmp_path: Path) -> None:
+    with pytest.raises(AccuracyCheckError, match="relative_error") as err:
+        edgemill.compile(digits_cnn["model"], output=tmp_path / "x.emp", precision="int8", backend="onnxruntime",
+                         calibration=digits_cnn["calib"], measure=False)
+    assert "--validation" in err.value.fix
+
+
+def test_auto_without_data_stays_lossless(model_dir: Path, tmp_path: Path) -> None:
+    result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "c.emp", measure=False)
+    assert result.manifest.precision == "fp32"
+    skipped = {c["candidate"]: c["reason"] for c in result.report["candidates"] if c["status"] == "skipped"}
+    assert any("--validation" in r for r in skipped.values()) or any("--calibration" in r for r in skipped.values())
+
+
+def test_calibration_folder_of_npy_samples(model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        np.save(folder / f"sample{i}.npy", rng.normal(size=(3, 32, 32)).astype(np.float32))
+    result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "q.emp", precision="int8",
+                              backend="onnxruntime", calibration=folder, max_accuracy_drop=0.5, measure=False)
+    assert result.manifest.precision == "int8"
+    step = next(s for s in result.report["steps"] if s["step"] == "quantize_int8")
+    assert step["notes"]["calibration_batches"] == 8
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("arrays", "needles"), [
+    ({"pixels": np.zeros((4, 3, 32, 32), np.float32)}, ["lacks an array for input 'image'", "pixels"]),
+    ({"image": np.zeros((4, 3, 32, 32), np.float64)}, ["wrong dtype", "float64", "float32"]),
+    ({"image": np.zeros((4, 3, 16, 16), np.float32)}, ["does not fit the input's shape", "dimension 2 must be 32"]),
+    ({"image": np.zeros((0, 3, 32, 32), np.float32)}, ["calibration data is empty", "add samples"]),
+])
+def test_bad_calibration_data_is_named(model_dir: Path, tmp_path: Path, arrays: dict, needles: list[str]) -> None:
+    np.savez(tmp_path / "calib.npz", **arrays)
+    result = run_cli("compile", model_dir / "cnn.onnx", "-o", tmp_path / "x.emp", "--precision", "int8",
+                     "--calibration", tmp_path / "calib.npz")
+    assert result.code == 1 and "Traceback" not in result.err
+    line = next(ln for ln in result.err.splitlines() if ln.startswith("edgemill:"))
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_tuning_budget_too_small(model_dir: Path, tmp_path: Path) -> None:
+    result = run_cli("compile", model_dir / "mlp.onnx", "-o", tmp_path / "x.emp", "--tune-budget", "0.3")
+    assert result.code == 1
+    assert "tuning budget is too small" in result.err and "--tune-budget" in result.err and "--no-measure" in result.err
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["-t", "aarch64", "--backend", "openvino"], ["not allowed for target 'aarch64'", "onnxruntime"]),
+    (["--backend", "tvm"], ["tvm", "not available"]),
+    (["--backend", "tensorrt"], ["unknown backend", "tensorrt"]),
+    (["-t", "x86_64-avx2", "--precision", "fp16"], ["does not compute fp16 natively"]),
+    (["--max-accuracy-drop", "5"], ["out of range", "0.01"]),
+    (["--calibration-method", "kl"], ["unknown calibration method", "entropy"]),
+])
+def test_impossible_backend_or_precision_is_named(model_dir: Path, tmp_path: Path, args: list[str],
+                                                  needles: list[str]) -> None:
+    result = run_cli("compile", model_dir / "mlp.onnx", "-o", tmp_path / "x.emp", "--no-measure", *args)
+    assert result.code == 1, result.err
+    line = next(ln for ln in result.err.splitlines() if ln.startswith("edgemill:"))
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_cross_target_int8_is_built_and_says_it_was_not_measured(model_dir: Path, tmp_path: Path) -> None:
+    np.savez(tmp_path / "calib.npz", image=np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32))
+    result = edgemill.compile(model_dir / "cnn.onnx", target="aarch64", output=tmp_path / "arm.emp", precision="int8",
+                              calibration=tmp_path / "calib.npz", max_accuracy_drop=0.5)
+    assert result.manifest.precision == "int8" and result.manifest.backend == "onnxruntime"
+    assert "cannot run here" in result.report["chosen"]["why"] and result.report["latency"] is None
+
+
+# --- OpenVINO ---------------------------------------------------------------------------------
+
+
+@needs_openvino
+def test_openvino_fp32_package_runs_from_its_ir(model_dir: Path, tmp_path: Path) -> None:
+    result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "ov.emp", backend="openvino",
+                              precision="fp32", measure=False)
+    manifest = result.manifest
+    assert manifest.backend == "openvino" and set(manifest.files) == {"model/model.xml", "model/model.bin"}
+    assert manifest.backend_options["inference_precision"] == "f32"  # never OpenVINO's lossy bf16 default
+    x = np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    got = rt.load(result.path).run({"image": x})
+    want = rt.load(edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "ort.emp", backend="onnxruntime",
+                                    measure=False).path).run({"image": x})
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max()
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_openvino_bf16_is_a_reduced_candidate_behind_the_gate(digits_cnn: dict, tmp_path: Path) -> None:
+    result = edgemill.compile(digits_cnn["model"], output=tmp_path / "bf.emp", backend="openvino", precision="bf16",
+                              validation=digits_cnn["val"], max_accuracy_drop=0.01, measure=False)
+    assert result.manifest.backend_options["inference_precision"] == "bf16"
+    x, y = digits_cnn["x_test"], digits_cnn["y_test"]
+    assert original_top1(digits_cnn["model"], x, y) - top1(result.path, x, y) <= 0.01
+
+
+def test_report_lists_every_candidate_with_its_verdict(model_dir: Path, tmp_path: Path) -> None:
+    result = run_cli("compile", model_dir / "cnn.onnx", "-o", tmp_path / "c.emp", "--no-measure", "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)["report"]
+    assert report["chosen"]["candidate"] == "onnxruntime/fp32 (optimized)"
+    assert any(c["status"] == "skipped" for c in report["candidates"])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
