@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
+from .inspect_cmd import partition_lines
 from .output import emit_json, fmt_ms, info, table
 
 
@@ -108,8 +109,25 @@ def run(args: argparse.Namespace) -> int:
         for step in result.report["steps"]:
             details = {k: v for k, v in step.items() if k not in ("step", "seconds", "summary")}
             info(f"  {step['step']}: {step.get('summary', '')} {details if details else ''}".rstrip())
-        info("  partition: target has no accelerator; every node runs on the CPU"
-             if not result.manifest.target.get("accelerators") else
-             "  partition: accelerator partitioning is not performed by this version; the device's execution "
-             "providers claim nodes at load")
+        for candidate in result.report["candidates"]:
+            verdict = candidate.get("reason") if candidate["status"] == "skipped" else (
+                f"{candidate['metric']} drop {candidate['drop']:.4g}, allowed {candidate['allowed']:g}"
+                + (f", p50 {candidate['p50_ms']:.3f} ms" if candidate.get("p50_ms") else ""))
+            info(f"  candidate {candidate['candidate']}: {candidate['status']}: {verdict}")
+        info(f"  chosen: {result.report['chosen']['candidate']} ({result.report['chosen']['why']})")
+        partition = _read_partition(result.path)
+        if partition is None:
+            info("  partition: target has no accelerator; every node runs on the CPU")
+        for line in partition_lines(partition):
+            info(f"  {line}")
     return 0
+
+
+def _read_partition(path: Path) -> dict | None:  # type: ignore[type-arg]
+    import json
+
+    from ..package import open_package
+    from ..package.layout import PARTITION
+
+    with open_package(path) as reader:
+        return json.loads(reader.read(PARTITION)) if PARTITION in reader.names() else None

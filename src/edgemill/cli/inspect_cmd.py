@@ -30,7 +30,13 @@ def run(args: argparse.Namespace) -> int:
         for spec in m[kind]:
             print(f"{kind[:-1]:<9} {spec['name']}: {spec['dtype']}{spec['shape']}")
     acc = m["accuracy"]
-    print(f"accuracy  {acc['metric']} {acc['value']:.2e} (allowed {acc['allowed']:.0e}) vs {acc['reference']}")
+    if acc["metric"] == "max_relative_error":
+        print(f"accuracy  {acc['metric']} {acc['value']:.2e} (allowed {acc['allowed']:.0e}) vs {acc['reference']}")
+    else:
+        print(f"accuracy  {acc['metric']} {acc['value']:.4f} vs original {acc['original']:.4f} (drop {acc['drop']:.4f}, "
+              f"allowed {acc['allowed']:g}); max relative error {acc['max_relative_error']:.2e}")
+    print(f"runs on   {m['backend']}/{m['precision']}" + (f", {m['backend_options']['threads']} thread(s) by default"
+                                                         if m["backend_options"].get("threads") else ""))
     for path, entry in sorted(m["files"].items()):
         print(f"file      {path}  {entry['size']} bytes  sha256:{entry['sha256'][:16]}")
     state = "unsigned"
@@ -42,6 +48,19 @@ def run(args: argparse.Namespace) -> int:
     report = info.get("report") or {}
     for step in report.get("steps", []):
         print(f"step      {step['step']}: {step.get('summary', '')}".rstrip())
-    if info.get("partition"):
-        print(f"partition {info['partition']}")
+    for line in partition_lines(info.get("partition")):
+        print(line)
     return 0
+
+
+def partition_lines(partition: dict | None) -> list[str]:  # type: ignore[type-arg]
+    """How `inspect` and `compile --explain` show a partition: the summary, each subgraph, each CPU node."""
+    if not partition:
+        return []
+    lines = [f"partition {partition['summary']} (decided by {partition['decided_by']})"]
+    for sub in partition["subgraphs"]:
+        ops = ", ".join(f"{op} x{n}" for op, n in sub["ops"].items())
+        lines.append(f"  subgraph {sub['id']} on {sub['device']} ({sub['provider']}): {sub['node_count']} nodes: {ops}")
+    for node in partition["cpu_nodes"]:
+        lines.append(f"  cpu      {node['node']} ({node['op']}): {node['reason']}")
+    return lines

@@ -15,7 +15,8 @@ import numpy as np
 from .. import __version__
 from ..errors import AccuracyCheckError, BackendError, EdgemillError, first_line
 from ..package.canonical import sha256_hex
-from ..package.layout import MANIFEST, REPORT
+from ..package.canonical import canonical_json
+from ..package.layout import MANIFEST, PARTITION, REPORT
 from ..package.manifest import FileEntry, Manifest
 from ..package.writer import write_package
 from ..runtime.backends import LoadSettings, get_loader
@@ -29,6 +30,7 @@ from .frontends import FrontendRequest, choose
 from .graph import input_specs, output_specs, to_bytes
 from .lowering import Artifact, Candidate
 from .options import CompileOptions
+from .partition import partition as make_partition
 from .passes import all_passes
 
 
@@ -292,7 +294,11 @@ def _write(ctx: CompileContext, chosen: _Built, threads: int | None, prepared: A
         latency = {"method": tuned["method"], "original_p50_ms": original_ms, "compiled_p50_ms": chosen_ms,
                    "threads": tuned["chosen"]["threads"],
                    "speedup": round(original_ms / chosen_ms, 3) if chosen_ms > 0 else None}
-    files = {name: FileEntry(sha256_hex(data), len(data)) for name, data in sorted(artifact.files.items())}
+    package_files = dict(artifact.files)
+    partition = _partition(ctx, artifact, prepared)
+    if partition is not None:
+        package_files[PARTITION] = canonical_json(partition)
+    files = {name: FileEntry(sha256_hex(data), len(data)) for name, data in sorted(package_files.items())}
     manifest = Manifest(
         name=options.package_name,
         version=options.version,
@@ -331,17 +337,32 @@ def _write(ctx: CompileContext, chosen: _Built, threads: int | None, prepared: A
         "accuracy": accuracy_record,
         "latency": latency,
         "tuning": {k: v for k, v in (tuned or {}).items() if k != "chosen_built"} or None,
+        "partition": partition["summary"] if partition else None,
         "warnings": ctx.warnings,
     }
     out = options.output_path
     with ctx.step("package", f"writing {out}") as record:
         write_package({
             MANIFEST: manifest.to_bytes(),
-            **artifact.files,
+            **package_files,
             REPORT: json.dumps(report, indent=2, sort_keys=True, default=str).encode(),
         }, out)
         record["summary"] = f"wrote {out} (id {manifest.package_id[:12]}, {candidate.label})"
     return CompileResult(path=out, package_id=manifest.package_id, manifest=manifest, report=report)
+
+
+def _partition(ctx: CompileContext, artifact: Artifact, prepared: Any) -> dict[str, Any] | None:
+    """For a target with an accelerator: which nodes of the packaged graph it runs (DESIGN.md)."""
+    if not ctx.target.accelerators:
+        return None
+    import onnx
+
+    graph = (onnx.load_from_string(artifact.files[artifact.entrypoint]) if artifact.entrypoint.endswith(".onnx")
+             else prepared)
+    with ctx.step("partition", f"partitioning for {', '.join(ctx.target.accelerators)}") as record:
+        result = make_partition(graph, ctx.target)
+        record["summary"] = result["summary"] if result else "no operator table for this accelerator"
+    return result
 
 
 def _best_p50(tuned: dict[str, Any] | None, label: str) -> float | None:
