@@ -98,6 +98,8 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
                                      has_calibration=ctx.calibration is not None,
                                      has_real_data=options.validation is not None, max_drop=options.max_accuracy_drop)
     measuring = options.measure and runnable_here(target)
+    if measuring:  # refuse a budget that cannot time every candidate before any work, cached or not
+        tuning.check_budget(options.tune_budget, len(planned) * len(tuning.thread_settings(target.cores)) + 1)
     key = tuning.cache_key(to_bytes(prepared), _cache_parts(ctx, planned)) if measuring else None
     cached = tuning.load_cached(key) if key else None
     if cached and any(c.label == cached["chosen"]["candidate"] for c in planned):
