@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.backends import LoadSettings, get_loader
+from ..runtime.backends import open_session
 
 WARMUP_RUNS = 10
 MIN_RUNS = 10
@@ -19,8 +19,7 @@ MAX_RUNS = 2000
 
 def time_setting(backend: str, files: dict[str, bytes], entrypoint: str, spec: dict, threads: int,
                  feed: dict[str, np.ndarray]) -> dict[str, float]:
-    others = {n: d for n, d in files.items() if n != entrypoint}
-    session = get_loader(backend)(files[entrypoint], spec["outputs"], LoadSettings(threads, spec["options"], others))
+    session = open_session(backend, entrypoint, files, spec["outputs"], threads, spec["options"])
     for _ in range(WARMUP_RUNS):
         session.run(feed)
     times: list[float] = []

@@ -13,7 +13,7 @@ from ..package.store import TrustedKeys, read_verified_model
 from ..package.verify import VerifiedPackage
 from ..targets import host
 from ..tensors import TensorSpec
-from .backends import LoadSettings, get_loader
+from .backends import open_session
 from .validate import InputChecker
 
 
@@ -30,14 +30,11 @@ class Model:
         self.outputs: list[TensorSpec] = list(manifest.outputs)
         self._output_names = [s.name for s in self.outputs]
         self._checker = InputChecker(self.inputs)
-        loader = get_loader(manifest.backend)
         if threads is None:  # the thread count tuning found fastest for this target, if it measured one
             threads = manifest.backend_options.get("threads")
-        entrypoint = manifest.entrypoint
-        others = {name: data for name, data in files.items() if name != entrypoint}
         self.threads = threads
-        self._session = loader(files[entrypoint], self._output_names,
-                               LoadSettings(threads, manifest.backend_options, others))
+        self._session = open_session(manifest.backend, manifest.entrypoint, files, self._output_names, threads,
+                                     manifest.backend_options)
 
     @property
     def name(self) -> str:

@@ -9,12 +9,12 @@ the fastest.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...errors import OptionError
+from ...runtime.backends import missing_library
 from ...targets import Target
 
 if TYPE_CHECKING:
@@ -54,13 +54,6 @@ class Skipped:
     reason: str
 
 
-def backend_library_missing(backend: str) -> str | None:
-    module = {"openvino": "openvino", "tvm": "tvm", "onnxruntime": "onnxruntime"}.get(backend)
-    if module and importlib.util.find_spec(module) is None:
-        return f"{module} is not installed (pip install 'edgemill[{backend}]')"
-    return None
-
-
 def builder(backend: str) -> Builder:
     if backend == "onnxruntime":
         from . import onnxruntime
@@ -84,7 +77,6 @@ _BACKEND_METHODS: dict[str, list[tuple[str, str]]] = {
     "openvino": [("fp32", "ir"), ("bf16", "ir"), ("int8", "static-qdq")],
     "reference": [("fp32", "")],
 }
-IMPLEMENTED_BACKENDS = tuple(_BACKEND_METHODS)
 
 
 def native_precisions(target: Target) -> set[str]:
@@ -122,8 +114,8 @@ def plan(target: Target, backend: str, precision: str, *, has_calibration: bool,
             cand = Candidate(name, prec, method)
             if precision != "auto" and prec != precision:
                 continue
-            missing = backend_library_missing(name)
-            reason = missing
+            missing = missing_library(name)
+            reason = f"{missing} is not installed (pip install 'edgemill[{name}]')" if missing else None
             if reason is None and prec not in native:
                 reason = f"target {target.name} does not compute {prec} natively"
             elif reason is None and method == "static-qdq" and not has_calibration:

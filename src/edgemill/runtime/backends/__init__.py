@@ -47,6 +47,23 @@ def import_library(name: str) -> None:
     importlib.import_module(_LIBRARIES[name])
 
 
+def open_session(backend: str, entrypoint: str, files: Mapping[str, bytes], output_names: Sequence[str],
+                 threads: int | None, options: Mapping[str, Any]) -> BackendSession:
+    """A session over a package's model files (path -> bytes): the entrypoint is what the backend
+    loads, the other files travel in :attr:`LoadSettings.files` (e.g. OpenVINO's weights)."""
+    others = {name: data for name, data in files.items() if name != entrypoint}
+    return get_loader(backend)(files[entrypoint], output_names, LoadSettings(threads, options, others))
+
+
+def missing_library(name: str) -> str | None:
+    """The module a registered backend needs and this machine lacks, or None."""
+    import importlib.util
+
+    get_loader(name)
+    module = _LIBRARIES[name]
+    return module if importlib.util.find_spec(module) is None else None
+
+
 def names() -> list[str]:
     _import_builtin()
     return sorted(_REGISTRY)
