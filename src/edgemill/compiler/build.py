@@ -14,12 +14,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import AccuracyCheckError, BackendError, EdgemillError, first_line
-from ..package.canonical import sha256_hex
-from ..package.canonical import canonical_json
+from ..package.canonical import canonical_json, sha256_hex
 from ..package.layout import MANIFEST, PARTITION, REPORT
 from ..package.manifest import FileEntry, Manifest
 from ..package.writer import write_package
-from ..runtime.backends import LoadSettings, get_loader
+from ..runtime.backends import open_session
 from ..runtime.backends.onnxruntime import session_options
 from ..targets import get_target, runnable_here
 from . import calibration as data_files
@@ -72,7 +71,7 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     model = check_model(model, f"model {options.model.name}", load_warnings)
     progress("load", f"loaded {options.model.name}: {len(model.graph.node)} nodes, checker and shape inference pass",
              time.perf_counter() - start)
-    ctx = CompileContext(options=options, target=target, backend=options.backend, source=source, original=model,
+    ctx = CompileContext(options=options, target=target, source=source, original=model,
                          progress=progress, warnings=load_warnings)
     ctx.steps.append({"step": "load", "frontend": frontend.name, "nodes": len(model.graph.node),
                       "summary": f"{frontend.name} model, {len(model.graph.node)} nodes, checked",
@@ -89,6 +88,7 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     # The data every candidate is judged and calibrated on, checked before any candidate is built.
     if options.validation is not None:
         feeds, labels = data_files.load_validation(options.validation, inputs)
+        ctx.validation_sha256 = sha256_hex(options.validation.read_bytes())
     else:
         feeds, labels = _generated_feeds(ctx, inputs), None
     if options.calibration is not None:
@@ -145,7 +145,7 @@ def _cache_parts(ctx: CompileContext, planned: list[Candidate]) -> dict[str, Any
     return {"target": ctx.target.to_dict(), "candidates": [c.label for c in planned], "precision": o.precision,
             "backend": o.backend, "max_drop": o.max_accuracy_drop, "tolerance": o.tolerance,
             "calibration": file_hash(o.calibration), "calibration_method": o.calibration_method,
-            "validation": file_hash(o.validation), "seed": o.seed}
+            "validation": ctx.validation_sha256, "seed": o.seed}
 
 
 def _reference_outputs(ctx: CompileContext, feeds: list[dict[str, np.ndarray]], output_names: list[str]
@@ -172,9 +172,8 @@ def _reference_outputs(ctx: CompileContext, feeds: list[dict[str, np.ndarray]], 
 
 def _run_artifact(artifact: Artifact, output_names: list[str], threads: int | None,
                   feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    others = {n: d for n, d in artifact.files.items() if n != artifact.entrypoint}
-    session = get_loader(artifact.candidate.backend)(artifact.files[artifact.entrypoint], output_names,
-                                                     LoadSettings(threads, artifact.backend_options, others))
+    session = open_session(artifact.candidate.backend, artifact.entrypoint, artifact.files, output_names, threads,
+                           artifact.backend_options)
     return [list(session.run(feed)) for feed in feeds]
 
 
@@ -185,7 +184,7 @@ def _build_candidates(ctx: CompileContext, prepared: Any, planned: list[Candidat
     but that order, so ``first_passing_only`` stops at the first that passes."""
     built: list[_Built] = []
     failures: list[tuple[Candidate, EdgemillError]] = []
-    gate_labels = labels if ctx.options.validation is not None else None
+    real_data = ctx.options.validation is not None  # generated inputs are judged by output error only
     for candidate in planned:
         with ctx.step(_step_name(candidate), f"building {candidate.label}") as record:
             record["candidate"] = candidate.label
@@ -196,10 +195,8 @@ def _build_candidates(ctx: CompileContext, prepared: Any, planned: list[Candidat
                 record.update(status="failed", summary=f"{candidate.label}: failed: {first_line(exc)}")
                 failures.append((candidate, exc))
                 continue
-            metric_reference = reference if ctx.options.validation is not None else None
-            evaluation = gate.evaluate(candidate.precision, reference, got, output_names, gate_labels,
-                                       ctx.options.max_accuracy_drop, ctx.options.tolerance,
-                                       task_metric=metric_reference is not None)
+            evaluation = gate.evaluate(candidate.precision, reference, got, output_names, labels,
+                                       ctx.options.max_accuracy_drop, ctx.options.tolerance, task_metric=real_data)
             record.update(artifact.notes.pop("ort_optimize", {}))
             record.update(notes=artifact.notes, gate=evaluation.to_dict(), status="passed" if evaluation.passed
                           else "rejected")
@@ -377,7 +374,7 @@ def _best_p50(tuned: dict[str, Any] | None, label: str) -> float | None:
 def _accuracy_record(ctx: CompileContext, precision: str, ev: gate.Evaluation, samples: int) -> dict[str, Any]:
     o = ctx.options
     common = {"reference": "onnxruntime on the original model, graph optimizations off",
-              "inputs": (f"validation file sha256:{sha256_hex(o.validation.read_bytes())}" if o.validation
+              "inputs": (f"validation file sha256:{ctx.validation_sha256}" if ctx.validation_sha256
                          else f"generated, seed {o.seed}"),
               "samples": samples}
     if precision == gate.LOSSLESS:

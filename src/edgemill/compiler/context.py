@@ -37,14 +37,14 @@ class SourceInfo:
 class CompileContext:
     options: CompileOptions
     target: Target
-    backend: str
     source: SourceInfo
     original: onnx.ModelProto  # as the frontend produced it, after checks: the accuracy reference
     progress: Progress = silent
     steps: list[dict[str, Any]] = field(default_factory=list)
-    backend_options: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     calibration: list[dict[str, Any]] | None = None  # feeds for static INT8, checked against the inputs
+    validation_sha256: str | None = None  # of the --validation file, read once
+    qdq: tuple[onnx.ModelProto, dict[str, Any]] | None = None  # the calibrated INT8 model, made once
 
     @contextmanager
     def step(self, name: str, message: str) -> Iterator[dict[str, Any]]:

@@ -110,6 +110,17 @@ def _prepare_for_quantization(model: onnx.ModelProto, folder: str, notes: dict[s
 
 
 def quantize_static(model: onnx.ModelProto, ctx: CompileContext, notes: dict[str, Any]) -> onnx.ModelProto:
+    """The calibrated QDQ model. onnxruntime's and OpenVINO's INT8 candidates both start from it, so it
+    is made once per compile (the same prepared model and calibration data) and shared, unchanged."""
+    if ctx.qdq is None:
+        made_notes: dict[str, Any] = {}
+        ctx.qdq = (_quantize_static(model, ctx, made_notes), made_notes)
+    quantized, made_notes = ctx.qdq
+    notes.update(made_notes)
+    return quantized
+
+
+def _quantize_static(model: onnx.ModelProto, ctx: CompileContext, notes: dict[str, Any]) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
