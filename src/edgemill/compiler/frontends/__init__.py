@@ -21,7 +21,8 @@ from ...tensors import InputOverride
 from ..context import SourceInfo
 from ..options import split_entry
 
-__all__ = ["Frontend", "FrontendRequest", "choose", "first_line", "read_head", "register", "source_info",
+__all__ = ["Frontend", "FrontendRequest", "choose", "first_line", "pair_source_info", "read_head", "register",
+           "source_info",
            "split_entry", "tabular_input"]
 
 if TYPE_CHECKING:  # the name 'onnx' must stay free here: it is our ONNX frontend's module
@@ -115,6 +116,17 @@ def sha256_of(path: Path) -> str:
 def source_info(path: Path, framework: str, version: str, **details: Any) -> SourceInfo:
     return SourceInfo(framework=framework, framework_version=version, file=path.name, sha256=sha256_of(path),
                       details=details)
+
+
+def pair_source_info(main: Path, partner: Path, framework: str, version: str, roles: tuple[str, str],
+                     **details: Any) -> SourceInfo:
+    """SourceInfo for a model made of two files (DarkNet cfg + weights, MXNet symbol + params). Its
+    sha256 covers both, so the model id changes when either file does; each file's own hash is kept
+    in the details as ``<role>_sha256``."""
+    main_sha, partner_sha = sha256_of(main), sha256_of(partner)
+    both = hashlib.sha256(f"{main_sha}\n{partner_sha}".encode()).hexdigest()
+    return SourceInfo(framework=framework, framework_version=version, file=main.name, sha256=both,
+                      details={**details, f"{roles[0]}_sha256": main_sha, f"{roles[1]}_sha256": partner_sha})
 
 
 def read_head(path: Path, size: int = 16) -> bytes:

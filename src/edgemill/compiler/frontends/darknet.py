@@ -32,10 +32,9 @@ A cfg without heads (a classifier) has one output, ``output``: the last layer's 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...errors import ModelCheckError, ModelFormatError, OptionError
 from ..checks import check_model
 from ..context import SourceInfo
-from . import Frontend, FrontendRequest, register, source_info
+from . import Frontend, FrontendRequest, pair_source_info, register
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -598,15 +597,12 @@ def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceI
     weights = _read_weights(weights_path)
     b = _build(cfg, sections, weights, request)
     model = _to_model(b)
-    info = source_info(cfg, "darknet", weights.version, weights=weights_path.name, seen=weights.seen,
-                       input=[b.batch, b.net["channels"], b.net["height"], b.net["width"]],
-                       layers=len(sections) - 1, heads=b.heads,
-                       unused_weight_floats=int(weights.data.size - weights.pos))
-    weights_info = source_info(weights_path, "darknet", weights.version)
-    # The model is the pair: its id must change when either file does.
-    both = hashlib.sha256(f"{info.sha256}\n{weights_info.sha256}".encode()).hexdigest()
-    info.details.update(cfg_sha256=info.sha256, weights_sha256=weights_info.sha256)
-    return model, replace(info, sha256=both)
+    info = pair_source_info(cfg, weights_path, "darknet", weights.version, ("cfg", "weights"),
+                            weights=weights_path.name, seen=weights.seen,
+                            input=[b.batch, b.net["channels"], b.net["height"], b.net["width"]],
+                            layers=len(sections) - 1, heads=b.heads,
+                            unused_weight_floats=int(weights.data.size - weights.pos))
+    return model, info
 
 
 register(Frontend("darknet", "DarkNet model (.cfg + .weights: YOLOv2/v3/v4-tiny, classifiers)", detect, load,

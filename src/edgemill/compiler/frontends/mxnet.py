@@ -25,11 +25,10 @@ Supported operators: see :data:`OPERATORS`; anything else is refused with the no
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from ...errors import ModelFormatError, OptionError
 from ...tensors import DTYPE_TO_ONNX_ELEM, normalize_dtype
 from ..checks import check_model
 from ..context import SourceInfo
-from . import Frontend, FrontendRequest, register, source_info
+from . import Frontend, FrontendRequest, pair_source_info, register
 from .mxnet_params import read_params
 
 OPSET = 17
@@ -593,13 +592,10 @@ def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceI
     params = read_params(params_path)
     model, outputs, details = _convert(symbol, params.arrays, symbol_path, request)
     model = _with_output_types(model, f"the ONNX graph built from {symbol_path.name}")
-    version = _mxnet_version(symbol)
-    info = source_info(symbol_path, "mxnet", version, params=params_path.name, outputs=outputs,
-                       reader="edgemill (no mxnet import)", **details, **params.notes())
-    params_info = source_info(params_path, "mxnet", version)
-    both = hashlib.sha256(f"{info.sha256}\n{params_info.sha256}".encode()).hexdigest()
-    info.details.update(symbol_sha256=info.sha256, params_sha256=params_info.sha256)
-    return model, replace(info, sha256=both)
+    info = pair_source_info(symbol_path, params_path, "mxnet", _mxnet_version(symbol), ("symbol", "params"),
+                            params=params_path.name, outputs=outputs, reader="edgemill (no mxnet import)", **details,
+                            **params.notes())
+    return model, info
 
 
 register(Frontend("mxnet", "MXNet export (PREFIX-symbol.json + PREFIX-NNNN.params), read without mxnet", detect,
