@@ -71,23 +71,24 @@ class ResidualDigits(gluon.HybridBlock):
         return self.head(self.elu(y))
 
 
+def train_and_export(net: gluon.HybridBlock, name: str, dataset: str, epochs: int, lr: float,
+                     data: np.lib.npyio.NpzFile, out: Path, refs: dict[str, np.ndarray]) -> None:
+    """Train on DATASET_x/_y, record MXNet's outputs on DATASET_test, export NAME-symbol.json/.params."""
+    net.initialize(mx.init.Xavier())
+    train(net, data[f"{dataset}_x"], data[f"{dataset}_y"], epochs=epochs, lr=lr)
+    net.hybridize()
+    refs[name] = net(nd.array(data[f"{dataset}_test"])).asnumpy()
+    net.export(str(out / name))
+
+
 def build_mlp(data: np.lib.npyio.NpzFile, out: Path, refs: dict[str, np.ndarray]) -> None:
     net = gluon.nn.HybridSequential()
     net.add(gluon.nn.Dense(16, activation="tanh"), gluon.nn.Dense(3), Softmax())
-    net.initialize(mx.init.Xavier())
-    train(net, data["iris_x"], data["iris_y"], epochs=60, lr=0.02)
-    net.hybridize()
-    refs["iris_mlp"] = net(nd.array(data["iris_test"])).asnumpy()
-    net.export(str(out / "iris_mlp"))
+    train_and_export(net, "iris_mlp", "iris", 60, 0.02, data, out, refs)
 
 
 def build_cnn(data: np.lib.npyio.NpzFile, out: Path, refs: dict[str, np.ndarray]) -> None:
-    net = ResidualDigits()
-    net.initialize(mx.init.Xavier())
-    train(net, data["digits_x"], data["digits_y"], epochs=10, lr=0.01)
-    net.hybridize()
-    refs["digits_cnn"] = net(nd.array(data["digits_test"])).asnumpy()
-    net.export(str(out / "digits_cnn"))
+    train_and_export(ResidualDigits(), "digits_cnn", "digits", 10, 0.01, data, out, refs)
 
 
 def build_ops(data: np.lib.npyio.NpzFile, out: Path, refs: dict[str, np.ndarray]) -> None:

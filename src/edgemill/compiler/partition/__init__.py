@@ -11,6 +11,8 @@ device.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from typing import Any
 
@@ -70,9 +72,6 @@ def _openvino_query(model: onnx.ModelProto, accelerator: str) -> tuple[dict[str,
     core = ov.Core()
     if device not in core.available_devices:
         return None, f"OpenVINO {device} device not present on this machine: the operator table decides"
-    import os
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "m.onnx")
         onnx.save(model, path)
