@@ -20,6 +20,8 @@ from edgemill.package import open_package
 from .conftest import run_cli
 
 datasets = pytest.importorskip("sklearn.datasets")
+needs_tvm = pytest.mark.skipif(pytest.importorskip("importlib.util").find_spec("tvm") is None,
+                               reason="apache-tvm is not installed (pip install 'edgemill[tvm]')")
 needs_openvino = pytest.mark.skipif(pytest.importorskip("importlib.util").find_spec("openvino") is None,
                                     reason="openvino is not installed (pip install 'edgemill[openvino]')")
 
@@ -189,7 +191,7 @@ def test_tuning_budget_too_small(model_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "needles"), [
     (["-t", "aarch64", "--backend", "openvino"], ["not allowed for target 'aarch64'", "onnxruntime"]),
-    (["--backend", "tvm"], ["tvm", "not available"]),
+    (["-t", "aarch64", "--backend", "tvm"], ["no way to build", "tvm/fp32"]),
     (["--backend", "tensorrt"], ["unknown backend", "tensorrt"]),
     (["-t", "x86_64-avx2", "--precision", "fp16"], ["does not compute fp16 natively"]),
     (["--max-accuracy-drop", "5"], ["out of range", "0.01"]),
@@ -250,3 +252,38 @@ def test_report_lists_every_candidate_with_its_verdict(model_dir: Path, tmp_path
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+# --- TVM ----------------------------------------------------------------------------------------
+
+
+@needs_tvm
+def test_tvm_package_is_an_ahead_of_time_library_that_matches_the_original(model_dir: Path, tmp_path: Path) -> None:
+    result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "tvm.emp", backend="tvm", measure=False)
+    manifest = result.manifest
+    assert manifest.backend == "tvm" and set(manifest.files) == {"model/model.so"}
+    assert manifest.backend_options["inputs"] == ["image"]
+    x = np.random.default_rng(2).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    got = rt.load(result.path).run({"image": x})
+    want = rt.load(edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "ort.emp", backend="onnxruntime",
+                                    measure=False).path).run({"image": x})
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max()
+
+
+@needs_tvm
+@pytest.mark.slow
+def test_tvm_schedule_search_stops_at_the_tuning_budget(model_dir: Path, tmp_path: Path) -> None:
+    budget = 12.0
+    result = edgemill.compile(model_dir / "mlp.onnx", output=tmp_path / "tvm.emp", backend="tvm", tune_budget=budget)
+    step = next(s for s in result.report["steps"] if s.get("candidate") == "tvm/fp32 (aot)")
+    search = step["notes"]["search"]
+    assert search["budget_s"] == budget and search["seconds"] <= budget + 5, search  # killed at the deadline
+    assert result.report["tuning"]["measurements"], "the TVM candidate must be measured like any other"
+
+
+def test_auto_leaves_tvm_out_below_its_search_budget_and_says_why(model_dir: Path, tmp_path: Path) -> None:
+    result = edgemill.compile(model_dir / "mlp.onnx", output=tmp_path / "a.emp", tune_budget=5)
+    tvm = [c for c in result.report["candidates"] if c["candidate"].startswith("tvm/")]
+    assert tvm and tvm[0]["status"] == "skipped"
+    assert "--tune-budget 300" in tvm[0]["reason"] or "not installed" in tvm[0]["reason"]

@@ -96,7 +96,8 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
 
     planned, skipped = lowering.plan(target, options.backend, options.precision,
                                      has_calibration=ctx.calibration is not None,
-                                     has_real_data=options.validation is not None, max_drop=options.max_accuracy_drop)
+                                     has_real_data=options.validation is not None, max_drop=options.max_accuracy_drop,
+                                     runs_here=runnable_here(target), tune_budget=options.tune_budget)
     measuring = options.measure and runnable_here(target)
     if measuring:  # refuse a budget that cannot time every candidate before any work, cached or not
         tuning.check_budget(options.tune_budget, len(planned) * len(tuning.thread_settings(target.cores)) + 1)

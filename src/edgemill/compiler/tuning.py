@@ -109,7 +109,7 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for dist in ("onnxruntime", "openvino", "onnx"):
+    for dist in ("onnxruntime", "openvino", "onnx", "apache-tvm"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -63,20 +63,37 @@ def builder(backend: str) -> Builder:
         from . import openvino
 
         return openvino.build
+    if backend == "tvm":
+        from . import tvm
+
+        return tvm.build
     if backend == "reference":
         from . import onnxruntime
 
         return onnxruntime.build_reference
     raise OptionError("no compiler for this backend in this edgemill version", value=backend,
-                      expected="onnxruntime, openvino or reference", fix="pass --backend auto")
+                      expected="onnxruntime, openvino, tvm or reference", fix="pass --backend auto")
 
 
 # What each backend can produce, in the order tried when nothing is measured (cross targets).
 _BACKEND_METHODS: dict[str, list[tuple[str, str]]] = {
     "onnxruntime": [("fp32", "optimized"), ("int8", "static-qdq"), ("int8", "dynamic"), ("fp16", "fp16-cast")],
     "openvino": [("fp32", "ir"), ("bf16", "ir"), ("int8", "static-qdq")],
+    "tvm": [("fp32", "aot")],
     "reference": [("fp32", "")],
 }
+
+
+def _tvm_skip_reason(backend: str, runs_here: bool, tune_budget: float | None) -> str | None:
+    from .tvm import AUTO_MIN_BUDGET_S
+
+    if not runs_here:
+        return ("a TVM library for another machine could not be checked against the accuracy gate here (and "
+                "needs that architecture's cross toolchain): compile with --backend tvm on the device itself")
+    if backend == "auto" and tune_budget is not None and tune_budget < AUTO_MIN_BUDGET_S:
+        return (f"TVM needs a long schedule search to compete (untuned it is ~100x slower than onnxruntime); "
+                f"--backend auto tries it from --tune-budget {AUTO_MIN_BUDGET_S:g}, or pass --backend tvm")
+    return None
 
 
 def native_precisions(target: Target) -> set[str]:
@@ -91,7 +108,7 @@ def native_precisions(target: Target) -> set[str]:
 
 
 def plan(target: Target, backend: str, precision: str, *, has_calibration: bool, has_real_data: bool,
-         max_drop: float) -> tuple[list[Candidate], list[Skipped]]:
+         max_drop: float, runs_here: bool = True, tune_budget: float | None = None) -> tuple[list[Candidate], list[Skipped]]:
     """The candidates to build for these options, and those left out with the reason."""
     backends = [b for b in target.backends if b != "reference"] if backend == "auto" else [backend]
     if backend != "auto" and backend not in target.backends:
@@ -116,6 +133,8 @@ def plan(target: Target, backend: str, precision: str, *, has_calibration: bool,
                 continue
             missing = missing_library(name)
             reason = f"{missing} is not installed (pip install 'edgemill[{name}]')" if missing else None
+            if reason is None and name == "tvm":
+                reason = _tvm_skip_reason(backend, runs_here, tune_budget)
             if reason is None and prec not in native:
                 reason = f"target {target.name} does not compute {prec} natively"
             elif reason is None and method == "static-qdq" and not has_calibration:
