@@ -73,6 +73,16 @@ def original_top1(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
+def assert_matches_onnxruntime(package_path: Path, model: Path, tmp_path: Path) -> None:
+    """The package's outputs on a random image match an onnxruntime package of the same model."""
+    x = np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    got = rt.load(package_path).run({"image": x})
+    want = rt.load(edgemill.compile(model, output=tmp_path / "ort.emp", backend="onnxruntime",
+                                    measure=False).path).run({"image": x})
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max()
+
+
 def ops_in(package_path: Path) -> set[str]:
     with open_package(package_path) as reader:
         return {n.op_type for n in onnx.load_from_string(reader.read("model/model.onnx")).graph.node}
@@ -224,12 +234,7 @@ def test_openvino_fp32_package_runs_from_its_ir(model_dir: Path, tmp_path: Path)
     manifest = result.manifest
     assert manifest.backend == "openvino" and set(manifest.files) == {"model/model.xml", "model/model.bin"}
     assert manifest.backend_options["inference_precision"] == "f32"  # never OpenVINO's lossy bf16 default
-    x = np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)
-    got = rt.load(result.path).run({"image": x})
-    want = rt.load(edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "ort.emp", backend="onnxruntime",
-                                    measure=False).path).run({"image": x})
-    for name in want:
-        assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max()
+    assert_matches_onnxruntime(result.path, model_dir / "cnn.onnx", tmp_path)
 
 
 @needs_openvino
@@ -263,12 +268,7 @@ def test_tvm_package_is_an_ahead_of_time_library_that_matches_the_original(model
     manifest = result.manifest
     assert manifest.backend == "tvm" and set(manifest.files) == {"model/model.so"}
     assert manifest.backend_options["inputs"] == ["image"]
-    x = np.random.default_rng(2).normal(size=(1, 3, 32, 32)).astype(np.float32)
-    got = rt.load(result.path).run({"image": x})
-    want = rt.load(edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "ort.emp", backend="onnxruntime",
-                                    measure=False).path).run({"image": x})
-    for name in want:
-        assert np.abs(got[name] - want[name]).max() <= 1e-4 * np.abs(want[name]).max()
+    assert_matches_onnxruntime(result.path, model_dir / "cnn.onnx", tmp_path)
 
 
 @needs_tvm

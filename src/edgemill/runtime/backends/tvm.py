@@ -8,6 +8,7 @@ The library holds code for the CPU it was compiled for (the package's target); t
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from . import LoadSettings, register
 
 def _import_tvm(threads: int | None) -> Any:
     # TVM sizes its thread pool from TVM_NUM_THREADS when the runtime first starts.
-    if threads and "tvm" not in __import__("sys").modules:
+    if threads and "tvm" not in sys.modules:
         os.environ.setdefault("TVM_NUM_THREADS", str(int(threads)))
     try:
         import tvm
