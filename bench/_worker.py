@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ort_baseline import time_calls  # noqa: E402 - the loop `edgemill bench` and the other scripts time with
+
 
 Outputs = list[np.ndarray]
 
@@ -39,7 +42,6 @@ def load_runtime(kind: str, model: str, threads: int, arch: str | None) -> tuple
     if kind == "torch":
         import torch
 
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         import _models
 
         torch.set_num_threads(threads)
@@ -110,19 +112,6 @@ def scores(outputs: Outputs) -> np.ndarray:
     return np.asarray(outputs[0], dtype=np.float32)
 
 
-def time_calls(call: Callable[[], object], duration_s: float, warmup: int = 10) -> np.ndarray:
-    for _ in range(warmup):
-        call()
-    times: list[float] = []
-    clock = time.perf_counter
-    deadline = clock() + duration_s
-    while clock() < deadline or len(times) < 10:
-        t0 = clock()
-        call()
-        times.append(clock() - t0)
-    return np.array(times) * 1000
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runtime")
@@ -140,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     call, version = load_runtime(args.runtime, args.model, args.threads, args.arch)
     load_ms = (time.perf_counter() - started) * 1000
-    times = time_calls(lambda: call(feed), args.duration)
+    times = np.array(time_calls(lambda: call(feed), args.duration)) * 1000  # ms
     result = {"runtime": args.runtime, "version": version, "load_ms": round(load_ms, 1), "iterations": len(times),
               "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
               "p99_ms": float(np.percentile(times, 99))}

@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))
 
 import _models  # noqa: E402
 from _report import markdown_table  # noqa: E402
+from compile_vs_onnxruntime import edgemill_cmd  # noqa: E402
 
 WORKER = HERE / "_worker.py"
 ALL_MODELS = ("resnet", "mobilenet", "encoder", "mlp", "gbt")
@@ -90,11 +91,6 @@ class Case:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def edgemill_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "edgemill"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "edgemill"]
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> Path:
@@ -148,8 +144,8 @@ def ort_static_int8(onnx_path: Path, calibration: dict[str, np.ndarray], out: Pa
 
 
 def compile_package(source: Path, out: Path, extra: list[str], tune_budget: float) -> dict[str, Any]:
-    cmd = [*edgemill_cmd(), "compile", str(source), "-t", "host", "-o", str(out), "--tune-budget", str(tune_budget),
-           *extra]
+    args = ["compile", str(source), "-t", "host", "-o", str(out), "--tune-budget", str(tune_budget), *extra]
+    cmd = [*edgemill_cmd(), *args]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
@@ -160,7 +156,7 @@ def compile_package(source: Path, out: Path, extra: list[str], tune_budget: floa
     with open_package(out) as reader:
         report = json.loads(reader.read("report.json"))
     return {"seconds": round(seconds, 1), "chosen": report["chosen"]["candidate"], "threads": report["chosen"]["threads"],
-            "command": " ".join(cmd[len(edgemill_cmd()):]),
+            "command": " ".join(args),
             "candidates": [{"label": c["candidate"], "status": c.get("status"), "passed": c.get("passed"),
                             "metric": c.get("metric"), "drop": c.get("drop"), "p50_ms": c.get("p50_ms"),
                             "reason": c.get("reason")} for c in report["candidates"]]}

@@ -14,7 +14,6 @@ against the accuracy gate here, and would need that architecture's cross toolcha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from ...errors import BackendError, first_line
+from ..graph import graph_inputs
 from . import MODEL_DIR, Artifact, Candidate
 
 if TYPE_CHECKING:
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 ENTRYPOINT = f"{MODEL_DIR}/model.so"
 TRIAL_SECONDS_GUESS = 1.0  # one MetaSchedule trial (build + run) on a 2-core x86 machine, roughly
-MIN_TRIALS_PER_ROUND = 16  # trials per task the search aims at; the deadline stops it earlier if need be
-MAX_TRIALS_PER_ROUND = 256
+MIN_TRIALS_PER_TASK = 16  # the search aims at this many trials per task; the deadline may stop it first
+MAX_TRIALS_PER_TASK = 256
 AUTO_MIN_BUDGET_S = 300.0  # below this, --backend auto leaves TVM out: the search cannot catch up with onnxruntime
 
 
@@ -88,8 +88,7 @@ def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> 
     except Exception as exc:
         raise BackendError("TVM cannot compile the model", value=first_line(exc)[:300],
                            fix="compile with --backend onnxruntime or openvino") from None
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    inputs = [i.name for i in graph_inputs(model)]
     return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: library}, {"inputs": inputs}, notes)
 
 
@@ -104,11 +103,11 @@ def _search(mod: Any, target: Any, model: onnx.ModelProto, target_dict: dict[str
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from ..tuning import cache_dir
+    from ..tuning import cache_dir, cache_key
 
-    key = hashlib.sha256(model.SerializeToString(deterministic=True))
-    key.update(json.dumps({"target": target_dict, "tvm": tvm.__version__}, sort_keys=True).encode())
-    work_dir = cache_dir() / "tvm" / key.hexdigest()[:32]
+    # The tuning cache's key: the model, the target, and the library versions (TVM's among them).
+    key = cache_key(model.SerializeToString(deterministic=True), {"tvm_target": target_dict})
+    work_dir = cache_dir() / "tvm" / key[:32]
     work_dir.mkdir(parents=True, exist_ok=True)
     workloads, records = work_dir / "workloads.json", work_dir / "records.json"
     tasks = ms.relax_integration.extract_tasks(mod, target)
@@ -119,9 +118,8 @@ def _search(mod: Any, target: Any, model: onnx.ModelProto, target_dict: dict[str
         # An earlier compile searched this model for this target at least as long: apply what it found.
         record.update(cached=str(work_dir), searched_s=searched)
         return ms.database.JSONDatabase(str(workloads), str(records)), record
-    per_task = max(MIN_TRIALS_PER_ROUND, min(MAX_TRIALS_PER_ROUND, int(budget / (TRIAL_SECONDS_GUESS * max(len(tasks), 1)))))
-    module_file = work_dir / "module.json"
-    module_file.write_text(tvm.ir.save_json(mod))
+    per_task = max(MIN_TRIALS_PER_TASK, min(MAX_TRIALS_PER_TASK, int(budget / (TRIAL_SECONDS_GUESS * max(len(tasks), 1)))))
+    (work_dir / "module.json").write_text(tvm.ir.save_json(mod))
     ctx.progress("lower-tvm", f"TVM schedule search: up to {budget:g} s for {len(tasks)} tasks "
                  f"(log: {work_dir / 'search.log'})", None)
     started = time.perf_counter()
