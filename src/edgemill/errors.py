@@ -113,6 +113,26 @@ class BackendError(UserError):
     """A backend library refused or failed to run a model."""
 
 
+class ConfigError(UserError):
+    """A configuration file with a bad key or value; the message names the key and its line."""
+
+
+class ModelNotFoundError(UserError):
+    """A request named a model that is not loaded."""
+
+
+class ModelAlreadyLoadedError(UserError):
+    """A load named a model that is already loaded under that name."""
+
+
+class ResourceExhaustedError(UserError):
+    """A memory budget, a queue or another bounded resource is full."""
+
+
+class SharedMemoryError(UserError):
+    """A shared-memory handle that does not exist, is too small, or cannot be mapped."""
+
+
 class UsageError(EdgemillError):
     """The command line itself is malformed (exit 2)."""
 
@@ -174,6 +194,11 @@ STATUS_TABLE: dict[type[EdgemillError], Status] = {
     KeyFileError: Status(1, 400, "INVALID_ARGUMENT"),
     MissingDependencyError: Status(1, 501, "UNIMPLEMENTED"),
     BackendError: Status(1, 500, "INTERNAL"),
+    ConfigError: Status(1, 400, "INVALID_ARGUMENT"),
+    ModelNotFoundError: Status(1, 404, "NOT_FOUND"),
+    ModelAlreadyLoadedError: Status(1, 409, "ALREADY_EXISTS"),
+    ResourceExhaustedError: Status(1, 429, "RESOURCE_EXHAUSTED"),
+    SharedMemoryError: Status(1, 400, "INVALID_ARGUMENT"),
     UsageError: Status(2, 400, "INVALID_ARGUMENT"),
     VerificationError: Status(3, 422, "PERMISSION_DENIED"),
 }

@@ -13,7 +13,7 @@ import traceback
 
 from .. import __version__
 from ..errors import EdgemillError, UsageError, status_for
-from . import bench_cmd, compile_cmd, demo_cmd, inspect_cmd, keys_cmd, run_cmd, targets_cmd
+from . import agent_cmd, bench_cmd, compile_cmd, demo_cmd, inspect_cmd, keys_cmd, run_cmd, targets_cmd
 from .output import emit_json
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_parser(sub, common)
     keys_cmd.add_parsers(sub, common)
     demo_cmd.add_parser(sub, common)
+    agent_cmd.add_parser(sub, common)
     return parser
 
 

@@ -1,0 +1,203 @@
+"""Object stores that captures are uploaded to: a local folder, any S3-compatible service, memory.
+
+Every store's ``put`` overwrites: uploading the same key twice leaves one object, which is what makes
+a re-upload after a crash harmless. Stores are called from several uploader threads at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+from ...errors import ConfigError, MissingDependencyError, UserError
+
+_INCOMING = ".incoming"  # LocalFolderStore writes here first, then renames into place
+
+
+class ObjectStore(Protocol):
+    """Where uploaded captures go. Keys are relative, '/'-separated paths."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` completely or not at all; an existing object is replaced."""
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; ``KeyError`` when there is none."""
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key that starts with ``prefix``, sorted."""
+
+
+class MemoryStore:
+    """A store in a dict: real behaviour for tests, and ``puts`` counts every upload of each key."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self.objects[key] = bytes(data)
+            self.puts[key] = self.puts.get(key, 0) + 1
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            return self.objects[key]
+
+    def list(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(k for k in self.objects if k.startswith(prefix))
+
+
+class LocalFolderStore:
+    """Objects as files under ``root``; each put is atomic (temp file, fsync, rename, fsync folder)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == _INCOMING:
+            raise UserError("object key is not a plain relative path", value=key,
+                            fix="use keys such as 'device/model/2024/01/31/id.emc'")
+        return self.root.joinpath(*parts)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        incoming = self.root / _INCOMING
+        incoming.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = incoming / f"{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def list(self, prefix: str = "") -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = []
+        for folder, dirs, files in os.walk(self.root):
+            if Path(folder) == self.root and _INCOMING in dirs:
+                dirs.remove(_INCOMING)
+            rel = Path(folder).relative_to(self.root).as_posix()
+            keys.extend(f"{rel}/{f}" if rel != "." else f for f in files)
+        return sorted(k for k in keys if k.startswith(prefix))
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class S3Store:
+    """Objects in ``bucket`` under ``prefix`` of any S3-compatible service, through boto3.
+
+    Credentials come from boto3's usual chain (environment, ~/.aws, instance role). The bucket is
+    created on first use when missing, not here, so an agent that starts offline still starts.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None) -> None:
+        if not _BUCKET.fullmatch(bucket):
+            raise ConfigError("bad S3 bucket name", value=bucket,
+                              expected="3-63 lower-case letters, digits, '.' or '-'",
+                              fix="write capture.store as s3://BUCKET/PREFIX with a valid bucket name")
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise MissingDependencyError("uploading captures to S3 needs boto3", value="boto3",
+                                         fix="pip install 'edgemill[s3]'") from None
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.region = region
+        # Our uploader retries with its own backoff; a few quick retries inside boto3 cover blips only.
+        config = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
+        self._client: Any = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self._bucket_ready = False
+        self._lock = threading.Lock()
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        from botocore.exceptions import ClientError
+
+        with self._lock:
+            if self._bucket_ready:
+                return
+            try:
+                self._client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+                kwargs: dict[str, Any] = {"Bucket": self.bucket}
+                if self.region and self.region != "us-east-1":
+                    kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+                try:
+                    self._client.create_bucket(**kwargs)
+                except ClientError as create_exc:
+                    code = create_exc.response.get("Error", {}).get("Code")
+                    if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+            self._bucket_ready = True
+
+    def put(self, key: str, data: bytes) -> None:
+        self._ensure_bucket()
+        self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key) from None
+            raise
+
+    def list(self, prefix: str = "") -> list[str]:
+        self._ensure_bucket()
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                            Prefix=self._full(prefix)):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+
+def open_store(url: str, endpoint_url: str | None = None, region: str | None = None) -> ObjectStore:
+    """The store named by ``file://DIR`` or ``s3://BUCKET/PREFIX`` (capture.store in the agent config)."""
+    if url.startswith("file://") and len(url) > len("file://"):
+        return LocalFolderStore(Path(url[len("file://"):]))
+    if url.startswith("s3://"):
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        return S3Store(bucket, prefix, endpoint_url=endpoint_url, region=region)
+    raise ConfigError("unknown capture store", value=url, expected="file://DIRECTORY or s3://BUCKET/PREFIX",
+                      fix="set capture.store to a local folder or an S3 bucket")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` survive power loss (the folder's entry table is flushed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,246 @@
+"""The agent's one configuration file (TOML), validated at start with errors that name key and line.
+
+Every value has a default that works on a laptop; relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Section):
+    name: str = "edge-device"
+    fleet: str = "default"
+
+    @field_validator("name", "fleet")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value):
+            raise ValueError("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+
+class TlsConfig(_Section):
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
+
+
+class ListenConfig(_Section):
+    address: str = "127.0.0.1:8601"  # host:port for gRPC over TCP; "" disables TCP
+    unix_socket: Path | None = None  # also serve on this Unix socket (Edge Manager applications use one)
+    metrics_address: str = "127.0.0.1:9601"  # Prometheus text at /metrics; "" disables
+    max_workers: int = Field(16, ge=1, le=1024)  # concurrent requests in flight
+    max_message_mb: int = Field(64, ge=1, le=2047)
+    tls: TlsConfig | None = None
+
+    @field_validator("address", "metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}", value):
+            raise ValueError("write host:port, e.g. '127.0.0.1:8601', or '' to disable")
+        return value
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> ListenConfig:
+        if not self.address and self.unix_socket is None:
+            raise ValueError("the agent listens nowhere: set address = 'host:port' or unix_socket = 'path'")
+        return self
+
+
+class ModelsConfig(_Section):
+    directory: Path = Path("models")  # installed packages; standalone mode loads what it finds here
+    standalone: bool = True
+    trusted_keys: list[Path] = []
+    allow_unsigned: bool = False  # only integrity is checked; for a laptop, never for a fleet
+    memory_budget_mb: float = Field(1024, gt=0)
+    when_over_budget: Literal["refuse", "evict-lru"] = "refuse"
+    threads: int = Field(0, ge=0, le=256)  # intra-op threads per model; 0 lets the package/backend choose
+    max_concurrency: int = Field(4, ge=1, le=256)  # requests computing at once per model; the rest queue
+
+    @model_validator(mode="after")
+    def _trust(self) -> ModelsConfig:
+        if not self.trusted_keys and not self.allow_unsigned:
+            raise ValueError("no trusted_keys: list the public keys packages must be signed with "
+                             "(edgemill keys generate DIR), or set allow_unsigned = true on a test machine")
+        return self
+
+
+class CaptureConfig(_Section):
+    directory: Path = Path("captures")  # the on-disk queue
+    max_queue_mb: float = Field(256, gt=0)
+    max_queue_records: int = Field(100_000, ge=1)
+    sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of Predict calls captured automatically
+    sample_rates: dict[str, float] = {}  # per model, overrides sample_rate
+    store: str = "file://capture-store"  # file://DIR or s3://bucket/prefix
+    s3_endpoint_url: str | None = None  # any S3-compatible store (SeaweedFS, MinIO, Ceph...)
+    s3_region: str | None = None
+    upload_batch_size: int = Field(32, ge=1, le=10_000)
+    upload_interval_s: float = Field(5.0, gt=0)
+    retry_backoff_max_s: float = Field(300.0, gt=0)
+    embed_limit_bytes: int = Field(0, ge=0)  # tensors up to this size also go inline (base64) in the JSON
+
+    @field_validator("sample_rates")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, rate in value.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"rate for model {model!r} is {rate}; use a share between 0 and 1")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if not re.match(r"(file|s3)://.+", value):
+            raise ValueError("use file://DIRECTORY or s3://BUCKET/PREFIX")
+        return value
+
+
+class MetricsConfig(_Section):
+    input_stats_window: int = Field(1000, ge=1)  # requests per model kept for input statistics
+    max_features: int = Field(64, ge=1)  # per input, the first N features get statistics
+
+
+class ServerConfig(_Section):
+    """The control plane (used by the sync component; empty url: the agent runs on its own)."""
+
+    url: str = ""
+    token_file: Path | None = None
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+
+
+class AgentConfig(_Section):
+    device: DeviceConfig = DeviceConfig()
+    listen: ListenConfig = ListenConfig()
+    models: ModelsConfig = ModelsConfig(allow_unsigned=True)
+    capture: CaptureConfig = CaptureConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    server: ServerConfig = ServerConfig()
+    source: Path | None = None  # the file this was read from (not a key)
+
+    def sample_rate(self, model: str) -> float:
+        return self.capture.sample_rates.get(model, self.capture.sample_rate)
+
+
+_PATH_FIELDS = {
+    ("listen", "unix_socket"), ("listen", "tls", "cert_file"), ("listen", "tls", "key_file"),
+    ("listen", "tls", "client_ca_file"), ("models", "directory"), ("capture", "directory"),
+    ("server", "token_file"),
+}
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate ``path``; relative paths in it become relative to its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("agent config file not found", value=str(path),
+                          fix="pass --config PATH to an existing file (docs/agent.md has an example)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("cannot read agent config file", value=str(path), fix=str(exc)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc})",
+                          fix="correct the syntax at that line (strings need quotes, tables [name])") from None
+    return config_from_dict(data, path, text)
+
+
+def config_from_dict(data: dict[str, Any], path: Path | None = None, text: str = "") -> AgentConfig:
+    base = path.parent if path is not None else Path.cwd()
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, path, text) from None
+    return _resolve_paths(config, base).model_copy(update={"source": path})
+
+
+def _config_error(exc: ValidationError, path: Path | None, text: str) -> ConfigError:
+    first = exc.errors()[0]
+    loc = tuple(str(part) for part in first["loc"])
+    key = ".".join(loc) or "(top level)"
+    line = _line_of(text, loc)
+    where = f"{path}:{line}" if path is not None and line else (str(path) if path is not None else "config")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        section = ".".join(loc[:-1])
+        known = _known_keys(loc[:-1])
+        return ConfigError(f"unknown key {key!r} in {where}", value=first.get("input"),
+                           fix=f"remove it or use one of {known} in [{section or 'top level'}]")
+    return ConfigError(f"bad value for {key!r} in {where}: {message}", value=first.get("input"),
+                       fix=f"correct {key} (docs/agent.md lists every key and its default)")
+
+
+def _known_keys(loc: tuple[str, ...]) -> list[str]:
+    model: Any = AgentConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        model = next((a for a in getattr(model, "__args__", ()) if isinstance(a, type)), model)
+    return sorted(k for k in getattr(model, "model_fields", {}) if k != "source")
+
+
+def _line_of(text: str, loc: tuple[str, ...]) -> int | None:
+    """The line where ``loc`` (table path + key) is written, found by reading the TOML as text."""
+    if not text or not loc:
+        return None
+    table: tuple[str, ...] = ()
+    header = None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        match = re.fullmatch(r"\[\s*([A-Za-z0-9_.\s-]+?)\s*\]", line)
+        if match:
+            table = tuple(part.strip() for part in match.group(1).split("."))
+            if table == loc:
+                header = number
+            continue
+        key = re.match(r"([A-Za-z0-9_-]+)\s*=", line)
+        if key and table + (key.group(1),) == loc[: len(table) + 1] and len(loc) > len(table):
+            return number
+        dotted = re.match(r"([A-Za-z0-9_.-]+)\s*=", line)
+        if dotted and table + tuple(dotted.group(1).split(".")) == loc:
+            return number
+    return header
+
+
+def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
+    def fix(section: BaseModel, names: tuple[str, ...]) -> BaseModel:
+        updates: dict[str, Any] = {}
+        for name in names:
+            value = getattr(section, name)
+            if isinstance(value, Path) and not value.is_absolute():
+                updates[name] = base / value
+        return section.model_copy(update=updates)
+
+    listen = config.listen
+    if listen.tls is not None:
+        listen = listen.model_copy(update={"tls": fix(listen.tls, ("cert_file", "key_file", "client_ca_file"))})
+    listen = fix(listen, ("unix_socket",))
+    models = fix(config.models, ("directory",))
+    models = models.model_copy(update={"trusted_keys": [k if k.is_absolute() else base / k
+                                                         for k in config.models.trusted_keys]})
+    capture = fix(config.capture, ("directory",))
+    store = config.capture.store
+    if store.startswith("file://") and not Path(store[len("file://"):]).is_absolute():
+        capture = capture.model_copy(update={"store": "file://" + str(base / store[len("file://"):])})
+    server = fix(config.server, ("token_file",))
+    return config.model_copy(update={"listen": listen, "models": models, "capture": capture, "server": server})

@@ -1,0 +1,116 @@
+"""The agent process: wires config, models, metrics, capture and the gRPC server; stops gracefully.
+
+Components beside the data plane (capture uploader now, control-plane sync next) each have
+start()/stop(), so adding one is adding it to :meth:`Agent.start` and :meth:`Agent.stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+
+from .capture import CaptureService
+from .config import AgentConfig
+from .dataplane import DataPlane
+from .grpc.server import build_server
+from .metrics import AgentMetrics
+from .models import ModelManager
+
+log = logging.getLogger("edgemill.agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.metrics = AgentMetrics(config.metrics.input_stats_window, config.metrics.max_features)
+        self.models = ModelManager(config.models)
+        self.capture = CaptureService(config.capture, device=config.device.name)
+        self.dataplane = DataPlane(config, self.models, self.metrics, self.capture)
+        self.metrics.add_collector(self._agent_metrics)
+        self._server: Any = None
+        self._metrics_server: Any = None
+        self.addresses: list[str] = []
+        self._stopped = threading.Event()
+
+    def start(self) -> list[str]:
+        """Start serving; returns the addresses bound (``host:port`` and ``unix:path``)."""
+        self.capture.start()
+        if self.config.models.standalone:
+            loaded = self.models.load_directory(self.config.models.directory)
+            log.info("standalone: loaded %d model(s) from %s", len(loaded), self.config.models.directory)
+        self._server, self.addresses = build_server(self.config.listen, self.dataplane)
+        self._server.start()
+        if self.config.listen.unix_socket is not None:
+            try:
+                os.chmod(self.config.listen.unix_socket, 0o660)  # the agent's user and group
+            except OSError as exc:
+                log.warning("cannot restrict the Unix socket's permissions: %s", exc)
+        if self.config.listen.metrics_address:
+            self._metrics_server = self.metrics.serve(self.config.listen.metrics_address)
+            self.addresses.append(f"http://{self.config.listen.metrics_address}/metrics")
+        self.dataplane.ready = True
+        return self.addresses
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """In-flight requests finish (up to ``grace_s``), then captures are flushed and kept on disk."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.dataplane.ready = False
+        if self._server is not None:
+            self._server.stop(grace_s).wait(grace_s + 1)
+        self.dataplane.close()
+        self.capture.stop(flush_timeout=grace_s)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        log.info("agent stopped")
+
+    def run_until_signal(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        done = threading.Event()
+
+        def handle(signum: int, frame: Any) -> None:
+            log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
+            done.set()
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not done.wait(1.0):
+                pass
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            self.stop()
+
+    def _agent_metrics(self) -> Iterable[Any]:
+        used = GaugeMetricFamily("edgemill_agent_memory_used_bytes", "Memory taken by loaded models")
+        used.add_metric([], self.models.used_bytes())
+        yield used
+        budget = GaugeMetricFamily("edgemill_agent_memory_budget_bytes", "The models' memory budget")
+        budget.add_metric([], self.models.budget_bytes)
+        yield budget
+        loaded = GaugeMetricFamily("edgemill_agent_models_loaded", "Models loaded now")
+        loaded.add_metric([], len(self.models.list()))
+        yield loaded
+        capture = GaugeMetricFamily("edgemill_agent_capture", "Capture queue state", labels=["stat"])
+        for key, value in self.capture.stats().items():
+            capture.add_metric([key], float(value))
+        capture.add_metric(["skipped_busy"], float(self.dataplane.samples_skipped_busy))
+        yield capture
+
+    def heartbeat_payload(self) -> dict[str, Any]:
+        """What the sync component sends to the control plane: models, metrics, capture state."""
+        return {
+            "device": self.config.device.name, "fleet": self.config.device.fleet, "time": time.time(),
+            "models": [{"name": v.name, "version": v.version, "package_id": v.package_id}
+                       for v in self.dataplane.list_models()],
+            "memory": {"used_bytes": self.models.used_bytes(), "budget_bytes": self.models.budget_bytes},
+            "metrics": self.metrics.snapshot(), "capture": self.capture.stats(),
+        }

@@ -1,0 +1,137 @@
+"""edgemill.v1.Agent: our own API, translated onto the data plane."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ...errors import InputMismatchError
+from ...tensors import TensorSpec
+from .. import protos
+from ..dataplane import DataPlane, ModelView
+from ..wire import tensor_bytes, tensor_from_bytes, tensor_from_shared_memory, write_to_shared_memory
+from .status import translate_errors
+
+pb = protos.load("edgemill.v1.agent_pb2")
+pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
+
+DTYPE_BY_ENUM: dict[int, np.dtype] = {
+    pb.FLOAT32: np.dtype(np.float32), pb.FLOAT16: np.dtype(np.float16), pb.FLOAT64: np.dtype(np.float64),
+    pb.INT8: np.dtype(np.int8), pb.INT16: np.dtype(np.int16), pb.INT32: np.dtype(np.int32),
+    pb.INT64: np.dtype(np.int64), pb.UINT8: np.dtype(np.uint8), pb.UINT16: np.dtype(np.uint16),
+    pb.UINT32: np.dtype(np.uint32), pb.UINT64: np.dtype(np.uint64), pb.BOOL: np.dtype(np.bool_),
+}
+ENUM_BY_DTYPE: dict[str, int] = {d.name: e for e, d in DTYPE_BY_ENUM.items()}
+CAPTURE_STATE = {"unknown": pb.UNKNOWN, "queued": pb.QUEUED, "uploading": pb.UPLOADING,
+                 "uploaded": pb.UPLOADED, "failed": pb.FAILED}
+
+
+def decode_tensor(tensor: Any) -> np.ndarray:
+    dtype = DTYPE_BY_ENUM.get(tensor.dtype)
+    if dtype is None:
+        raise InputMismatchError(f"tensor {tensor.name!r} has an unsupported dtype",
+                                 value=pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else tensor.dtype,
+                                 fix=f"use one of {sorted(ENUM_BY_DTYPE)}")
+    if tensor.WhichOneof("data") == "shared_memory":
+        handle = tensor.shared_memory
+        return tensor_from_shared_memory(tensor.name, handle.name, handle.offset, handle.size, dtype, tensor.shape)
+    return tensor_from_bytes(tensor.name, tensor.raw, dtype, tensor.shape)
+
+
+def decode_tensors(tensors: Any) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        if tensor.name in out:
+            raise InputMismatchError("the same tensor name is sent twice", value=tensor.name,
+                                     fix="send each input once")
+        out[tensor.name] = decode_tensor(tensor)
+    return out
+
+
+def encode_tensor(name: str, array: np.ndarray, shm: Any = None) -> Any:
+    enum = ENUM_BY_DTYPE.get(array.dtype.name)
+    if enum is None:
+        raise InputMismatchError(f"output {name!r} has a dtype the API cannot carry", value=array.dtype.name,
+                                 fix="recompile the model with numeric outputs")
+    if shm is not None:
+        written = write_to_shared_memory(array, shm.name, shm.offset, shm.size)
+        return pb.Tensor(name=name, dtype=enum, shape=array.shape,
+                         shared_memory=pb.SharedMemoryHandle(name=shm.name, offset=shm.offset, size=written))
+    return pb.Tensor(name=name, dtype=enum, shape=array.shape, raw=tensor_bytes(array))
+
+
+def spec_message(spec: TensorSpec) -> Any:
+    return pb.TensorSpec(name=spec.name, dtype=ENUM_BY_DTYPE.get(spec.dtype, pb.DATA_TYPE_UNSPECIFIED),
+                         shape=[d if isinstance(d, int) else -1 for d in spec.shape],
+                         dim_names=[d if isinstance(d, str) else "" for d in spec.shape])
+
+
+def model_message(view: ModelView) -> Any:
+    return pb.Model(name=view.name, version=view.version, package_id=view.package_id, backend=view.backend,
+                    precision=view.precision, target=view.target,
+                    inputs=[spec_message(s) for s in view.inputs], outputs=[spec_message(s) for s in view.outputs],
+                    signed_by=view.signed_by, loaded_unix=view.loaded_unix, memory_bytes=view.memory_bytes,
+                    requests=view.requests, errors=view.errors, in_flight=view.in_flight,
+                    package_path=view.package_path)
+
+
+class AgentServicer(pb_grpc.AgentServicer):
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @translate_errors
+    def LoadModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        view, evicted = self.dataplane.load_model(request.package_path, name=request.name)
+        return pb.LoadModelResponse(model=model_message(view), evicted=evicted)
+
+    @translate_errors
+    def UnloadModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.dataplane.unload_model(request.name)
+        return pb.UnloadModelResponse()
+
+    @translate_errors
+    def ListModels(self, request: Any, context: grpc.ServicerContext) -> Any:
+        models = self.dataplane.models
+        return pb.ListModelsResponse(models=[model_message(v) for v in self.dataplane.list_models()],
+                                     memory_budget_bytes=models.budget_bytes, memory_used_bytes=models.used_bytes())
+
+    @translate_errors
+    def DescribeModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.DescribeModelResponse(model=model_message(self.dataplane.describe_model(request.name)))
+
+    @translate_errors
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        received = time.perf_counter()
+        inputs = decode_tensors(request.inputs)
+        result = self.dataplane.predict(request.model, inputs, received=received, protocol="edgemill",
+                                        outputs=tuple(request.outputs), capture=request.capture,
+                                        capture_id=request.capture_id)
+        shm = request.output_shared_memory
+        outputs = [encode_tensor(name, array, shm.get(name) if shm else None) for name, array in result.outputs.items()]
+        total = int((time.perf_counter() - received) * 1e6)
+        return pb.PredictResponse(outputs=outputs, model_version=result.model_version, capture_id=result.capture_id,
+                                  timing=pb.Timing(queue_us=result.timing.queue_us, compute_us=result.timing.compute_us,
+                                                   total_us=total))
+
+    @translate_errors
+    def CaptureData(self, request: Any, context: grpc.ServicerContext) -> Any:
+        capture_id = self.dataplane.capture_data(request.model, request.capture_id, decode_tensors(request.inputs),
+                                                 decode_tensors(request.outputs), dict(request.auxiliary))
+        return pb.CaptureDataResponse(capture_id=capture_id)
+
+    @translate_errors
+    def GetCaptureDataStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        status = self.dataplane.capture_status(request.capture_id)
+        stats = self.dataplane.capture.stats() if self.dataplane.capture is not None else {}
+        return pb.GetCaptureDataStatusResponse(
+            capture_id=request.capture_id, state=CAPTURE_STATE.get(status.state, pb.UNKNOWN),
+            attempts=status.attempts, last_error=status.last_error or "", object_key=status.uploaded_key or "",
+            queued=int(stats.get("queued", 0)), uploaded=int(stats.get("uploaded", 0)),
+            failed=int(stats.get("failed", 0)), skipped_full=int(stats.get("skipped_full", 0)))
+
+
+def add_to_server(server: grpc.Server, dataplane: DataPlane) -> None:
+    pb_grpc.add_AgentServicer_to_server(AgentServicer(dataplane), server)

@@ -1,0 +1,209 @@
+"""Loaded models: verify, load, unload and swap within a memory budget; count use for LRU eviction."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EdgemillError, ModelAlreadyLoadedError, ModelNotFoundError, ResourceExhaustedError, UserError
+from ..package.keys import PublicKey, load_public_keys
+from ..package.store import read_verified_model
+from ..runtime.session import Model
+from .budget import Resident, choose_evictions
+from .config import ModelsConfig
+
+log = logging.getLogger("edgemill.agent")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MB = 1024 * 1024
+
+
+@dataclass
+class LoadedModel:
+    """One model in memory, with what the budget, the LRU choice and DescribeModel need."""
+
+    name: str
+    model: Model
+    package_path: Path
+    memory_bytes: int
+    loaded_unix: float
+    last_used: float
+    gate: threading.BoundedSemaphore
+    in_flight: int = 0
+    requests: int = 0
+    errors: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def resident(self) -> Resident:
+        return Resident(self.name, self.memory_bytes, self.last_used, self.in_flight)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: no cheap current RSS; the file size stands in
+        return 0
+
+
+class ModelManager:
+    """Thread-safe registry of loaded models. Loads are serialized (one verification and one memory
+    measurement at a time); requests on loaded models never wait for a load."""
+
+    def __init__(self, config: ModelsConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.budget_bytes = int(config.memory_budget_mb * MB)
+        self._clock = clock
+        self._keys: list[PublicKey] | None = None if config.allow_unsigned and not config.trusted_keys \
+            else load_public_keys([str(k) for k in config.trusted_keys])
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()       # guards _models
+        self._load_lock = threading.Lock()  # one load at a time
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            loaded = self._models.get(name)
+            if loaded is None:
+                raise self._not_found(name)
+            return loaded
+
+    def list(self) -> list[LoadedModel]:
+        with self._lock:
+            return sorted(self._models.values(), key=lambda m: m.name)
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(m.memory_bytes for m in self._models.values())
+
+    def _not_found(self, name: str) -> ModelNotFoundError:
+        known = ", ".join(sorted(self._models)) or "none"
+        return ModelNotFoundError("no model loaded under that name", value=name,
+                                  fix=f"load it first (LoadModel) or use a loaded one: {known}")
+
+    # --- use -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def use(self, name: str) -> Iterator[tuple[LoadedModel, float]]:
+        """Hold ``name`` for one request: counts it in flight (so it is not evicted) and waits for a
+        free slot of its concurrency limit. Yields the model and when the slot was granted."""
+        loaded = self.get(name)
+        with loaded._lock:
+            loaded.in_flight += 1
+        try:
+            loaded.gate.acquire()
+            try:
+                yield loaded, time.perf_counter()
+            finally:
+                loaded.gate.release()
+        finally:
+            with loaded._lock:
+                loaded.in_flight -= 1
+                loaded.requests += 1
+                loaded.last_used = self._clock()
+
+    # --- load / unload -------------------------------------------------------------------------
+
+    def load(self, package_path: str | os.PathLike[str], name: str = "", replace: bool = False,
+             allow_rollback: bool = False) -> tuple[LoadedModel, list[str]]:
+        """Verify the package, make room, load it. Returns the model and the names evicted for it.
+
+        ``replace``: a model already loaded under ``name`` is swapped for the new one once the new one
+        has loaded (requests in flight finish on the old one); its version must not be older unless
+        ``allow_rollback``.
+        """
+        path = Path(package_path)
+        if not path.exists():
+            raise UserError("package not found on the device", value=str(path),
+                            fix="give a path the agent can read (relative paths are relative to the agent's directory)")
+        with self._load_lock:
+            with self._lock:
+                old = self._models.get(name) if name else None
+            installed = old.model.version if (old is not None and replace) else None
+            verified, files = read_verified_model(path, self._keys, installed, allow_rollback)
+            name = name or verified.manifest.name
+            if not _NAME.fullmatch(name):
+                raise UserError("bad model name", value=name,
+                                fix="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            with self._lock:
+                old = self._models.get(name)
+            if old is not None and not replace:
+                raise ModelAlreadyLoadedError("a model is already loaded under that name", value=name,
+                                              fix="unload it first, load under another name, or ask for a replace")
+            estimate = sum(len(b) for b in files.values())
+            evicted = self._make_room(estimate, keep=name)
+            before = _rss_bytes()
+            threads = self.config.threads or None
+            model = Model(verified, files, threads)
+            measured = max(estimate, _rss_bytes() - before)
+            now = self._clock()
+            loaded = LoadedModel(name=name, model=model, package_path=path.resolve(), memory_bytes=measured,
+                                 loaded_unix=time.time(), last_used=now,
+                                 gate=threading.BoundedSemaphore(self.config.max_concurrency))
+            with self._lock:
+                others = sum(m.memory_bytes for n, m in self._models.items() if n != name)
+                if others + measured > self.budget_bytes and self.config.when_over_budget == "refuse":
+                    raise self._over_budget(name, measured, others)
+                self._models[name] = loaded
+            if measured > estimate:  # the backend took more than its files: make room for what it took
+                evicted += self._make_room(0, keep=name)
+            log.info("loaded %s %s (%s, %.1f MB)%s", name, model.version, model.backend, measured / MB,
+                     f", replacing {old.model.version}" if old is not None else "")
+            return loaded, evicted
+
+    def _make_room(self, needed: int, keep: str) -> list[str]:
+        with self._lock:
+            residents = [m.resident() for n, m in self._models.items() if n != keep]
+            if self.config.when_over_budget == "refuse":
+                if sum(r.memory_bytes for r in residents) + needed > self.budget_bytes:
+                    raise self._over_budget(keep, needed, sum(r.memory_bytes for r in residents))
+                return []
+            chosen = choose_evictions(residents, needed, self.budget_bytes)
+            if chosen is None:
+                raise self._over_budget(keep, needed, sum(r.memory_bytes for r in residents),
+                                        busy=[r.name for r in residents if r.in_flight])
+            for victim in chosen:
+                self._models.pop(victim)
+                log.info("evicted idle model %s to make room for %s", victim, keep)
+            return chosen
+
+    def _over_budget(self, name: str, needed: int, used: int, busy: list[str] | None = None) -> ResourceExhaustedError:
+        detail = f"; busy models cannot be evicted: {', '.join(busy)}" if busy else ""
+        return ResourceExhaustedError(
+            f"model {name!r} needs {needed / MB:.1f} MB but {used / MB:.1f} of {self.budget_bytes / MB:.1f} MB "
+            f"are in use{detail}", value=f"memory_budget_mb = {self.config.memory_budget_mb:g}",
+            fix="unload a model, raise [models] memory_budget_mb, or set when_over_budget = 'evict-lru'")
+
+    def unload(self, name: str) -> LoadedModel:
+        with self._lock:
+            loaded = self._models.pop(name, None)
+            if loaded is None:
+                raise self._not_found(name)
+        log.info("unloaded %s", name)
+        return loaded  # requests still holding it finish; the session is freed with the last reference
+
+    def load_directory(self, directory: Path) -> list[str]:
+        """Standalone mode: load every package (``*.emp`` file or package folder) in ``directory``.
+        A package that fails is logged and skipped so the others still serve."""
+        loaded: list[str] = []
+        if not directory.is_dir():
+            log.warning("models directory %s does not exist; starting with no models", directory)
+            return loaded
+        for entry in sorted(directory.iterdir()):
+            if not (entry.suffix == ".emp" or (entry.is_dir() and (entry / "manifest.json").exists())):
+                continue
+            try:
+                model, _ = self.load(entry)
+                loaded.append(model.name)
+            except EdgemillError as exc:  # refusals included: the message names the reason
+                log.error("not loading %s: %s", entry, exc)
+            except Exception as exc:  # noqa: BLE001 - one bad package must not stop the agent
+                log.error("not loading %s: %s: %s", entry, type(exc).__name__, exc)
+        return loaded
