@@ -40,6 +40,7 @@ class AgentMetrics:
         self._inputs: dict[str, InputStats] = {}
         self._recent: dict[str, deque[float]] = {}
         self._counts: dict[str, list[int]] = {}  # model -> [requests, errors]
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}  # labelled metrics, looked up once
         self._lock = threading.Lock()
         self.registry.register(_InputStatsCollector(self))
 
@@ -55,9 +56,13 @@ class AgentMetrics:
     def observe(self, model: str, protocol: str, total_s: float, compute_s: float,
                 inputs: Mapping[str, np.ndarray]) -> None:
         stats, recent, counts = self._model(model)
-        self._requests.labels(model, protocol).inc()
-        self._latency.labels(model).observe(total_s)
-        self._compute.labels(model).observe(compute_s)
+        children = self._children.get((model, protocol))
+        if children is None:
+            children = self._children.setdefault((model, protocol), (
+                self._requests.labels(model, protocol), self._latency.labels(model), self._compute.labels(model)))
+        children[0].inc()
+        children[1].observe(total_s)
+        children[2].observe(compute_s)
         recent.append(total_s)
         counts[0] += 1
         stats.add(inputs)

@@ -125,11 +125,13 @@ class DiskQueue:
                 self.counts["discarded_torn"] += 1
                 changed = True
             elif path.name.endswith(SUFFIX):
-                seq, _, capture_id = path.name[: -len(SUFFIX)].partition(".")
-                if seq.isdigit() and capture_id:
-                    found.append((int(seq), capture_id, path))
+                digits, _, capture_id = path.name[: -len(SUFFIX)].partition(".")
+                if digits.isdigit() and capture_id:
+                    found.append((int(digits), capture_id, path))
+        # New files number on from every name seen, quarantined ones included, so no name is reused.
+        self._seq = max((number for number, _, _ in found), default=0)
         now_wall, now = time.time(), self._clock()
-        for seq, capture_id, path in sorted(found):
+        for _number, capture_id, path in sorted(found):
             try:
                 data = path.read_bytes()
                 header = read_header(data)
@@ -143,7 +145,6 @@ class DiskQueue:
             age = max(0.0, now_wall - path.stat().st_mtime)
             self._entries[capture_id] = _Entry(capture_id, path, key, len(data), now - age, state="queued")
             self._bytes += len(data)
-            self._seq = max(self._seq, seq)
         if changed:
             fsync_dir(self.directory)
 
@@ -287,8 +288,8 @@ class DiskQueue:
         """An upload attempt failed; the capture stays queued and is retried after the backoff delay."""
         with self._lock:
             entry = self._entries.get(pending.capture_id)
-            self.counts["upload_errors"] += 1
-            if entry is not None:
+            if entry is not None and entry.state == "uploading":
+                self.counts["upload_errors"] += 1
                 entry.attempts += 1
                 entry.state, entry.last_error = "failed", error
                 entry.next_attempt = self._clock() + delay_for_attempt(entry.attempts)
@@ -324,7 +325,7 @@ class DiskQueue:
         with self._lock:
             entries = [e for e in self._entries.values() if e.state != "writing"]
             oldest = min((e.accepted_at for e in entries), default=None)
-            return {"queued": len(entries), "queued_bytes": self._bytes,
+            return {"queued": len(entries), "queued_bytes": sum(e.size for e in entries),
                     "uploading": sum(e.state == "uploading" for e in entries),
                     "failed": sum(e.state == "failed" for e in entries),
                     "oldest_queued_age_s": 0.0 if oldest is None else max(0.0, self._clock() - oldest),

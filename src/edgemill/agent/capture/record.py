@@ -83,7 +83,7 @@ class CaptureRecord:
         same_meta = all(getattr(self, f) == getattr(other, f) for f in
                         ("capture_id", "model", "model_version", "device", "created_unix", "sampled"))
         return (same_meta and _same_arrays(self.inputs, other.inputs) and _same_arrays(self.outputs, other.outputs)
-                and {k: bytes(v) for k, v in self.auxiliary.items()} == {k: bytes(v) for k, v in other.auxiliary.items()})
+                and _blobs(self.auxiliary) == _blobs(other.auxiliary))
 
     __hash__ = None  # type: ignore[assignment]  # holds arrays: compared by value, never hashed
 
@@ -196,5 +196,9 @@ def _slice(payload: memoryview, entry: Mapping[str, Any]) -> bytes:
 
 def _same_arrays(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind in "fc")
-        for k in a)
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        and np.array_equal(a[k], b[k], equal_nan=a[k].dtype.kind in "fc") for k in a)
+
+
+def _blobs(blobs: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {name: bytes(blob) for name, blob in blobs.items()}

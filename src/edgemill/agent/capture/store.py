@@ -92,7 +92,7 @@ class LocalFolderStore:
     def list(self, prefix: str = "") -> list[str]:
         if not self.root.is_dir():
             return []
-        keys = []
+        keys: list[str] = []
         for folder, dirs, files in os.walk(self.root):
             if Path(folder) == self.root and _INCOMING in dirs:
                 dirs.remove(_INCOMING)

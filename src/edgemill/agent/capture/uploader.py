@@ -93,7 +93,7 @@ class Uploader:
                 self._flush = self._batch_ready = False
             try:
                 self.drain()
-            except Exception:  # noqa: BLE001 - the thread must outlive any one bad pass (e.g. disk error)
+            except Exception:  # the thread must outlive any one bad pass (e.g. disk error)
                 log.exception("capture upload pass failed; retrying later")
                 self._failed_batches += 1
             delay = (self.interval_s if self._failed_batches == 0
@@ -108,8 +108,8 @@ class Uploader:
             results = list(self._pool.map(self._upload_one, batch))
             try:
                 self.queue.uploaded(p for p, error in zip(batch, results) if error is None)
-            except OSError as exc:  # stored but not recorded: retry them (same keys, so no duplicates)
-                note = f"uploaded but not recorded in the queue folder: {exc}"
+            except Exception as exc:  # stored but not recorded: retry them (same keys, so no duplicates)
+                note = f"stored, but not recorded in the queue folder: {type(exc).__name__}: {first_line(exc)}"
                 results = [note if error is None else error for error in results]
             for pending, error in zip(batch, results):
                 if error:

@@ -30,8 +30,9 @@ def translate_errors(method: F) -> F:
         except EdgemillError as exc:
             context.abort(grpc_code(exc), exc.one_line())
         except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortionException":
-                raise  # context.abort() inside the method
+            already = context.code() if context is not None and hasattr(context, "code") else None
+            if isinstance(exc, grpc.RpcError) or already not in (None, grpc.StatusCode.OK):
+                raise  # context.abort() inside the method: its status stands
             log.exception("internal error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL,
                           f"internal error: {type(exc).__name__}: {exc}. This is a bug in edgemill; see the agent log.")

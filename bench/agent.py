@@ -1,0 +1,339 @@
+"""The agent against calling the runtime in-process, and against a stock model server.
+
+    python bench/agent.py [--mlserver-python /path/to/venv/bin/python] [--duration 10]
+
+(a) Predict overhead: p50/p99 of ``AgentClient.predict`` over the Unix socket and over TCP minus
+    ``model.run`` in-process, on a small MLP (batch 1, 1 intra-op thread), one client, one call at a
+    time.
+(b) Throughput: 8 client processes, each alternating between two models (the MLP and a small CNN),
+    for ``--duration`` seconds, against
+      - the edgemill agent through its KServe V2 service (tritonclient gRPC),
+      - the edgemill agent through its own API (edgemill.client),
+      - MLServer 1.x (its default settings) serving the same ONNX files through a ten-line onnxruntime
+        runtime, through its KServe V2 gRPC (the same tritonclient load generator),
+    all sessions with 1 intra-op thread. MLServer runs from ``--mlserver-python`` (a venv with
+    ``pip install mlserver onnxruntime``); without one, (b) measures the agent only.
+(c) Agent resident memory (VmRSS) at idle and with three models loaded (MLP, CNN, encoder).
+
+Clients and servers share this machine's cores; every figure comes from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _report import markdown_table  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vm_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentiles(times_s: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    arr = np.array(times_s) * 1e6
+    return {"p50_us": float(np.percentile(arr, 50)), "p99_us": float(np.percentile(arr, 99)), "n": len(arr)}
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def build_models(work: Path) -> dict[str, Path]:
+    import onnx
+
+    import edgemill
+    from edgemill.demo import zoo
+
+    models = {"mlp": zoo.mlp(), "cnn": zoo.cnn(), "encoder": zoo.encoder(seq=16, d_model=64, heads=4, d_ff=128, layers=2)}
+    out: dict[str, Path] = {}
+    (work / "onnx").mkdir()
+    (work / "packages").mkdir()
+    for name, proto in models.items():
+        onnx.save(proto, str(work / "onnx" / f"{name}.onnx"))
+        out[name] = edgemill.compile(work / "onnx" / f"{name}.onnx", output=work / "packages" / f"{name}.emp",
+                                     measure=False).path
+    return out
+
+
+def feeds(package: Path) -> dict[str, Any]:
+    import numpy as np
+
+    import edgemill.runtime as rt
+
+    model = rt.load(package)
+    rng = np.random.default_rng(0)
+    return {s.name: rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in s.shape]).astype(s.dtype)
+            for s in model.inputs}
+
+
+# --- the agent ----------------------------------------------------------------------------------
+
+
+class Agent:
+    def __init__(self, work: Path, threads: int = 1, concurrency: int = 4) -> None:
+        self.port, self.sock = free_port(), work / "agent.sock"
+        config = work / "agent.toml"
+        config.write_text(
+            f'[listen]\naddress = "127.0.0.1:{self.port}"\nunix_socket = "{self.sock}"\nmetrics_address = ""\n'
+            f'max_workers = 32\n[models]\ndirectory = "{work / "none"}"\nallow_unsigned = true\nthreads = {threads}\n'
+            f'max_concurrency = {concurrency}\nmemory_budget_mb = 4096\n'
+            f'[capture]\ndirectory = "{work / "queue"}"\nstore = "file://{work / "store"}"\n')
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgemill", "agent", "--config", str(config),
+                                      "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if "serving on" not in line:
+            raise SystemExit(f"agent did not start: {line!r}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+# --- (a) overhead -----------------------------------------------------------------------------
+
+
+def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str]]:
+    import edgemill.runtime as rt
+    from edgemill.client import AgentClient
+
+    sys.path.insert(0, str(HERE))
+    from _ort_baseline import time_calls
+
+    feed = feeds(packages["mlp"])
+    model = rt.load(packages["mlp"], threads=1)
+    local = percentiles(time_calls(lambda: model.run(feed), iterations=calls, warmup=200))
+    (work / "overhead").mkdir()
+    agent = Agent(work / "overhead", threads=1)
+    try:
+        rows = [["in-process `model.run`", f"{local['p50_us']:.0f}", f"{local['p99_us']:.0f}", "-", "-"]]
+        for label, target in (("agent, Unix socket", f"unix:{agent.sock}"), ("agent, TCP 127.0.0.1", f"127.0.0.1:{agent.port}")):
+            with AgentClient(target) as client:
+                if label.endswith("socket"):
+                    client.load_model(str(packages["mlp"]), name="mlp")
+                agent_times = time_calls(lambda: client.predict("mlp", feed), iterations=calls, warmup=200)
+                stats = percentiles(agent_times)
+                rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}",
+                             f"{stats['p50_us'] - local['p50_us']:.0f}", f"{stats['p99_us'] - local['p99_us']:.0f}"])
+        return rows
+    finally:
+        agent.stop()
+
+
+# --- (b) throughput ---------------------------------------------------------------------------
+
+
+def _v2_worker(address: str, models: list[str], inputs: dict[str, dict[str, Any]], duration: float, queue: Any) -> None:
+    import tritonclient.grpc as triton
+    from tritonclient.utils import np_to_triton_dtype
+
+    client = triton.InferenceServerClient(url=address)
+    prepared = {}
+    for model in models:
+        tensors = []
+        for name, array in inputs[model].items():
+            tensor = triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        prepared[model] = tensors
+    for model in models:  # warm up
+        client.infer(model, prepared[model])
+    done, deadline, i = 0, time.perf_counter() + duration, 0
+    while time.perf_counter() < deadline:
+        client.infer(models[i % len(models)], prepared[models[i % len(models)]])
+        i += 1
+        done += 1
+    queue.put(done)
+
+
+def _edgemill_worker(address: str, models: list[str], inputs: dict[str, dict[str, Any]], duration: float, queue: Any) -> None:
+    from edgemill.client import AgentClient
+
+    client = AgentClient(address)
+    for model in models:
+        client.predict(model, inputs[model])
+    done, deadline, i = 0, time.perf_counter() + duration, 0
+    while time.perf_counter() < deadline:
+        client.predict(models[i % len(models)], inputs[models[i % len(models)]])
+        i += 1
+        done += 1
+    queue.put(done)
+
+
+def drive(worker: Any, address: str, models: list[str], inputs: dict[str, dict[str, Any]], clients: int,
+          duration: float) -> float:
+    ctx = mp.get_context("spawn")  # a clean interpreter per client: no protobuf definitions shared
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(address, models, inputs, duration, queue)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(queue.get(timeout=duration + 120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    return total / duration
+
+
+MLSERVER_RUNTIME = '''
+import numpy as np
+import onnxruntime as ort
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+
+class OnnxModel(MLModel):
+    async def load(self) -> bool:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self._session = ort.InferenceSession(self.settings.parameters.uri, options, providers=["CPUExecutionProvider"])
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        feed = {i.name: NumpyCodec.decode_input(i) for i in payload.inputs}
+        results = self._session.run(self._outputs, feed)
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output(n, r) for n, r in zip(self._outputs, results)])
+'''
+
+
+def start_mlserver(python: str, work: Path, onnx_files: dict[str, Path]) -> tuple[subprocess.Popen[bytes], str]:
+    root = work / "mlserver"
+    root.mkdir()
+    (root / "onnx_runtime.py").write_text(MLSERVER_RUNTIME)
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    (root / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": http_port,
+                                                    "grpc_port": grpc_port, "metrics_port": metrics_port}))
+    for name, path in onnx_files.items():
+        folder = root / name
+        folder.mkdir()
+        (folder / "model-settings.json").write_text(json.dumps(
+            {"name": name, "implementation": "onnx_runtime.OnnxModel", "parameters": {"uri": str(path)}}))
+    mlserver = str(Path(python).parent / "mlserver")
+    log = open(work / "mlserver.log", "wb")
+    proc = subprocess.Popen([mlserver, "start", str(root)], cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(root)}, start_new_session=True)
+    deadline = time.monotonic() + 120
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        try:
+            ready = all(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/{n}/ready", timeout=2).status == 200
+                        for n in onnx_files)
+            if ready:
+                return proc, f"127.0.0.1:{grpc_port}"
+        except OSError:
+            pass
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise SystemExit("MLServer did not become ready in 120 s; see " + str(work / "mlserver.log"))
+
+
+def throughput(packages: dict[str, Path], work: Path, duration: float, clients: int,
+               mlserver_python: str | None) -> list[list[str]]:
+    from edgemill.client import AgentClient
+
+    models = ["mlp", "cnn"]
+    inputs = {m: feeds(packages[m]) for m in models}
+    rows: list[list[str]] = []
+    (work / "throughput").mkdir()
+    agent = Agent(work / "throughput", threads=1, concurrency=4)
+    try:
+        with AgentClient(f"127.0.0.1:{agent.port}") as client:
+            for m in models:
+                client.load_model(str(packages[m]), name=m)
+        agent_v2 = drive(_v2_worker, f"127.0.0.1:{agent.port}", models, inputs, clients, duration)
+        agent_own = drive(_edgemill_worker, f"unix:{agent.sock}", models, inputs, clients, duration)
+    finally:
+        agent.stop()
+    rows.append(["edgemill agent, KServe V2 gRPC (tritonclient)", f"{agent_v2:.0f}", "1.00"])
+    rows.append(["edgemill agent, own API over the Unix socket", f"{agent_own:.0f}", f"{agent_own / agent_v2:.2f}"])
+    if mlserver_python:
+        proc, address = start_mlserver(mlserver_python, work, {m: work / "onnx" / f"{m}.onnx" for m in models})
+        try:
+            ml = drive(_v2_worker, address, models, inputs, clients, duration)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        rows.append(["MLServer (defaults), KServe V2 gRPC (tritonclient)", f"{ml:.0f}", f"{ml / agent_v2:.2f}"])
+    return rows
+
+
+# --- (c) memory -------------------------------------------------------------------------------
+
+
+def memory(packages: dict[str, Path], work: Path) -> list[list[str]]:
+    from edgemill.client import AgentClient
+
+    (work / "memory").mkdir()
+    agent = Agent(work / "memory", threads=1)
+    try:
+        with AgentClient(f"unix:{agent.sock}") as client:
+            client.wait_ready()
+            time.sleep(1)
+            idle = vm_rss_mib(agent.proc.pid)
+            for name in ("mlp", "cnn", "encoder"):
+                client.load_model(str(packages[name]), name=name)
+                client.predict(name, feeds(packages[name]))
+            time.sleep(1)
+            loaded = vm_rss_mib(agent.proc.pid)
+            accounted = sum(m["memory_bytes"] for m in client.list_models()) / 2**20
+    finally:
+        agent.stop()
+    return [["idle, no models", f"{idle:.1f}", "-"],
+            ["three models loaded (MLP, CNN, encoder), one call each", f"{loaded:.1f}", f"{accounted:.1f}"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=3000, help="timed calls per overhead row")
+    parser.add_argument("--mlserver-python", help="python of a venv with mlserver and onnxruntime installed")
+    args = parser.parse_args()
+    if args.mlserver_python and not (Path(args.mlserver_python).parent / "mlserver").exists():
+        raise SystemExit(f"no mlserver next to {args.mlserver_python}; create one with: python3 -m venv V && "
+                         "V/bin/pip install mlserver onnxruntime")
+    work = Path(tempfile.mkdtemp(prefix="edgemill-bench-agent-"))
+    try:
+        packages = build_models(work)
+        print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
+        print(markdown_table(overhead(packages, work, args.calls),
+                             ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
+        print(f"\n## (b) Throughput, {args.clients} client processes alternating MLP and CNN, {args.duration:g} s\n")
+        print(markdown_table(throughput(packages, work, args.duration, args.clients, args.mlserver_python),
+                             ["server", "requests/s", "ratio to agent (V2)"]))
+        print("\n## (c) Agent memory (VmRSS)\n")
+        print(markdown_table(memory(packages, work), ["state", "RSS MiB", "models' accounted MiB"]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
