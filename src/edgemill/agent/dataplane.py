@@ -166,8 +166,11 @@ class DataPlane:
                      version: str | None = None) -> str:
         """Queue a capture durably (on disk before this returns); returns its id."""
         service = self._require_capture()
-        if version is None:
-            version = self.models.get(model).model.version
+        if version is None:  # the model need not be loaded here: applications may log for any model
+            try:
+                version = self.models.get(model).model.version
+            except EdgemillError:
+                version = ""
         record = self._record(model, version, capture_id or uuid.uuid4().hex, inputs, outputs, auxiliary, False)
         service.submit(record)
         return record.capture_id

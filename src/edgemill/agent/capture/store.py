@@ -30,6 +30,9 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "") -> list[str]:
         """Every key that starts with ``prefix``, sorted."""
 
+    def url(self, key: str) -> str:
+        """Where ``key`` lives, as a URL a person or another tool can use (s3://..., file://...)."""
+
 
 class MemoryStore:
     """A store in a dict: real behaviour for tests, and ``puts`` counts every upload of each key."""
@@ -52,12 +55,18 @@ class MemoryStore:
         with self._lock:
             return sorted(k for k in self.objects if k.startswith(prefix))
 
+    def url(self, key: str) -> str:
+        return f"memory://{key}"
+
 
 class LocalFolderStore:
     """Objects as files under ``root``; each put is atomic (temp file, fsync, rename, fsync folder)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    def url(self, key: str) -> str:
+        return self._path(key).absolute().as_uri()
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -134,6 +143,9 @@ class S3Store:
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._full(key)}"
 
     def _ensure_bucket(self) -> None:
         if self._bucket_ready:

@@ -125,10 +125,12 @@ class AgentServicer(pb_grpc.AgentServicer):
     @translate_errors
     def GetCaptureDataStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         status = self.dataplane.capture_status(request.capture_id)
-        stats = self.dataplane.capture.stats() if self.dataplane.capture is not None else {}
+        assert self.dataplane.capture is not None  # capture_status raised otherwise
+        stats = self.dataplane.capture.stats()
         return pb.GetCaptureDataStatusResponse(
             capture_id=request.capture_id, state=CAPTURE_STATE.get(status.state, pb.UNKNOWN),
-            attempts=status.attempts, last_error=status.last_error or "", object_key=status.uploaded_key or "",
+            attempts=status.attempts, last_error=status.last_error or "",
+            object_key=self.dataplane.capture.store.url(status.uploaded_key) if status.uploaded_key else "",
             queued=int(stats.get("queued", 0)), uploaded=int(stats.get("uploaded", 0)),
             failed=int(stats.get("failed", 0)), skipped_full=int(stats.get("skipped_full", 0)))
 
