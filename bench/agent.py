@@ -5,14 +5,17 @@
 (a) Predict overhead: p50/p99 of ``AgentClient.predict`` over the Unix socket and over TCP minus
     ``model.run`` in-process, on a small MLP (batch 1, 1 intra-op thread), one client, one call at a
     time.
+    The same client against a Python gRPC server whose handler does nothing (same payload size)
+    shows the floor of the transport itself on this machine.
 (b) Throughput: 8 client processes, each alternating between two models (the MLP and a small CNN),
     for ``--duration`` seconds, against
       - the edgemill agent through its KServe V2 service (tritonclient gRPC),
       - the edgemill agent through its own API (edgemill.client),
       - MLServer 1.x (its default settings) serving the same ONNX files through a ten-line onnxruntime
         runtime, through its KServe V2 gRPC (the same tritonclient load generator),
-    all sessions with 1 intra-op thread. MLServer runs from ``--mlserver-python`` (a venv with
-    ``pip install mlserver onnxruntime``); without one, (b) measures the agent only.
+    all sessions with 1 intra-op thread. MLServer runs from ``--mlserver-python``, a venv made with
+    ``pip install mlserver onnxruntime "uvloop<0.22"`` (MLServer 1.7's inference workers crash on
+    uvloop 0.22 and newer); without one, (b) measures the agent only.
 (c) Agent resident memory (VmRSS) at idle and with three models loaded (MLP, CNN, encoder).
 
 Clients and servers share this machine's cores; every figure comes from this one run.
@@ -100,7 +103,7 @@ class Agent:
         config = work / "agent.toml"
         config.write_text(
             f'[listen]\naddress = "127.0.0.1:{self.port}"\nunix_socket = "{self.sock}"\nmetrics_address = ""\n'
-            f'max_workers = 32\n[models]\ndirectory = "{work / "none"}"\nallow_unsigned = true\nthreads = {threads}\n'
+            f'max_workers = 32\n[models]\nstandalone = false\nallow_unsigned = true\nthreads = {threads}\n'
             f'max_concurrency = {concurrency}\nmemory_budget_mb = 4096\n'
             f'[capture]\ndirectory = "{work / "queue"}"\nstore = "file://{work / "store"}"\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "edgemill", "agent", "--config", str(config),
@@ -144,6 +147,46 @@ def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str
         agent.stop()
 
 
+ECHO_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+handler = grpc.method_handlers_generic_handler(
+    "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
+server = grpc.server(futures.ThreadPoolExecutor(16))
+server.add_generic_rpc_handlers((handler,))
+port = server.add_insecure_port("127.0.0.1:0")
+server.add_insecure_port("unix:" + sys.argv[1])
+server.start()
+print(port, flush=True)
+server.wait_for_termination()
+"""
+
+
+def grpc_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
+    """The same client library against a Python gRPC server that does nothing: the transport's floor."""
+    import grpc
+
+    sys.path.insert(0, str(HERE))
+    from _ort_baseline import time_calls
+
+    sock = work / "echo.sock"
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(sock)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        rows = []
+        payload = b"x" * payload_bytes
+        for label, target in (("bare grpcio echo, Unix socket", f"unix:{sock}"), ("bare grpcio echo, TCP", f"127.0.0.1:{port}")):
+            with grpc.insecure_channel(target) as channel:
+                call = channel.unary_unary("/bench.Echo/Echo")
+                stats = percentiles(time_calls(lambda: call(payload), iterations=calls, warmup=200))
+            rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-"])
+        return rows
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 # --- (b) throughput ---------------------------------------------------------------------------
 
 
@@ -160,28 +203,25 @@ def _v2_worker(address: str, models: list[str], inputs: dict[str, dict[str, Any]
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         prepared[model] = tensors
-    for model in models:  # warm up
-        client.infer(model, prepared[model])
-    done, deadline, i = 0, time.perf_counter() + duration, 0
-    while time.perf_counter() < deadline:
-        client.infer(models[i % len(models)], prepared[models[i % len(models)]])
-        i += 1
-        done += 1
-    queue.put(done)
+    queue.put(_count_calls(lambda model: client.infer(model, prepared[model]), models, duration))
 
 
 def _edgemill_worker(address: str, models: list[str], inputs: dict[str, dict[str, Any]], duration: float, queue: Any) -> None:
     from edgemill.client import AgentClient
 
     client = AgentClient(address)
+    queue.put(_count_calls(lambda model: client.predict(model, inputs[model]), models, duration))
+
+
+def _count_calls(call: Any, models: list[str], duration: float) -> int:
+    """One warm-up call per model, then calls alternating between the models for ``duration`` s."""
     for model in models:
-        client.predict(model, inputs[model])
-    done, deadline, i = 0, time.perf_counter() + duration, 0
+        call(model)
+    done, deadline = 0, time.perf_counter() + duration
     while time.perf_counter() < deadline:
-        client.predict(models[i % len(models)], inputs[models[i % len(models)]])
-        i += 1
+        call(models[done % len(models)])
         done += 1
-    queue.put(done)
+    return done
 
 
 def drive(worker: Any, address: str, models: list[str], inputs: dict[str, dict[str, Any]], clients: int,
@@ -249,7 +289,8 @@ def start_mlserver(python: str, work: Path, onnx_files: dict[str, Path]) -> tupl
             pass
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise SystemExit("MLServer did not become ready in 120 s; see " + str(work / "mlserver.log"))
+    tail = (work / "mlserver.log").read_text(errors="replace")[-3000:]
+    raise SystemExit("MLServer did not become ready in 120 s; its log ends with:\n" + tail)
 
 
 def throughput(packages: dict[str, Path], work: Path, duration: float, clients: int,
@@ -319,13 +360,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.mlserver_python and not (Path(args.mlserver_python).parent / "mlserver").exists():
         raise SystemExit(f"no mlserver next to {args.mlserver_python}; create one with: python3 -m venv V && "
-                         "V/bin/pip install mlserver onnxruntime")
+                         "V/bin/pip install mlserver onnxruntime 'uvloop<0.22'")
     work = Path(tempfile.mkdtemp(prefix="edgemill-bench-agent-"))
     try:
         packages = build_models(work)
         print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
-        print(markdown_table(overhead(packages, work, args.calls),
-                             ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
+        rows = overhead(packages, work, args.calls) + grpc_floor(work, args.calls, payload_bytes=64 * 4)
+        print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
         print(f"\n## (b) Throughput, {args.clients} client processes alternating MLP and CNN, {args.duration:g} s\n")
         print(markdown_table(throughput(packages, work, args.duration, args.clients, args.mlserver_python),
                              ["server", "requests/s", "ratio to agent (V2)"]))

@@ -148,19 +148,24 @@ _PATH_FIELDS = {
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate ``path``; relative paths in it become relative to its folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("agent config file not found", value=str(path),
-                          fix="pass --config PATH to an existing file (docs/agent.md has an example)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("cannot read agent config file", value=str(path), fix=str(exc)) from None
+    text = read_config_text(path, "agent config file", "--config PATH to an existing file (edgemill agent "
+                                                         "--example-config prints one)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc})",
                           fix="correct the syntax at that line (strings need quotes, tables [name])") from None
     return config_from_dict(data, path, text)
+
+
+def read_config_text(path: Path, what: str, fix: str) -> str:
+    """The text of a config file, or a ConfigError naming the path (``fix`` says which option to pass)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", value=str(path), fix=f"pass {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what}", value=str(path), fix=str(exc)) from None
 
 
 def config_from_dict(data: dict[str, Any], path: Path | None = None, text: str = "") -> AgentConfig:

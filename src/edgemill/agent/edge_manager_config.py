@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .config import AgentConfig, config_from_dict
+from .config import AgentConfig, config_from_dict, read_config_text
 
 PREFIX = "sagemaker_edge_"
 EXTRA = "edgemill"
@@ -87,13 +87,7 @@ UNHONOURED: dict[str, str] = {
 def load_edge_manager_config(path: str | Path) -> tuple[AgentConfig, list[str]]:
     """The agent config an Edge Manager JSON file describes, and one note per key: mapped or why not."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("Edge Manager config file not found", value=str(path),
-                          fix="pass --edge-manager-config PATH to the agent's JSON config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("cannot read Edge Manager config file", value=str(path), fix=str(exc)) from None
+    text = read_config_text(path, "Edge Manager config file", "--edge-manager-config PATH to the agent's JSON config")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
                  lambda m: f"{m!r}")
     outputs = step("predict the held-out set", lambda: model.run({"features": data.x_test}),
                    lambda o: f"logits {list(o['logits'].shape)}")
+    served = _serve_with_agent(step, work, package, public, data.x_test, outputs["logits"])
     labels = outputs["logits"].argmax(1)
-    agree = float((labels == trained.logits(data.x_test).argmax(1)).mean())
+    agree = float((labels == trained.logits(data.x_test).argmax(1)).mean()) if served else 0.0
     accuracy = float((labels == data.y_test).mean())
     summary = {"package": str(package), "package_id": result.package_id, "held_out_accuracy": accuracy,
                "agreement_with_numpy_model": agree, "workdir": str(work)}
@@ -105,5 +106,47 @@ def run(args: argparse.Namespace) -> int:
         emit_json({"steps": steps, **summary})
     else:
         print(f"\npackage {package}: held-out accuracy {accuracy:.3f}, predictions agree with the NumPy model on "
-              f"{agree * 100:.1f}% of samples.\nNext: `edgemill inspect {package}`, `edgemill bench {package}`.")
+              f"{agree * 100:.1f}% of samples.\nNext: `edgemill inspect {package}`, `edgemill bench {package}`, "
+              f"`edgemill agent --config {work / 'agent.toml'}` (docs/agent.md).")
     return 0 if agree == 1.0 else 1
+
+
+def _serve_with_agent(step: Callable[..., Any], work: Path, package: Path, public: Path, x: Any,
+                      expected: Any) -> bool:
+    """Start the device agent on 127.0.0.1 (a free port), predict over gRPC, capture one request and
+    watch it reach the local object store; True when the agent's answers equal the runtime's."""
+    import numpy as np
+
+    from ..agent.config import load_config
+    from ..agent.daemon import Agent
+    from ..client import AgentClient
+
+    config_path = work / "agent.toml"
+    config_path.write_text(
+        '[device]\nname = "demo-device"\n[listen]\naddress = "127.0.0.1:0"\nmetrics_address = ""\n'
+        f'unix_socket = "agent.sock"\n[models]\ndirectory = "agent-models"\ntrusted_keys = ["{public.name}"]\n'
+        f'[capture]\ndirectory = "capture-queue"\nstore = "file://capture-store"\nupload_interval_s = 0.1\n')
+    shutil.copy(public, work / public.name)
+    (work / "agent-models").mkdir(exist_ok=True)
+    agent = Agent(load_config(config_path))
+    addresses = step("start the device agent (gRPC)", agent.start, lambda a: ", ".join(a))
+    try:
+        with AgentClient(addresses[0]) as client:
+            step("load the package through the agent", lambda: client.load_model(str(package)),
+                 lambda r: f"{r['model']['name']} {r['model']['version']}, signed by {r['model']['signed_by']}")
+            result = step("predict over gRPC", lambda: client.predict("classifier", {"features": x}, capture=True),
+                          lambda r: f"logits {list(r.outputs['logits'].shape)}, agent time {r.timing.total_us} us "
+                                    f"(model {r.timing.compute_us} us)")
+
+            def uploaded() -> str:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    status = client.capture_status(result.capture_id)
+                    if status.state == "uploaded":
+                        return status.object_key
+                    time.sleep(0.05)
+                raise AssertionError(f"capture {result.capture_id} not uploaded within 30 s")
+            step("capture that request to the object store", uploaded, lambda key: key)
+    finally:
+        agent.stop(grace_s=2)
+    return bool(np.allclose(result.outputs["logits"], expected, rtol=1e-6, atol=1e-6))
