@@ -62,6 +62,9 @@ class ModelManager:
         self._clock = clock
         self._keys: list[PublicKey] | None = None if config.allow_unsigned and not config.trusted_keys \
             else load_public_keys([str(k) for k in config.trusted_keys])
+        if self._keys is None:
+            log.warning("models are checked for integrity only, not signatures (allow_unsigned, no trusted_keys): "
+                        "set [models] trusted_keys before this device joins a fleet")
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()       # guards _models
         self._load_lock = threading.Lock()  # one load at a time
