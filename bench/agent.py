@@ -39,6 +39,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _ort_baseline import time_calls  # noqa: E402
 from _report import markdown_table  # noqa: E402
 
 
@@ -124,9 +125,6 @@ def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str
     import edgemill.runtime as rt
     from edgemill.client import AgentClient
 
-    sys.path.insert(0, str(HERE))
-    from _ort_baseline import time_calls
-
     feed = feeds(packages["mlp"])
     model = rt.load(packages["mlp"], threads=1)
     local = percentiles(time_calls(lambda: model.run(feed), iterations=calls, warmup=200))
@@ -166,9 +164,6 @@ server.wait_for_termination()
 def grpc_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
     """The same client library against a Python gRPC server that does nothing: the transport's floor."""
     import grpc
-
-    sys.path.insert(0, str(HERE))
-    from _ort_baseline import time_calls
 
     sock = work / "echo.sock"
     proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(sock)], stdout=subprocess.PIPE, text=True)

@@ -20,18 +20,10 @@ import grpc
 import numpy as np
 
 from .agent import protos
+from .agent.v1_types import DTYPE_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, pb
+from .agent.wire import tensor_bytes
 
-pb = protos.load("edgemill.v1.agent_pb2")
 pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
-
-_DTYPES: dict[str, int] = {
-    "float32": pb.FLOAT32, "float16": pb.FLOAT16, "float64": pb.FLOAT64, "int8": pb.INT8, "int16": pb.INT16,
-    "int32": pb.INT32, "int64": pb.INT64, "uint8": pb.UINT8, "uint16": pb.UINT16, "uint32": pb.UINT32,
-    "uint64": pb.UINT64, "bool": pb.BOOL,
-}
-_NUMPY = {v: np.dtype(k) for k, v in _DTYPES.items()}
-_STATES = {pb.UNKNOWN: "unknown", pb.QUEUED: "queued", pb.UPLOADING: "uploading", pb.UPLOADED: "uploaded",
-           pb.FAILED: "failed"}
 
 
 class AgentError(Exception):
@@ -102,21 +94,20 @@ def _tensor(name: str, value: Any) -> Any:
     if isinstance(value, SharedTensor):
         array = value.array
         return pb.Tensor(name=name, dtype=_dtype_enum(name, array), shape=array.shape, shared_memory=value.handle())
-    array = np.ascontiguousarray(value)
-    return pb.Tensor(name=name, dtype=_dtype_enum(name, array), shape=array.shape,
-                     raw=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    array = np.asarray(value)
+    return pb.Tensor(name=name, dtype=_dtype_enum(name, array), shape=array.shape, raw=tensor_bytes(array))
 
 
 def _dtype_enum(name: str, array: np.ndarray) -> int:
-    enum = _DTYPES.get(array.dtype.name)
+    enum = ENUM_BY_DTYPE.get(array.dtype.name)
     if enum is None:
         raise TypeError(f"tensor {name!r} has dtype {array.dtype.name}, which the agent API cannot carry; "
-                        f"use one of {sorted(_DTYPES)}")
+                        f"use one of {sorted(ENUM_BY_DTYPE)}")
     return enum
 
 
 def _array(tensor: Any) -> np.ndarray:
-    dtype = _NUMPY[tensor.dtype].newbyteorder("<")
+    dtype = DTYPE_BY_ENUM[tensor.dtype].newbyteorder("<")
     return np.frombuffer(tensor.raw, dtype=dtype).reshape(tuple(tensor.shape))
 
 
@@ -181,7 +172,7 @@ class AgentClient:
 
     def capture_status(self, capture_id: str) -> CaptureStatus:
         r = self._call("GetCaptureDataStatus", pb.GetCaptureDataStatusRequest(capture_id=capture_id))
-        return CaptureStatus(r.capture_id, _STATES.get(r.state, "unknown"), r.attempts, r.last_error, r.object_key)
+        return CaptureStatus(r.capture_id, STATE_BY_ENUM.get(r.state, "unknown"), r.attempts, r.last_error, r.object_key)
 
     def close(self) -> None:
         self._channel.close()
@@ -195,7 +186,7 @@ class AgentClient:
 
 def _model(m: Any) -> dict[str, Any]:
     def spec(s: Any) -> dict[str, Any]:
-        dtype = _NUMPY.get(s.dtype)
+        dtype = DTYPE_BY_ENUM.get(s.dtype)
         return {"name": s.name, "dtype": dtype.name if dtype is not None else "unknown",
                 "shape": [n or d for d, n in zip(s.shape, list(s.dim_names) + [""] * len(s.shape))]}
 

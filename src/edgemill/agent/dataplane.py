@@ -11,9 +11,9 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -84,7 +84,8 @@ class DataPlane:
         self.capture = capture
         self._random = random.Random(seed)
         self._pending_samples = threading.BoundedSemaphore(_MAX_PENDING_SAMPLES)
-        self._sample_writer: Any = None
+        # Sampled captures are written off the request path: the fsync must not add to Predict latency.
+        self._sample_writer = ThreadPoolExecutor(1, thread_name_prefix="edgemill-sample")
         self.samples_skipped_busy = 0
         self.ready = False
 
@@ -198,7 +199,7 @@ class DataPlane:
             return
         record = self._record(model, version, uuid.uuid4().hex, inputs, outputs, {}, True)
 
-        def write() -> None:  # off the request path: the fsync must not add to Predict latency
+        def write() -> None:
             try:
                 service.offer_sample(lambda: record)
             except Exception as exc:  # noqa: BLE001 - a failed sample never fails a prediction
@@ -206,15 +207,7 @@ class DataPlane:
             finally:
                 self._pending_samples.release()
 
-        self._writer().submit(write)
-
-    def _writer(self) -> Any:
-        if self._sample_writer is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._sample_writer = ThreadPoolExecutor(1, thread_name_prefix="edgemill-sample")
-        return self._sample_writer
+        self._sample_writer.submit(write)
 
     def close(self) -> None:
-        if self._sample_writer is not None:
-            self._sample_writer.shutdown(wait=True)
+        self._sample_writer.shutdown(wait=True)

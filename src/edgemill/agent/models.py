@@ -52,6 +52,11 @@ def _rss_bytes() -> int:
         return 0
 
 
+def is_package(entry: Path) -> bool:
+    """A package as the models directory holds them: a ``.emp`` file or a folder with a manifest."""
+    return entry.suffix == ".emp" or (entry.is_dir() and (entry / "manifest.json").exists())
+
+
 class ModelManager:
     """Thread-safe registry of loaded models. Loads are serialized (one verification and one memory
     measurement at a time); requests on loaded models never wait for a load."""
@@ -200,7 +205,7 @@ class ModelManager:
             log.warning("models directory %s does not exist; starting with no models", directory)
             return loaded
         for entry in sorted(directory.iterdir()):
-            if not (entry.suffix == ".emp" or (entry.is_dir() and (entry / "manifest.json").exists())):
+            if not is_package(entry):
                 continue
             try:
                 model, _ = self.load(entry)

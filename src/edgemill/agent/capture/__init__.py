@@ -6,9 +6,9 @@
 """
 
 from .queue import CaptureStatus
-from .record import CaptureFormatError, CaptureRecord, object_key
+from .record import CaptureExistsError, CaptureFormatError, CaptureRecord, object_key
 from .service import CaptureService
 from .store import LocalFolderStore, MemoryStore, ObjectStore, S3Store, open_store
 
-__all__ = ["CaptureFormatError", "CaptureRecord", "CaptureService", "CaptureStatus", "LocalFolderStore",
+__all__ = ["CaptureExistsError", "CaptureFormatError", "CaptureRecord", "CaptureService", "CaptureStatus", "LocalFolderStore",
            "MemoryStore", "ObjectStore", "S3Store", "object_key", "open_store"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ResourceExhaustedError, UserError
-from .record import SUFFIX, CaptureFormatError, object_key, read_header
+from .record import SUFFIX, CaptureExistsError, CaptureFormatError, object_key, read_header
 from .store import fsync_dir
 
 UPLOADED_LOG = "uploaded.log"
@@ -172,7 +172,7 @@ class DiskQueue:
                                 fix="start the capture service before submitting captures")
             if capture_id in self._entries or capture_id in self._log:
                 where = "queued" if capture_id in self._entries else "uploaded"
-                raise UserError(f"capture id already accepted (it is {where}); a retry of the same request "
+                raise CaptureExistsError(f"capture id already accepted (it is {where}); a retry of the same request "
                                 "can treat this as success", value=capture_id,
                                 fix="use a new id for each capture, or leave it empty to get a generated one")
             self._check_room(len(blob))

@@ -37,6 +37,10 @@ class CaptureFormatError(UserError):
     """Bytes that are not a complete, intact capture record (torn write, flipped bit, other file)."""
 
 
+class CaptureExistsError(UserError):
+    """A capture id that the queue already holds or has uploaded."""
+
+
 def check_capture_id(capture_id: object) -> str:
     """``capture_id`` if it is a valid id, else a :class:`UserError` saying what an id may contain."""
     if not isinstance(capture_id, str) or not _ID.fullmatch(capture_id):

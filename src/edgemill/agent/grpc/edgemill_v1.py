@@ -11,22 +11,12 @@ import numpy as np
 from ...errors import InputMismatchError
 from ...tensors import TensorSpec
 from .. import protos
+from ..v1_types import CAPTURE_STATE, DTYPE_BY_ENUM, ENUM_BY_DTYPE, pb
 from ..dataplane import DataPlane, ModelView
 from ..wire import tensor_bytes, tensor_from_bytes, tensor_from_shared_memory, write_to_shared_memory
 from .status import translate_errors
 
-pb = protos.load("edgemill.v1.agent_pb2")
 pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
-
-DTYPE_BY_ENUM: dict[int, np.dtype] = {
-    pb.FLOAT32: np.dtype(np.float32), pb.FLOAT16: np.dtype(np.float16), pb.FLOAT64: np.dtype(np.float64),
-    pb.INT8: np.dtype(np.int8), pb.INT16: np.dtype(np.int16), pb.INT32: np.dtype(np.int32),
-    pb.INT64: np.dtype(np.int64), pb.UINT8: np.dtype(np.uint8), pb.UINT16: np.dtype(np.uint16),
-    pb.UINT32: np.dtype(np.uint32), pb.UINT64: np.dtype(np.uint64), pb.BOOL: np.dtype(np.bool_),
-}
-ENUM_BY_DTYPE: dict[str, int] = {d.name: e for e, d in DTYPE_BY_ENUM.items()}
-CAPTURE_STATE = {"unknown": pb.UNKNOWN, "queued": pb.QUEUED, "uploading": pb.UPLOADING,
-                 "uploaded": pb.UPLOADED, "failed": pb.FAILED}
 
 
 def decode_tensor(tensor: Any) -> np.ndarray:

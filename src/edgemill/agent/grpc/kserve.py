@@ -17,6 +17,7 @@ from ...errors import InputMismatchError, ModelNotFoundError, UserError
 from ...package.reader import open_package
 from .. import protos
 from ..dataplane import DataPlane
+from ..models import is_package
 from ..wire import tensor_bytes, tensor_from_bytes
 from .status import translate_errors
 
@@ -53,11 +54,11 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
         if raw:
             out[tensor.name] = tensor_from_bytes(tensor.name, raw[index], dtype, tensor.shape)
             continue
-        values = getattr(tensor.contents, _CONTENTS_FIELD.get(tensor.datatype, "fp16_missing"), None)
-        if values is None:
+        field = _CONTENTS_FIELD.get(tensor.datatype)
+        if field is None:
             raise InputMismatchError(f"input {tensor.name!r} of {tensor.datatype} has no typed contents field",
                                      value=tensor.datatype, fix="send its data in raw_input_contents")
-        array = np.asarray(values, dtype=dtype)
+        array = np.asarray(getattr(tensor.contents, field), dtype=dtype)
         expected = int(np.prod(tensor.shape)) if len(tensor.shape) else 1
         if array.size != expected:
             raise InputMismatchError(f"input {tensor.name!r} has {array.size} values but shape {list(tensor.shape)} "
@@ -143,7 +144,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not directory.is_dir():
             return found
         for entry in sorted(directory.iterdir()):
-            if entry.suffix == ".emp" or (entry.is_dir() and (entry / "manifest.json").exists()):
+            if is_package(entry):
                 found[entry.stem if entry.suffix == ".emp" else entry.name] = entry
                 try:
                     with open_package(entry) as reader:

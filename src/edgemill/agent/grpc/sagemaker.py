@@ -24,7 +24,7 @@ from ...errors import (BackendError, EdgemillError, FileNotFound, InputMismatchE
                        ModelFormatError, UnknownTargetError, UserError, VerificationError)
 from ...tensors import TensorSpec
 from .. import protos, sysv_shm
-from ..capture.record import check_capture_id
+from ..capture.record import CaptureExistsError, check_capture_id
 from ..dataplane import DataPlane, ModelView
 from ..wire import tensor_bytes, tensor_from_bytes
 from .status import translate_errors
@@ -242,6 +242,7 @@ class EdgeManagerServicer(pb_grpc.AgentServicer):
         return pb.DescribeModelResponse(model=model_message(self.dataplane.describe_model(request.name)))
 
     @translate_errors
+    @_codes(pb.CaptureDataResponse, {CaptureExistsError: grpc.StatusCode.ALREADY_EXISTS})  # a concurrent duplicate
     def CaptureData(self, request: Any, context: grpc.ServicerContext) -> Any:
         capture_id = _capture_id(request.capture_id)
         now = self.clock()
@@ -254,7 +255,7 @@ class EdgeManagerServicer(pb_grpc.AgentServicer):
                                          value=f"{stamp - now:.1f} s ahead of the agent's clock",
                                          fix="stamp the capture with the time of the inference (seconds since the "
                                              "epoch, UTC)"), pb.CaptureDataResponse())
-        if self.dataplane.capture_status(capture_id).state != "unknown":
+        if self.dataplane.capture_status(capture_id).state != "unknown":  # before any tensor or segment is read
             return _refuse(context, grpc.StatusCode.ALREADY_EXISTS,
                            UserError("a capture with that capture_id exists", value=capture_id,
                                      fix="use a new id (a UUID) for each capture"), pb.CaptureDataResponse())
