@@ -23,8 +23,10 @@ class EdgemillError(Exception):
         value: Any = None,
         expected: str | None = None,
         fix: str | None = None,
+        field: str | None = None,
     ) -> None:
         self.problem = problem
+        self.field = field  # the request field or config key at fault, when there is one
         self.value = value
         self.expected = expected
         self.fix = fix
@@ -50,6 +52,7 @@ class EdgemillError(Exception):
             "value": _show(self.value) if self.value is not None else None,
             "expected": self.expected,
             "fix": self.fix,
+            "field": self.field,
             "exit_code": status.exit_code,
         }
 
@@ -133,6 +136,45 @@ class SharedMemoryError(UserError):
     """A shared-memory handle that does not exist, is too small, or cannot be mapped."""
 
 
+class NotFoundError(UserError):
+    """A request named a record (model, version, fleet, device, deployment...) that does not exist."""
+
+
+class ConflictError(UserError):
+    """A request conflicts with what exists (a name taken, a version already uploaded differently)."""
+
+
+class StaleRequestError(ConflictError):
+    """A heartbeat whose sequence number is not newer than the last one accepted (stale or replayed)."""
+
+    def __init__(self, problem: str, *, last_seq: int, **kwargs: Any) -> None:
+        self.last_seq = last_seq
+        super().__init__(problem, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "last_seq": self.last_seq}
+
+
+class AuthenticationError(UserError):
+    """No credential, or one the server does not know (operator API key, device credential, token)."""
+
+
+class PermissionDeniedError(UserError):
+    """A known caller asked for something outside its reach (a device touching another's records)."""
+
+
+class PayloadTooLargeError(UserError):
+    """An upload over its configured size limit."""
+
+
+class RateLimitedError(ResourceExhaustedError):
+    """Too many requests of a kind at once; retry after ``retry_after_s``."""
+
+    def __init__(self, problem: str, *, retry_after_s: float, **kwargs: Any) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(problem, **kwargs)
+
+
 class UsageError(EdgemillError):
     """The command line itself is malformed (exit 2)."""
 
@@ -199,6 +241,13 @@ STATUS_TABLE: dict[type[EdgemillError], Status] = {
     ModelAlreadyLoadedError: Status(1, 409, "ALREADY_EXISTS"),
     ResourceExhaustedError: Status(1, 429, "RESOURCE_EXHAUSTED"),
     SharedMemoryError: Status(1, 400, "INVALID_ARGUMENT"),
+    NotFoundError: Status(1, 404, "NOT_FOUND"),
+    ConflictError: Status(1, 409, "ALREADY_EXISTS"),
+    StaleRequestError: Status(1, 409, "FAILED_PRECONDITION"),
+    AuthenticationError: Status(1, 401, "UNAUTHENTICATED"),
+    PermissionDeniedError: Status(1, 403, "PERMISSION_DENIED"),
+    PayloadTooLargeError: Status(1, 413, "RESOURCE_EXHAUSTED"),
+    RateLimitedError: Status(1, 429, "RESOURCE_EXHAUSTED"),
     UsageError: Status(2, 400, "INVALID_ARGUMENT"),
     VerificationError: Status(3, 422, "PERMISSION_DENIED"),
 }

@@ -1,0 +1,83 @@
+"""The control-plane application: one FastAPI app over one database and one object store.
+
+``create_app(config)`` opens (and migrates) the database, opens the store, loads the trusted keys,
+mounts the API routers and the dashboard, and runs the background tick while the app is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..package.keys import load_public_keys
+from . import http_errors
+from .auth import ensure_operator_key
+from .config import ServerConfig
+from .db import open_database
+from .observability import ServerMetrics, access_middleware, fleet_gauges
+from .reconciler import run_forever
+from .routers import agent, alerts, captures, deployments, fleets, models, overview, system
+from .state import ServerState
+from .store import ServerStore
+
+log = logging.getLogger("edgemill.server")
+
+DESCRIPTION = """The edgemill fleet control plane.
+
+Operators authenticate with `Authorization: Bearer <API key>`; devices with their own credential
+(from `/api/v1/agent/register`) and reach only `/api/v1/agent/*`, for themselves. Every error is JSON
+with `error`, `message`, `field`, `value` and `fix`."""
+
+
+def build_state(config: ServerConfig, clock: Callable[[], float] = time.time) -> ServerState:
+    db = open_database(config.db)
+    store = ServerStore(config.store, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
+    keys = load_public_keys([str(k) for k in config.trusted_keys]) if config.trusted_keys else []
+    state = ServerState(config=config, db=db, store=store, trusted_keys=keys, clock=clock)
+    state.metrics = ServerMetrics()
+    state.metrics.add_collector(fleet_gauges(state))
+    if not keys:
+        log.warning("no trusted keys: every package upload will be refused; start with --trusted-key PUBLIC.pem")
+    return state
+
+
+def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float] = time.time,
+               background: bool = True, state: ServerState | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    state = state or build_state(config, clock)
+    created = ensure_operator_key(state, config.api_key_file)
+    if created:
+        log.warning("created an operator API key in %s (keep it secret)", config.api_key_file)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_forever(state, stop)) if background else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+
+    app = FastAPI(title="edgemill control plane", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app.state.edgemill = state
+    http_errors.install(app)
+    app.middleware("http")(access_middleware(state.metrics))
+    for router in (models.router, fleets.router, deployments.router, agent.router, captures.router, alerts.router,
+                   overview.router, system.router):
+        app.include_router(router)
+    try:
+        from .dashboard import mount
+    except ImportError:  # the dashboard package is optional in a stripped-down build
+        mount = None  # type: ignore[assignment]
+    if mount is not None:
+        mount(app)
+    return app

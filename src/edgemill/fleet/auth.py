@@ -1,0 +1,88 @@
+"""Operator API keys and device credentials: random secrets, stored as sha256, compared by hash.
+
+Secrets are 256-bit random, so an unsalted fast hash is enough: nothing to brute-force, and a lookup
+by hash needs no scan. A device credential only ever resolves to its own device row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from ..errors import AuthenticationError
+from .db.tables import ApiKey, Device
+from .state import ServerState, server_state
+
+bearer = HTTPBearer(auto_error=False, description="An operator API key, or a device's credential on /api/v1/agent")
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _secret(creds: HTTPAuthorizationCredentials | None, who: str) -> str:
+    if creds is None or not creds.credentials:
+        raise AuthenticationError(f"no {who} given", field="Authorization",
+                                  fix=f"send the header 'Authorization: Bearer <{who}>'")
+    return creds.credentials
+
+
+def require_operator(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """The name of the operator key that made the request."""
+    state: ServerState = server_state(request)
+    secret = _secret(creds, "operator API key")
+    with state.db.session() as session:
+        key = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest(secret), ApiKey.revoked_at.is_(None)))
+        if key is None:
+            raise AuthenticationError("unknown or revoked operator API key", value=secret[:8] + "…", field="Authorization",
+                                      fix="use the key the server wrote to its --api-key-file "
+                                          "(edgemill-data/operator.key by default)")
+        return key.name
+
+
+def require_device(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> int:
+    """The id of the device whose credential made the request."""
+    state: ServerState = server_state(request)
+    secret = _secret(creds, "device credential")
+    with state.db.session() as session:
+        device_id = session.scalar(select(Device.id).where(Device.credential_hash == digest(secret)))
+    if device_id is None:
+        raise AuthenticationError("unknown device credential", value=secret[:8] + "…", field="Authorization",
+                                  fix="register the device again with a fresh registration token")
+    return device_id
+
+
+def ensure_operator_key(state: ServerState, path: Path | None, name: str = "admin") -> str | None:
+    """On first start, create an operator key and write it (0600) to ``path``; returns the new key.
+
+    A key file that already exists is registered if its key is unknown (so a key can be provisioned
+    from a secret store), and left alone otherwise.
+    """
+    if path is None:
+        return None
+    if path.exists():
+        secret = path.read_text().strip()
+        created = None
+    else:
+        secret = new_secret("emk")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secret + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        created = secret
+    with state.db.session() as session:
+        if session.scalar(select(ApiKey).where(ApiKey.key_hash == digest(secret))) is None:
+            taken = session.scalar(select(ApiKey).where(ApiKey.name == name))
+            session.add(ApiKey(name=name if taken is None else f"{name}-{digest(secret)[:8]}",
+                               key_hash=digest(secret), created_at=state.clock()))
+    return created

@@ -1,0 +1,218 @@
+"""The control plane's tables (SQLAlchemy 2). Times are unix seconds (float) so that SQLite and
+PostgreSQL store and compare them the same way; the API turns them into ISO datetimes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Fleet(Base):
+    __tablename__ = "fleets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class RegistrationToken(Base):
+    __tablename__ = "registration_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+    uses_left: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"), index=True)
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    registered_at: Mapped[float] = mapped_column(Float)
+    last_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=-1)
+    # The last heartbeat's summary: memory, capture queue, agent version, failures (what it reported).
+    agent: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    version: Mapped[str] = mapped_column(String(128))
+    package_id: Mapped[str] = mapped_column(String(64), index=True)
+    stage: Mapped[str] = mapped_column(String(16), default="none")
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # compile report summary
+    signer: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the .emp file as stored
+    store_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[float] = mapped_column(Float)
+    uploaded_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model: Mapped[Model] = relationship(lazy="joined")
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"))
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    strategy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    wave: Mapped[int] = mapped_column(Integer, default=-1)
+    waves: Mapped[int] = mapped_column(Integer)
+    wave_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    # Optimistic concurrency: every change bumps rev with "WHERE rev = old", so two replicas deciding
+    # the same step at once cannot both apply it.
+    rev: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[ModelVersion] = relationship(lazy="joined")
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+
+
+class DeploymentDevice(Base):
+    __tablename__ = "deployment_devices"
+    __table_args__ = (UniqueConstraint("deployment_id", "device_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # order in which devices are taken into waves
+    wave: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), nullable=True)
+    assigned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    device: Mapped[Device] = relationship(lazy="joined")
+
+
+class DeploymentEvent(Base):
+    __tablename__ = "deployment_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    at: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class DeviceModel(Base):
+    """What a device reports running now (one row per device and model name)."""
+
+    __tablename__ = "device_models"
+    __table_args__ = (UniqueConstraint("device_id", "model_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    package_id: Mapped[str] = mapped_column(String(128), index=True)
+    since: Mapped[float] = mapped_column(Float)
+
+
+class MetricSample(Base):
+    """One heartbeat's numbers for one model on one device: deltas since the previous heartbeat."""
+
+    __tablename__ = "metric_samples"
+    __table_args__ = (Index("ix_metric_samples_t", "t"), Index("ix_metric_samples_device_t", "device_id", "t"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    package_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    t: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    total_requests: Mapped[int] = mapped_column(BigInteger)  # the agent's counters, to compute the next delta
+    total_errors: Mapped[int] = mapped_column(BigInteger)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Capture(Base):
+    __tablename__ = "captures"
+    __table_args__ = (UniqueConstraint("device_id", "capture_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    capture_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    store_key: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[float] = mapped_column(Float, index=True)
+    device: Mapped[Device] = relationship(lazy="joined")
+
+
+class AlertRule(Base):
+    __tablename__ = "alert_rules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    metric: Mapped[str] = mapped_column(String(32))
+    op: Mapped[str] = mapped_column(String(2))
+    threshold: Mapped[float] = mapped_column(Float)
+    window_s: Mapped[float] = mapped_column(Float)
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    fleet: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    rev: Mapped[int] = mapped_column(Integer, default=0)  # bumped with each fire/resolve (optimistic concurrency)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    value: Mapped[float] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[float] = mapped_column(Float)
+    resolved_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rule: Mapped[AlertRule] = relationship(lazy="joined")
+
+
+class WebhookDelivery(Base):
+    """An outbox row: one notification to one URL, retried until delivered or out of attempts."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, index=True)
+    claimed_until: Mapped[float] = mapped_column(Float, default=0.0)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gave_up: Mapped[bool] = mapped_column(default=False)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,108 @@
+"""Prometheus metrics and structured (JSON line) logs for the server.
+
+HTTP metrics are labelled by route template (``/api/v1/devices/{name}``), never the raw path, so a
+fleet of ten thousand devices does not become ten thousand time series.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger("edgemill.server.http")
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("edgemill_server_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("edgemill_server_request_seconds", "HTTP request latency", ["method", "route"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30, 60),
+                                 registry=self.registry)
+        self.ticks = Counter("edgemill_server_tick_changes", "Changes made by the background tick", ["kind"],
+                             registry=self.registry)
+
+    def add_collector(self, collect: Callable[[], Iterable[Any]]) -> None:
+        class _Callback(Collector):
+            def collect(self) -> Iterable[Any]:
+                return collect()
+
+        self.registry.register(_Callback())
+
+
+def fleet_gauges(state: Any) -> Callable[[], Iterable[Any]]:
+    """Devices by status and firing alerts, read from the database at scrape time."""
+    from sqlalchemy import func, select
+
+    from .db.tables import Alert, Device
+    from .views import device_status
+
+    def collect() -> Iterable[Any]:
+        now = state.clock()
+        with state.db.session() as session:
+            statuses = [device_status(d, now, state.config) for d in session.scalars(select(Device))]
+            firing = session.scalar(select(func.count(Alert.id)).where(Alert.state == "firing")) or 0
+        devices = GaugeMetricFamily("edgemill_fleet_devices", "Registered devices by status", labels=["status"])
+        for status in ("online", "offline", "degraded", "never_seen"):
+            devices.add_metric([status], statuses.count(status))
+        yield devices
+        alerts = GaugeMetricFamily("edgemill_fleet_alerts_firing", "Alerts firing now")
+        alerts.add_metric([], firing)
+        yield alerts
+
+    return collect
+
+
+def access_middleware(metrics: ServerMetrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-Id"] = request_id
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+            metrics.requests.labels(request.method, route, str(status)).inc()
+            metrics.latency.labels(request.method, route).observe(elapsed)
+            if route not in ("/healthz", "/metrics"):
+                log.info("request", extra={"fields": {"request_id": request_id, "method": request.method,
+                                                      "route": route, "path": request.url.path, "status": status,
+                                                      "ms": round(elapsed * 1e3, 2)}})
+
+    return middleware
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"t": round(record.created, 3), "level": record.levelname.lower(),
+                                 "logger": record.name, "msg": record.getMessage()}
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "info", json_lines: bool = True) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("edgemill")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

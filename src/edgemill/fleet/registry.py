@@ -1,0 +1,84 @@
+"""Accepting a package into the registry: verify it fully, then store it, then commit its row.
+
+Order matters for "nothing half-written": the object is written first under a key derived from its
+content (a retry rewrites the same object), the row is committed last; if the commit fails the object
+is deleted again. A package that fails verification never reaches the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConflictError, RefusalReason, UserError, VerificationError
+from ..package import PublicKey, open_verified
+from ..package.layout import REPORT
+
+
+@dataclass(frozen=True)
+class CheckedPackage:
+    name: str
+    version: str
+    package_id: str
+    manifest: dict[str, Any]
+    report: dict[str, Any]
+    signer: str | None
+    sha256: str
+    size_bytes: int
+
+    @property
+    def store_key(self) -> str:
+        return f"packages/{self.name}/{self.version}/{self.package_id}.emp"
+
+
+def _report_summary(raw: bytes | None) -> dict[str, Any]:
+    """The parts of report.json that lineage shows: passes, accuracy check, timings per step."""
+    if not raw:
+        return {}
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        return {"error": "report.json is not JSON"}
+    if not isinstance(report, dict):
+        return {}
+    keep = ("passes", "accuracy", "precision", "backend", "target", "steps", "latency", "tuning", "edgemill_version")
+    return {k: report[k] for k in keep if k in report}
+
+
+def check_package(path: Path, trusted_keys: list[PublicKey], expected_name: str) -> CheckedPackage:
+    """Verify the package at ``path`` against the server's trusted keys (a signature is required)."""
+    if not trusted_keys:
+        raise VerificationError(
+            RefusalReason.UNTRUSTED_KEY, "the server trusts no signing keys, so it cannot accept any package",
+            fix="start the server with --trusted-key PUBLIC.pem (the key packages are signed with)")
+    reader, verified = open_verified(path, trusted_keys)
+    try:
+        report = reader.read(REPORT) if REPORT in reader.names() else None
+    finally:
+        reader.close()
+    manifest = verified.manifest
+    if manifest.name != expected_name:
+        raise UserError("the package is for another model", value=manifest.name, field="name",
+                        expected=f"a package named {expected_name!r}",
+                        fix=f"upload it to /api/v1/models/{manifest.name}/versions, or rebuild it with the right name")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    signer = verified.signed_by.short_id if verified.signed_by is not None else None
+    return CheckedPackage(name=manifest.name, version=manifest.version, package_id=verified.package_id,
+                          manifest=manifest.to_dict(), report=_report_summary(report), signer=signer,
+                          sha256=h.hexdigest(), size_bytes=path.stat().st_size)
+
+
+def same_or_conflict(existing_package_id: str, checked: CheckedPackage) -> bool:
+    """True when the upload repeats an existing version (idempotent); a different package under the
+    same version is a conflict: versions are immutable."""
+    if existing_package_id == checked.package_id:
+        return True
+    raise ConflictError("this model version already exists with a different package", value=checked.version,
+                        field="version", expected=f"package {existing_package_id[:16]}…",
+                        fix="bump the version (edgemill compile --version X.Y.Z) and upload again")

@@ -1,0 +1,1 @@
+"""Thin HTTP translators: parse, authorize, call the core, shape the answer (schemas)."""

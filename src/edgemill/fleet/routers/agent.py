@@ -1,0 +1,184 @@
+"""The device side of the API (Edge Manager's three duties): registration, heartbeat with the desired
+state (long poll), package download, capture upload. A device credential reaches only its own records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, RedirectResponse
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.background import BackgroundTask
+
+from ...agent.capture.record import CaptureFormatError, object_key, read_header
+from ...errors import (AuthenticationError, ConflictError, NotFoundError, PayloadTooLargeError,
+                       PermissionDeniedError, RateLimitedError, UserError)
+from .. import schemas
+from ..auth import digest, new_secret, require_device
+from ..db.tables import Capture, Device, RegistrationToken
+from ..desired import desired_state, desired_versions, needs_action
+from ..heartbeats import ingest
+from ..state import ServerState, server_state
+from ..views import ts
+from .fleets import _checked_tags
+
+router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
+ERRORS = {401: {"model": schemas.ErrorOut}, 403: {"model": schemas.ErrorOut}, 409: {"model": schemas.ErrorOut}}
+
+
+@router.post("/register", response_model=schemas.RegisterOut, status_code=201, responses=ERRORS)
+def register(body: schemas.RegisterIn, request: Request) -> schemas.RegisterOut:
+    """Trade a registration token for this device's own credential (shown once, stored hashed)."""
+    state = server_state(request)
+    now = state.clock()
+    credential = new_secret("emd")
+    try:
+        with state.db.session() as session:
+            token = session.scalar(select(RegistrationToken).where(RegistrationToken.token_hash == digest(body.token)))
+            if token is None or token.expires_at <= now or token.uses_left <= 0:
+                why = "unknown" if token is None else ("expired" if token.expires_at <= now else "already used")
+                raise AuthenticationError(f"registration token {why}", value=body.token[:8] + "…", field="token",
+                                          fix="ask the operator for a fresh token (POST /api/v1/fleets/FLEET/registration-tokens)")
+            if session.scalar(select(Device.id).where(Device.name == body.device)) is not None:
+                raise ConflictError("a device with that name is already registered", value=body.device, field="device",
+                                    fix="give this device another [device] name, or have the operator delete the old "
+                                        "record (DELETE /api/v1/devices/NAME) first")
+            taken = session.execute(update(RegistrationToken).where(RegistrationToken.id == token.id,
+                                                                    RegistrationToken.uses_left > 0)
+                                    .values(uses_left=RegistrationToken.uses_left - 1)).rowcount
+            if not taken:  # the last use went to a concurrent registration
+                raise AuthenticationError("registration token already used", field="token",
+                                          fix="ask the operator for a fresh token")
+            session.add(Device(name=body.device, fleet_id=token.fleet_id, tags=_checked_tags(body.tags),
+                               credential_hash=digest(credential), registered_at=now, last_seq=-1, agent={}))
+            fleet_name = token.fleet.name
+    except IntegrityError:
+        raise ConflictError("a device with that name is already registered", value=body.device, field="device",
+                            fix="give this device another [device] name") from None
+    return schemas.RegisterOut(device=body.device, fleet=fleet_name, credential=credential)
+
+
+def _heartbeat_once(state: ServerState, device_id: int, body: schemas.HeartbeatIn) -> tuple[schemas.DesiredStateOut, bool]:
+    now = state.clock()
+    with state.db.session() as session:
+        device = ingest(session, device_id, body, now, state.config)
+        desired = desired_state(session, device_id, device.name, body.seq, state.config.heartbeat_interval_s)
+    reported = {m.name: m.package_id for m in body.models}
+    failed = {(f.model, f.package_id) for f in body.failures}
+    return desired, needs_action(desired, reported, failed)
+
+
+def _desired_now(state: ServerState, device_id: int, name: str, seq: int) -> schemas.DesiredStateOut:
+    with state.db.session() as session:
+        return desired_state(session, device_id, name, seq, state.config.heartbeat_interval_s)
+
+
+@router.post("/heartbeat", response_model=schemas.DesiredStateOut, responses=ERRORS)
+async def heartbeat(body: schemas.HeartbeatIn, request: Request,
+                    wait_s: float = Query(0, ge=0, le=300, description="Long poll: hold the answer up to this long "
+                                          "(capped by the server) unless the desired state changes"),
+                    device_id: int = Depends(require_device)) -> schemas.DesiredStateOut:
+    """Report status, loaded models, metrics and apply failures; get the desired state back. Answers at
+    once when the device has something to do, otherwise when the desired state changes or the wait ends."""
+    state = server_state(request)
+    desired, act = await run_in_threadpool(_heartbeat_once, state, device_id, body)
+    wait = min(wait_s, state.config.long_poll_max_s)
+    if act or wait <= 0:
+        return desired
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        await asyncio.sleep(min(state.config.long_poll_check_s, max(0.0, deadline - time.monotonic())))
+        if await request.is_disconnected():
+            break
+        now = await run_in_threadpool(_desired_now, state, device_id, body.device, body.seq)
+        if now.generation != desired.generation:
+            return now
+    return desired
+
+
+@router.get("/packages/{package_id}", response_class=Response, responses={
+    200: {"content": {"application/octet-stream": {}}, "description": "The package file"},
+    307: {"description": "Redirect to a presigned object-store URL"}, 404: {"model": schemas.ErrorOut},
+    429: {"model": schemas.ErrorOut, "description": "Too many downloads at once; retry after Retry-After"}})
+def download_package(package_id: str, request: Request, device_id: int = Depends(require_device)) -> Response:
+    """A package this device is told to run (and no other)."""
+    state = server_state(request)
+    with state.db.session() as session:
+        versions = [v for v, _, _ in desired_versions(session, device_id).values() if v.package_id == package_id]
+        if not versions:
+            raise NotFoundError("this device is not told to run that package", value=package_id, field="package_id",
+                                fix="download only packages listed in the heartbeat's desired state")
+        key, name = versions[0].store_key, f"{versions[0].model.name}-{versions[0].version}.emp"
+    if state.config.presign_downloads:
+        url = state.store.presigned_get(key, state.config.presign_expiry_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    if not state.downloads.acquire(blocking=False):
+        raise RateLimitedError("too many package downloads at once", retry_after_s=2.0,
+                               value=state.config.max_concurrent_downloads, field="package_id",
+                               fix="retry after the Retry-After seconds (the agent does this itself)")
+    local = state.store.local_path(key)
+    if local is not None:
+        return FileResponse(local, media_type="application/octet-stream", filename=name,
+                            background=BackgroundTask(state.downloads.release))
+    try:
+        return Response(state.store.get(key), media_type="application/octet-stream")
+    finally:
+        state.downloads.release()
+
+
+@router.put("/captures/{capture_id}", response_model=schemas.CaptureOut, status_code=201, responses={
+    200: {"model": schemas.CaptureOut, "description": "Already stored (an upload retried)"}, **ERRORS,
+    413: {"model": schemas.ErrorOut}}, openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+async def put_capture(capture_id: str, request: Request, response: Response,
+                      model: str = Query(pattern=schemas.NAME_PATTERN, description="The model the capture belongs to"),
+                      device_id: int = Depends(require_device)) -> schemas.CaptureOut:
+    """Store one capture record (.emc) under this device's prefix. Idempotent: a retried upload of the
+    same capture id overwrites the same object and keeps one row."""
+    state = server_state(request)
+    limit = int(state.config.max_capture_mb * 1024 * 1024)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLargeError("the capture is larger than the server accepts", value=f"> {limit} bytes",
+                                       field="body", fix="raise the server's --max-capture-mb or capture less data")
+    return await run_in_threadpool(_store_capture, state, device_id, capture_id, model, bytes(data), response)
+
+
+def _store_capture(state: ServerState, device_id: int, capture_id: str, model: str, data: bytes,
+                   response: Response) -> schemas.CaptureOut:
+    try:
+        header = read_header(data)
+    except CaptureFormatError as exc:
+        raise UserError("the body is not a valid capture record", value=exc.problem, field="body",
+                        fix="send the .emc bytes the agent wrote, unchanged") from None
+    with state.db.session() as session:
+        device = session.get(Device, device_id)
+        assert device is not None
+        device_name = device.name
+    for field, expected in (("capture_id", capture_id), ("model", model), ("device", device_name)):
+        if header.get(field) != expected:
+            error = PermissionDeniedError if field == "device" else UserError
+            raise error(f"the capture's {field} does not match the request", value=header.get(field), field=field,
+                        expected=repr(expected), fix="upload each capture under its own id and model, from its own device")
+    key = "captures/" + object_key(device_name, model, float(header["created_unix"]), capture_id)
+    now = state.clock()
+    with state.db.session() as session:
+        existing = session.scalar(select(Capture).where(Capture.device_id == device_id, Capture.capture_id == capture_id))
+    state.store.put(key, data)
+    if existing is None:
+        try:
+            with state.db.session() as session:
+                session.add(Capture(capture_id=capture_id, device_id=device_id, model_name=model, store_key=key,
+                                    size_bytes=len(data), received_at=now))
+        except IntegrityError:
+            existing = True  # type: ignore[assignment]  # a concurrent retry of the same upload won
+    if existing is not None:
+        response.status_code = 200
+    return schemas.CaptureOut(capture_id=capture_id, device=device_name, model=model, size_bytes=len(data), key=key,
+                              received_at=ts(now))  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""Lookups every router needs, each failing with a 404 that names the value and what exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ...errors import NotFoundError
+from ..db.tables import Deployment, Device, Fleet, Model, ModelVersion
+
+
+def _names(session: Session, column: Any, limit: int = 10) -> str:
+    names = session.scalars(select(column).order_by(column).limit(limit + 1)).all()
+    shown = ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
+    return shown or "none yet"
+
+
+def get_model(session: Session, name: str) -> Model:
+    model = session.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise NotFoundError("no model with that name", value=name, field="model",
+                            fix=f"upload a package first (edgemill push); known models: {_names(session, Model.name)}")
+    return model
+
+
+def get_version(session: Session, name: str, version: str) -> ModelVersion:
+    model = get_model(session, name)
+    row = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == version))
+    if row is None:
+        known = session.scalars(select(ModelVersion.version).where(ModelVersion.model_id == model.id)).all()
+        raise NotFoundError(f"model {name!r} has no such version", value=version, field="version",
+                            fix=f"use one of: {', '.join(known) or 'none'}")
+    return row
+
+
+def get_fleet(session: Session, name: str) -> Fleet:
+    fleet = session.scalar(select(Fleet).where(Fleet.name == name))
+    if fleet is None:
+        raise NotFoundError("no fleet with that name", value=name, field="fleet",
+                            fix=f"create it (POST /api/v1/fleets); known fleets: {_names(session, Fleet.name)}")
+    return fleet
+
+
+def get_device(session: Session, name: str) -> Device:
+    device = session.scalar(select(Device).where(Device.name == name))
+    if device is None:
+        raise NotFoundError("no device with that name", value=name, field="device",
+                            fix="list devices with GET /api/v1/devices; a device appears once it registers")
+    return device
+
+
+def get_deployment(session: Session, deployment_id: int) -> Deployment:
+    row = session.get(Deployment, deployment_id)
+    if row is None:
+        raise NotFoundError("no deployment with that id", value=deployment_id, field="id",
+                            fix="list deployments with GET /api/v1/deployments")
+    return row

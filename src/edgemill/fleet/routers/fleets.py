@@ -1,0 +1,136 @@
+"""Fleets, registration tokens, devices (list, tags, removal)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ...errors import ConflictError, UserError
+from .. import schemas
+from ..auth import digest, new_secret, require_operator
+from ..db.tables import Device, Fleet, RegistrationToken
+from ..state import server_state
+from ..views import device_out, device_status, ts
+from .common import get_device, get_fleet
+
+router = APIRouter(prefix="/api/v1", tags=["fleets"])
+
+
+def _fleet_out(session, fleet: Fleet, now: float, config) -> schemas.FleetOut:  # type: ignore[no-untyped-def]
+    devices = session.scalars(select(Device).where(Device.fleet_id == fleet.id)).all()
+    states = [device_status(d, now, config) for d in devices]
+    return schemas.FleetOut(name=fleet.name, description=fleet.description, created_at=ts(fleet.created_at),  # type: ignore[arg-type]
+                            devices=len(devices), online=states.count("online"), offline=states.count("offline"),
+                            degraded=states.count("degraded"))
+
+
+@router.post("/fleets", response_model=schemas.FleetOut, status_code=201, responses={409: {"model": schemas.ErrorOut}})
+def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(require_operator)) -> schemas.FleetOut:
+    state = server_state(request)
+    try:
+        with state.db.session() as session:
+            if session.scalar(select(Fleet).where(Fleet.name == body.name)) is not None:
+                raise ConflictError("a fleet with that name exists", value=body.name, field="name",
+                                    fix="pick another name, or use the existing fleet")
+            fleet = Fleet(name=body.name, description=body.description, created_at=state.clock())
+            session.add(fleet)
+            session.flush()
+            return _fleet_out(session, fleet, state.clock(), state.config)
+    except IntegrityError:
+        raise ConflictError("a fleet with that name exists", value=body.name, field="name",
+                            fix="pick another name, or use the existing fleet") from None
+
+
+@router.get("/fleets", response_model=list[schemas.FleetOut])
+def list_fleets(request: Request, _: str = Depends(require_operator)) -> list[schemas.FleetOut]:
+    state = server_state(request)
+    with state.db.session() as session:
+        return [_fleet_out(session, f, state.clock(), state.config) for f in session.scalars(select(Fleet).order_by(Fleet.name))]
+
+
+@router.get("/fleets/{name}", response_model=schemas.FleetOut)
+def get_fleet_detail(name: str, request: Request, _: str = Depends(require_operator)) -> schemas.FleetOut:
+    state = server_state(request)
+    with state.db.session() as session:
+        return _fleet_out(session, get_fleet(session, name), state.clock(), state.config)
+
+
+@router.post("/fleets/{name}/registration-tokens", response_model=schemas.TokenOut, status_code=201)
+def create_token(name: str, body: schemas.TokenIn, request: Request, _: str = Depends(require_operator)) -> schemas.TokenOut:
+    """A registration token for devices of this fleet: shown once, stored hashed, expires."""
+    state = server_state(request)
+    token = new_secret("emt")
+    now = state.clock()
+    with state.db.session() as session:
+        fleet = get_fleet(session, name)
+        session.add(RegistrationToken(fleet_id=fleet.id, token_hash=digest(token), expires_at=now + body.expires_in_s,
+                                      uses_left=body.uses, created_at=now))
+    return schemas.TokenOut(token=token, fleet=name, expires_at=ts(now) + timedelta(seconds=body.expires_in_s),  # type: ignore[operator]
+                            uses=body.uses)
+
+
+@router.get("/devices", response_model=list[schemas.DeviceOut])
+def list_devices(request: Request, fleet: str | None = None,
+                 status: schemas.DeviceStatus | None = None,
+                 tag: list[str] = Query(default=[], description="KEY=VALUE; repeat to require several tags"),
+                 _: str = Depends(require_operator)) -> list[schemas.DeviceOut]:
+    state = server_state(request)
+    wanted: dict[str, str] = {}
+    for item in tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError("bad tag filter", value=item, field="tag", fix="write tag=KEY=VALUE, e.g. tag=site=north")
+        wanted[key] = value
+    now = state.clock()
+    with state.db.session() as session:
+        stmt = select(Device).order_by(Device.name)
+        if fleet is not None:
+            stmt = stmt.where(Device.fleet_id == get_fleet(session, fleet).id)
+        out = []
+        for d in session.scalars(stmt):
+            if any((d.tags or {}).get(k) != v for k, v in wanted.items()):
+                continue
+            if status is not None and device_status(d, now, state.config) != status:
+                continue
+            out.append(device_out(session, d, now, state.config))
+        return out
+
+
+@router.get("/devices/{name}", response_model=schemas.DeviceOut)
+def get_device_detail(name: str, request: Request, _: str = Depends(require_operator)) -> schemas.DeviceOut:
+    state = server_state(request)
+    with state.db.session() as session:
+        return device_out(session, get_device(session, name), state.clock(), state.config)
+
+
+@router.patch("/devices/{name}", response_model=schemas.DeviceOut)
+def patch_device(name: str, body: schemas.DevicePatch, request: Request, _: str = Depends(require_operator)) -> schemas.DeviceOut:
+    state = server_state(request)
+    with state.db.session() as session:
+        device = get_device(session, name)
+        if body.tags is not None:
+            device.tags = _checked_tags(body.tags)
+        session.flush()
+        return device_out(session, device, state.clock(), state.config)
+
+
+@router.delete("/devices/{name}", status_code=204, response_class=Response)
+def delete_device(name: str, request: Request, _: str = Depends(require_operator)) -> Response:
+    """Forget a device: its credential stops working at once; its captures stay in the store."""
+    state = server_state(request)
+    with state.db.session() as session:
+        session.delete(get_device(session, name))
+    return Response(status_code=204)
+
+
+def _checked_tags(tags: dict[str, str]) -> dict[str, str]:
+    if len(tags) > 64:
+        raise UserError("too many tags", value=len(tags), field="tags", fix="use at most 64 tags per device")
+    for key, value in tags.items():
+        if not key or len(key) > 64 or len(value) > 256:
+            raise UserError("bad tag", value=f"{key}={value}", field=f"tags.{key}",
+                            fix="keys 1-64 characters, values up to 256")
+    return dict(tags)

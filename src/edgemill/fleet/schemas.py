@@ -1,0 +1,357 @@
+"""The REST contract of the control plane (`/api/v1`): request and response bodies.
+
+These pydantic models are what the committed OpenAPI document is generated from; a change here is a
+change to the contract (tests/golden/openapi.json shows it in review).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Field(pattern=NAME_PATTERN, min_length=1, max_length=128)
+
+Stage = Literal["none", "staging", "production", "archived"]
+DeviceStatus = Literal["online", "offline", "degraded", "never_seen"]
+DeploymentState = Literal["rolling", "paused", "succeeded", "rolled_back", "superseded"]
+DeviceRolloutState = Literal["pending", "assigned", "updated", "failed", "rolled_back"]
+AlertMetric = Literal["error_rate", "p95_latency_ms", "offline_devices", "failed_deployments", "requests_per_min"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx answer: what was wrong, the offending field and value, and the fix."""
+
+    error: str
+    message: str
+    field: str | None = None
+    value: str | None = None
+    fix: str | None = None
+    reason: str | None = None  # a package refusal's named reason (file_modified, not_signed, ...)
+    last_seq: int | None = None  # a refused stale heartbeat: the last sequence number accepted
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+class TensorOut(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: str
+    package_id: str
+    stage: Stage
+    target: str
+    backend: str
+    precision: str
+    size_bytes: int
+    signer: str | None  # short id of the key that signed it
+    source: dict[str, Any]  # framework, file name, sha256 (from the manifest)
+    inputs: list[TensorOut]
+    outputs: list[TensorOut]
+    created_at: datetime
+    uploaded_by: str | None = None
+
+
+class ModelOut(BaseModel):
+    name: str
+    versions: int
+    latest_version: str | None
+    production_version: str | None
+    created_at: datetime
+
+
+class ModelDetailOut(ModelOut):
+    version_list: list[VersionOut]
+
+
+class StageIn(_Body):
+    stage: Stage
+
+
+class LineageDeployment(BaseModel):
+    id: int
+    state: DeploymentState
+    fleet: str
+    created_at: datetime
+    devices_updated: int
+    devices_targeted: int
+
+
+class LineageOut(BaseModel):
+    """source file hash -> compile report -> package -> deployments -> devices."""
+
+    model: str
+    version: str
+    source: dict[str, Any]
+    compile: dict[str, Any]  # report.json summary: passes, accuracy check, precision, backend, target
+    package: dict[str, Any]  # id, size, signer, files
+    deployments: list[LineageDeployment]
+    devices: list[str]  # devices that report running this package now
+
+
+# --- fleets and devices ----------------------------------------------------------------------
+
+
+class FleetIn(_Body):
+    name: str = Name
+    description: str = Field("", max_length=1000)
+
+
+class FleetOut(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    devices: int
+    online: int
+    offline: int
+    degraded: int
+
+
+class TokenIn(_Body):
+    expires_in_s: int = Field(86400, ge=60, le=30 * 86400)
+    uses: int = Field(1, ge=1, le=100_000)  # one-time by default; a batch of devices may share one
+
+
+class TokenOut(BaseModel):
+    token: str  # shown once; the server keeps only its hash
+    fleet: str
+    expires_at: datetime
+    uses: int
+
+
+class DeviceModelOut(BaseModel):
+    name: str
+    version: str
+    package_id: str
+
+
+class DeviceOut(BaseModel):
+    name: str
+    fleet: str
+    tags: dict[str, str]
+    status: DeviceStatus
+    registered_at: datetime
+    last_seen_at: datetime | None
+    models: list[DeviceModelOut]
+    problems: list[str]  # why it is degraded: failed deployments, verification refusals, error rates
+    agent: dict[str, Any]  # memory, capture queue, agent version from the last heartbeat
+
+
+class DevicePatch(_Body):
+    tags: dict[str, str] | None = None
+
+
+# --- deployments -----------------------------------------------------------------------------
+
+
+class Gates(_Body):
+    max_error_rate: float = Field(0.05, ge=0, le=1)  # errors / requests on updated devices
+    max_p95_ms: float | None = Field(None, gt=0)  # p95 latency on any updated device
+    max_failed_devices: int = Field(0, ge=0)  # devices that refused or could not load the version
+    min_requests: int = Field(20, ge=0)  # requests needed before the error rate is judged
+
+
+class Strategy(_Body):
+    canary_percent: float = Field(10, gt=0, le=100)  # share of target devices in the first wave (at least one)
+    batch_size: int = Field(0, ge=0)  # devices per later wave; 0: all the rest at once
+    bake_time_s: float = Field(300, ge=0, le=7 * 86400)  # healthy time after a wave before the next
+    gates: Gates = Gates()
+
+
+class DeploymentIn(_Body):
+    model: str = Name
+    version: str = Field(min_length=1, max_length=128)
+    fleet: str = Name
+    tags: dict[str, str] = {}  # only devices of the fleet with all these tags
+    devices: list[str] = []  # only these devices (names) of the fleet
+    strategy: Strategy = Strategy()
+
+
+class DeploymentDeviceOut(BaseModel):
+    device: str
+    wave: int | None
+    state: DeviceRolloutState
+    previous_version: str | None
+    updated_at: datetime | None
+    reason: str | None
+
+
+class DeploymentEventOut(BaseModel):
+    at: datetime
+    kind: str
+    message: str
+
+
+class DeploymentOut(BaseModel):
+    id: int
+    model: str
+    version: str
+    fleet: str
+    tags: dict[str, str]
+    strategy: Strategy
+    state: DeploymentState
+    wave: int
+    waves: int
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    counts: dict[str, int]  # per device state
+    devices: list[DeploymentDeviceOut]
+    events: list[DeploymentEventOut]
+
+
+# --- agent endpoints -------------------------------------------------------------------------
+
+
+class RegisterIn(_Body):
+    token: str = Field(min_length=8, max_length=256)
+    device: str = Name
+    tags: dict[str, str] = {}
+
+
+class RegisterOut(BaseModel):
+    device: str
+    fleet: str
+    credential: str  # the device's bearer credential; shown once, stored hashed
+
+
+class LatencyIn(_Body):
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class ModelMetricsIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # agents may send more (input statistics)
+    requests: int = Field(0, ge=0)  # cumulative since the agent started
+    errors: int = Field(0, ge=0)
+    latency_ms: LatencyIn = LatencyIn()
+
+
+class LoadedModelIn(_Body):
+    name: str = Name
+    version: str = Field(max_length=128)
+    package_id: str = Field(max_length=128)
+
+
+class ApplyFailureIn(_Body):
+    model: str = Name
+    package_id: str = Field(max_length=128)
+    reason: str = Field(max_length=2000)
+    refusal: str | None = Field(None, max_length=64)  # verification refusal reason, when it was one
+
+
+class HeartbeatIn(_Body):
+    device: str = Name  # must be the credential's own device
+    seq: int = Field(ge=0)  # strictly increasing per device: a stale or replayed heartbeat is refused
+    agent_started_at: float | None = None
+    models: list[LoadedModelIn] = []
+    metrics: dict[str, ModelMetricsIn] = {}
+    failures: list[ApplyFailureIn] = []
+    memory: dict[str, float] = {}
+    capture: dict[str, float] = {}
+    agent_version: str | None = Field(None, max_length=64)
+
+
+class DesiredModelOut(BaseModel):
+    name: str
+    version: str
+    package_id: str
+    size_bytes: int
+    download_path: str  # relative to the server URL; may redirect to the object store
+    allow_rollback: bool  # the control plane ordered this older version (a rollback)
+    deployment_id: int | None
+
+
+class DesiredStateOut(BaseModel):
+    device: str
+    seq: int  # the heartbeat this answers
+    models: list[DesiredModelOut]
+    heartbeat_interval_s: float
+    generation: str  # a digest of the desired state: unchanged digest, nothing to do
+
+
+# --- captures --------------------------------------------------------------------------------
+
+
+class CaptureOut(BaseModel):
+    capture_id: str
+    device: str
+    model: str
+    size_bytes: int
+    key: str  # where it lies in the object store
+    received_at: datetime
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+
+class AlertRuleIn(_Body):
+    name: str = Name
+    metric: AlertMetric
+    threshold: float
+    op: Literal[">", ">=", "<", "<="] = ">"
+    window_s: float = Field(300, ge=10, le=7 * 86400)
+    model: str | None = Field(None, pattern=NAME_PATTERN)
+    device: str | None = Field(None, pattern=NAME_PATTERN)
+    fleet: str | None = Field(None, pattern=NAME_PATTERN)
+    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+
+class AlertRuleOut(AlertRuleIn):
+    created_at: datetime
+
+
+class AlertOut(BaseModel):
+    id: int
+    rule: str
+    metric: AlertMetric
+    state: Literal["firing", "resolved"]
+    value: float
+    threshold: float
+    started_at: datetime
+    resolved_at: datetime | None
+    message: str
+    webhook: dict[str, Any]  # delivery state: attempts, delivered, last error
+
+
+# --- dashboard data --------------------------------------------------------------------------
+
+
+class SeriesPoint(BaseModel):
+    t: float  # unix seconds
+    requests: int  # in the interval ending at t
+    errors: int
+    error_rate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class SeriesOut(BaseModel):
+    key: str  # "model/<name>" or "device/<name>" or "device/<name>/model/<name>"
+    points: list[SeriesPoint]
+
+
+class OverviewOut(BaseModel):
+    devices: dict[str, int]  # total, online, offline, degraded, never_seen
+    fleets: int
+    models: int
+    versions: int
+    problem_devices: list[DeviceOut]
+    problem_models: list[dict[str, Any]]  # name, error_rate, p95_ms, reason
+    active_deployments: list[DeploymentOut]
+    firing_alerts: list[AlertOut]
+    captures: int

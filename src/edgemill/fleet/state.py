@@ -1,0 +1,37 @@
+"""What every request handler shares: config, database, object store, trusted keys, clock.
+
+Nothing here holds state that matters between requests: replicas on one database behave as one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from ..package import PublicKey
+from .config import ServerConfig
+from .db import Database
+from .store import ServerStore
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    db: Database
+    store: ServerStore
+    trusted_keys: list[PublicKey]
+    clock: Callable[[], float] = time.time
+    downloads: threading.BoundedSemaphore = field(init=False)  # this replica's download limiter
+    metrics: Any = None
+
+    def __post_init__(self) -> None:
+        self.downloads = threading.BoundedSemaphore(self.config.max_concurrent_downloads)
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.edgemill  # type: ignore[no-any-return]
