@@ -1,0 +1,78 @@
+"""`edgemill server`: the fleet control plane (API + dashboard) on embedded defaults or at scale."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import MissingDependencyError, UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("server", parents=[common], help="run the fleet control plane (REST API + dashboard)",
+                       description="Model registry, fleets, rollouts, alerts and the dashboard. Embedded defaults: "
+                                   "SQLite and a local folder under ./edgemill-data; at scale PostgreSQL and S3.")
+    p.add_argument("--listen", default="127.0.0.1:8700", metavar="HOST:PORT", help="where to serve (default 127.0.0.1:8700)")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="SQLAlchemy URL (default sqlite:///edgemill-data/edgemill.db; postgresql+psycopg://USER:PW@HOST/DB)")
+    p.add_argument("--store", default=None, metavar="URL", help="object store: file://DIR (default edgemill-data/store) or s3://BUCKET/PREFIX")
+    p.add_argument("--s3-endpoint-url", default=None, metavar="URL", help="any S3-compatible service (MinIO, SeaweedFS, Ceph...)")
+    p.add_argument("--trusted-key", action="append", default=[], metavar="PUBLIC.pem",
+                   help="uploads must be signed by this key (repeat for several)")
+    p.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="operator API key: created there on first start when missing (default edgemill-data/operator.key)")
+    p.add_argument("--data-dir", default="edgemill-data", metavar="DIR", help="where the embedded defaults live")
+    p.add_argument("--max-upload-mb", type=float, default=None)
+    p.add_argument("--max-concurrent-downloads", type=int, default=None)
+    p.add_argument("--heartbeat-interval-s", type=float, default=None)
+    p.add_argument("--offline-after-s", type=float, default=None)
+    p.add_argument("--tick-s", type=float, default=None, help="how often rollouts, alerts and webhooks advance (default 2)")
+    p.add_argument("--log-format", choices=("json", "text"), default="json")
+    p.set_defaults(handler=run)
+
+
+def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from ..errors import ConfigError
+    from ..fleet.config import ServerConfig
+
+    data = Path(args.data_dir)
+    values = {"db": args.db or f"sqlite:///{data / 'edgemill.db'}", "store": args.store or f"file://{data / 'store'}",
+              "s3_endpoint_url": args.s3_endpoint_url, "trusted_keys": tuple(Path(k) for k in args.trusted_key),
+              "api_key_file": Path(args.api_key_file) if args.api_key_file else data / "operator.key"}
+    for name in ("max_upload_mb", "max_concurrent_downloads", "heartbeat_interval_s", "offline_after_s", "tick_s"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    try:
+        return ServerConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"bad value for {option}: {first['msg']}", value=first.get("input"), field=option,
+                          fix=f"see `edgemill server --help` for {option}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..fleet.app import create_app
+        from ..fleet.observability import configure_logging
+    except ImportError as exc:
+        raise MissingDependencyError("the control plane needs its extra", value=exc.name,
+                                     fix="pip install 'edgemill[server]'") from None
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError("bad --listen", value=args.listen, expected="HOST:PORT", fix="e.g. --listen 127.0.0.1:8700")
+    configure_logging(json_lines=args.log_format == "json")
+    config = build_config(args)
+    app = create_app(config)
+    key_hint = f"{config.api_key_file}" if config.api_key_file else "(no key file)"
+    url = f"http://{host}:{port}"
+    print(f"edgemill server: listening on {url} (API {url}/docs, dashboard {url}/dashboard/); "
+          f"operator API key in {key_hint}; database {config.db}; store {config.store}", flush=True)
+    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)
+    return 0
+

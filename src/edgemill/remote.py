@@ -1,0 +1,98 @@
+"""A small client for the control plane's operator API (stdlib only): what `edgemill push`,
+`edgemill deploy`, `edgemill fleet` and the demo use. Errors come back as EdgemillErrors carrying the
+server's message, field and fix."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .errors import (AuthenticationError, ConflictError, EdgemillError, NotFoundError, PayloadTooLargeError,
+                     PermissionDeniedError, RefusalReason, UserError, VerificationError)
+
+DEFAULT_SERVER = "http://127.0.0.1:8700"
+DEFAULT_KEY_FILE = Path("edgemill-data/operator.key")
+
+_BY_STATUS: dict[int, type[UserError]] = {401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+                                          409: ConflictError, 413: PayloadTooLargeError}
+
+
+def resolve_api_key(api_key: str | None = None, key_file: str | os.PathLike[str] | None = None) -> str:
+    """The key from the argument, EDGEMILL_API_KEY, or a key file (default edgemill-data/operator.key)."""
+    if api_key:
+        return api_key
+    if os.environ.get("EDGEMILL_API_KEY"):
+        return os.environ["EDGEMILL_API_KEY"]
+    path = Path(key_file) if key_file else DEFAULT_KEY_FILE
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise AuthenticationError("no operator API key", value=str(path),
+                                  fix="pass --api-key, set EDGEMILL_API_KEY, or point --api-key-file at the key the "
+                                      "server wrote (edgemill-data/operator.key where the server runs)") from None
+
+
+class ControlPlane:
+    def __init__(self, url: str, api_key: str, timeout_s: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None, data: bytes | None = None,
+                query: dict[str, Any] | None = None) -> Any:
+        url = self.url + path + (("?" + urllib.parse.urlencode(query, doseq=True)) if query else "")
+        headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif data is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError("cannot reach the control plane", value=self.url, expected=str(reason),
+                            fix="start it with `edgemill server`, or pass --server URL (or set EDGEMILL_SERVER)") from None
+        return json.loads(raw) if raw else None
+
+    def _error(self, exc: urllib.error.HTTPError) -> EdgemillError:
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            body = {}
+        message = body.get("message") or f"HTTP {exc.code}"
+        if body.get("reason"):
+            try:
+                return VerificationError(RefusalReason(body["reason"]), f"the server refused the package: {message}",
+                                         fix=body.get("fix"), field=body.get("field"))
+            except ValueError:
+                pass
+        cls = _BY_STATUS.get(exc.code, UserError)
+        return cls(f"the control plane answered {exc.code}: {message}", field=body.get("field"))
+
+    # --- operations the CLI offers ------------------------------------------------------------
+
+    def push(self, package: Path) -> dict[str, Any]:
+        """Upload a package (an .emp file, or a package directory, sent as .emp)."""
+        from .package.reader import iter_files, open_package
+        from .package.writer import tar_bytes_to
+
+        with open_package(package) as reader:  # the model's name comes from the package itself
+            name = json.loads(reader.read("manifest.json"))["name"]
+            if package.is_file():
+                data = package.read_bytes()
+            else:
+                buffer = io.BytesIO()
+                tar_bytes_to(dict(iter_files(reader)), buffer)
+                data = buffer.getvalue()
+        return self.request("POST", f"/api/v1/models/{urllib.parse.quote(name)}/versions", data=data)  # type: ignore[no-any-return]
