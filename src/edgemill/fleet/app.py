@@ -11,8 +11,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from .. import __version__
 from ..package.keys import load_public_keys
@@ -22,6 +24,7 @@ from .config import ServerConfig
 from .db import open_database
 from .observability import ServerMetrics, access_middleware, fleet_gauges
 from .reconciler import run_forever
+from .schemas import ErrorOut
 from .routers import agent, alerts, captures, deployments, fleets, models, overview, system
 from .state import ServerState
 from .store import ServerStore
@@ -33,6 +36,33 @@ DESCRIPTION = """The edgemill fleet control plane.
 Operators authenticate with `Authorization: Bearer <API key>`; devices with their own credential
 (from `/api/v1/agent/register`) and reach only `/api/v1/agent/*`, for themselves. Every error is JSON
 with `error`, `message`, `field`, `value` and `fix`."""
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, corrected to say what the server really answers: every error is ErrorOut
+    (422 included, which FastAPI would describe as its own HTTPValidationError), and every operation
+    behind a credential can answer 401."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["ErrorOut"] = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses or any(p.get("in") in ("query", "path") for p in operation.get("parameters", [])) \
+                    or "requestBody" in operation:
+                responses["422"] = {"description": "Invalid request: the field and the fix are named", **error}
+            if operation.get("security"):
+                responses.setdefault("401", {"description": "No or unknown credential", **error})
+            for code, response in responses.items():
+                if code.startswith(("4", "5")) and "content" not in response:
+                    response.update(error)
+    app.openapi_schema = document
+    return document
 
 
 def build_state(config: ServerConfig, clock: Callable[[], float] = time.time) -> ServerState:
@@ -69,6 +99,7 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
     app = FastAPI(title="edgemill control plane", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.edgemill = state
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     http_errors.install(app)
     app.middleware("http")(access_middleware(state.metrics))
     for router in (models.router, fleets.router, deployments.router, agent.router, captures.router, alerts.router,

@@ -21,8 +21,12 @@ DeviceRolloutState = Literal["pending", "assigned", "updated", "failed", "rolled
 AlertMetric = Literal["error_rate", "p95_latency_ms", "offline_devices", "failed_deployments", "requests_per_min"]
 
 
+INT64_MAX = 2**63 - 1  # the database's BIGINT: counters and sequence numbers
+INT32_MAX = 2**31 - 1  # the database's INTEGER: record ids
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ErrorOut(BaseModel):
@@ -173,8 +177,8 @@ class DeploymentIn(_Body):
     model: str = Name
     version: str = Field(min_length=1, max_length=128)
     fleet: str = Name
-    tags: dict[str, str] = {}  # only devices of the fleet with all these tags
-    devices: list[str] = []  # only these devices (names) of the fleet
+    tags: dict[str, str] = Field({}, max_length=64)  # only devices of the fleet with all these tags
+    devices: list[str] = Field([], max_length=100_000)  # only these devices (names) of the fleet
     strategy: Strategy = Strategy()
 
 
@@ -234,9 +238,9 @@ class LatencyIn(_Body):
 
 
 class ModelMetricsIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # agents may send more (input statistics)
-    requests: int = Field(0, ge=0)  # cumulative since the agent started
-    errors: int = Field(0, ge=0)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # agents may send more (input statistics)
+    requests: int = Field(0, ge=0, le=INT64_MAX)  # cumulative since the agent started
+    errors: int = Field(0, ge=0, le=INT64_MAX)
     latency_ms: LatencyIn = LatencyIn()
 
 
@@ -255,13 +259,13 @@ class ApplyFailureIn(_Body):
 
 class HeartbeatIn(_Body):
     device: str = Name  # must be the credential's own device
-    seq: int = Field(ge=0)  # strictly increasing per device: a stale or replayed heartbeat is refused
+    seq: int = Field(ge=0, le=INT64_MAX)  # strictly increasing per device: a stale or replayed heartbeat is refused
     agent_started_at: float | None = None
-    models: list[LoadedModelIn] = []
-    metrics: dict[str, ModelMetricsIn] = {}
-    failures: list[ApplyFailureIn] = []
-    memory: dict[str, float] = {}
-    capture: dict[str, float] = {}
+    models: list[LoadedModelIn] = Field([], max_length=256)
+    metrics: dict[str, ModelMetricsIn] = Field({}, max_length=256)
+    failures: list[ApplyFailureIn] = Field([], max_length=256)
+    memory: dict[str, float] = Field({}, max_length=64)
+    capture: dict[str, float] = Field({}, max_length=64)
     agent_version: str | None = Field(None, max_length=64)
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from fastapi import APIRouter, Depends, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy import select
 
 from ...errors import ConflictError, NotFoundError, UserError
@@ -18,6 +20,7 @@ from ..views import deployment_out
 from .common import get_deployment, get_fleet, get_version
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
+DeploymentId = Annotated[int, Path(ge=1, le=schemas.INT32_MAX, description="The deployment's id")]
 ERRORS = {404: {"model": schemas.ErrorOut}, 409: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}}
 
 
@@ -89,13 +92,13 @@ def list_deployments(request: Request, model: str | None = None, state_filter: s
 
 
 @router.get("/{deployment_id}", response_model=schemas.DeploymentOut, responses=ERRORS)
-def get_deployment_detail(deployment_id: int, request: Request, _: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def get_deployment_detail(deployment_id: DeploymentId, request: Request, _: str = Depends(require_operator)) -> schemas.DeploymentOut:
     state = server_state(request)
     with state.db.session() as session:
         return deployment_out(session, get_deployment(session, deployment_id))
 
 
-def _change(request: Request, deployment_id: int, operator: str, action: str) -> schemas.DeploymentOut:
+def _change(request: Request, deployment_id: DeploymentId, operator: str, action: str) -> schemas.DeploymentOut:
     state = server_state(request)
     now = state.clock()
     try:
@@ -122,17 +125,17 @@ def _change(request: Request, deployment_id: int, operator: str, action: str) ->
 
 
 @router.post("/{deployment_id}/pause", response_model=schemas.DeploymentOut, responses=ERRORS)
-def pause(deployment_id: int, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def pause(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
     """Stop taking new devices; devices already updated keep the version."""
     return _change(request, deployment_id, operator, "pause")
 
 
 @router.post("/{deployment_id}/resume", response_model=schemas.DeploymentOut, responses=ERRORS)
-def resume(deployment_id: int, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def resume(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
     return _change(request, deployment_id, operator, "resume")
 
 
 @router.post("/{deployment_id}/rollback", response_model=schemas.DeploymentOut, responses=ERRORS)
-def rollback(deployment_id: int, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def rollback(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
     """Send every device that got this version back to what it ran before."""
     return _change(request, deployment_id, operator, "rollback")
