@@ -41,6 +41,16 @@ def fresh_postgres_database(base_url: str) -> str:
     return base_url.rsplit("/", 1)[0] + "/" + name
 
 
+def drop_postgres_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    base, _, name = url.rpartition("/")
+    engine = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
 def build_model_package(out: Path, name: str, version: str, features: int, private_key: Path, seed: int = 1) -> Path:
     """A signed MLP package: ``features`` inputs; change it between versions to break clients."""
     onnx_path = out / f"{name}-{version}.onnx"

@@ -22,7 +22,7 @@ from edgemill.fleet.config import ServerConfig  # noqa: E402
 from edgemill.fleet.reconciler import tick  # noqa: E402
 from edgemill.package import sign_package  # noqa: E402
 
-from ._fleet import build_model_package, fresh_postgres_database, postgres_url, tampered_copy  # noqa: E402
+from ._fleet import build_model_package, drop_postgres_database, fresh_postgres_database, postgres_url, tampered_copy  # noqa: E402
 
 
 class FakeClock:
@@ -78,6 +78,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path, keypair: tuple[Path, 
         client.store_root = tmp_path / "store"  # type: ignore[attr-defined]
         yield client
     app.state.edgemill.db.engine.dispose()
+    if request.param == "postgresql":
+        drop_postgres_database(db)
 
 
 def upload(client: TestClient, package: Path, name: str = "detector"):  # type: ignore[no-untyped-def]
