@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import ConfigError
 
@@ -88,7 +88,7 @@ class CaptureConfig(_Section):
     max_queue_records: int = Field(100_000, ge=1)
     sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of Predict calls captured automatically
     sample_rates: dict[str, float] = {}  # per model, overrides sample_rate
-    store: str = "file://capture-store"  # file://DIR or s3://bucket/prefix
+    store: str = "file://capture-store"  # file://DIR, s3://bucket/prefix, or "server" (the control plane)
     s3_endpoint_url: str | None = None  # any S3-compatible store (SeaweedFS, MinIO, Ceph...)
     s3_region: str | None = None
     upload_batch_size: int = Field(32, ge=1, le=10_000)
@@ -107,8 +107,8 @@ class CaptureConfig(_Section):
     @field_validator("store")
     @classmethod
     def _store(cls, value: str) -> str:
-        if not re.match(r"(file|s3)://.+", value):
-            raise ValueError("use file://DIRECTORY or s3://BUCKET/PREFIX")
+        if value != "server" and not re.match(r"(file|s3)://.+", value):
+            raise ValueError("use file://DIRECTORY, s3://BUCKET/PREFIX, or 'server' (upload through the control plane)")
         return value
 
 
@@ -118,11 +118,45 @@ class MetricsConfig(_Section):
 
 
 class ServerConfig(_Section):
-    """The control plane (used by the sync component; empty url: the agent runs on its own)."""
+    """The control plane the sync component talks to; an empty url: the agent runs on its own."""
 
-    url: str = ""
-    token_file: Path | None = None
-    heartbeat_interval_s: float = Field(30.0, gt=0)
+    url: str = ""  # http(s)://HOST[:PORT][/PREFIX]; the REST API lives under {url}/api/v1
+    token_file: Path | None = None  # the operator's one-time registration token, read at the first start
+    credential_file: Path = Path("state/credential")  # written (0600) once registered
+    state_file: Path = Path("state/sync.json")  # heartbeat sequence, applied packages, apply failures
+    tags: dict[str, str] = {}  # sent at registration; deployments can target devices by tag
+    heartbeat_interval_s: float = Field(30.0, gt=0, le=86400)  # until the server says otherwise
+    request_timeout_s: float = Field(40.0, gt=0, le=3600)  # one request, a long-polled heartbeat included
+    long_poll_s: float = Field(25.0, ge=0, le=3600)  # how long the server may hold a heartbeat
+    download_timeout_s: float = Field(600.0, gt=0)  # one package download, start to end
+    max_backoff_s: float = Field(300.0, gt=0)  # longest wait between retries while the server is away
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", value):
+            raise ValueError("write http(s)://HOST[:PORT][/PREFIX], e.g. 'https://fleet.example.com', "
+                             "or '' for no control plane")
+        return value.rstrip("/")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tag in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", key) or len(tag) > 256:
+                raise ValueError(f"tag {key!r} = {tag!r}: keys are 1-64 letters, digits, '.', '_' or '-'; "
+                                 "values at most 256 characters")
+        return value
+
+    @field_validator("long_poll_s")
+    @classmethod
+    def _poll_fits(cls, value: float, info: ValidationInfo) -> float:
+        timeout = info.data.get("request_timeout_s")
+        if timeout is not None and value >= timeout:
+            raise ValueError(f"long_poll_s ({value:g}) must be shorter than request_timeout_s ({timeout:g}): "
+                             "the server holds a heartbeat up to long_poll_s before it answers")
+        return value
 
 
 class AgentConfig(_Section):
@@ -141,7 +175,7 @@ class AgentConfig(_Section):
 _PATH_FIELDS = {
     ("listen", "unix_socket"), ("listen", "tls", "cert_file"), ("listen", "tls", "key_file"),
     ("listen", "tls", "client_ca_file"), ("models", "directory"), ("capture", "directory"),
-    ("server", "token_file"),
+    ("server", "token_file"), ("server", "credential_file"), ("server", "state_file"),
 }
 
 
@@ -174,15 +208,29 @@ def config_from_dict(data: dict[str, Any], path: Path | None = None, text: str =
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, path, text) from None
+    _check_across_sections(config, path, text)
     return _resolve_paths(config, base).model_copy(update={"source": path})
+
+
+def _check_across_sections(config: AgentConfig, path: Path | None, text: str) -> None:
+    """Rules that tie two sections together; the error names the key that asks for the other."""
+    if config.capture.store == "server" and not config.server.url:
+        raise ConfigError(f"capture.store = 'server' in {_where(path, text, ('capture', 'store'))} uploads "
+                          "captures through the control plane, but [server] url is not set", value="server",
+                          fix="set [server] url = 'https://HOST:PORT' (and token_file), or use a file:// "
+                              "or s3:// capture store")
+
+
+def _where(path: Path | None, text: str, loc: tuple[str, ...]) -> str:
+    line = _line_of(text, loc)
+    return f"{path}:{line}" if path is not None and line else (str(path) if path is not None else "config")
 
 
 def _config_error(exc: ValidationError, path: Path | None, text: str) -> ConfigError:
     first = exc.errors()[0]
     loc = tuple(str(part) for part in first["loc"])
     key = ".".join(loc) or "(top level)"
-    line = _line_of(text, loc)
-    where = f"{path}:{line}" if path is not None and line else (str(path) if path is not None else "config")
+    where = _where(path, text, loc)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         section = ".".join(loc[:-1])
@@ -247,5 +295,5 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
     store = config.capture.store
     if store.startswith("file://") and not Path(store[len("file://"):]).is_absolute():
         capture = capture.model_copy(update={"store": "file://" + str(base / store[len("file://"):])})
-    server = fix(config.server, ("token_file",))
+    server = fix(config.server, ("token_file", "credential_file", "state_file"))
     return config.model_copy(update={"listen": listen, "models": models, "capture": capture, "server": server})

@@ -1,13 +1,15 @@
-"""The agent process: wires config, models, metrics, capture and the gRPC server; stops gracefully.
+"""The agent process: wires config, models, metrics, capture, control-plane sync and the gRPC server;
+stops gracefully.
 
-Components beside the data plane (capture uploader now, control-plane sync next) each have
-start()/stop(), so adding one is adding it to :meth:`Agent.start` and :meth:`Agent.stop`.
+Components beside the data plane (capture uploader, control-plane sync) each have start()/stop(), so
+adding one is adding it to :meth:`Agent.start` and :meth:`Agent.stop`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -16,22 +18,29 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 
+from .. import __version__
 from .capture import CaptureService
+from .capture.store import ServerStore
 from .config import AgentConfig
 from .dataplane import DataPlane
 from .grpc.server import build_server
 from .metrics import AgentMetrics
 from .models import ModelManager
+from .sync import Sync
 
 log = logging.getLogger("edgemill.agent")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # metrics of requests naming no valid model stay local
 
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.metrics = AgentMetrics(config.metrics.input_stats_window, config.metrics.max_features)
+        self.started_unix = time.time()
         self.models = ModelManager(config.models)
-        self.capture = CaptureService(config.capture, device=config.device.name)
+        self.sync = Sync(config, self.models, report=self.heartbeat_payload) if config.server.url else None
+        store = ServerStore(self.sync) if self.sync is not None and config.capture.store == "server" else None
+        self.capture = CaptureService(config.capture, device=config.device.name, store=store)
         self.dataplane = DataPlane(config, self.models, self.metrics, self.capture)
         self.metrics.add_collector(self._agent_metrics)
         self._server: Any = None
@@ -42,8 +51,11 @@ class Agent:
     def start(self) -> list[str]:
         """Start serving; returns the addresses bound (``host:port`` and ``unix:path``)."""
         self.capture.start()
+        if self.sync is not None:  # first: the packages it applied before serve even when offline
+            self.sync.start()
         if self.config.models.standalone:
-            loaded = self.models.load_directory(self.config.models.directory)
+            loaded = self.models.load_directory(self.config.models.directory,
+                                                skip=self.sync.owns if self.sync is not None else None)
             log.info("standalone: loaded %d model(s) from %s", len(loaded), self.config.models.directory)
         self._server, self.addresses = build_server(self.config.listen, self.dataplane)
         self._server.start()
@@ -63,6 +75,8 @@ class Agent:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.sync is not None:  # no swap starts while requests drain
+            self.sync.stop()
         self.dataplane.ready = False
         if self._server is not None:
             self._server.stop(grace_s).wait(grace_s + 1)
@@ -104,13 +118,26 @@ class Agent:
             capture.add_metric([key], float(value))
         capture.add_metric(["skipped_busy"], float(self.dataplane.samples_skipped_busy))
         yield capture
+        if self.sync is not None:
+            status = self.sync.status()
+            sync = GaugeMetricFamily("edgemill_agent_control_plane", "Control-plane sync state", labels=["stat"])
+            for key in ("registered", "reachable", "failed_attempts", "seq", "heartbeats"):
+                sync.add_metric([key], float(status[key]))
+            sync.add_metric(["apply_failures"], float(len(status["failures"])))
+            yield sync
 
     def heartbeat_payload(self) -> dict[str, Any]:
-        """What the sync component sends to the control plane: models, metrics, capture state."""
+        """What each heartbeat reports (``HeartbeatIn`` less device, seq and failures, which the sync
+        adds): loaded models, per-model requests/errors/latency percentiles, memory, capture queue."""
+        # The snapshot counts successes and errors apart; the control plane's error rate is errors / requests.
+        metrics = {name: {"requests": m["requests"] + m["errors"], "errors": m["errors"], "latency_ms": m["latency_ms"]}
+                   for name, m in self.metrics.snapshot().items() if _NAME.fullmatch(name)}
+        capture = {key: float(value) for key, value in self.capture.stats().items()}
+        capture["skipped_busy"] = float(self.dataplane.samples_skipped_busy)
         return {
-            "device": self.config.device.name, "fleet": self.config.device.fleet, "time": time.time(),
+            "agent_started_at": self.started_unix, "agent_version": __version__,
             "models": [{"name": v.name, "version": v.version, "package_id": v.package_id}
                        for v in self.dataplane.list_models()],
-            "memory": {"used_bytes": self.models.used_bytes(), "budget_bytes": self.models.budget_bytes},
-            "metrics": self.metrics.snapshot(), "capture": self.capture.stats(),
+            "memory": {"used_bytes": float(self.models.used_bytes()), "budget_bytes": float(self.models.budget_bytes)},
+            "metrics": metrics, "capture": capture,
         }

@@ -94,7 +94,7 @@ class AgentMetrics:
             latencies = np.array(list(recent)) * 1e3
             out[model] = {
                 "requests": counts[0], "errors": counts[1],
-                "latency_ms": ({f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 99)}
+                "latency_ms": ({f"p{q}": float(np.percentile(latencies, q)) for q in (50, 90, 95, 99)}
                                if len(latencies) else {}),
                 "inputs": stats.stats(),
             }

@@ -1,4 +1,8 @@
-"""Loaded models: verify, load, unload and swap within a memory budget; count use for LRU eviction."""
+"""Loaded models: verify, load, unload and swap within a memory budget; count use for LRU eviction.
+
+A swap is two steps, :meth:`ModelManager.prepare` (verify and load beside the serving version) and
+:meth:`ModelManager.install` (serve it), so the control-plane sync can health-check in between.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import EdgemillError, ModelAlreadyLoadedError, ModelNotFoundError, ResourceExhaustedError, UserError
+import numpy as np
+
+from ..errors import (BackendError, EdgemillError, ModelAlreadyLoadedError, ModelNotFoundError, RefusalReason,
+                      ResourceExhaustedError, UserError, VerificationError, first_line)
 from ..package.keys import PublicKey, load_public_keys
 from ..package.store import read_verified_model
 from ..runtime.session import Model
@@ -44,6 +51,19 @@ class LoadedModel:
         return Resident(self.name, self.memory_bytes, self.last_used, self.in_flight)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A verified model loaded beside the serving one, not yet serving (see :meth:`ModelManager.prepare`)."""
+
+    loaded: LoadedModel
+    replaces: LoadedModel | None  # what served under the name when it was prepared
+    evicted: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as f:
@@ -71,7 +91,8 @@ class ModelManager:
             log.warning("models are checked for integrity only, not signatures (allow_unsigned, no trusted_keys): "
                         "set [models] trusted_keys before this device joins a fleet")
         self._models: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()       # guards _models
+        self._pending: list[LoadedModel] = []  # prepared, not yet installed: they hold memory too
+        self._lock = threading.Lock()       # guards _models and _pending
         self._load_lock = threading.Lock()  # one load at a time
 
     # --- queries -------------------------------------------------------------------------------
@@ -90,6 +111,11 @@ class ModelManager:
     def used_bytes(self) -> int:
         with self._lock:
             return sum(m.memory_bytes for m in self._models.values())
+
+    def reserved_bytes(self) -> int:
+        """Memory held by prepared models not yet installed (a swap in progress)."""
+        with self._lock:
+            return sum(m.memory_bytes for m in self._pending)
 
     def _not_found(self, name: str) -> ModelNotFoundError:
         known = ", ".join(sorted(self._models)) or "none"
@@ -121,11 +147,24 @@ class ModelManager:
 
     def load(self, package_path: str | os.PathLike[str], name: str = "", replace: bool = False,
              allow_rollback: bool = False) -> tuple[LoadedModel, list[str]]:
-        """Verify the package, make room, load it. Returns the model and the names evicted for it.
+        """Verify the package, make room, load it and serve it. Returns the model and the names evicted.
 
         ``replace``: a model already loaded under ``name`` is swapped for the new one once the new one
         has loaded (requests in flight finish on the old one); its version must not be older unless
-        ``allow_rollback``.
+        ``allow_rollback``. :meth:`prepare` then :meth:`install`, with nothing in between.
+        """
+        prepared = self.prepare(package_path, name, replace=replace, allow_rollback=allow_rollback)
+        self.install(prepared)
+        return prepared.loaded, prepared.evicted
+
+    def prepare(self, package_path: str | os.PathLike[str], name: str = "", *, replace: bool = False,
+                allow_rollback: bool = False, package_id: str | None = None) -> Prepared:
+        """Verify the package and load it beside whatever serves under ``name``, without serving it.
+
+        The memory budget counts the old and the new version together (both are in memory until the
+        swap), and the prepared model keeps its share reserved until :meth:`install` or
+        :meth:`discard`. ``package_id``: refuse a package whose id is not this one (a download must be
+        the package the control plane ordered).
         """
         path = Path(package_path)
         if not path.exists():
@@ -136,6 +175,10 @@ class ModelManager:
                 old = self._models.get(name) if name else None
             installed = old.model.version if (old is not None and replace) else None
             verified, files = read_verified_model(path, self._keys, installed, allow_rollback)
+            if package_id is not None and verified.package_id != package_id:
+                raise VerificationError(RefusalReason.MANIFEST_MODIFIED, "package is not the one ordered",
+                                        value=verified.package_id[:12], expected=package_id[:12],
+                                        fix="the server sent another package than it announced; check its registry")
             name = name or verified.manifest.name
             if not _NAME.fullmatch(name):
                 raise UserError("bad model name", value=name,
@@ -151,43 +194,75 @@ class ModelManager:
             threads = self.config.threads or None
             model = Model(verified, files, threads)
             measured = max(estimate, _rss_bytes() - before)
-            now = self._clock()
             loaded = LoadedModel(name=name, model=model, package_path=path.resolve(), memory_bytes=measured,
-                                 loaded_unix=time.time(), last_used=now,
+                                 loaded_unix=time.time(), last_used=self._clock(),
                                  gate=threading.BoundedSemaphore(self.config.max_concurrency))
-            with self._lock:
-                others = sum(m.memory_bytes for n, m in self._models.items() if n != name)
-                if others + measured > self.budget_bytes and self.config.when_over_budget == "refuse":
-                    raise self._over_budget(name, measured, others)
-                self._models[name] = loaded
-            if measured > estimate:  # the backend took more than its files: make room for what it took
-                evicted += self._make_room(0, keep=name)
-            log.info("loaded %s %s (%s, %.1f MB)%s", name, model.version, model.backend, measured / MB,
-                     f", replacing {old.model.version}" if old is not None else "")
-            return loaded, evicted
+            # What the backend really took decides (it may exceed the files); held from here to install.
+            evicted += self._make_room(measured, keep=name, reserve=loaded)
+            return Prepared(loaded, old, evicted)
 
-    def _make_room(self, needed: int, keep: str) -> list[str]:
+    def install(self, prepared: Prepared) -> LoadedModel | None:
+        """Serve the prepared model under its name at once; returns the model it replaced, if any.
+
+        Requests already holding the old model finish on it; every later request gets the new one.
+        """
+        loaded = prepared.loaded
         with self._lock:
+            self._drop_pending(loaded)
+            old = self._models.get(loaded.name)
+            self._models[loaded.name] = loaded
+        model = loaded.model
+        log.info("loaded %s %s (%s, %.1f MB)%s", loaded.name, model.version, model.backend,
+                 loaded.memory_bytes / MB, f", replacing {old.model.version}" if old is not None else "")
+        return old
+
+    def discard(self, prepared: Prepared) -> None:
+        """Drop a prepared model that will not be installed (failed health check); frees its reservation."""
+        with self._lock:
+            self._drop_pending(prepared.loaded)
+
+    def _drop_pending(self, loaded: LoadedModel) -> None:
+        self._pending = [m for m in self._pending if m is not loaded]
+
+    def _make_room(self, needed: int, keep: str, reserve: LoadedModel | None = None) -> list[str]:
+        """Evict (or refuse) so that ``needed`` more bytes fit beside every loaded and prepared model;
+        the model under ``keep`` counts but is never evicted (it serves until a swap). ``reserve`` is
+        added to the prepared models in the same step, so no other load can take its room."""
+        with self._lock:
+            swapping = self._models[keep].memory_bytes if keep in self._models else 0
+            fixed = swapping + sum(m.memory_bytes for m in self._pending)
             residents = [m.resident() for n, m in self._models.items() if n != keep]
+            used = fixed + sum(r.memory_bytes for r in residents)
             if self.config.when_over_budget == "refuse":
-                if sum(r.memory_bytes for r in residents) + needed > self.budget_bytes:
-                    raise self._over_budget(keep, needed, sum(r.memory_bytes for r in residents))
-                return []
-            chosen = choose_evictions(residents, needed, self.budget_bytes)
-            if chosen is None:
-                raise self._over_budget(keep, needed, sum(r.memory_bytes for r in residents),
-                                        busy=[r.name for r in residents if r.in_flight])
+                if used + needed > self.budget_bytes:
+                    raise self._over_budget(keep, needed, used, swapping=swapping)
+                chosen: list[str] = []
+            else:
+                found = choose_evictions(residents, needed + fixed, self.budget_bytes)
+                if found is None:
+                    raise self._over_budget(keep, needed, used, busy=[r.name for r in residents if r.in_flight],
+                                            swapping=swapping)
+                chosen = found
             for victim in chosen:
                 self._models.pop(victim)
                 log.info("evicted idle model %s to make room for %s", victim, keep)
+            if reserve is not None:
+                self._pending.append(reserve)
             return chosen
 
-    def _over_budget(self, name: str, needed: int, used: int, busy: list[str] | None = None) -> ResourceExhaustedError:
+    def _over_budget(self, name: str, needed: int, used: int, busy: list[str] | None = None,
+                     swapping: int = 0) -> ResourceExhaustedError:
         detail = f"; busy models cannot be evicted: {', '.join(busy)}" if busy else ""
+        if swapping:
+            detail += (f"; a replace holds both versions until the swap, and the serving one takes "
+                       f"{swapping / MB:.1f} MB of that")
+        fix = "unload a model, raise [models] memory_budget_mb, or set when_over_budget = 'evict-lru'"
+        if swapping:
+            fix = ("raise [models] memory_budget_mb so the old and the new version fit together, "
+                   "or unload the old version first")
         return ResourceExhaustedError(
             f"model {name!r} needs {needed / MB:.1f} MB but {used / MB:.1f} of {self.budget_bytes / MB:.1f} MB "
-            f"are in use{detail}", value=f"memory_budget_mb = {self.config.memory_budget_mb:g}",
-            fix="unload a model, raise [models] memory_budget_mb, or set when_over_budget = 'evict-lru'")
+            f"are in use{detail}", value=f"memory_budget_mb = {self.config.memory_budget_mb:g}", fix=fix)
 
     def unload(self, name: str) -> LoadedModel:
         with self._lock:
@@ -197,15 +272,16 @@ class ModelManager:
         log.info("unloaded %s", name)
         return loaded  # requests still holding it finish; the session is freed with the last reference
 
-    def load_directory(self, directory: Path) -> list[str]:
-        """Standalone mode: load every package (``*.emp`` file or package folder) in ``directory``.
-        A package that fails is logged and skipped so the others still serve."""
+    def load_directory(self, directory: Path, skip: Callable[[Path], bool] | None = None) -> list[str]:
+        """Standalone mode: load every package (``*.emp`` file or package folder) in ``directory``
+        except those ``skip`` claims (the control-plane sync loads its own). A package that fails is
+        logged and skipped so the others still serve."""
         loaded: list[str] = []
         if not directory.is_dir():
             log.warning("models directory %s does not exist; starting with no models", directory)
             return loaded
         for entry in sorted(directory.iterdir()):
-            if not is_package(entry):
+            if not is_package(entry) or (skip is not None and skip(entry)):
                 continue
             try:
                 model, _ = self.load(entry)
@@ -215,3 +291,23 @@ class ModelManager:
             except Exception as exc:  # noqa: BLE001 - one bad package must not stop the agent
                 log.error("not loading %s: %s: %s", entry, type(exc).__name__, exc)
         return loaded
+
+
+def health_check(model: Model) -> None:
+    """Run ``model`` once on zeros shaped by its manifest (dynamic dimensions = 1): it must not raise
+    and its float outputs must be finite. A :class:`BackendError` says what went wrong."""
+    feed = {spec.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec.shape],
+                                dtype=np.str_ if spec.dtype == "str" else np.dtype(spec.dtype))
+            for spec in model.inputs}
+    try:
+        outputs = model.run(feed)
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raised, the version is unhealthy
+        raise BackendError(f"health check failed: {model.name} {model.version} cannot run on zeros",
+                           value=f"{type(exc).__name__}: {first_line(exc)}",
+                           fix="test the package with `edgemill run` before deploying it") from None
+    for name, array in outputs.items():
+        array = np.asarray(array)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise BackendError(f"health check failed: {model.name} {model.version} gives non-finite values "
+                               f"(NaN or infinity) in output {name!r} for zero inputs",
+                               fix="check the model and its compile report before deploying it")

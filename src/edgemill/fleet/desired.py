@@ -54,9 +54,7 @@ def desired_state(session: Session, device_id: int, device_name: str, seq: int, 
 
 def needs_action(desired: schemas.DesiredStateOut, reported: dict[str, str], failed: set[tuple[str, str]]) -> bool:
     """True when the agent has something to do: a desired package it does not run (and has not
-    already refused), or a model it runs that is no longer desired."""
-    wanted = {m.name: m.package_id for m in desired.models}
-    for name, package_id in wanted.items():
-        if reported.get(name) != package_id and (name, package_id) not in failed:
-            return True
-    return any(name not in wanted for name in reported)
+    already refused). A model it runs that is not desired is not counted: it may have been loaded by
+    hand, which the agent leaves alone (the ones the control plane placed are removed when the
+    desired state changes, which answers a held heartbeat anyway)."""
+    return any(reported.get(m.name) != m.package_id and (m.name, m.package_id) not in failed for m in desired.models)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .config import ServerConfig
-from .db.tables import Deployment, DeploymentDevice, DeploymentEvent, MetricSample
+from .db.tables import Deployment, DeploymentDevice, DeploymentEvent, DeviceModel, MetricSample, ModelVersion
 from .desired import desired_versions
 from .rollout import Decision, DeviceView, RolloutView, decide
 from .schemas import Strategy
@@ -84,13 +84,26 @@ def assign(session: Session, deployment: Deployment, decision: Decision, now: fl
             if dd.device.name in wanted and dd.state == "pending"]
     bump(session, deployment, now, wave=decision.wave, wave_started_at=now, reason=decision.reason)
     for dd in rows:
-        before = desired_versions(session, dd.device_id).get(deployment.model_id)
-        dd.previous_version_id = before[0].id if before is not None else None
+        dd.previous_version_id = _previous_version(session, dd.device_id, deployment)
         dd.state, dd.wave, dd.assigned_at = "assigned", decision.wave, now
     label = "canary" if decision.wave == 0 else f"wave {decision.wave}"
     event(session, deployment.id, now, "wave_started",
           f"{label}: {', '.join(sorted(wanted))}" + (f" ({decision.reason})" if decision.reason else ""))
     log.info("deployment %d: %s assigned to %s", deployment.id, label, ", ".join(sorted(wanted)))
+
+
+def _previous_version(session: Session, device_id: int, deployment: Deployment) -> int | None:
+    """What a rollback returns the device to: what the control plane told it to run, else the
+    registered version it reports running (placed by hand, or before it joined the fleet)."""
+    before = desired_versions(session, device_id).get(deployment.model_id)
+    if before is not None:
+        return before[0].id
+    running = session.scalar(select(DeviceModel.package_id).where(DeviceModel.device_id == device_id,
+                                                                  DeviceModel.model_name == deployment.version.model.name))
+    if running is None:
+        return None
+    return session.scalar(select(ModelVersion.id).where(ModelVersion.model_id == deployment.model_id,
+                                                        ModelVersion.package_id == running).limit(1))
 
 
 def roll_back(session: Session, deployment: Deployment, now: float, reason: str, kind: str) -> int:

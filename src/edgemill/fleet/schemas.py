@@ -239,7 +239,7 @@ class LatencyIn(_Body):
 
 class ModelMetricsIn(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # agents may send more (input statistics)
-    requests: int = Field(0, ge=0, le=INT64_MAX)  # cumulative since the agent started
+    requests: int = Field(0, ge=0, le=INT64_MAX)  # every call, failed ones included; cumulative since the agent started
     errors: int = Field(0, ge=0, le=INT64_MAX)
     latency_ms: LatencyIn = LatencyIn()
 

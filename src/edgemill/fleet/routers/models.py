@@ -184,9 +184,9 @@ def lineage(name: str, version: str, request: Request, _: str = Depends(require_
         target = m.get("target", {})
         return schemas.LineageOut(
             model=name, version=version, source=m.get("source", {}),
-            compile={"target": target.get("name") if isinstance(target, dict) else target, "backend": m.get("backend"),
-                     "precision": m.get("precision"), "accuracy": m.get("accuracy", {}),
-                     "edgemill_version": m.get("edgemill_version"), "parents": m.get("lineage", []), **row.report},
+            compile={**row.report, "target": target.get("name") if isinstance(target, dict) else target,
+                     "backend": m.get("backend"), "precision": m.get("precision"), "accuracy": m.get("accuracy", {}),
+                     "edgemill_version": m.get("edgemill_version"), "parents": m.get("lineage", [])},
             package={"id": row.package_id, "sha256": row.sha256, "size_bytes": row.size_bytes, "signer": row.signer,
                      "files": sorted(m.get("files", {})), "created": m.get("created"), "stage": row.stage},
             deployments=out_deployments, devices=names)

@@ -1,0 +1,202 @@
+/* The edgemill fleet dashboard: hash-routed views over /api/v1, charts drawn with the vendored uPlot.
+ *
+ * Every view (views/*.js) is an async function (route, ctx) -> DOM node: it reads the API, builds the
+ * node, and asks for charts with chart(ctx, ...), drawn once the node is on the page. This module signs
+ * in, routes, shows errors, and rebuilds the current view every 5 s while the tab is visible. */
+
+import { ApiError, session } from "./lib/api.js";
+import { destroyCharts, drawCharts } from "./lib/charts.js";
+import { $, empty, h } from "./lib/dom.js";
+import { viewAlerts } from "./views/alerts.js";
+import { viewDeployment, viewDeployments } from "./views/deployments.js";
+import { viewDevice, viewDevices } from "./views/devices.js";
+import { viewModel, viewModels } from "./views/models.js";
+import { viewOverview } from "./views/overview.js";
+
+const REFRESH_MS = 5000;
+
+const ROUTES = {
+  overview: { view: viewOverview, nav: "overview", title: "Overview" },
+  devices: { view: viewDevices, nav: "devices", title: "Devices" },
+  device: { view: viewDevice, nav: "devices", title: "Device", arg: true },
+  models: { view: viewModels, nav: "models", title: "Models" },
+  model: { view: viewModel, nav: "models", title: "Model", arg: true },
+  deployments: { view: viewDeployments, nav: "deployments", title: "Deployments" },
+  deployment: { view: viewDeployment, nav: "deployments", title: "Deployment", arg: true },
+  alerts: { view: viewAlerts, nav: "alerts", title: "Alerts" },
+};
+
+const state = {
+  renderSeq: 0,  // a render that a newer one overtook drops its result
+  inFlight: false,
+};
+
+// --- errors, sign-in, confirmation -------------------------------------------------------------------
+
+function showBanner(err) {
+  const b = err.body || { message: String(err.message || err) };
+  $("banner").replaceChildren(
+    h("strong", {}, b.message),
+    b.fix ? h("span", { class: "fix" }, ` ${b.fix}`) : null,
+    h("button", { type: "button", class: "link", "aria-label": "Dismiss", onclick: hideBanner }, "×"));
+  $("banner").hidden = false;
+}
+
+function hideBanner() { $("banner").hidden = true; }
+
+function showLogin(message) {
+  destroyCharts();
+  $("main").replaceChildren();
+  $("main").hidden = true;
+  $("signout").hidden = true;
+  hideBanner();
+  $("login-message").textContent = message || "";
+  $("login-message").hidden = !message;
+  $("login").hidden = false;
+  $("login-key").focus();
+}
+
+function signIn(key) {
+  session.set(key);
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("signout").hidden = false;
+  render();
+}
+
+function signOut(message) {
+  session.set(null);
+  showLogin(message);
+}
+
+/** A failed call: a refused key asks for another one; anything else goes to the banner. */
+function failed(err) {
+  if (err.status === 401) signOut(err.message);
+  else {
+    if (!(err instanceof ApiError)) console.error(err);  // a bug here, not an answer from the server
+    showBanner(err);
+  }
+}
+
+/** A key handed over in the address (#key=...) is taken and removed, so it is not left in history. */
+function takeKeyFromHash() {
+  const m = location.hash.match(/^#(?:(.*?)[?&])?key=([^&]*)(.*)$/);
+  if (!m) return null;
+  const before = m[1] || "";
+  const after = m[3].replace(/^&/, "");
+  const rest = after ? `${before}${before.includes("?") ? "&" : "?"}${after}` : before;
+  history.replaceState(null, "", `${location.pathname}${location.search}#${rest || "overview"}`);
+  return decodeURIComponent(m[2]);
+}
+
+function confirmAction(title, text, okLabel) {
+  const dialog = $("confirm");
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-ok").textContent = okLabel;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+/** An operator action from a view: confirm, call, then show the view as it is now. */
+async function confirmThen(button, title, text, okLabel, call) {
+  if (!(await confirmAction(title, text, okLabel))) return;
+  button.disabled = true;
+  try {
+    await call();
+    await render();
+  } catch (err) {
+    failed(err);
+    button.disabled = false;
+  }
+}
+
+// --- routing and refresh ------------------------------------------------------------------------------
+
+function parseRoute() {
+  const [path, query] = location.hash.replace(/^#/, "").split("?");
+  const [name, ...rest] = path.split("/");
+  const known = ROUTES[name] && Boolean(ROUTES[name].arg) === rest.length > 0;
+  return { name: known ? name : "overview", arg: rest.length ? decodeURIComponent(rest.join("/")) : null,
+    query: new URLSearchParams(query || "") };
+}
+
+async function render({ quiet = false } = {}) {
+  if (!session.key) { showLogin(); return; }
+  const seq = ++state.renderSeq;
+  const route = parseRoute();
+  const spec = ROUTES[route.name];
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    if (a.dataset.nav === spec.nav) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  const main = $("main");
+  main.setAttribute("aria-busy", "true");
+  state.inFlight = true;
+  const ctx = { charts: [], confirmThen };
+  try {
+    document.title = `${spec.title} · edgemill fleet`;
+    const node = await spec.view(route, ctx);
+    if (seq !== state.renderSeq) return;
+    const y = window.scrollY;
+    destroyCharts();
+    main.replaceChildren(node);
+    drawCharts(ctx.charts);
+    if (quiet) window.scrollTo(0, y);
+    else main.focus({ preventScroll: true });
+    hideBanner();
+    $("refresh").textContent = document.hidden ? "refresh paused" : `updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    if (seq !== state.renderSeq) return;
+    failed(err);
+    if (!quiet && err.status !== 401) {
+      destroyCharts();
+      main.replaceChildren(h("h1", {}, spec.title), empty("This view could not be loaded."));
+    }
+  } finally {
+    if (seq === state.renderSeq) {
+      main.setAttribute("aria-busy", "false");
+      state.inFlight = false;
+    }
+  }
+}
+
+/** Auto-refresh skips a beat rather than pull a form control or dialog from under the operator. */
+function shouldRefresh() {
+  if (document.hidden || !session.key || state.inFlight || $("confirm").open) return false;
+  const active = document.activeElement;
+  return !(active && $("main").contains(active) && /^(SELECT|INPUT|TEXTAREA)$/.test(active.tagName));
+}
+
+function start() {
+  const handed = takeKeyFromHash();
+  if (handed) session.set(handed);
+  $("login-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("login-key").value.trim();
+    $("login-key").value = "";
+    if (key) signIn(key);
+  });
+  $("signout").addEventListener("click", () => signOut());
+  $("skip").addEventListener("click", (e) => {
+    e.preventDefault();  // the address is the route: a fragment link to the content would change it
+    ($("login").hidden ? $("main") : $("login-key")).focus();
+  });
+  window.addEventListener("hashchange", () => {
+    const key = takeKeyFromHash();
+    if (key) { signIn(key); return; }
+    window.scrollTo(0, 0);
+    render();
+  });
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) $("refresh").textContent = "refresh paused";
+    else if (shouldRefresh()) render({ quiet: true });
+  });
+  setInterval(() => { if (shouldRefresh()) render({ quiet: true }); }, REFRESH_MS);
+  if (session.key) signIn(session.key); else showLogin();
+}
+
+start();
