@@ -38,6 +38,14 @@ sample_rate = 0.0                   # share of Predict calls captured automatica
 store = "file://capture-store"      # or "s3://bucket/prefix" (+ s3_endpoint_url for non-AWS stores)
 upload_batch_size = 32
 upload_interval_s = 5.0
+
+# [server]                          # join a fleet: deployments come from the control plane
+# url = "http://control-plane:8700"
+# token_file = "token"              # one-time registration token (edgemill fleet token FLEET)
+# credential_file = "state/credential"
+# tags = { site = "north" }         # deployments can target devices by tag
+# heartbeat_interval_s = 30
+# long_poll_s = 25                  # the server answers at once when the desired state changes
 '''
 
 
