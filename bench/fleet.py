@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,14 +44,15 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp), None, db=args.db) as server:
         api = server.client()
-        api.request("POST", "/api/v1/fleets", body={"name": "bench"})
-        token = api.request("POST", "/api/v1/fleets/bench/registration-tokens", body={"uses": args.devices})["token"]
+        run_id = uuid.uuid4().hex[:8]  # a --db may hold earlier runs' fleets and devices
+        api.request("POST", "/api/v1/fleets", body={"name": f"bench-{run_id}"})
+        token = api.request("POST", f"/api/v1/fleets/bench-{run_id}/registration-tokens", body={"uses": args.devices})["token"]
         host, port = "127.0.0.1", server.port
         credentials: list[tuple[str, str]] = []
         conn = http.client.HTTPConnection(host, port, timeout=30)
         t0 = time.perf_counter()
         for i in range(args.devices):
-            status, body = _post(conn, "/api/v1/agent/register", {"token": token, "device": f"dev-{i:05d}"}, {})
+            status, body = _post(conn, "/api/v1/agent/register", {"token": token, "device": f"dev-{run_id}-{i:05d}"}, {})
             assert status == 201, body
             credentials.append((body["device"], body["credential"]))
         register_s = time.perf_counter() - t0

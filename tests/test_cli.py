@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
+
+import pytest
 
 from .conftest import run_cli
 
@@ -12,17 +15,39 @@ from .conftest import run_cli
 def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     result = run_cli("demo", "--workdir", tmp_path / "demo")
     assert result.code == 0, result.err
-    for step in ("train", "compile", "sign", "verify", "tampered", "load", "predict"):
+    for step in ("train", "compile", "sign", "verify", "tampered", "load", "predict", "control plane", "push",
+                 "two agents", "canary", "capture", "dashboard"):
         assert step in result.out
     assert "refused as expected: file_modified" in result.out
+    assert "deployment 1 succeeded" in result.out and "2 captures stored" in result.out
+    assert "/dashboard/#key=emk_" in result.out and "edgemill server --data-dir" in result.out
     assert (tmp_path / "demo" / "classifier.emp").is_file()
+    assert (tmp_path / "demo" / "server" / "edgemill.db").is_file()
+    assert "Traceback" not in result.err
 
 
 def test_demo_json(tmp_path: Path) -> None:
-    result = run_cli("demo", "--workdir", tmp_path / "demo", "--json")
-    data = json.loads(result.out)
-    assert result.code == 0 and data["agreement_with_numpy_model"] == 1.0
-    assert all(step["seconds"] >= 0 for step in data["steps"])
+    for _ in range(2):  # a re-run in the same workdir starts a fresh fleet
+        result = run_cli("demo", "--workdir", tmp_path / "demo", "--json")
+        assert result.code == 0, result.err
+        data = json.loads(result.out)
+        assert data["agreement_with_numpy_model"] == 1.0
+        assert all(step["seconds"] >= 0 for step in data["steps"])
+        fleet = data["fleet"]
+        assert fleet["deployment"]["state"] == "succeeded" and fleet["deployment"]["id"] == 1
+        assert fleet["devices_online"] == 2 and fleet["captures_stored"] == 2 and fleet["fleet_predictions_agree"]
+        assert fleet["dashboard_url"].startswith(fleet["server_url"] + "/dashboard/#key=")
+        key = (tmp_path / "demo" / "server" / "operator.key").read_text().strip()
+        assert fleet["view_later_url"].endswith(f"#key={key}")
+
+
+def test_demo_without_the_server_extra_runs_the_local_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if `pip install 'edgemill[server]'` was not done
+    result = run_cli("demo", "--workdir", tmp_path / "demo")
+    assert result.code == 0, result.err
+    assert "predict the held-out set" in result.out and "start the control plane" not in result.out
+    assert "pip install 'edgemill[server]'" in result.out
+    assert not (tmp_path / "demo" / "server").exists()
 
 
 def test_inspect_shows_manifest_and_signature_state(packages: dict, keypair: tuple[Path, Path],

@@ -15,9 +15,11 @@ T = TypeVar("T")
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[common], help="run the whole flow on a small model built here",
+    p = sub.add_parser("demo", parents=[common], help="run the whole flow on a small model built here, fleet included",
                        description="Train a small classifier, compile it, sign it, verify it, refuse a tampered "
-                                   "copy, load it with the runtime and predict, printing each step with its time.")
+                                   "copy, load it with the runtime and predict; then start a control plane and two "
+                                   "agents on 127.0.0.1, push, deploy, predict and capture on both, and print the "
+                                   "dashboard's address. Each step is printed with its time.")
     p.add_argument("--workdir", default="edgemill-demo", help="where to write the files (default: ./edgemill-demo)")
     p.set_defaults(handler=run)
 
@@ -26,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import onnx
 
     from .. import compile as compile_model
+    from ..demo.fleet import SERVER_EXTRA_HINT, run_fleet, server_extra_missing
     from ..demo.train import make_dataset, train_mlp
     from ..demo.zoo import mlp
     from ..errors import VerificationError
@@ -96,57 +99,39 @@ def run(args: argparse.Namespace) -> int:
                  lambda m: f"{m!r}")
     outputs = step("predict the held-out set", lambda: model.run({"features": data.x_test}),
                    lambda o: f"logits {list(o['logits'].shape)}")
-    served = _serve_with_agent(step, work, package, public, data.x_test, outputs["logits"])
+    missing = server_extra_missing()
+    fleet: dict[str, Any] | None = None
+    if missing is None:
+        fleet = run_fleet(step, work, package, public, data.x_test, outputs["logits"])
+    elif not quiet:
+        print(f"     skipped: {SERVER_EXTRA_HINT} (missing: {missing})", flush=True)
     labels = outputs["logits"].argmax(1)
-    agree = float((labels == trained.logits(data.x_test).argmax(1)).mean()) if served else 0.0
+    agree = float((labels == trained.logits(data.x_test).argmax(1)).mean())
     accuracy = float((labels == data.y_test).mean())
-    summary = {"package": str(package), "package_id": result.package_id, "held_out_accuracy": accuracy,
-               "agreement_with_numpy_model": agree, "workdir": str(work)}
+    fleet_ok = fleet is None or (fleet["fleet_predictions_agree"] and fleet["deployment"]["state"] == "succeeded")
+    summary: dict[str, Any] = {"package": str(package), "package_id": result.package_id,
+                               "held_out_accuracy": accuracy, "agreement_with_numpy_model": agree,
+                               "workdir": str(work)}
+    if fleet is not None:
+        summary["fleet"] = fleet
+    else:
+        summary["fleet"] = None
+        summary["fleet_skipped"] = f"{SERVER_EXTRA_HINT} (missing: {missing})"
     if quiet:
         emit_json({"steps": steps, **summary})
-    else:
-        print(f"\npackage {package}: held-out accuracy {accuracy:.3f}, predictions agree with the NumPy model on "
-              f"{agree * 100:.1f}% of samples.\nNext: `edgemill inspect {package}`, `edgemill bench {package}`, "
-              f"`edgemill agent --config {work / 'agent.toml'}` (docs/agent.md).")
-    return 0 if agree == 1.0 else 1
-
-
-def _serve_with_agent(step: Callable[..., Any], work: Path, package: Path, public: Path, x: Any,
-                      expected: Any) -> bool:
-    """Start the device agent on 127.0.0.1 (a free port), predict over gRPC, capture one request and
-    watch it reach the local object store; True when the agent's answers equal the runtime's."""
-    import numpy as np
-
-    from ..agent.config import load_config
-    from ..agent.daemon import Agent
-    from ..client import AgentClient
-
-    config_path = work / "agent.toml"
-    config_path.write_text(
-        '[device]\nname = "demo-device"\n[listen]\naddress = "127.0.0.1:0"\nmetrics_address = ""\n'
-        f'unix_socket = "agent.sock"\n[models]\ndirectory = "agent-models"\ntrusted_keys = ["{public.name}"]\n'
-        f'[capture]\ndirectory = "capture-queue"\nstore = "file://capture-store"\nupload_interval_s = 0.1\n')
-    shutil.copy(public, work / public.name)
-    (work / "agent-models").mkdir(exist_ok=True)
-    agent = Agent(load_config(config_path))
-    addresses = step("start the device agent (gRPC)", agent.start, lambda a: ", ".join(a))
-    try:
-        with AgentClient(addresses[0]) as client:
-            step("load the package through the agent", lambda: client.load_model(str(package)),
-                 lambda r: f"{r['model']['name']} {r['model']['version']}, signed by {r['model']['signed_by']}")
-            result = step("predict over gRPC", lambda: client.predict("classifier", {"features": x}, capture=True),
-                          lambda r: f"logits {list(r.outputs['logits'].shape)}, agent time {r.timing.total_us} us "
-                                    f"(model {r.timing.compute_us} us)")
-
-            def uploaded() -> str:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    status = client.capture_status(result.capture_id)
-                    if status.state == "uploaded":
-                        return status.object_key
-                    time.sleep(0.05)
-                raise AssertionError(f"capture {result.capture_id} not uploaded within 30 s")
-            step("capture that request to the object store", uploaded, lambda key: key)
-    finally:
-        agent.stop(grace_s=2)
-    return bool(np.allclose(result.outputs["logits"], expected, rtol=1e-6, atol=1e-6))
+        return 0 if agree == 1.0 and fleet_ok else 1
+    print(f"\npackage {package}: held-out accuracy {accuracy:.3f}, predictions agree with the NumPy model on "
+          f"{agree * 100:.1f}% of samples.")
+    if fleet is not None:
+        d = fleet["deployment"]
+        print(f"fleet: {fleet['devices_online']} devices online ({', '.join(fleet['devices'])}); deployment {d['id']} "
+              f"{d['state']} in {d['seconds']:.1f} s over {d['waves']} waves; "
+              f"{fleet['captures_stored']} captures stored; "
+              f"agents' predictions {'equal' if fleet['fleet_predictions_agree'] else 'DIFFER from'} the runtime's.\n"
+              f"data: {fleet['database']} (SQLite) and {fleet['store']} (packages, captures); "
+              f"operator key in {fleet['operator_key_file']}.\n"
+              f"dashboard: the demo's server has stopped, its data persists (the devices go offline). To look at it, "
+              f"run\n  {fleet['view_later']}\nand open {fleet['view_later_url']}")
+    agents = f"; the agents' configs are in {work / 'agents'}" if fleet is not None else ""
+    print(f"Next: `edgemill inspect {package}`, `edgemill bench {package}`{agents} (docs/agent.md, docs/server.md).")
+    return 0 if agree == 1.0 and fleet_ok else 1
