@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import first_line
-from .capture.store import fsync_dir
+from ..package.writer import write_file_atomic
 
 log = logging.getLogger("edgemill.agent.sync")
 
@@ -71,20 +69,9 @@ class SyncState:
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` completely or not at all (folders are created, private to us)."""
+    """Replace ``path`` with ``data`` completely or not at all; missing folders are created private to us."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_file_atomic(path, data, mode)
 
 
 def read_secret(path: Path | None) -> str | None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ...errors import ConflictError, NotFoundError, UserError
+from ...errors import NotFoundError, UserError
 from .. import schemas
 from ..alerting import rule_of
 from ..alerts import validate_rule
@@ -14,8 +14,10 @@ from ..auth import require_operator
 from ..db.tables import Alert, AlertRule
 from ..state import server_state
 from ..views import alert_out, ts
+from .common import name_taken
 
 router = APIRouter(prefix="/api/v1", tags=["alerts"])
+_RULE_FIX = "pick another name, or delete the old rule first (DELETE /api/v1/alert-rules/NAME)"
 
 
 def _rule_out(r: AlertRule) -> schemas.AlertRuleOut:
@@ -37,14 +39,12 @@ def create_rule(body: schemas.AlertRuleIn, request: Request, _: str = Depends(re
     try:
         with state.db.session() as session:
             if session.scalar(select(AlertRule.id).where(AlertRule.name == body.name)) is not None:
-                raise ConflictError("an alert rule with that name exists", value=body.name, field="name",
-                                    fix="pick another name, or delete the old rule first")
+                raise name_taken("alert rule", body.name, _RULE_FIX)
             session.add(row)
             session.flush()
             return _rule_out(row)
     except IntegrityError:
-        raise ConflictError("an alert rule with that name exists", value=body.name, field="name",
-                            fix="pick another name") from None
+        raise name_taken("alert rule", body.name, _RULE_FIX) from None
 
 
 @router.get("/alert-rules", response_model=list[schemas.AlertRuleOut])

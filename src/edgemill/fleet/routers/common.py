@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ...errors import NotFoundError
+from ...errors import ConflictError, NotFoundError
 from ..db.tables import Deployment, Device, Fleet, Model, ModelVersion
 
 
@@ -57,3 +57,8 @@ def get_deployment(session: Session, deployment_id: int) -> Deployment:
         raise NotFoundError("no deployment with that id", value=deployment_id, field="id",
                             fix="list deployments with GET /api/v1/deployments")
     return row
+
+
+def name_taken(kind: str, name: str, fix: str) -> ConflictError:
+    """The 409 for a create whose name exists (found first, or lost to a concurrent create)."""
+    return ConflictError(f"a {kind} with that name exists", value=name, field="name", fix=fix)

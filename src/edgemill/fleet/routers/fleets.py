@@ -8,15 +8,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ...errors import ConflictError, UserError
+from ...errors import UserError
 from .. import schemas
 from ..auth import digest, new_secret, require_operator
 from ..db.tables import Device, Fleet, RegistrationToken
 from ..state import server_state
 from ..views import device_out, device_status, ts
-from .common import get_device, get_fleet
+from .common import get_device, get_fleet, name_taken
 
 router = APIRouter(prefix="/api/v1", tags=["fleets"])
+_FLEET_FIX = "pick another name, or use the existing fleet"
 
 
 def _fleet_out(session, fleet: Fleet, now: float, config) -> schemas.FleetOut:  # type: ignore[no-untyped-def]
@@ -33,15 +34,13 @@ def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(requi
     try:
         with state.db.session() as session:
             if session.scalar(select(Fleet).where(Fleet.name == body.name)) is not None:
-                raise ConflictError("a fleet with that name exists", value=body.name, field="name",
-                                    fix="pick another name, or use the existing fleet")
+                raise name_taken("fleet", body.name, _FLEET_FIX)
             fleet = Fleet(name=body.name, description=body.description, created_at=state.clock())
             session.add(fleet)
             session.flush()
             return _fleet_out(session, fleet, state.clock(), state.config)
     except IntegrityError:
-        raise ConflictError("a fleet with that name exists", value=body.name, field="name",
-                            fix="pick another name, or use the existing fleet") from None
+        raise name_taken("fleet", body.name, _FLEET_FIX) from None
 
 
 @router.get("/fleets", response_model=list[schemas.FleetOut])
