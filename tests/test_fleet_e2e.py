@@ -148,3 +148,7 @@ def test_three_agents_converge_roll_back_a_bad_canary_and_refuse_tampering(
                     agent.__exit__(None, None, None)
                 except Exception:  # noqa: BLE001 - stop the others regardless
                     pass
+    if db is not None:
+        from ._fleet import drop_postgres_database
+
+        drop_postgres_database(db)
