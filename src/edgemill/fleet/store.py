@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..agent.capture.store import LocalFolderStore, ObjectStore, S3Store, open_store
+from ..agent.capture.store import ObjectStore, open_store
 
 
 class ServerStore:
@@ -21,25 +21,17 @@ class ServerStore:
 
     def delete(self, key: str) -> None:
         """Remove an object; used to undo a put whose database commit failed."""
-        if isinstance(self.backend, LocalFolderStore):
-            self.backend._path(key).unlink(missing_ok=True)
-        elif isinstance(self.backend, S3Store):
-            self.backend._client.delete_object(Bucket=self.backend.bucket, Key=self.backend._full(key))
+        self.backend.delete(key)  # type: ignore[attr-defined]
 
     def local_path(self, key: str) -> Path | None:
         """The file holding ``key`` when the store is a local folder (served directly), else None."""
-        if isinstance(self.backend, LocalFolderStore):
-            return self.backend._path(key)
-        return None
+        local_path = getattr(self.backend, "local_path", None)
+        return local_path(key) if local_path is not None else None
 
     def presigned_get(self, key: str, expires_s: int) -> str | None:
         """A time-limited URL the device can fetch without our API, when the store offers one."""
-        if isinstance(self.backend, S3Store):
-            self.backend._ensure_bucket()
-            return str(self.backend._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.backend.bucket, "Key": self.backend._full(key)},
-                ExpiresIn=expires_s))
-        return None
+        presign = getattr(self.backend, "presigned_get", None)
+        return presign(key, expires_s) if presign is not None else None
 
     def check(self) -> None:
         """Raise when the store cannot be reached (for /healthz)."""

@@ -59,6 +59,10 @@ class MemoryStore:
     def url(self, key: str) -> str:
         return f"memory://{key}"
 
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(key, None)
+
 
 class LocalFolderStore:
     """Objects as files under ``root``; each put is atomic (temp file, fsync, rename, fsync folder)."""
@@ -98,6 +102,13 @@ class LocalFolderStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        """The file that holds ``key`` (a server can stream it without reading it into memory)."""
+        return self._path(key)
 
     def list(self, prefix: str = "") -> list[str]:
         if not self.root.is_dir():
@@ -185,6 +196,15 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key) from None
             raise
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    def presigned_get(self, key: str, expires_s: int) -> str:
+        """A time-limited URL that fetches ``key`` without our credentials."""
+        self._ensure_bucket()
+        return str(self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s))
 
     def list(self, prefix: str = "") -> list[str]:
         self._ensure_bucket()
