@@ -7,7 +7,6 @@ is deleted again. A package that fails verification never reaches the store.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +47,9 @@ def _report_summary(raw: bytes | None) -> dict[str, Any]:
     return {k: report[k] for k in keep if k in report}
 
 
-def check_package(path: Path, trusted_keys: list[PublicKey], expected_name: str) -> CheckedPackage:
-    """Verify the package at ``path`` against the server's trusted keys (a signature is required)."""
+def check_package(path: Path, sha256: str, trusted_keys: list[PublicKey], expected_name: str) -> CheckedPackage:
+    """Verify the package at ``path`` (whose file hashes to ``sha256``, computed as it arrived)
+    against the server's trusted keys (a signature is required)."""
     if not trusted_keys:
         raise VerificationError(
             RefusalReason.UNTRUSTED_KEY, "the server trusts no signing keys, so it cannot accept any package",
@@ -64,14 +64,10 @@ def check_package(path: Path, trusted_keys: list[PublicKey], expected_name: str)
         raise UserError("the package is for another model", value=manifest.name, field="name",
                         expected=f"a package named {expected_name!r}",
                         fix=f"upload it to /api/v1/models/{manifest.name}/versions, or rebuild it with the right name")
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     signer = verified.signed_by.short_id if verified.signed_by is not None else None
     return CheckedPackage(name=manifest.name, version=manifest.version, package_id=verified.package_id,
                           manifest=manifest.to_dict(), report=_report_summary(report), signer=signer,
-                          sha256=h.hexdigest(), size_bytes=path.stat().st_size)
+                          sha256=sha256, size_bytes=path.stat().st_size)
 
 
 def same_or_conflict(existing_package_id: str, checked: CheckedPackage) -> bool:

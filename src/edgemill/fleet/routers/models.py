@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -23,6 +25,7 @@ from ..views import count, ts, version_out
 from .common import get_model, get_version
 
 router = APIRouter(prefix="/api/v1/models", tags=["registry"])
+log = logging.getLogger("edgemill.server")
 PACKAGE_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}, "description": "A signed package (.emp file)."}}
 
@@ -53,8 +56,9 @@ def get_model_detail(name: str, request: Request, _: str = Depends(require_opera
                                       version_list=[version_out(v) for v in versions])
 
 
-async def _spool(request: Request, limit_bytes: int) -> Path:
-    """Stream the body to a temporary file, refusing it as soon as it passes the limit."""
+async def _spool(request: Request, limit_bytes: int) -> tuple[Path, str]:
+    """Stream the body to a temporary file, hashing it on the way and refusing it as soon as it
+    passes the limit; returns the file and its sha256."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
         raise PayloadTooLargeError("the package is larger than the server accepts", value=f"{int(declared)} bytes",
@@ -62,10 +66,12 @@ async def _spool(request: Request, limit_bytes: int) -> Path:
                                    fix="raise the server's --max-upload-mb, or make the package smaller")
     fd, name = tempfile.mkstemp(prefix="edgemill-upload-", suffix=".emp")
     size = 0
+    digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
             async for chunk in request.stream():
                 size += len(chunk)
+                digest.update(chunk)
                 if size > limit_bytes:
                     raise PayloadTooLargeError("the package is larger than the server accepts", value=f"> {limit_bytes} bytes",
                                                field="body", fix="raise the server's --max-upload-mb, or make the package smaller")
@@ -76,7 +82,7 @@ async def _spool(request: Request, limit_bytes: int) -> Path:
     except BaseException:
         os.unlink(name)
         raise
-    return Path(name)
+    return Path(name), digest.hexdigest()
 
 
 def _store_version(state: ServerState, checked: CheckedPackage, path: Path, operator: str) -> tuple[ModelVersion, bool]:
@@ -109,9 +115,27 @@ def _store_version(state: ServerState, checked: CheckedPackage, path: Path, oper
         with state.db.session() as session:
             existing = session.scalar(select(ModelVersion).join(Model).where(
                 Model.name == checked.name, ModelVersion.version == checked.version))
-            if existing is not None and same_or_conflict(existing.package_id, checked):
-                return existing, False
+        if existing is not None and existing.package_id == checked.package_id:
+            return existing, False  # the same package: the object we wrote is the one its row names
+        _forget_object(state, checked.store_key)
+        if existing is not None:
+            same_or_conflict(existing.package_id, checked)  # raises the 409 naming both packages
         raise
+    except BaseException:
+        _forget_object(state, checked.store_key)
+        raise
+
+
+def _forget_object(state: ServerState, key: str) -> None:
+    """Undo the put of an upload whose row was not committed, unless a row names the object (a
+    concurrent upload of the same package); when the database cannot say, an orphan object is the
+    safe side."""
+    try:
+        with state.db.session() as session:
+            if session.scalar(select(ModelVersion.id).where(ModelVersion.store_key == key).limit(1)) is None:
+                state.store.delete(key)
+    except Exception:  # noqa: BLE001 - the original error is what the caller must see
+        log.warning("could not remove the stored object %s after a failed upload", key)
 
 
 @router.post("/{name}/versions", response_model=schemas.VersionOut, status_code=201, openapi_extra=PACKAGE_BODY,
@@ -127,10 +151,10 @@ async def upload_version(name: str, request: Request, response: Response,
     if re.fullmatch(schemas.NAME_PATTERN, name) is None:
         raise UserError("bad model name", value=name, field="name",
                         fix="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    path = await _spool(request, int(state.config.max_upload_mb * 1024 * 1024))
+    path, sha256 = await _spool(request, int(state.config.max_upload_mb * 1024 * 1024))
     try:
         try:
-            checked = await run_in_threadpool(check_package, path, state.trusted_keys, name)
+            checked = await run_in_threadpool(check_package, path, sha256, state.trusted_keys, name)
         except VerificationError as exc:
             if exc.value == str(path):  # the spool file's name means nothing to the caller
                 exc.value = "the uploaded body"
