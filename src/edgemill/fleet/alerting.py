@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from .alerts import FleetFacts, Rule, Sample, evaluate, transition
 from .config import ServerConfig
 from .db.tables import Alert, AlertRule, Device, MetricSample, WebhookDelivery
-from .views import device_status, ts
+from .views import device_status
 from .webhooks import MAX_ATTEMPTS, backoff_s, deliver, payload_for
 
 log = logging.getLogger("edgemill.server")
@@ -129,5 +129,3 @@ def deliver_due(db, now: float, config: ServerConfig, rand=random.random) -> int
                     row.next_attempt_at = now + backoff_s(attempts, rand=rand)
     return sent
 
-
-__all__ = ["deliver_due", "evaluate_all", "gather", "rule_of", "ts"]

@@ -23,7 +23,7 @@ from ..desired import desired_state, desired_versions, needs_action
 from ..heartbeats import ingest
 from ..state import ServerState, server_state
 from ..views import ts
-from .fleets import _checked_tags
+from .common import checked_tags
 
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
 ERRORS = {401: {"model": schemas.ErrorOut}, 403: {"model": schemas.ErrorOut}, 409: {"model": schemas.ErrorOut}}
@@ -52,7 +52,7 @@ def register(body: schemas.RegisterIn, request: Request) -> schemas.RegisterOut:
             if not taken:  # the last use went to a concurrent registration
                 raise AuthenticationError("registration token already used", field="token",
                                           fix="ask the operator for a fresh token")
-            session.add(Device(name=body.device, fleet_id=token.fleet_id, tags=_checked_tags(body.tags),
+            session.add(Device(name=body.device, fleet_id=token.fleet_id, tags=checked_tags(body.tags),
                                credential_hash=digest(credential), registered_at=now, last_seq=-1, agent={}))
             fleet_name = token.fleet.name
     except IntegrityError:

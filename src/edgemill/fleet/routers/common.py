@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ...errors import ConflictError, NotFoundError
+from ...errors import ConflictError, NotFoundError, UserError
 from ..db.tables import Deployment, Device, Fleet, Model, ModelVersion
 
 
@@ -62,3 +62,14 @@ def get_deployment(session: Session, deployment_id: int) -> Deployment:
 def name_taken(kind: str, name: str, fix: str) -> ConflictError:
     """The 409 for a create whose name exists (found first, or lost to a concurrent create)."""
     return ConflictError(f"a {kind} with that name exists", value=name, field="name", fix=fix)
+
+
+def checked_tags(tags: dict[str, str]) -> dict[str, str]:
+    """Tags as given, or a 400 naming the tag at fault."""
+    if len(tags) > 64:
+        raise UserError("too many tags", value=len(tags), field="tags", fix="use at most 64 tags per device")
+    for key, value in tags.items():
+        if not key or len(key) > 64 or len(value) > 256:
+            raise UserError("bad tag", value=f"{key}={value}", field=f"tags.{key}",
+                            fix="keys 1-64 characters, values up to 256")
+    return dict(tags)

@@ -14,7 +14,7 @@ from ..auth import digest, new_secret, require_operator
 from ..db.tables import Device, Fleet, RegistrationToken
 from ..state import server_state
 from ..views import device_out, device_status, ts
-from .common import get_device, get_fleet, name_taken
+from .common import checked_tags, get_device, get_fleet, name_taken
 
 router = APIRouter(prefix="/api/v1", tags=["fleets"])
 _FLEET_FIX = "pick another name, or use the existing fleet"
@@ -111,7 +111,7 @@ def patch_device(name: str, body: schemas.DevicePatch, request: Request, _: str 
     with state.db.session() as session:
         device = get_device(session, name)
         if body.tags is not None:
-            device.tags = _checked_tags(body.tags)
+            device.tags = checked_tags(body.tags)
         session.flush()
         return device_out(session, device, state.clock(), state.config)
 
@@ -123,13 +123,3 @@ def delete_device(name: str, request: Request, _: str = Depends(require_operator
     with state.db.session() as session:
         session.delete(get_device(session, name))
     return Response(status_code=204)
-
-
-def _checked_tags(tags: dict[str, str]) -> dict[str, str]:
-    if len(tags) > 64:
-        raise UserError("too many tags", value=len(tags), field="tags", fix="use at most 64 tags per device")
-    for key, value in tags.items():
-        if not key or len(key) > 64 or len(value) > 256:
-            raise UserError("bad tag", value=f"{key}={value}", field=f"tags.{key}",
-                            fix="keys 1-64 characters, values up to 256")
-    return dict(tags)
