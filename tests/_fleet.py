@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -60,20 +62,47 @@ def build_model_package(out: Path, name: str, version: str, features: int, priva
     return result.path
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's ``cert``/``key`` (HTTPS), the ``ca`` its clients trust, and for mutual TLS the
+    ``client_ca`` it requires plus the ``client_cert``/``client_key`` the helper's own probes present."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def flags(self) -> list[str]:
+        flags = ["--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+        return flags + (["--tls-client-ca", str(self.client_ca)] if self.client_ca else [])
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 class ServerProcess:
-    """``with ServerProcess(tmp, trusted_key) as server: server.url, server.api_key``."""
+    """``with ServerProcess(tmp, trusted_key) as server: server.url, server.api_key``; with ``tls``
+    it serves HTTPS (``server.url`` is https://) and its probes and ``client()`` use ``tls``."""
 
     def __init__(self, data_dir: Path, trusted_key: Path | None, *args: str, db: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, tls: ServerTls | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "edgemill", "server", "--listen", f"127.0.0.1:{self.port}",
                         "--data-dir", str(data_dir), "--log-format", "text", *args]
         if db:
             self.command += ["--db", db]
         if trusted_key is not None:
             self.command += ["--trusted-key", str(trusted_key)]
+        if tls is not None:
+            self.command += tls.flags()
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
 
@@ -86,7 +115,8 @@ class ServerProcess:
                 time.sleep(0.2)
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2,
+                                            context=self.tls.context() if self.tls else None) as response:
                     if response.status == 200:
                         return self
             except OSError:
@@ -107,7 +137,10 @@ class ServerProcess:
         return (self.data_dir / "operator.key").read_text().strip()
 
     def client(self) -> ControlPlane:
-        return ControlPlane(self.url, self.api_key, timeout_s=30)
+        if self.tls is None:
+            return ControlPlane(self.url, self.api_key, timeout_s=30)
+        return ControlPlane(self.url, self.api_key, timeout_s=30, ca_file=self.tls.ca,
+                            client_cert=self.tls.client_cert, client_key=self.tls.client_key)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -4,9 +4,11 @@ server's message, field and fix."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import (AuthenticationError, ConflictError, EdgemillError, NotFoundError, PayloadTooLargeError,
-                     PermissionDeniedError, RefusalReason, UserError, VerificationError)
+                     PermissionDeniedError, RefusalReason, UsageError, UserError, VerificationError)
+from .tls import Names, client_context, explain
 
 DEFAULT_SERVER = "http://127.0.0.1:8700"
 DEFAULT_KEY_FILE = Path("edgemill-data/operator.key")
@@ -38,11 +41,30 @@ def resolve_api_key(api_key: str | None = None, key_file: str | os.PathLike[str]
                                       "server wrote (edgemill-data/operator.key where the server runs)") from None
 
 
+TLS_OPTIONS = Names(ca="--ca-file (or EDGEMILL_CA_FILE)", cert="--client-cert (or EDGEMILL_CLIENT_CERT)",
+                    key="--client-key (or EDGEMILL_CLIENT_KEY)", url="--server (or EDGEMILL_SERVER)")
+
+
 class ControlPlane:
-    def __init__(self, url: str, api_key: str, timeout_s: float = 60.0) -> None:
+    """The operator API at ``url``. For https://, the server's certificate is checked against
+    ``ca_file`` (else the system's CAs) and ``client_cert``/``client_key`` are presented when the
+    server asks for them (mutual TLS); the files are checked here, before any request."""
+
+    def __init__(self, url: str, api_key: str, timeout_s: float = 60.0, *, ca_file: str | os.PathLike[str] | None = None,
+                 client_cert: str | os.PathLike[str] | None = None,
+                 client_key: str | os.PathLike[str] | None = None) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self._ssl: ssl.SSLContext | None = None
+        files = [Path(f) if f else None for f in (ca_file, client_cert, client_key)]
+        self._sent_cert = client_cert is not None
+        if self.url.startswith("https://"):
+            self._ssl = client_context(*files, TLS_OPTIONS, UsageError)
+        elif any(files):
+            raise UsageError(f"{TLS_OPTIONS.ca}, {TLS_OPTIONS.cert} and {TLS_OPTIONS.key} apply to an https:// "
+                             "server", value=self.url,
+                             fix="use --server https://HOST:PORT (the server runs with --tls-cert), or unset them")
 
     def request(self, method: str, path: str, body: Any = None, data: bytes | None = None,
                 query: dict[str, Any] | None = None) -> Any:
@@ -55,11 +77,14 @@ class ControlPlane:
             headers["Content-Type"] = "application/octet-stream"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._ssl) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            tls = explain(exc, self.url, TLS_OPTIONS, sent_cert=self._sent_cert)
+            if tls is not None:
+                raise UserError(tls[0], fix=tls[1]) from None
             reason = getattr(exc, "reason", exc)
             raise UserError("cannot reach the control plane", value=self.url, expected=str(reason),
                             fix="start it with `edgemill server`, or pass --server URL (or set EDGEMILL_SERVER)") from None

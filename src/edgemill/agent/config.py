@@ -130,6 +130,9 @@ class ServerConfig(_Section):
     long_poll_s: float = Field(25.0, ge=0, le=3600)  # how long the server may hold a heartbeat
     download_timeout_s: float = Field(600.0, gt=0)  # one package download, start to end
     max_backoff_s: float = Field(300.0, gt=0)  # longest wait between retries while the server is away
+    ca_file: Path | None = None  # https:// url: trust this CA (PEM) instead of the system's
+    client_cert_file: Path | None = None  # mutual TLS: the device's certificate (PEM), with client_key_file
+    client_key_file: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -158,6 +161,18 @@ class ServerConfig(_Section):
                              "the server holds a heartbeat up to long_poll_s before it answers")
         return value
 
+    @model_validator(mode="after")
+    def _tls(self) -> ServerConfig:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            given = "client_cert_file" if self.client_key_file is None else "client_key_file"
+            raise ValueError(f"{given} is set alone: set client_cert_file and client_key_file together "
+                             "(mutual TLS) or neither")
+        tls = [k for k in ("ca_file", "client_cert_file", "client_key_file") if getattr(self, k) is not None]
+        if tls and not self.url.startswith("https://"):
+            raise ValueError(f"{', '.join(tls)} apply to an https:// url, but url is {self.url!r}: "
+                             "write url = 'https://HOST:PORT' (the server runs with --tls-cert) or remove them")
+        return self
+
 
 class AgentConfig(_Section):
     device: DeviceConfig = DeviceConfig()
@@ -175,7 +190,8 @@ class AgentConfig(_Section):
 _PATH_FIELDS = {
     ("listen", "unix_socket"), ("listen", "tls", "cert_file"), ("listen", "tls", "key_file"),
     ("listen", "tls", "client_ca_file"), ("models", "directory"), ("capture", "directory"),
-    ("server", "token_file"), ("server", "credential_file"), ("server", "state_file"),
+    ("server", "token_file"), ("server", "credential_file"), ("server", "state_file"), ("server", "ca_file"),
+    ("server", "client_cert_file"), ("server", "client_key_file"),
 }
 
 
@@ -295,5 +311,6 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
     store = config.capture.store
     if store.startswith("file://") and not Path(store[len("file://"):]).is_absolute():
         capture = capture.model_copy(update={"store": "file://" + str(base / store[len("file://"):])})
-    server = fix(config.server, ("token_file", "credential_file", "state_file"))
+    server = fix(config.server, ("token_file", "credential_file", "state_file", "ca_file", "client_cert_file",
+                                 "client_key_file"))
     return config.model_copy(update={"listen": listen, "models": models, "capture": capture, "server": server})

@@ -416,7 +416,9 @@ class Sync:
     def _new_client(self) -> ControlPlaneClient:
         return ControlPlaneClient(self.server.url, timeout_s=self.server.request_timeout_s,
                                   download_timeout_s=self.server.download_timeout_s,
-                                  credential=lambda: self._credential)
+                                  credential=lambda: self._credential, ca_file=self.server.ca_file,
+                                  client_cert_file=self.server.client_cert_file,
+                                  client_key_file=self.server.client_key_file)
 
     def _models_report(self) -> dict[str, Any]:
         loaded = self.models.list()

@@ -11,15 +11,17 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 from .. import __version__
-from ..errors import EdgemillError, UserError, first_line
+from ..errors import ConfigError, EdgemillError, UserError, first_line
+from ..tls import Names, client_context, explain
 
 API = "/api/v1/agent"
 _CHUNK = 1 << 20
@@ -44,15 +46,34 @@ class ControlPlaneError(EdgemillError):
         return self.status is None or self.status >= 500
 
 
+_TLS_NAMES = Names(ca="[server] ca_file", cert="[server] client_cert_file", key="[server] client_key_file",
+                   url="[server] url")
+
+
 class ControlPlaneClient:
-    """The four agent endpoints under ``url``. ``credential`` gives the bearer credential (None: none)."""
+    """The four agent endpoints under ``url``. ``credential`` gives the bearer credential (None: none).
+
+    For an https:// ``url`` the server's certificate is verified against ``ca_file`` (else the system's
+    CAs); ``client_cert_file`` and ``client_key_file`` are presented for mutual TLS. The files are read
+    and checked here, so a wrong one stops the agent at start with a ``ConfigError`` naming its key.
+    """
 
     def __init__(self, url: str, *, timeout_s: float, download_timeout_s: float,
-                 credential: Callable[[], str | None] = lambda: None) -> None:
+                 credential: Callable[[], str | None] = lambda: None, ca_file: Path | None = None,
+                 client_cert_file: Path | None = None, client_key_file: Path | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.download_timeout_s = download_timeout_s
         self._credential = credential
+        self._ca_file = ca_file
+        self._sent_cert = client_cert_file is not None
+        self._ssl: ssl.SSLContext | None = None
+        self._elsewhere_ssl: ssl.SSLContext | None = None  # for redirects off the server (presigned URLs)
+        if self.url.startswith("https://"):
+            self._ssl = client_context(ca_file, client_cert_file, client_key_file, _TLS_NAMES, ConfigError)
+        elif ca_file or client_cert_file or client_key_file:
+            raise ConfigError("[server] ca_file, client_cert_file and client_key_file apply to an https:// url",
+                              value=self.url, fix="write [server] url = 'https://HOST:PORT', or remove them")
         self._active: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._aborted = False
@@ -148,10 +169,9 @@ class ControlPlaneClient:
               content_type: str = "application/json") -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         parts = urlsplit(url)
         if parts.scheme == "https":
-            import ssl
-
+            context = self._ssl if self._ssl is not None and self._same_server(parts) else self._elsewhere()
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=timeout, context=ssl.create_default_context())
+                parts.hostname or "", parts.port, timeout=timeout, context=context)
         else:
             conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
         headers = {"User-Agent": f"edgemill-agent/{__version__}", "Accept": "application/json"}
@@ -173,6 +193,20 @@ class ControlPlaneClient:
         except (OSError, http.client.HTTPException) as exc:
             self._close(conn)
             raise self._unreachable(exc, f"{method} {parts.path}") from None
+
+    def _same_server(self, parts: SplitResult) -> bool:
+        own = urlsplit(self.url)
+        return (parts.scheme, parts.hostname, parts.port) == (own.scheme, own.hostname, own.port)
+
+    def _elsewhere(self) -> ssl.SSLContext:
+        """Another https host (an object store's presigned URL): the system's CAs and ``ca_file``, and
+        no client certificate (it is the control plane's to see)."""
+        if self._elsewhere_ssl is None:
+            context = ssl.create_default_context()
+            if self._ca_file is not None:
+                context.load_verify_locations(str(self._ca_file))
+            self._elsewhere_ssl = context
+        return self._elsewhere_ssl
 
     def _close(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -231,6 +265,9 @@ class ControlPlaneClient:
     def _unreachable(self, exc: BaseException, what: str) -> ControlPlaneError:
         if isinstance(exc, ControlPlaneError):
             return exc
+        tls = explain(exc, self.url, _TLS_NAMES, sent_cert=self._sent_cert)
+        if tls is not None:  # retried like any unreachable server, but the log says what to change
+            return ControlPlaneError(f"control plane unreachable ({what}): {tls[0]}", fix=tls[1])
         return ControlPlaneError(f"control plane unreachable ({what})",
                                  value=f"{type(exc).__name__}: {first_line(exc)}",
                                  fix=f"check [server] url ({self.url}) and the network; the agent keeps serving "

@@ -1,6 +1,7 @@
 """Operator commands against a running control plane: `edgemill push`, `edgemill deploy`,
 `edgemill fleet create|token`. Server URL from --server or EDGEMILL_SERVER; API key from --api-key,
-EDGEMILL_API_KEY or --api-key-file."""
+EDGEMILL_API_KEY or --api-key-file; TLS trust and client certificate from --ca-file, --client-cert and
+--client-key or EDGEMILL_CA_FILE, EDGEMILL_CLIENT_CERT and EDGEMILL_CLIENT_KEY."""
 
 from __future__ import annotations
 
@@ -20,10 +21,18 @@ def _remote_args(p: argparse.ArgumentParser) -> None:
                    help=f"control plane URL (default $EDGEMILL_SERVER or {DEFAULT_SERVER})")
     p.add_argument("--api-key", default=None, help="operator API key (default $EDGEMILL_API_KEY or --api-key-file)")
     p.add_argument("--api-key-file", default=None, metavar="FILE", help="default edgemill-data/operator.key")
+    p.add_argument("--ca-file", default=os.environ.get("EDGEMILL_CA_FILE") or None, metavar="PEM",
+                   help="https: trust this CA for the server's certificate (default $EDGEMILL_CA_FILE, "
+                        "else the system's CAs)")
+    p.add_argument("--client-cert", default=os.environ.get("EDGEMILL_CLIENT_CERT") or None, metavar="PEM",
+                   help="mutual TLS: present this certificate (default $EDGEMILL_CLIENT_CERT); needs --client-key")
+    p.add_argument("--client-key", default=os.environ.get("EDGEMILL_CLIENT_KEY") or None, metavar="PEM",
+                   help="the client certificate's private key (default $EDGEMILL_CLIENT_KEY)")
 
 
 def _client(args: argparse.Namespace) -> ControlPlane:
-    return ControlPlane(args.server, resolve_api_key(args.api_key, args.api_key_file))
+    return ControlPlane(args.server, resolve_api_key(args.api_key, args.api_key_file), ca_file=args.ca_file,
+                        client_cert=args.client_cert, client_key=args.client_key)
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..errors import MissingDependencyError, UsageError
 
@@ -28,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--offline-after-s", type=float, default=None)
     p.add_argument("--tick-s", type=float, default=None, help="how often rollouts, alerts and webhooks advance (default 2)")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
+    p.add_argument("--tls-cert", default=None, metavar="FILE",
+                   help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
+    p.add_argument("--tls-key", default=None, metavar="FILE", help="the certificate's PEM private key (unencrypted)")
+    p.add_argument("--tls-client-ca", default=None, metavar="FILE",
+                   help="mutual TLS: every client (operators, devices, /healthz probes) must present a "
+                        "certificate signed by this CA")
     p.set_defaults(handler=run)
 
 
@@ -53,6 +60,29 @@ def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                           fix=f"see `edgemill server --help` for {option}") from None
 
 
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's ssl_* arguments for the --tls-* flags, after checking the files they name."""
+    import ssl
+
+    from ..tls import check_pair, read_certificates
+
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key", value=args.tls_client_ca,
+                             fix="mutual TLS runs over HTTPS: add --tls-cert FILE --tls-key FILE")
+        return {}
+    if args.tls_cert is None or args.tls_key is None:
+        given, missing = ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        raise UsageError(f"{given} needs {missing}", value=args.tls_cert or args.tls_key,
+                         fix="pass both --tls-cert FILE and --tls-key FILE (HTTPS) or neither (HTTP)")
+    check_pair(Path(args.tls_cert), Path(args.tls_key), "--tls-cert", "--tls-key", UsageError)
+    options: dict[str, Any] = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key}
+    if args.tls_client_ca is not None:
+        read_certificates(Path(args.tls_client_ca), "--tls-client-ca", UsageError, "CA certificate")
+        options.update(ssl_ca_certs=args.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -65,14 +95,16 @@ def run(args: argparse.Namespace) -> int:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError("bad --listen", value=args.listen, expected="HOST:PORT", fix="e.g. --listen 127.0.0.1:8700")
+    tls = tls_options(args)
     configure_logging(json_lines=args.log_format == "json")
     config = build_config(args)
     app = create_app(config)
     key_hint = f"{config.api_key_file}" if config.api_key_file else "(no key file)"
-    url = f"http://{host}:{port}"
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
+    mutual = "; mutual TLS: clients need a certificate signed by " + args.tls_client_ca if args.tls_client_ca else ""
     print(f"edgemill server: listening on {url} (API {url}/docs, dashboard {url}/dashboard/); "
-          f"operator API key in {key_hint}; database {config.db}; store {config.store}", flush=True)
+          f"operator API key in {key_hint}; database {config.db}; store {config.store}{mutual}", flush=True)
     uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, **tls)
     return 0
 
