@@ -1,13 +1,18 @@
-"""`edgemill agent --config agent.toml`: the device daemon, until SIGTERM."""
+"""`edgemill agent --config agent.toml`: the device daemon, until SIGTERM.
+
+`edgemill agent bundle --platform linux-aarch64 -o bundle.tar`: an offline install bundle for devices
+(the work is in edgemill.agent.install_bundle; this module only reads the command line).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from ..errors import UsageError
-from .output import emit_json
+from .output import emit_json, info
 
 EXAMPLE = '''# edgemill agent configuration (every key is optional; these are the defaults unless noted)
 [device]
@@ -60,6 +65,65 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     source.add_argument("--example-config", action="store_true", help="print a commented example TOML and exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=run)
+    # An optional action after `agent`: without one, `edgemill agent --config ...` runs the daemon.
+    actions = p.add_subparsers(dest="agent_action", metavar="ACTION", parser_class=type(p))
+    _add_bundle_parser(actions, common)
+
+
+def _add_bundle_parser(actions: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ..agent.bundle_target import LIBC_DEFAULT, PLATFORMS
+
+    b = actions.add_parser(
+        "bundle", parents=[common], help="build an offline install bundle for devices (wheels, config, unit, install.sh)",
+        description="Build one tar that installs the agent on a device without network: the device's wheels "
+                    "(pip download for its platform and Python), agent.toml, the systemd unit and install.sh. "
+                    "See docs/offline-install.md.")
+    b.add_argument("--platform", required=True, choices=sorted(PLATFORMS), help="the device's platform")
+    b.add_argument("--python", metavar="X.Y", help="the device's Python version (default: this Python's X.Y)")
+    b.add_argument("-o", "--output", metavar="BUNDLE.tar",
+                   help="the bundle to write (.tar, or .tar.gz to compress); default "
+                        "edgemill-agent-VERSION-PLATFORM-pyX.Y.tar")
+    b.add_argument("--force", action="store_true", help="replace an existing output")
+    b.add_argument("--extra", action="append", default=[], metavar="NAME",
+                   help="an optional agent feature to include: s3, openvino, tvm (repeatable)")
+    b.add_argument("--libc", choices=sorted(LIBC_DEFAULT), default="glibc",
+                   help="the device's C library (default glibc; musl for Alpine)")
+    b.add_argument("--libc-version", metavar="X.Y",
+                   help="the oldest C library version to build for (default: glibc 2.28, musl 1.2)")
+    b.add_argument("--wheelhouse", metavar="DIR",
+                   help="take every wheel from this folder and nothing else (no index, pip's configuration ignored)")
+    b.add_argument("--index-url", metavar="URL", help="a package index or mirror instead of pip's configured one")
+    b.add_argument("--extra-index-url", action="append", default=[], metavar="URL", help="another index (repeatable)")
+    b.add_argument("--find-links", action="append", default=[], metavar="DIR",
+                   help="a folder (or URL) of extra wheels, e.g. ones built on the device (repeatable)")
+    b.add_argument("--edgemill-wheel", metavar="WHEEL",
+                   help="use this built edgemill wheel instead of writing one from this installation")
+    b.set_defaults(handler=run_bundle)
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    from ..agent.bundle_pip import PackageSources
+    from ..agent.bundle_target import parse_target
+    from ..agent.install_bundle import BundleRequest, build_bundle, bundle_dir_name, default_output
+
+    if args.wheelhouse and (args.index_url or args.extra_index_url):
+        raise UsageError("--wheelhouse takes every wheel from its folder; an index cannot be added to it",
+                         fix="drop --index-url/--extra-index-url, or use --find-links DIR with the index")
+    target = parse_target(args.platform, args.python, args.libc, args.libc_version)
+    sources = PackageSources(Path(args.wheelhouse) if args.wheelhouse else None, args.index_url,
+                             tuple(args.extra_index_url), tuple(args.find_links))
+    request = BundleRequest(target, Path(args.output) if args.output else default_output(target), sources,
+                            tuple(dict.fromkeys(args.extra)), args.force,
+                            Path(args.edgemill_wheel) if args.edgemill_wheel else None)
+    result = build_bundle(request, info)
+    if args.json:
+        emit_json({"bundle": str(result.path), "size_bytes": result.size_bytes, "seconds": round(result.seconds, 1),
+                   **{k: result.manifest[k] for k in ("id", "edgemill_version", "platform", "python", "wheels")}})
+    else:
+        print(f"edgemill agent bundle: wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, "
+              f"{len(result.manifest['wheels'])} wheels, {result.seconds:.0f} s) for {target.describe()}")
+        print(f"On the device: tar -xf {result.path.name} && sudo sh {bundle_dir_name(result.manifest)}/install.sh")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
