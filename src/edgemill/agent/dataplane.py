@@ -7,7 +7,9 @@ sampling) and delegates loading to :class:`~.models.ModelManager` and capture to
 from __future__ import annotations
 
 import logging
+import os
 import random
+import stat
 import threading
 import time
 import uuid
@@ -75,6 +77,27 @@ class ModelView:
                    errors=loaded.errors, in_flight=loaded.in_flight, package_path=str(loaded.package_path))
 
 
+def _check_package_path(package_path: str) -> None:
+    """Refuse, before anything reads it, a path a client names that cannot hold a package.
+
+    A device or FIFO would never end a read (``/dev/zero``) and hold the one load slot for good; an
+    empty path would mean the agent's own working directory.
+    """
+    if not package_path:
+        raise UserError("no package path given", value=package_path,
+                        fix="pass the path of a .emp file or package folder on the device")
+    try:
+        mode = os.stat(package_path).st_mode
+    except (FileNotFoundError, ValueError):
+        return  # the model manager says "not found", with its own fix
+    except OSError as exc:  # name too long, a file where a folder was expected, a link loop...
+        raise UserError(f"cannot use that package path ({exc.strerror})", value=package_path[:300],
+                        fix="pass the path of a .emp file or package folder the agent can read") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise UserError("not a package: neither a regular file nor a folder", value=package_path[:300],
+                        fix="pass the path of a .emp file or package folder (not a device, pipe or socket)")
+
+
 class DataPlane:
     def __init__(self, config: AgentConfig, models: ModelManager, metrics: AgentMetrics,
                  capture: CaptureService | None, seed: int | None = None) -> None:
@@ -92,6 +115,7 @@ class DataPlane:
     # --- models --------------------------------------------------------------------------------
 
     def load_model(self, package_path: str, name: str = "", replace: bool = False) -> tuple[ModelView, list[str]]:
+        _check_package_path(package_path)
         loaded, evicted = self.models.load(package_path, name=name, replace=replace)
         return ModelView.of(loaded), evicted
 

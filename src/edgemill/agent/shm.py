@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -21,12 +22,12 @@ _NAME = re.compile(r"/?[A-Za-z0-9._-]{1,250}")
 @contextmanager
 def mapped(name: str, offset: int, size: int, writable: bool = False) -> Iterator[memoryview]:
     """A memoryview of ``size`` bytes at ``offset`` in the shared-memory object ``name``."""
-    if not _NAME.fullmatch(name):
+    if not _NAME.fullmatch(name) or name.lstrip("/") in (".", ".."):
         raise SharedMemoryError("bad shared-memory name", value=name,
                                 fix="pass the shm_open name, e.g. '/frames' (letters, digits, . _ -)")
     path = os.path.join(SHM_DIR, name.lstrip("/"))
     try:
-        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SharedMemoryError("shared-memory segment does not exist", value=name,
                                 fix="create it (shm_open / multiprocessing.shared_memory) before the call "
@@ -34,8 +35,15 @@ def mapped(name: str, offset: int, size: int, writable: bool = False) -> Iterato
     except PermissionError:
         raise SharedMemoryError("shared-memory segment is not accessible to the agent", value=name,
                                 fix="create it with permissions the agent's user can read (and write for outputs)") from None
+    except OSError as exc:  # a folder (EISDIR), a symbolic link (ELOOP), ...
+        raise SharedMemoryError(f"cannot open that shared-memory segment ({exc.strerror})", value=name,
+                                fix="pass the name of a segment created with shm_open") from None
     try:
-        total = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # /dev/shm also holds folders and, on some hosts, other files
+            raise SharedMemoryError("not a shared-memory segment", value=name,
+                                    fix="pass the name of a segment created with shm_open")
+        total = info.st_size
         if offset < 0 or size < 0 or offset + size > total:
             raise SharedMemoryError(f"shared-memory region [{offset}, {offset + size}) lies beyond the segment",
                                     value=f"{name} ({total} bytes)",

@@ -15,14 +15,24 @@ from ..errors import InputMismatchError
 from .shm import mapped
 
 _LITTLE = np.dtype("<u2").byteorder  # "=" on little-endian hosts
+MAX_DIMS = 32  # NumPy's own limit (1.x); no model input has more
+
+
+def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """``shape`` as ints after checking it can describe data: no negative dimension, at most MAX_DIMS."""
+    if len(shape) > MAX_DIMS:
+        raise InputMismatchError(f"tensor {name!r} has {len(shape)} dimensions", value=len(shape),
+                                 expected=f"at most {MAX_DIMS}", fix="send the tensor's real shape")
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise InputMismatchError(f"tensor {name!r} has a negative dimension", value=list(dims),
+                                 fix="send the concrete shape of the data (no -1)")
+    return dims
 
 
 def tensor_from_bytes(name: str, data: bytes | memoryview, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
     """An array over ``data`` (no copy) after checking that its length matches dtype x shape."""
-    shape = tuple(int(d) for d in shape)
-    if any(d < 0 for d in shape):
-        raise InputMismatchError(f"tensor {name!r} has a negative dimension", value=list(shape),
-                                 fix="send the concrete shape of the data (no -1)")
+    shape = check_shape(name, shape)
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise InputMismatchError(f"tensor {name!r} has {len(data)} bytes but shape {list(shape)} of {dtype.name} "

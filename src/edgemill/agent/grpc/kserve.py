@@ -5,6 +5,7 @@ agent's models directory."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from ...package.reader import open_package
 from .. import protos
 from ..dataplane import DataPlane
 from ..models import is_package
-from ..wire import tensor_bytes, tensor_from_bytes
+from ..wire import check_shape, tensor_bytes, tensor_from_bytes
 from .status import translate_errors
 
 pb = protos.load("inference.grpc_predict_v2_pb2")
@@ -33,6 +34,11 @@ _CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "in
                    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
                    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
                    "FP32": "fp32_contents", "FP64": "fp64_contents"}
+# What each contents field holds on the wire: values are read as that, then narrowed with a range check.
+_FIELD_DTYPE = {"bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
+                "int64_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint32),
+                "uint64_contents": np.dtype(np.uint64), "fp32_contents": np.dtype(np.float32),
+                "fp64_contents": np.dtype(np.float64)}
 
 
 def _dtype(name: str, datatype: str) -> np.dtype:
@@ -54,17 +60,28 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
         if raw:
             out[tensor.name] = tensor_from_bytes(tensor.name, raw[index], dtype, tensor.shape)
             continue
-        field = _CONTENTS_FIELD.get(tensor.datatype)
-        if field is None:
-            raise InputMismatchError(f"input {tensor.name!r} of {tensor.datatype} has no typed contents field",
-                                     value=tensor.datatype, fix="send its data in raw_input_contents")
-        array = np.asarray(getattr(tensor.contents, field), dtype=dtype)
-        expected = int(np.prod(tensor.shape)) if len(tensor.shape) else 1
-        if array.size != expected:
-            raise InputMismatchError(f"input {tensor.name!r} has {array.size} values but shape {list(tensor.shape)} "
-                                     f"needs {expected}", value=array.size, fix="send prod(shape) values")
-        out[tensor.name] = array.reshape(tuple(tensor.shape))
+        out[tensor.name] = _typed_contents(tensor, dtype)
     return out
+
+
+def _typed_contents(tensor: Any, dtype: np.dtype) -> np.ndarray:
+    """The input's values from its typed ``contents`` field, checked against its shape and datatype."""
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InputMismatchError(f"input {tensor.name!r} of {tensor.datatype} has no typed contents field",
+                                 value=tensor.datatype, fix="send its data in raw_input_contents")
+    shape = check_shape(tensor.name, tensor.shape)
+    values = np.asarray(getattr(tensor.contents, field), dtype=_FIELD_DTYPE[field])
+    expected = math.prod(shape)
+    if values.size != expected:
+        raise InputMismatchError(f"input {tensor.name!r} has {values.size} values but shape {list(shape)} "
+                                 f"needs {expected}", value=values.size, fix="send prod(shape) values")
+    array = values.astype(dtype)
+    if array.dtype != values.dtype and not np.array_equal(array.astype(values.dtype), values):
+        bad = values[array.astype(values.dtype) != values][0]
+        raise InputMismatchError(f"input {tensor.name!r} has a value that does not fit {tensor.datatype}",
+                                 value=bad.item(), fix=f"send values in the range of {tensor.datatype}")
+    return array.reshape(shape)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

@@ -26,8 +26,8 @@ from ...tensors import TensorSpec
 from .. import protos, sysv_shm
 from ..capture.record import CaptureExistsError, check_capture_id
 from ..dataplane import DataPlane, ModelView
-from ..wire import tensor_bytes, tensor_from_bytes
-from .status import translate_errors
+from ..wire import check_shape, tensor_bytes, tensor_from_bytes
+from .status import bounded, translate_errors
 
 pb = protos.load("aws.sagemaker.edge.agent_pb2")
 pb_grpc = protos.load("aws.sagemaker.edge.agent_pb2_grpc")
@@ -71,7 +71,7 @@ def _codes(response: Callable[[], Any], table: dict[type[EdgemillError], grpc.St
 
 def _refuse(context: grpc.ServicerContext, code: grpc.StatusCode, error: EdgemillError, response: Any) -> Any:
     context.set_code(code)
-    context.set_details(error.one_line())
+    context.set_details(bounded(error.one_line()))
     return response
 
 
@@ -134,9 +134,7 @@ def decode_tensor(tensor: Any, spec: TensorSpec | None) -> tuple[str, np.ndarray
         raise InputMismatchError("tensor has no tensor_metadata and the model's own does not fix it",
                                  value=spec.name if spec is not None else None,
                                  fix="send tensor_metadata (name, data_type, shape), as ListModels reports it")
-    if any(d < 0 for d in shape):
-        raise InputMismatchError(f"tensor {name!r} has a negative dimension", value=list(shape),
-                                 fix="send the concrete shape of the data (no -1)")
+    shape = check_shape(name, shape)
     if tensor.WhichOneof("data") == "shared_memory_handle":
         data: bytes = _region(tensor.shared_memory_handle, math.prod(shape) * dtype.itemsize, f"tensor {name!r}")
     else:

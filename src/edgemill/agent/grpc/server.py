@@ -12,6 +12,7 @@ from ...errors import ConfigError
 from ..config import ListenConfig
 from ..dataplane import DataPlane
 from . import edgemill_v1, kserve
+from .malformed import MalformedRequestInterceptor
 
 log = logging.getLogger("edgemill.agent")
 
@@ -43,6 +44,7 @@ def build_server(listen: ListenConfig, dataplane: DataPlane) -> tuple[grpc.Serve
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=listen.max_workers * 8,  # beyond this, RESOURCE_EXHAUSTED instead of a growing queue
+        interceptors=[MalformedRequestInterceptor()],
     )
     edgemill_v1.add_to_server(server, dataplane)
     kserve.add_to_server(server, dataplane)
