@@ -10,12 +10,21 @@ Crash safety comes from the order of operations, not from a journal:
 
 Every ``.emc`` carries its own checksum; one that fails it at start is moved to ``quarantine/``, never
 uploaded and never silently deleted. A lock file keeps a second process off the same folder.
+
+A full disk stops capturing, not serving: a capture is refused (:class:`DiskFullError`) when writing it
+would leave less than a small reserve free on the folder's file system (room for the agent's own state
+and for the rest of the device), and for a moment after any write fails with ENOSPC/EDQUOT. The state
+is logged when it starts and ends and reported in :meth:`DiskQueue.stats` (``disk_full``); capturing
+resumes by itself when space returns. Uploads go on meanwhile, and an upload whose record cannot be
+appended to ``uploaded.log`` for lack of space still deletes its file (the object is stored; that
+frees room), then records it.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -31,6 +40,17 @@ from .store import fsync_dir
 UPLOADED_LOG = "uploaded.log"
 UPLOADED_REMEMBERED = 100_000  # ids whose upload status() still knows, and that are refused as duplicates
 _TMP = ".tmp"
+# Free space a capture may not take: 1% of the file system, at most 32 MiB (state files, logs, the OS).
+DISK_RESERVE_FRACTION = 0.01
+DISK_RESERVE_MAX_BYTES = 32 * 2**20
+DISK_FULL_RETRY_S = 1.0  # after a write failed with ENOSPC, captures are refused this long before trying again
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+log = logging.getLogger("edgemill.agent.capture")
+
+
+class DiskFullError(ResourceExhaustedError):
+    """The file system under the capture queue has no room for another capture (a ResourceExhaustedError)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,9 @@ class DiskQueue:
         self._seq = 0
         self._lock_fd: int | None = None
         self._log: _UploadedLog | None = None
+        self._disk_full = ""  # why captures are refused for lack of disk space; "" while there is room
+        self._disk_retry_at = 0.0  # after an ENOSPC write: no new write is tried before this (injected clock)
+        self._disk_refused = 0  # captures refused during the current disk-full spell (for the recovery log line)
         self.counts = {"uploaded": 0, "upload_errors": 0, "discarded_torn": 0, "quarantined_corrupt": 0,
                        "lost_missing": 0}
 
@@ -160,9 +183,17 @@ class DiskQueue:
     # --- accepting ------------------------------------------------------------------------------
 
     def is_full(self) -> bool:
-        """True when not even the smallest capture would be accepted now."""
+        """True when not even the smallest capture would be accepted now (queue bound or disk)."""
+        return self.blocked() != ""
+
+    def blocked(self) -> str:
+        """Why no capture would be accepted now, known without writing: "queue_full", "disk_full", or ""."""
         with self._lock:
-            return len(self._entries) >= self.max_records or self._bytes >= self.max_bytes
+            if len(self._entries) >= self.max_records or self._bytes >= self.max_bytes:
+                return "queue_full"
+            if self._disk_full and self._no_room(0):  # during a spell: a cheap check before anyone builds a record
+                return "disk_full"
+            return ""
 
     def add(self, capture_id: str, key: str, blob: bytes) -> None:
         """Store ``blob`` durably; when this returns the capture survives kill -9 and power loss."""
@@ -176,6 +207,9 @@ class DiskQueue:
                                 "can treat this as success", value=capture_id,
                                 fix="use a new id for each capture, or leave it empty to get a generated one")
             self._check_room(len(blob))
+            no_room = self._no_room(len(blob))
+            if no_room:
+                raise self._refuse_disk(no_room)
             self._seq += 1
             path = self.directory / f"{self._seq:016d}.{capture_id}{SUFFIX}"
             entry = _Entry(capture_id, path, key, len(blob), self._clock())
@@ -198,14 +232,15 @@ class DiskQueue:
             with self._lock:
                 self._entries.pop(capture_id, None)
                 self._bytes -= len(blob)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ResourceExhaustedError("the disk holding the capture queue is full", value=str(self.directory),
-                                             fix="free disk space or lower capture.max_queue_mb") from None
+                if exc.errno in _NO_SPACE:
+                    self._disk_retry_at = self._clock() + DISK_FULL_RETRY_S
+                    raise self._refuse_disk(f"writing the capture failed: {exc.strerror}") from None
             raise UserError(f"cannot write to the capture queue ({exc.strerror})", value=str(self.directory),
                             fix="check that capture.directory is writable by the agent") from None
         with self._lock:
             entry.state = "queued"
             entry.accepted_at = self._clock()
+            self._disk_ok()
 
     def __len__(self) -> int:
         """Captures accepted and not yet uploaded."""
@@ -228,6 +263,39 @@ class DiskQueue:
                                          "with this capture", expected=f"at most capture.max_queue_mb = {limit_mb:g}",
                                          fix="restore the connection to the capture store so the queue drains, "
                                              "or raise capture.max_queue_mb")
+
+    def _no_room(self, size: int) -> str:
+        """Why ``size`` more bytes may not be written now (lock held), or "": a recent write found the
+        disk full, or they would eat the reserve. Only a look: refusals are counted by the caller."""
+        if self._disk_full and self._clock() < self._disk_retry_at:
+            return self._disk_full
+        try:
+            fs = os.statvfs(self.directory)
+        except OSError:
+            return ""  # cannot tell: the write itself will say
+        free = fs.f_bavail * fs.f_frsize
+        reserve = min(DISK_RESERVE_MAX_BYTES, int(fs.f_blocks * fs.f_frsize * DISK_RESERVE_FRACTION))
+        if free - size < reserve:
+            return f"{free / 2**20:.2f} MB free, {reserve / 2**20:.2f} MB kept in reserve"
+        return ""
+
+    def _refuse_disk(self, why: str) -> DiskFullError:
+        """Note a refusal for lack of space (lock held), log the start of a spell once; the error to raise."""
+        if not self._disk_full:
+            log.warning("capture paused: the disk holding the capture queue %s is full (%s); the agent keeps "
+                        "serving, captures are skipped until space returns", self.directory, why)
+        self._disk_full = why
+        self._disk_refused += 1
+        return DiskFullError("the disk holding the capture queue is full", value=f"{self.directory}: {why}",
+                             fix="free disk space there (capturing resumes by itself), or move capture.directory "
+                                 "to a bigger disk")
+
+    def _disk_ok(self) -> None:
+        """A write succeeded (lock held): end a disk-full spell."""
+        if self._disk_full:
+            log.info("capture resumed: the disk holding %s has room again (%d capture(s) refused meanwhile)",
+                     self.directory, self._disk_refused)
+            self._disk_full, self._disk_refused, self._disk_retry_at = "", 0, 0.0
 
     # --- uploading ------------------------------------------------------------------------------
 
@@ -270,19 +338,42 @@ class DiskQueue:
         done = list(done)
         if not done:
             return
-        log = self._log
-        if log is None:
+        uploaded_log = self._log
+        if uploaded_log is None:
             return  # closed meanwhile: the files stay and the next start uploads them again (same keys)
-        log.append((p.capture_id, p.key) for p in done)
-        for pending in done:
-            pending.path.unlink(missing_ok=True)
-        fsync_dir(self.directory)
+        lines = [(p.capture_id, p.key) for p in done]
+        try:
+            uploaded_log.append(lines)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            # No room for the record, and the queue's own files may be what fills the disk: the objects
+            # are stored, so delete the files first (a crash now re-uploads nothing: at worst status()
+            # forgets them), then record them; remembered in memory when even that fails.
+            self._unlink(done)
+            try:
+                uploaded_log.append(lines)
+            except OSError as again:
+                if again.errno not in _NO_SPACE:
+                    raise
+                uploaded_log.remember(lines)
+                log.warning("uploaded %d capture(s) but the disk is too full to record it in %s: their status is "
+                            "kept in memory until the agent restarts", len(lines), uploaded_log.path)
+        else:
+            self._unlink(done)
         with self._lock:
             for pending in done:
                 if self._entries.pop(pending.capture_id, None) is not None:
                     self._bytes -= pending.size
                     self.counts["uploaded"] += 1
+            if self._disk_full:
+                self._disk_retry_at = 0.0  # files deleted: room may be back; the next capture checks
             self._changed.notify_all()
+
+    def _unlink(self, done: list[Pending]) -> None:
+        for pending in done:
+            pending.path.unlink(missing_ok=True)
+        fsync_dir(self.directory)
 
     def failed(self, pending: Pending, error: str, delay_for_attempt: Callable[[int], float]) -> None:
         """An upload attempt failed; the capture stays queued and is retried after the backoff delay."""
@@ -329,11 +420,15 @@ class DiskQueue:
                     "uploading": sum(e.state == "uploading" for e in entries),
                     "failed": sum(e.state == "failed" for e in entries),
                     "oldest_queued_age_s": 0.0 if oldest is None else max(0.0, self._clock() - oldest),
-                    **self.counts}
+                    "disk_full": 1 if self._disk_full else 0, **self.counts}
 
 
 class _UploadedLog:
-    """Append-only ``ID KEY`` lines (fsync'd), remembering the newest ``limit`` ids; compacted when long."""
+    """Append-only ``ID KEY`` lines (fsync'd), remembering the newest ``limit`` ids; compacted when long.
+
+    An append that fails (a full disk) is cut back off the file, so the file never holds half a line
+    in its middle; the caller decides what to do about the failure.
+    """
 
     def __init__(self, path: Path, limit: int) -> None:
         self.path = path
@@ -348,9 +443,10 @@ class _UploadedLog:
             if capture_id and key:
                 self._remember(capture_id, key)
                 self._lines += 1
-        self._handle = open(path, "ab")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._size = len(complete)
         if len(complete) != len(data):
-            self._handle.truncate(len(complete))
+            os.ftruncate(self._fd, self._size)
         if self._lines > 2 * limit:
             self._compact()
 
@@ -362,15 +458,32 @@ class _UploadedLog:
 
     def append(self, done: Iterable[tuple[str, str]]) -> None:
         done = list(done)
+        data = memoryview("".join(f"{i} {k}\n" for i, k in done).encode())
         with self._lock:
-            self._handle.write("".join(f"{i} {k}\n" for i, k in done).encode())
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            for capture_id, key in done:
-                self._remember(capture_id, key)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.pwrite(self._fd, data[written:], self._size + written)
+                os.fsync(self._fd)
+            except OSError:
+                try:
+                    os.ftruncate(self._fd, self._size)  # no partial line left behind
+                except OSError:
+                    pass  # a torn tail is dropped when the log is read at the next start
+                raise
+            self._size += len(data)
+            self.remember(done)
             self._lines += len(done)
             if self._lines > 2 * self.limit:
-                self._compact()
+                try:
+                    self._compact()
+                except OSError as exc:  # no room for the compacted copy: the long log still works
+                    log.warning("cannot compact %s (%s); trying again later", self.path, exc.strerror)
+
+    def remember(self, done: Iterable[tuple[str, str]]) -> None:
+        """Know these as uploaded in memory (status, duplicate refusal), without writing them."""
+        for capture_id, key in done:
+            self._remember(capture_id, key)
 
     def _remember(self, capture_id: str, key: str) -> None:
         self._keys[capture_id] = key
@@ -380,16 +493,23 @@ class _UploadedLog:
 
     def _compact(self) -> None:
         tmp = self.path.with_name(self.path.name + ".compact")
-        with open(tmp, "wb") as handle:
-            handle.write("".join(f"{i} {k}\n" for i, k in self._keys.items()).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write("".join(f"{i} {k}\n" for i, k in self._keys.items()).encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path)
         fsync_dir(self.path.parent)
-        self._handle.close()
-        self._handle = open(self.path, "ab")
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY, 0o644)
+        self._size = os.fstat(self._fd).st_size
         self._lines = len(self._keys)
 
     def close(self) -> None:
         with self._lock:
-            self._handle.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ...errors import ResourceExhaustedError, UserError
 from ..config import CaptureConfig
-from .queue import CaptureStatus, DiskQueue
+from .queue import CaptureStatus, DiskFullError, DiskQueue
 from .record import CaptureRecord, check_capture_id
 from .store import ObjectStore, open_store
 from .uploader import Uploader
@@ -39,8 +39,10 @@ class CaptureService:
                                   interval_s=config.upload_interval_s, backoff_max_s=config.retry_backoff_max_s,
                                   embed_limit_bytes=config.embed_limit_bytes)
         self._lock = threading.Lock()
-        self._skipped_full = 0
-        self._refused_full = 0
+        self._skipped_full = 0  # samples not taken: the queue or its disk was full
+        self._refused_full = 0  # explicit captures refused for the same reasons
+        self._skipped_disk_full = 0  # of those, for lack of disk space
+        self._refused_disk_full = 0
 
     def start(self) -> None:
         """Recover the queue left on disk (torn files removed, the rest queued) and start uploading."""
@@ -60,9 +62,10 @@ class CaptureService:
         """
         try:
             self._submit(record)
-        except ResourceExhaustedError:
+        except ResourceExhaustedError as exc:
             with self._lock:
                 self._refused_full += 1
+                self._refused_disk_full += isinstance(exc, DiskFullError)
             raise
 
     def _submit(self, record: CaptureRecord) -> None:
@@ -77,29 +80,37 @@ class CaptureService:
             self._uploader.wake()
 
     def offer_sample(self, make_record: Callable[[], CaptureRecord]) -> bool:
-        """Queue an automatic sample unless the queue is full; a skip is counted, the record never built."""
-        if self._queue.is_full():
-            with self._lock:
-                self._skipped_full += 1
+        """Queue an automatic sample unless the queue or its disk is full; a skip is counted, and when
+        that is known beforehand the record is never built."""
+        blocked = self._queue.blocked()
+        if blocked:
+            self._skipped(blocked == "disk_full")
             return False
         try:
             self._submit(make_record())
-        except ResourceExhaustedError:  # filled up meanwhile, or this sample alone does not fit
-            with self._lock:
-                self._skipped_full += 1
+        except ResourceExhaustedError as exc:  # filled up meanwhile, or this sample alone does not fit
+            self._skipped(isinstance(exc, DiskFullError))
             return False
         return True
+
+    def _skipped(self, disk: bool) -> None:
+        with self._lock:
+            self._skipped_full += 1
+            self._skipped_disk_full += disk
 
     def status(self, capture_id: str) -> CaptureStatus:
         """State of one capture: queued, uploading, uploaded, failed (will retry) or unknown."""
         return self._queue.status(check_capture_id(capture_id))
 
     def stats(self) -> dict[str, int | float]:
-        """queued, queued_bytes, uploading, uploaded (this run), failed, upload_errors, skipped_full,
-        refused_full, oldest_queued_age_s, and what recovery removed (discarded_torn,
-        quarantined_corrupt)."""
+        """queued, queued_bytes, uploading, uploaded (this run), failed, upload_errors, skipped_full and
+        refused_full (samples skipped and captures refused because the queue or its disk was full),
+        skipped_disk_full and refused_disk_full (of those, for lack of disk space), disk_full (1 while
+        capturing is paused for lack of disk space), oldest_queued_age_s, and what recovery removed
+        (discarded_torn, quarantined_corrupt)."""
         with self._lock:
-            own = {"skipped_full": self._skipped_full, "refused_full": self._refused_full}
+            own = {"skipped_full": self._skipped_full, "refused_full": self._refused_full,
+                   "skipped_disk_full": self._skipped_disk_full, "refused_disk_full": self._refused_disk_full}
         return {**self._queue.stats(), **own}
 
     def flush(self, timeout: float) -> bool:

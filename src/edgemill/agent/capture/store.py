@@ -7,14 +7,22 @@ a re-upload after a crash harmless. Stores are called from several uploader thre
 
 from __future__ import annotations
 
+import contextvars
+import datetime
+import email.utils
+import logging
 import os
 import re
 import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from ...errors import ConfigError, MissingDependencyError, UserError
+
+log = logging.getLogger("edgemill.agent.capture")
 
 _INCOMING = ".incoming"  # LocalFolderStore writes here first, then renames into place
 
@@ -123,6 +131,34 @@ class LocalFolderStore:
 
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# A store refuses requests signed too far from its own time (AWS S3 and MinIO: 15 minutes). A refusal
+# whose Date header is this far from the device's clock is taken for that, and the clock corrected.
+_SKEW_NOTICED_S = 300.0
+_SIGNING_OFFSET: contextvars.ContextVar[float] = contextvars.ContextVar("edgemill_s3_signing_offset_s", default=0.0)
+_SIGNING_LOCK = threading.Lock()
+
+
+def _signing_clock() -> bool:
+    """Let S3 requests be signed with a corrected time (``_SIGNING_OFFSET``, 0 unless an S3Store sets
+    it for its own calls). botocore reads the signing time from ``botocore.auth.get_current_datetime``
+    and corrects no skew itself; this wraps that function once. False on a botocore without it."""
+    import botocore.auth
+
+    with _SIGNING_LOCK:
+        current = getattr(botocore.auth, "get_current_datetime", None)
+        if current is None:
+            return False
+        if getattr(current, "_edgemill_offset", False):
+            return True
+
+        def get_current_datetime(*args: Any, **kwargs: Any) -> datetime.datetime:
+            now: datetime.datetime = current(*args, **kwargs)
+            offset = _SIGNING_OFFSET.get()
+            return now + datetime.timedelta(seconds=offset) if offset else now
+
+        get_current_datetime._edgemill_offset = True  # type: ignore[attr-defined]
+        botocore.auth.get_current_datetime = get_current_datetime
+        return True
 
 
 class S3Store:
@@ -152,6 +188,55 @@ class S3Store:
         self._client: Any = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self._bucket_ready = False
         self._lock = threading.Lock()
+        self._corrects_clock = _signing_clock()
+        self.clock_offset_s = 0.0  # the store's time minus this device's, once a refusal showed they differ
+
+    @contextmanager
+    def _signed_with_store_time(self) -> Iterator[None]:
+        token = _SIGNING_OFFSET.set(self.clock_offset_s)
+        try:
+            yield
+        finally:
+            _SIGNING_OFFSET.reset(token)
+
+    def _call(self, operation: Callable[..., Any], **kwargs: Any) -> Any:
+        """One S3 call. Refused because this device's clock is off from the store's (RequestTimeTooSkewed,
+        or a 403 dated far from our clock): the offset is learnt, and the call signed again with it."""
+        from botocore.exceptions import ClientError
+
+        with self._signed_with_store_time():
+            try:
+                return operation(**kwargs)
+            except ClientError as exc:
+                if not self._learn_skew(exc):
+                    raise
+            with self._signed_with_store_time():
+                return operation(**kwargs)
+
+    def _learn_skew(self, exc: Any) -> bool:
+        """True when ``exc`` shows a clock skew not yet corrected (then ``clock_offset_s`` is updated)."""
+        response = getattr(exc, "response", {}) or {}
+        error, meta = response.get("Error", {}), response.get("ResponseMetadata", {})
+        if not self._corrects_clock or meta.get("HTTPStatusCode") != 403:
+            return False
+        try:
+            store_time = datetime.datetime.fromisoformat(str(error["ServerTime"]).replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            try:
+                store_time = email.utils.parsedate_to_datetime(meta.get("HTTPHeaders", {})["date"])
+            except (KeyError, TypeError, ValueError):
+                return False
+        if store_time.tzinfo is None:
+            store_time = store_time.replace(tzinfo=datetime.timezone.utc)
+        offset = (store_time - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        skewed = error.get("Code") == "RequestTimeTooSkewed" or abs(offset - self.clock_offset_s) > _SKEW_NOTICED_S
+        if not skewed or abs(offset - self.clock_offset_s) < 1.0:
+            return False  # not a clock refusal, or already corrected: a real refusal
+        log.warning("this device's clock is %.0f s %s the object store's (bucket %s refused a request as signed at "
+                    "the wrong time): signing S3 requests with the store's time from now on; set the device's clock "
+                    "right (NTP)", abs(offset), "behind" if offset > 0 else "ahead of", self.bucket)
+        self.clock_offset_s = offset
+        return True
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -168,7 +253,7 @@ class S3Store:
             if self._bucket_ready:
                 return
             try:
-                self._client.head_bucket(Bucket=self.bucket)
+                self._call(self._client.head_bucket, Bucket=self.bucket)
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
                     raise
@@ -176,7 +261,7 @@ class S3Store:
                 if self.region and self.region != "us-east-1":
                     kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
                 try:
-                    self._client.create_bucket(**kwargs)
+                    self._call(self._client.create_bucket, **kwargs)
                 except ClientError as create_exc:
                     code = create_exc.response.get("Error", {}).get("Code")
                     if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
@@ -185,34 +270,36 @@ class S3Store:
 
     def put(self, key: str, data: bytes) -> None:
         self._ensure_bucket()
-        self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+        self._call(self._client.put_object, Bucket=self.bucket, Key=self._full(key), Body=data)
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
-            return self._client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+            return self._call(self._client.get_object, Bucket=self.bucket, Key=self._full(key))["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key) from None
             raise
 
     def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        self._call(self._client.delete_object, Bucket=self.bucket, Key=self._full(key))
 
     def presigned_get(self, key: str, expires_s: int) -> str:
         """A time-limited URL that fetches ``key`` without our credentials."""
         self._ensure_bucket()
-        return str(self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s))
+        with self._signed_with_store_time():
+            return str(self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=expires_s))
 
     def list(self, prefix: str = "") -> list[str]:
         self._ensure_bucket()
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
-                                                                            Prefix=self._full(prefix)):
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        with self._signed_with_store_time():
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                                Prefix=self._full(prefix)):
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
 
