@@ -213,6 +213,32 @@ def test_registration_tokens_are_one_time_and_expire(server: TestClient) -> None
     assert bad_name.status_code == 422 and bad_name.json()["field"] == "device"
 
 
+def test_a_registration_retried_with_the_devices_own_credential_is_recognised(server: TestClient) -> None:
+    server.post("/api/v1/fleets", json={"name": "cams"})
+    server.post("/api/v1/fleets", json={"name": "other"})
+    token = server.post("/api/v1/fleets/cams/registration-tokens", json={"expires_in_s": 60}).json()["token"]
+    chosen = "emd_" + "A" * 43
+    first = server.post("/api/v1/agent/register", json={"token": token, "device": "a1", "credential": chosen})
+    assert first.status_code == 201 and first.json() == {"device": "a1", "fleet": "cams", "credential": chosen}
+    # The answer was lost; the same request again (the token is spent by now) is told the same.
+    again = server.post("/api/v1/agent/register", json={"token": token, "device": "a1", "credential": chosen})
+    assert again.status_code == 201 and again.json() == first.json()
+    beat = server.post("/api/v1/agent/heartbeat", headers={"Authorization": f"Bearer {chosen}"},
+                       json={"device": "a1", "seq": 1})
+    assert beat.status_code == 200
+    # Another credential for the name, or the right one with another fleet's token, is no retry.
+    other = "emd_" + "B" * 43
+    assert server.post("/api/v1/agent/register", json={"token": token, "device": "a1", "credential": other}).status_code == 401
+    fresh = server.post("/api/v1/fleets/cams/registration-tokens", json={"expires_in_s": 60}).json()["token"]
+    taken = server.post("/api/v1/agent/register", json={"token": fresh, "device": "a1", "credential": other})
+    assert taken.status_code == 409 and taken.json()["field"] == "device"
+    elsewhere = server.post("/api/v1/fleets/other/registration-tokens", json={"expires_in_s": 60}).json()["token"]
+    assert server.post("/api/v1/agent/register",
+                       json={"token": elsewhere, "device": "a1", "credential": chosen}).status_code == 409
+    weak = server.post("/api/v1/agent/register", json={"token": fresh, "device": "a2", "credential": "emd_short"})
+    assert weak.status_code == 422 and weak.json()["field"] == "credential"
+
+
 def test_stale_and_replayed_heartbeats_are_refused_with_the_last_sequence(server: TestClient) -> None:
     headers = register(server, "cams", "cam-1")
     assert server.post("/api/v1/agent/heartbeat", headers=headers, json={"device": "cam-1", "seq": 5}).status_code == 200

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -189,6 +190,21 @@ class Sync:
         if self._credential:
             self._registered.set()
 
+    def _pending_credential_file(self) -> Path:
+        return self.server.credential_file.with_name(self.server.credential_file.name + ".pending")
+
+    def _proposed_credential(self) -> str:
+        """The credential this device asks to be registered with, chosen once and stored durably before
+        the first request: a registration whose answer is lost (the agent killed, the link cut) is
+        repeated with the same one, and the server recognises the retry instead of refusing the name."""
+        pending = self._pending_credential_file()
+        chosen = read_secret(pending)
+        if chosen:
+            return chosen
+        chosen = "emd_" + secrets.token_urlsafe(32)
+        atomic_write(pending, chosen.encode() + b"\n", mode=0o600)
+        return chosen
+
     def _register(self) -> float:
         self._read_credential()  # an operator may have restored one meanwhile
         if self._registered.is_set():
@@ -205,7 +221,12 @@ class Sync:
                                  f"{self.server.credential_file} and {where}. Fix: write the registration token "
                                  "the operator issued for this device's fleet to token_file")
         try:
-            answer = self._client.register(token, self.device, dict(self.server.tags))
+            proposed = self._proposed_credential()
+        except OSError as exc:
+            return self._refused(f"cannot keep a credential beside {self.server.credential_file}: {first_line(exc)}; "
+                                 "fix the folder's permissions")
+        try:
+            answer = self._client.register(token, self.device, dict(self.server.tags), credential=proposed)
         except ControlPlaneError as exc:
             if exc.unreachable:
                 return self._offline_delay(exc)
@@ -218,6 +239,7 @@ class Sync:
             return self._offline_delay(ControlPlaneError("the registration answer has no credential",
                                                          status=502, value=sorted(answer)))
         atomic_write(self.server.credential_file, credential.encode() + b"\n", mode=0o600)
+        self._pending_credential_file().unlink(missing_ok=True)
         self._credential = credential
         self.fleet = str(answer.get("fleet") or "") or None
         self._registered.set()

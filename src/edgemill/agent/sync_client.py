@@ -80,10 +80,13 @@ class ControlPlaneClient:
 
     # --- endpoints -----------------------------------------------------------------------------
 
-    def register(self, token: str, device: str, tags: dict[str, str]) -> dict[str, Any]:
-        """``RegisterOut`` for a one-time ``token``: the device's credential and fleet."""
-        return self._json("POST", f"{API}/register", {"token": token, "device": device, "tags": tags},
-                          auth=False, what="registration")
+    def register(self, token: str, device: str, tags: dict[str, str], credential: str | None = None) -> dict[str, Any]:
+        """``RegisterOut`` for a one-time ``token``: the device's credential and fleet. ``credential``
+        is one the device chose itself, which makes the request safe to repeat."""
+        body: dict[str, Any] = {"token": token, "device": device, "tags": tags}
+        if credential is not None:
+            body["credential"] = credential
+        return self._json("POST", f"{API}/register", body, auth=False, what="registration")
 
     def heartbeat(self, payload: dict[str, Any], wait_s: float) -> dict[str, Any]:
         """``DesiredStateOut`` for a ``HeartbeatIn``; the server may hold the answer up to ``wait_s``."""

@@ -28,6 +28,15 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--heartbeat-interval-s", type=float, default=None)
     p.add_argument("--offline-after-s", type=float, default=None)
     p.add_argument("--tick-s", type=float, default=None, help="how often rollouts, alerts and webhooks advance (default 2)")
+    p.add_argument("--db-pool-size", type=int, default=None,
+                   help="database connections (and request worker threads) per server process (default 16)")
+    p.add_argument("--metrics-retention-s", type=float, default=None,
+                   help="keep per-heartbeat metric samples this long, then fold them into rollups (default 7 days)")
+    p.add_argument("--metrics-rollup-s", type=float, default=None, help="the span of one rollup (default 3600)")
+    p.add_argument("--metrics-rollup-retention-s", type=float, default=None,
+                   help="delete rollups older than this (default 90 days)")
+    p.add_argument("--captures-retention-s", type=float, default=None,
+                   help="delete captures (objects and records) older than this; 0 keeps them all (default 30 days)")
     p.add_argument("--log-format", choices=("json", "text"), default="json")
     p.add_argument("--tls-cert", default=None, metavar="FILE",
                    help="serve HTTPS with this PEM certificate (chain); needs --tls-key")
@@ -48,9 +57,12 @@ def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     values = {"db": args.db or f"sqlite:///{data / 'edgemill.db'}", "store": args.store or f"file://{data / 'store'}",
               "s3_endpoint_url": args.s3_endpoint_url, "trusted_keys": tuple(Path(k) for k in args.trusted_key),
               "api_key_file": Path(args.api_key_file) if args.api_key_file else data / "operator.key"}
-    for name in ("max_upload_mb", "max_concurrent_downloads", "heartbeat_interval_s", "offline_after_s", "tick_s"):
-        if getattr(args, name) is not None:
+    for name in ("max_upload_mb", "max_concurrent_downloads", "heartbeat_interval_s", "offline_after_s", "tick_s",
+                 "db_pool_size", "metrics_retention_s", "metrics_rollup_s", "metrics_rollup_retention_s"):
+        if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
+    if getattr(args, "captures_retention_s", None) is not None:
+        values["captures_retention_s"] = args.captures_retention_s or None  # 0: keep every capture
     try:
         return ServerConfig(**values)
     except ValidationError as exc:

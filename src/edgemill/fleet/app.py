@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -22,7 +23,7 @@ from . import http_errors
 from .auth import ensure_operator_key
 from .config import ServerConfig
 from .db import open_database
-from .observability import ServerMetrics, access_middleware, fleet_gauges
+from .observability import AccessLog, ServerMetrics, fleet_gauges
 from .reconciler import run_forever
 from .schemas import ErrorOut
 from .routers import agent, alerts, captures, deployments, fleets, models, overview, system
@@ -66,7 +67,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def build_state(config: ServerConfig, clock: Callable[[], float] = time.time) -> ServerState:
-    db = open_database(config.db)
+    db = open_database(config.db, pool_size=config.db_pool_size)
     store = ServerStore(config.store, endpoint_url=config.s3_endpoint_url, region=config.s3_region)
     keys = load_public_keys([str(k) for k in config.trusted_keys]) if config.trusted_keys else []
     state = ServerState(config=config, db=db, store=store, trusted_keys=keys, clock=clock)
@@ -87,6 +88,9 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Handlers that touch the database run in worker threads; as many as there are pooled
+        # connections, so none waits for (or opens) a connection of its own.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = config.db_pool_size
         stop = asyncio.Event()
         task = asyncio.create_task(run_forever(state, stop)) if background else None
         try:
@@ -101,7 +105,7 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
     app.state.edgemill = state
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     http_errors.install(app)
-    app.middleware("http")(access_middleware(state.metrics))
+    app.add_middleware(AccessLog, metrics=state.metrics)
     for router in (models.router, fleets.router, deployments.router, agent.router, captures.router, alerts.router,
                    overview.router, system.router):
         app.include_router(router)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
 
 from ..errors import AuthenticationError
 from .db.tables import ApiKey, Device
@@ -49,16 +51,25 @@ def require_operator(request: Request, creds: HTTPAuthorizationCredentials | Non
         return key.name
 
 
-def require_device(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> int:
-    """The id of the device whose credential made the request."""
-    state: ServerState = server_state(request)
-    secret = _secret(creds, "device credential")
-    with state.db.session() as session:
-        device_id = session.scalar(select(Device.id).where(Device.credential_hash == digest(secret)))
-    if device_id is None:
+def device_secret(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """The device credential as sent (checked against the database by :func:`device_row`)."""
+    return _secret(creds, "device credential")
+
+
+def device_row(session: Session, secret: str, *columns: Any) -> Row[Any]:
+    """The device the credential belongs to (id first, then ``columns``), or 401."""
+    row = session.execute(select(Device.id, *columns).where(Device.credential_hash == digest(secret))).first()
+    if row is None:
         raise AuthenticationError("unknown device credential", value=secret[:8] + "…", field="Authorization",
                                   fix="register the device again with a fresh registration token")
-    return device_id
+    return row
+
+
+def require_device(request: Request, secret: str = Depends(device_secret)) -> int:
+    """The id of the device whose credential made the request."""
+    state: ServerState = server_state(request)
+    with state.db.session() as session:
+        return int(device_row(session, secret)[0])
 
 
 def ensure_operator_key(state: ServerState, path: Path | None, name: str = "admin") -> str | None:

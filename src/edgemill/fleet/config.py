@@ -19,6 +19,7 @@ class ServerConfig(BaseModel):
     # Limiters: every one has a setting.
     max_upload_mb: float = Field(512, gt=0)  # packages; bigger uploads get 413
     max_capture_mb: float = Field(64, gt=0)
+    db_pool_size: int = Field(16, ge=1, le=512)  # database connections per replica = request worker threads
     max_concurrent_downloads: int = Field(32, ge=1)  # per replica; beyond it agents get 429 + Retry-After
     long_poll_max_s: float = Field(30, ge=0, le=300)
     long_poll_check_s: float = Field(0.5, gt=0, le=30)  # how often a held heartbeat re-reads its desired state
@@ -28,5 +29,10 @@ class ServerConfig(BaseModel):
     tick_s: float = Field(2.0, gt=0)  # how often rollouts, alerts and webhooks advance
     presign_downloads: bool = True  # S3 stores: redirect package downloads to a presigned URL
     presign_expiry_s: int = Field(900, ge=60)
-    metrics_retention_s: float = Field(7 * 86400, gt=0)
+    # Retention: the database and the store stay bounded whatever the fleet's age.
+    metrics_retention_s: float = Field(7 * 86400, gt=0)  # raw per-heartbeat samples; older ones are folded
+    metrics_rollup_s: float = Field(3600, ge=60, le=86400)  # ...into one row per device, model and this span
+    metrics_rollup_retention_s: float = Field(90 * 86400, gt=0)  # rollups older than this are deleted
+    captures_retention_s: float | None = Field(30 * 86400, gt=0)  # captures (rows and objects); None: keep all
+    retention_every_s: float = Field(60, gt=0)  # how often a replica runs the retention jobs
     webhook_timeout_s: float = Field(5.0, gt=0)

@@ -10,41 +10,105 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session, aliased
 
 from . import schemas
-from .db.tables import Deployment, DeploymentDevice, ModelVersion
+from .db.tables import Deployment, DeploymentDevice, Device, Model, ModelVersion
 
 
-def desired_versions(session: Session, device_id: int) -> dict[int, tuple[ModelVersion, bool, int | None]]:
-    """model id → (version, allow_rollback, deployment id) for one device."""
-    rows = session.execute(
-        select(DeploymentDevice, Deployment).join(Deployment, DeploymentDevice.deployment_id == Deployment.id)
-        .where(DeploymentDevice.device_id == device_id, DeploymentDevice.state != "pending")
-        .order_by(Deployment.id.desc())).all()
-    out: dict[int, tuple[ModelVersion, bool, int | None]] = {}
-    decided: set[int] = set()
-    for dd, deployment in rows:
-        if deployment.model_id in decided:
-            continue
-        decided.add(deployment.model_id)
-        if dd.state in ("assigned", "updated"):
-            out[deployment.model_id] = (deployment.version, False, deployment.id)
-        elif dd.previous_version_id is not None:
-            previous = session.get(ModelVersion, dd.previous_version_id)
-            if previous is not None:
-                out[deployment.model_id] = (previous, dd.state == "rolled_back", deployment.id)
+@dataclass(frozen=True)
+class VersionRef:
+    """The few columns of a model version that the heartbeat and the download need."""
+
+    id: int
+    model: str
+    version: str
+    package_id: str
+    size_bytes: int
+    store_key: str
+
+
+@dataclass
+class DeviceRollout:
+    """One of a device's rollout rows (not pending), with its version and the one before it."""
+
+    row_id: int
+    state: str  # the heartbeat may move it: assigned → updated or failed
+    deployment_id: int
+    model_id: int
+    version: VersionRef
+    previous: VersionRef | None
+
+
+_previous = aliased(ModelVersion)
+_previous_model = aliased(Model)
+# Built once: the heartbeat runs this for every device every interval, so it reads columns (no ORM
+# objects, no JSON manifests) through the connection.
+_ROLLOUTS = (
+    select(DeploymentDevice.id, DeploymentDevice.state, Deployment.id, Deployment.model_id,
+           ModelVersion.id, Model.name, ModelVersion.version, ModelVersion.package_id, ModelVersion.size_bytes,
+           ModelVersion.store_key,
+           _previous.id, _previous_model.name, _previous.version, _previous.package_id, _previous.size_bytes,
+           _previous.store_key)
+    .join(Deployment, DeploymentDevice.deployment_id == Deployment.id)
+    .join(ModelVersion, Deployment.version_id == ModelVersion.id)
+    .join(Model, ModelVersion.model_id == Model.id)
+    .outerjoin(_previous, DeploymentDevice.previous_version_id == _previous.id)
+    .outerjoin(_previous_model, _previous.model_id == _previous_model.id)
+    .where(DeploymentDevice.device_id == bindparam("device_id"), DeploymentDevice.state != "pending")
+    .order_by(Deployment.id.desc()))
+
+
+def device_rollouts(session: Session, device_id: int) -> list[DeviceRollout]:
+    """A device's rollout rows that took it into a wave (not pending), newest deployment first."""
+    out = []
+    for row in session.connection().execute(_ROLLOUTS, {"device_id": device_id}):
+        previous = VersionRef(*row[10:16]) if row[10] is not None else None
+        out.append(DeviceRollout(row[0], row[1], row[2], row[3], VersionRef(*row[4:10]), previous))
     return out
 
 
-def desired_state(session: Session, device_id: int, device_name: str, seq: int, interval_s: float) -> schemas.DesiredStateOut:
+def versions_from(rollouts: list[DeviceRollout]) -> dict[int, tuple[VersionRef, bool, int | None]]:
+    """model id → (version, allow_rollback, deployment id), from :func:`device_rollouts`' rows."""
+    out: dict[int, tuple[VersionRef, bool, int | None]] = {}
+    decided: set[int] = set()
+    for r in rollouts:
+        if r.model_id in decided:
+            continue
+        decided.add(r.model_id)
+        if r.state in ("assigned", "updated"):
+            out[r.model_id] = (r.version, False, r.deployment_id)
+        elif r.previous is not None:
+            out[r.model_id] = (r.previous, r.state == "rolled_back", r.deployment_id)
+    return out
+
+
+def desired_versions(session: Session, device_id: int) -> dict[int, tuple[VersionRef, bool, int | None]]:
+    """model id → (version, allow_rollback, deployment id) for one device."""
+    return versions_from(device_rollouts(session, device_id))
+
+
+def stamp_changed(session: Session, device_ids: Iterable[int], now: float) -> None:
+    """Mark devices whose desired state may have changed, so their held heartbeats answer now."""
+    ids = sorted(set(device_ids))
+    for start in range(0, len(ids), 1000):
+        session.execute(update(Device).where(Device.id.in_(ids[start:start + 1000])).values(desired_at=now))
+
+
+def desired_state(session: Session, device_id: int, device_name: str, seq: int, interval_s: float,
+                  rollouts: list[DeviceRollout] | None = None) -> schemas.DesiredStateOut:
+    """The answer to a heartbeat; ``rollouts`` saves the query when the caller has just loaded them."""
+    if rollouts is None:
+        rollouts = device_rollouts(session, device_id)
     models = []
-    for version, allow_rollback, deployment_id in sorted(desired_versions(session, device_id).values(),
-                                                         key=lambda item: item[0].model.name):
+    for version, allow_rollback, deployment_id in sorted(versions_from(rollouts).values(),
+                                                         key=lambda item: item[0].model):
         models.append(schemas.DesiredModelOut(
-            name=version.model.name, version=version.version, package_id=version.package_id,
+            name=version.model, version=version.version, package_id=version.package_id,
             size_bytes=version.size_bytes, download_path=f"/api/v1/agent/packages/{version.package_id}",
             allow_rollback=allow_rollback, deployment_id=deployment_id))
     generation = hashlib.sha256(json.dumps([m.model_dump() for m in models], sort_keys=True).encode()).hexdigest()[:32]

@@ -13,9 +13,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import EdgemillError, RateLimitedError, StaleRequestError, VerificationError, status_for
+from .db import database_unavailable
 
 log = logging.getLogger("edgemill.server")
 
@@ -68,6 +70,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        return await _unexpected(request, exc)
+    # One line, no traceback: during an outage every request lands here.
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, cause)
+    return JSONResponse({"error": "ServiceUnavailable", "message": f"the database is unavailable: {cause}",
+                         "field": None, "value": None,
+                         "fix": "retry after the Retry-After delay; operators: check the database (GET /healthz)"},
+                        status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"error": "InternalError", "message": f"internal error: {type(exc).__name__}",
@@ -80,4 +97,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(EdgemillError, _edgemill_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -16,8 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("edgemill.server.http")
 
@@ -64,27 +63,43 @@ def fleet_gauges(state: Any) -> Callable[[], Iterable[Any]]:
     return collect
 
 
-def access_middleware(metrics: ServerMetrics) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+class AccessLog:
+    """Request ids, per-route Prometheus metrics and one structured log line per request, as plain
+    ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a copy of every response body,
+    which the heartbeat path cannot afford at fleet scale)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) \
+            or uuid.uuid4().hex[:16]
         status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers["X-Request-Id"] = request_id
-            return response
+            await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
-            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(elapsed)
-            if route not in ("/healthz", "/metrics"):
-                log.info("request", extra={"fields": {"request_id": request_id, "method": request.method,
-                                                      "route": route, "path": request.url.path, "status": status,
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            if route not in ("/healthz", "/metrics") and log.isEnabledFor(logging.INFO):
+                log.info("request", extra={"fields": {"request_id": request_id, "method": method, "route": route,
+                                                      "path": scope["path"], "status": status,
                                                       "ms": round(elapsed * 1e3, 2)}})
-
-    return middleware
 
 
 class JsonFormatter(logging.Formatter):

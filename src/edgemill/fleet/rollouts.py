@@ -12,8 +12,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .config import ServerConfig
-from .db.tables import Deployment, DeploymentDevice, DeploymentEvent, DeviceModel, MetricSample, ModelVersion
-from .desired import desired_versions
+from .db.tables import Deployment, DeploymentDevice, DeploymentEvent, Device, DeviceModel, MetricSample, ModelVersion
+from .desired import stamp_changed
 from .rollout import Decision, DeviceView, RolloutView, decide
 from .schemas import Strategy
 
@@ -37,27 +37,40 @@ def bump(session: Session, deployment: Deployment, now: float, **values: object)
 
 
 def device_views(session: Session, deployment: Deployment, now: float, config: ServerConfig) -> list[DeviceView]:
-    rows = session.scalars(select(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment.id)
-                           .order_by(DeploymentDevice.position)).all()
-    name, package = deployment.version.model.name, deployment.version.package_id
+    # Columns, not ORM objects: a tick over a 10,000-device deployment reads 10,000 small tuples.
+    rows = session.execute(
+        select(DeploymentDevice.id, DeploymentDevice.wave, DeploymentDevice.state, DeploymentDevice.updated_at,
+               DeploymentDevice.reason, Device.name, Device.last_seen_at)
+        .join(Device, Device.id == DeploymentDevice.device_id)
+        .where(DeploymentDevice.deployment_id == deployment.id).order_by(DeploymentDevice.position)).all()
+    measured = _since_update(session, deployment)
     views = []
-    for dd in rows:
-        requests = errors = 0
-        p95 = None
-        if dd.state == "updated" and dd.updated_at is not None:
-            # Samples strictly after the update: the one that reported the swap also counts requests
-            # served by the old version.
-            requests, errors, p95 = session.execute(
-                select(func.coalesce(func.sum(MetricSample.requests), 0), func.coalesce(func.sum(MetricSample.errors), 0),
-                       func.max(MetricSample.p95_ms))
-                .where(MetricSample.device_id == dd.device_id, MetricSample.model_name == name,
-                       MetricSample.package_id == package, MetricSample.t > dd.updated_at)).one()
-        seen = dd.device.last_seen_at
-        views.append(DeviceView(name=dd.device.name, wave=dd.wave, state=dd.state,
+    for row_id, wave, state, updated_at, reason, name, seen in rows:
+        requests, errors, p95 = 0, 0, None
+        if state == "updated" and updated_at is not None:
+            requests, errors, p95 = measured.get(row_id, (0, 0, None))
+        views.append(DeviceView(name=name, wave=wave, state=state,
                                 online=seen is not None and now - seen <= config.offline_after_s,
-                                updated_at=dd.updated_at, requests=int(requests), errors=int(errors),
-                                p95_ms=None if p95 is None else float(p95), failure=dd.reason))
+                                updated_at=updated_at, requests=requests, errors=errors, p95_ms=p95, failure=reason))
     return views
+
+
+def _since_update(session: Session, deployment: Deployment) -> dict[int, tuple[int, int, float | None]]:
+    """Requests, errors and worst p95 of the deployment's version on each updated device, from the
+    samples strictly after its update (the one that reported the swap also counts requests served by
+    the old version): one grouped query for all devices, keyed by deployment-device row id. Rows with
+    no such sample are absent (read as 0, 0, None)."""
+    version = deployment.version
+    rows = session.execute(
+        select(DeploymentDevice.id, func.coalesce(func.sum(MetricSample.requests), 0),
+               func.coalesce(func.sum(MetricSample.errors), 0), func.max(MetricSample.p95_ms))
+        .join(MetricSample, MetricSample.device_id == DeploymentDevice.device_id)
+        .where(DeploymentDevice.deployment_id == deployment.id, DeploymentDevice.state == "updated",
+               DeploymentDevice.updated_at.is_not(None), MetricSample.model_name == version.model.name,
+               MetricSample.package_id == version.package_id, MetricSample.t > DeploymentDevice.updated_at)
+        .group_by(DeploymentDevice.id))
+    return {row_id: (int(requests), int(errors), None if p95 is None else float(p95))
+            for row_id, requests, errors, p95 in rows}
 
 
 def step(session: Session, deployment: Deployment, now: float, config: ServerConfig) -> Decision:
@@ -79,41 +92,78 @@ def step(session: Session, deployment: Deployment, now: float, config: ServerCon
 
 
 def assign(session: Session, deployment: Deployment, decision: Decision, now: float) -> None:
+    """Take the decision's devices into its wave: a constant number of statements, whatever its size."""
     wanted = set(decision.devices)
-    rows = [dd for dd in session.scalars(select(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment.id))
-            if dd.device.name in wanted and dd.state == "pending"]
+    rows = [dd for dd, name in session.execute(
+        select(DeploymentDevice, Device.name).join(Device, DeploymentDevice.device_id == Device.id)
+        .where(DeploymentDevice.deployment_id == deployment.id, DeploymentDevice.state == "pending"))
+        if name in wanted]
     bump(session, deployment, now, wave=decision.wave, wave_started_at=now, reason=decision.reason)
+    previous = previous_versions(session, [dd.device_id for dd in rows], deployment)
     for dd in rows:
-        dd.previous_version_id = _previous_version(session, dd.device_id, deployment)
+        dd.previous_version_id = previous.get(dd.device_id)
         dd.state, dd.wave, dd.assigned_at = "assigned", decision.wave, now
+    stamp_changed(session, (dd.device_id for dd in rows), now)
     label = "canary" if decision.wave == 0 else f"wave {decision.wave}"
+    names = sorted(wanted)
+    listed = ", ".join(names[:EVENT_NAMES]) + (f" and {len(names) - EVENT_NAMES} more" if len(names) > EVENT_NAMES else "")
     event(session, deployment.id, now, "wave_started",
-          f"{label}: {', '.join(sorted(wanted))}" + (f" ({decision.reason})" if decision.reason else ""))
-    log.info("deployment %d: %s assigned to %s", deployment.id, label, ", ".join(sorted(wanted)))
+          f"{label}: {listed}" + (f" ({decision.reason})" if decision.reason else ""))
+    log.info("deployment %d: %s assigned to %d device(s): %s", deployment.id, label, len(names), listed)
 
 
-def _previous_version(session: Session, device_id: int, deployment: Deployment) -> int | None:
-    """What a rollback returns the device to: what the control plane told it to run, else the
-    registered version it reports running (placed by hand, or before it joined the fleet)."""
-    before = desired_versions(session, device_id).get(deployment.model_id)
-    if before is not None:
-        return before[0].id
-    running = session.scalar(select(DeviceModel.package_id).where(DeviceModel.device_id == device_id,
-                                                                  DeviceModel.model_name == deployment.version.model.name))
-    if running is None:
-        return None
-    return session.scalar(select(ModelVersion.id).where(ModelVersion.model_id == deployment.model_id,
-                                                        ModelVersion.package_id == running).limit(1))
+EVENT_NAMES = 20  # devices named in a wave's event; the rest are counted
+
+
+def previous_versions(session: Session, device_ids: list[int], deployment: Deployment) -> dict[int, int]:
+    """What a rollback returns each device to: what the control plane last told it to run for this
+    model, else the registered version it reports running (placed by hand, or before it joined the
+    fleet). Devices with neither are absent."""
+    out: dict[int, int] = {}
+    decided: set[int] = set()
+    model_name = deployment.version.model.name
+    for start in range(0, len(device_ids), CHUNK):
+        chunk = device_ids[start:start + CHUNK]
+        told = session.execute(
+            select(DeploymentDevice.device_id, DeploymentDevice.state, DeploymentDevice.previous_version_id,
+                   Deployment.version_id)
+            .join(Deployment, DeploymentDevice.deployment_id == Deployment.id)
+            .where(DeploymentDevice.device_id.in_(chunk), Deployment.model_id == deployment.model_id,
+                   Deployment.id != deployment.id, DeploymentDevice.state != "pending")
+            .order_by(Deployment.id.desc()))
+        for device_id, state, previous_id, version_id in told:
+            if device_id in decided:
+                continue
+            decided.add(device_id)  # the newest deployment that took the device in decides
+            chosen = version_id if state in ("assigned", "updated") else previous_id
+            if chosen is not None:
+                out[device_id] = chosen
+        running = dict(session.execute(select(DeviceModel.device_id, DeviceModel.package_id)
+                                       .where(DeviceModel.device_id.in_([d for d in chunk if d not in out]),
+                                              DeviceModel.model_name == model_name)).all())
+        if running:
+            registered = dict(session.execute(select(ModelVersion.package_id, func.min(ModelVersion.id))
+                                              .where(ModelVersion.model_id == deployment.model_id,
+                                                     ModelVersion.package_id.in_(set(running.values())))
+                                              .group_by(ModelVersion.package_id)).all())
+            out.update({d: registered[p] for d, p in running.items() if p in registered})
+    return out
+
+
+CHUNK = 1000  # ids per IN (...) list
 
 
 def roll_back(session: Session, deployment: Deployment, now: float, reason: str, kind: str) -> int:
     """Send every device already given the version back to what it ran before; the rest never get it."""
     bump(session, deployment, now, state="rolled_back", reason=reason)
-    moved = 0
-    for dd in session.scalars(select(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment.id,
-                                                             DeploymentDevice.state.in_(("assigned", "updated", "failed")))):
-        dd.state = "rolled_back"
-        moved += 1
+    affected = session.scalars(select(DeploymentDevice.device_id).where(
+        DeploymentDevice.deployment_id == deployment.id,
+        DeploymentDevice.state.in_(("assigned", "updated", "failed")))).all()
+    session.execute(update(DeploymentDevice).where(DeploymentDevice.deployment_id == deployment.id,
+                                                   DeploymentDevice.state.in_(("assigned", "updated", "failed")))
+                    .values(state="rolled_back"))
+    stamp_changed(session, affected, now)
+    moved = len(affected)
     event(session, deployment.id, now, kind, f"{reason}; {moved} device(s) sent back to their previous version")
     log.warning("deployment %d rolled back: %s", deployment.id, reason)
     return moved

@@ -222,6 +222,10 @@ class RegisterIn(_Body):
     token: str = Field(min_length=8, max_length=256)
     device: str = Name
     tags: dict[str, str] = {}
+    # The credential the device chose and stored before asking (at least 32 random bytes, URL-safe).
+    # It makes registration safe to retry: a device that lost the answer (killed, cut off) sends the
+    # same request again and is told it is registered. Without it the server picks one.
+    credential: str | None = Field(None, min_length=47, max_length=256, pattern=r"^emd_[A-Za-z0-9_-]{43,}$")
 
 
 class RegisterOut(BaseModel):

@@ -16,6 +16,7 @@ from fastapi import Request
 from ..package import PublicKey
 from .config import ServerConfig
 from .db import Database
+from .longpoll import DesiredWatch
 from .store import ServerStore
 
 
@@ -27,10 +28,13 @@ class ServerState:
     trusted_keys: list[PublicKey]
     clock: Callable[[], float] = time.time
     downloads: threading.BoundedSemaphore = field(init=False)  # this replica's download limiter
+    watch: DesiredWatch = field(init=False)  # wakes held heartbeats (one query per check, not per heartbeat)
     metrics: Any = None
+    retention_due_at: float = 0.0  # when this replica next runs the retention jobs (the first tick does)
 
     def __post_init__(self) -> None:
         self.downloads = threading.BoundedSemaphore(self.config.max_concurrent_downloads)
+        self.watch = DesiredWatch(self.db, self.clock, self.config.long_poll_check_s)
 
 
 def server_state(request: Request) -> ServerState:

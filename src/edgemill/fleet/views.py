@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, case, cast, exists, func, literal, select
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.orm import Session
 
 from . import schemas
@@ -25,9 +28,53 @@ def device_status(device: Device, now: float, config: ServerConfig) -> str:
     return "degraded" if device.agent.get("problems") else "online"
 
 
+def dialect_of(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def has_problems_sql(dialect: str) -> ColumnElement[bool]:
+    """SQL for the truth of ``device.agent.get("problems")``: a non-empty list (heartbeats write a list)."""
+    if dialect == "postgresql":
+        problems = cast(Device.agent, PG_JSON)["problems"]
+        return case((func.json_typeof(problems) == "array", func.json_array_length(problems)), else_=0) > 0
+    return func.coalesce(func.json_array_length(Device.agent, "$.problems"), 0) > 0
+
+
+def device_status_sql(dialect: str, now: float, config: ServerConfig) -> ColumnElement[str]:
+    """:func:`device_status` as a SQL expression over ``devices``, the same tests in the same order
+    (and the same float arithmetic), so the database can filter and count by status."""
+    return case((Device.last_seen_at.is_(None), "never_seen"),
+                (literal(now) - Device.last_seen_at > config.offline_after_s, "offline"),
+                (has_problems_sql(dialect), "degraded"), else_="online")
+
+
+def device_tag_sql(dialect: str, key: str, value: str) -> ColumnElement[bool]:
+    """SQL for ``device.tags.get(key) == value``. The key is a bound value, never part of a JSON path,
+    so any key (quotes, dots, ``$``) is matched as written."""
+    if dialect == "postgresql":
+        return cast(Device.tags, PG_JSON)[key].astext == value
+    pairs = func.json_each(Device.tags).table_valued("key", "value", "type").alias("tag")
+    return exists(select(1).select_from(pairs).where(
+        and_(pairs.c.key == key, pairs.c.type == "text", pairs.c.value == value)))
+
+
 def device_out(session: Session, device: Device, now: float, config: ServerConfig) -> schemas.DeviceOut:
-    models = session.scalars(select(DeviceModel).where(DeviceModel.device_id == device.id)
-                             .order_by(DeviceModel.model_name)).all()
+    return devices_out(session, [device], now, config)[0]
+
+
+def devices_out(session: Session, devices: Sequence[Device], now: float, config: ServerConfig) -> list[schemas.DeviceOut]:
+    """Many devices in one read of their models (a query per device does not hold 10,000 devices).
+    Callers pass at most a page of devices (list_devices caps it at 5,000, under both databases'
+    bound-parameter limits)."""
+    models: dict[int, list[DeviceModel]] = defaultdict(list)
+    if devices:
+        for m in session.scalars(select(DeviceModel).where(DeviceModel.device_id.in_([d.id for d in devices]))
+                                 .order_by(DeviceModel.device_id, DeviceModel.model_name)):
+            models[m.device_id].append(m)
+    return [_device_out(d, models[d.id], now, config) for d in devices]
+
+
+def _device_out(device: Device, models: list[DeviceModel], now: float, config: ServerConfig) -> schemas.DeviceOut:
     agent = {k: v for k, v in device.agent.items() if k != "problems"}
     return schemas.DeviceOut(
         name=device.name, fleet=device.fleet.name, tags=device.tags or {}, status=device_status(device, now, config),  # type: ignore[arg-type]
@@ -53,6 +100,8 @@ def version_out(v: ModelVersion) -> schemas.VersionOut:
 
 
 def deployment_out(session: Session, d: Deployment, detail: bool = True) -> schemas.DeploymentOut:
+    if not detail:
+        return deployment_summaries(session, [d])[0]
     rows = session.scalars(select(DeploymentDevice).where(DeploymentDevice.deployment_id == d.id)
                            .order_by(DeploymentDevice.position)).all()
     versions = {v.id: v.version for v in session.scalars(select(ModelVersion).where(
@@ -61,22 +110,52 @@ def deployment_out(session: Session, d: Deployment, detail: bool = True) -> sche
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     events = session.scalars(select(DeploymentEvent).where(DeploymentEvent.deployment_id == d.id)
-                             .order_by(DeploymentEvent.id)).all() if detail else []
+                             .order_by(DeploymentEvent.id)).all()
+    return _deployment_out(d, counts, [schemas.DeploymentDeviceOut(
+        device=r.device.name, wave=r.wave, state=r.state,  # type: ignore[arg-type]
+        previous_version=versions.get(r.previous_version_id) if r.previous_version_id else None,
+        updated_at=ts(r.updated_at), reason=r.reason) for r in rows],  # type: ignore[arg-type]
+        [schemas.DeploymentEventOut(at=ts(e.at), kind=e.kind, message=e.message) for e in events])  # type: ignore[arg-type]
+
+
+def deployment_summaries(session: Session, deployments: Sequence[Deployment]) -> list[schemas.DeploymentOut]:
+    """Deployments with their device counts by state and no per-device rows or events: one grouped
+    query for all of them, whatever the number of devices."""
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    if deployments:
+        for deployment_id, state, n in session.execute(
+                select(DeploymentDevice.deployment_id, DeploymentDevice.state, func.count())
+                .where(DeploymentDevice.deployment_id.in_([d.id for d in deployments]))
+                .group_by(DeploymentDevice.deployment_id, DeploymentDevice.state)
+                .order_by(DeploymentDevice.deployment_id, DeploymentDevice.state)):
+            counts[deployment_id][state] = int(n)
+    return [_deployment_out(d, counts[d.id], [], []) for d in deployments]
+
+
+def _deployment_out(d: Deployment, counts: dict[str, int], devices: list[schemas.DeploymentDeviceOut],
+                    events: list[schemas.DeploymentEventOut]) -> schemas.DeploymentOut:
     return schemas.DeploymentOut(
         id=d.id, model=d.version.model.name, version=d.version.version, fleet=d.fleet.name, tags=d.tags or {},
         strategy=schemas.Strategy.model_validate(d.strategy), state=d.state,  # type: ignore[arg-type]
         wave=d.wave, waves=d.waves, reason=d.reason, created_at=ts(d.created_at), updated_at=ts(d.updated_at),  # type: ignore[arg-type]
-        counts=counts,
-        devices=[schemas.DeploymentDeviceOut(
-            device=r.device.name, wave=r.wave, state=r.state,  # type: ignore[arg-type]
-            previous_version=versions.get(r.previous_version_id) if r.previous_version_id else None,
-            updated_at=ts(r.updated_at), reason=r.reason) for r in rows] if detail else [],
-        events=[schemas.DeploymentEventOut(at=ts(e.at), kind=e.kind, message=e.message) for e in events])  # type: ignore[arg-type]
+        counts=counts, devices=devices, events=events)
 
 
 def alert_out(session: Session, a: Alert) -> schemas.AlertOut:
-    deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.alert_id == a.id)
-                                 .order_by(WebhookDelivery.id)).all()
+    return alerts_out(session, [a])[0]
+
+
+def alerts_out(session: Session, alerts: Sequence[Alert]) -> list[schemas.AlertOut]:
+    """Alerts with their webhook delivery summaries, read in one query for all of them."""
+    deliveries: dict[int, list[WebhookDelivery]] = defaultdict(list)
+    if alerts:
+        for w in session.scalars(select(WebhookDelivery).where(WebhookDelivery.alert_id.in_([a.id for a in alerts]))
+                                 .order_by(WebhookDelivery.id)):
+            deliveries[w.alert_id].append(w)
+    return [_alert_out(a, deliveries[a.id]) for a in alerts]
+
+
+def _alert_out(a: Alert, deliveries: list[WebhookDelivery]) -> schemas.AlertOut:
     webhook: dict[str, Any] = {"deliveries": len(deliveries),
                                "delivered": sum(1 for w in deliveries if w.delivered_at is not None),
                                "attempts": sum(w.attempts for w in deliveries),

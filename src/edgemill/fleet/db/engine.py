@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,7 +54,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 16) -> Engine:
     try:
         if url.startswith("sqlite"):
             path = url.split(":///", 1)[1] if ":///" in url else ""
@@ -62,7 +63,9 @@ def make_engine(url: str) -> Engine:
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # The request threads are capped at pool_size (app.py), so connections are reused rather than
+        # opened and closed per request; the overflow covers the background tick and the long-poll watcher.
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max(4, pool_size // 2))
     except (ArgumentError, ValueError) as exc:
         raise ConfigError("cannot parse the database URL", value=url,
                           expected="sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB",
@@ -84,8 +87,8 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def open_database(url: str, migrate: bool = True) -> Database:
-    engine = make_engine(url)
+def open_database(url: str, migrate: bool = True, pool_size: int = 16) -> Database:
+    engine = make_engine(url, pool_size)
     try:
         if migrate:
             upgrade(engine)
@@ -96,3 +99,12 @@ def open_database(url: str, migrate: bool = True) -> Database:
         raise ConfigError("cannot open the database", value=url, expected=str(exc.orig).strip()[:200],
                           fix="check the URL, that the server is running and the user may connect") from None
     return Database(engine)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """True for a database that cannot be reached or refused for a moment (connection refused or
+    dropped, no pooled connection free in time, SQLite busy): worth retrying, unlike a broken constraint."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return True
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated)

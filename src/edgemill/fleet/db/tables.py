@@ -53,6 +53,12 @@ class Device(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=-1)
     # The last heartbeat's summary: memory, capture queue, agent version, failures (what it reported).
     agent: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Stamped (server clock) whenever what this device should run may have changed: held heartbeats
+    # are woken by one query per replica over this column, not one query each.
+    desired_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # model name → [requests, errors]: the agent's cumulative counters at the last heartbeat, so the
+    # next heartbeat's deltas need no read of the samples table.
+    metric_totals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fleet: Mapped[Fleet] = relationship(lazy="joined")
 
 
@@ -159,6 +165,36 @@ class MetricSample(Base):
     p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MetricRollup(Base):
+    """Samples older than the raw retention, folded into one row per device, model and hour (by default):
+    sums of requests and errors, request-weighted p50, worst p95/p99."""
+
+    __tablename__ = "metric_rollups"
+    __table_args__ = (Index("ix_metric_rollups_t", "t"), Index("ix_metric_rollups_device_t", "device_id", "t"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    package_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    t: Mapped[float] = mapped_column(Float)  # start of the bucket
+    span_s: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RetentionMark(Base):
+    """How far a retention job has got (``metric_rollups``: samples before ``watermark`` are folded).
+    Moving the mark is a conditional UPDATE in the job's own transaction, so of two replicas running
+    the job at once exactly one folds each span."""
+
+    __tablename__ = "retention_marks"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[float] = mapped_column(Float)
 
 
 class Capture(Base):

@@ -4,6 +4,8 @@ state (long poll), package download, capture upload. A device credential reaches
 from __future__ import annotations
 
 import asyncio
+import hmac
+import logging
 import time
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,20 +13,22 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
-from ...agent.capture.record import CaptureFormatError, object_key, read_header
+from ...agent.capture.record import CaptureFormatError, check_capture_id, object_key, read_header
 from ...errors import (AuthenticationError, ConflictError, NotFoundError, PayloadTooLargeError,
                        PermissionDeniedError, RateLimitedError, UserError)
 from .. import schemas
-from ..auth import digest, new_secret, require_device
-from ..db.tables import Capture, Device, RegistrationToken
+from ..auth import device_secret, digest, new_secret, require_device
+from ..db.tables import Capture, Device, Fleet, RegistrationToken
 from ..desired import desired_state, desired_versions, needs_action
 from ..heartbeats import ingest
 from ..state import ServerState, server_state
 from ..views import ts
 from .common import checked_tags
 
+log = logging.getLogger("edgemill.server")
 router = APIRouter(prefix="/api/v1/agent", tags=["agent"])
 ERRORS = {401: {"model": schemas.ErrorOut}, 403: {"model": schemas.ErrorOut}, 409: {"model": schemas.ErrorOut}}
 
@@ -34,9 +38,13 @@ def register(body: schemas.RegisterIn, request: Request) -> schemas.RegisterOut:
     """Trade a registration token for this device's own credential (shown once, stored hashed)."""
     state = server_state(request)
     now = state.clock()
-    credential = new_secret("emd")
+    credential = body.credential or new_secret("emd")
     try:
         with state.db.session() as session:
+            if body.credential is not None:
+                again = _registered_already(session, body)
+                if again is not None:
+                    return again
             token = session.scalar(select(RegistrationToken).where(RegistrationToken.token_hash == digest(body.token)))
             if token is None or token.expires_at <= now or token.uses_left <= 0:
                 why = "unknown" if token is None else ("expired" if token.expires_at <= now else "already used")
@@ -61,14 +69,32 @@ def register(body: schemas.RegisterIn, request: Request) -> schemas.RegisterOut:
     return schemas.RegisterOut(device=body.device, fleet=fleet_name, credential=credential)
 
 
-def _heartbeat_once(state: ServerState, device_id: int, body: schemas.HeartbeatIn) -> tuple[schemas.DesiredStateOut, bool]:
+def _registered_already(session: Session, body: schemas.RegisterIn) -> schemas.RegisterOut | None:
+    """The answer to a registration retried after its answer was lost: same name, same device-chosen
+    credential (knowing it already proves to be that device), and a token of the device's fleet, spent
+    or not. Anything else goes through the normal checks."""
+    row = session.execute(select(Device.credential_hash, Device.fleet_id).where(Device.name == body.device)).first()
+    if row is None or not hmac.compare_digest(row[0], digest(body.credential or "")):
+        return None
+    token_fleet = session.scalar(select(RegistrationToken.fleet_id).where(RegistrationToken.token_hash == digest(body.token)))
+    if token_fleet != row[1]:
+        return None
+    fleet_name = session.scalar(select(Fleet.name).where(Fleet.id == row[1]))
+    log.info("device %s registered again with its own credential (a retried registration)", body.device)
+    return schemas.RegisterOut(device=body.device, fleet=str(fleet_name), credential=body.credential or "")
+
+
+def _heartbeat_once(state: ServerState, secret: str,
+                    body: schemas.HeartbeatIn) -> tuple[int, schemas.DesiredStateOut, bool, float]:
+    """Authenticate, record and answer in one transaction (the hot path: one connection, one thread hop)."""
     now = state.clock()
     with state.db.session() as session:
-        device = ingest(session, device_id, body, now, state.config)
-        desired = desired_state(session, device_id, device.name, body.seq, state.config.heartbeat_interval_s)
+        got = ingest(session, secret, body, now, state.config)
+        desired = desired_state(session, got.device_id, got.device_name, body.seq, state.config.heartbeat_interval_s,
+                                got.rollouts)
     reported = {m.name: m.package_id for m in body.models}
     failed = {(f.model, f.package_id) for f in body.failures}
-    return desired, needs_action(desired, reported, failed)
+    return got.device_id, desired, needs_action(desired, reported, failed), now
 
 
 def _desired_now(state: ServerState, device_id: int, name: str, seq: int) -> schemas.DesiredStateOut:
@@ -76,26 +102,42 @@ def _desired_now(state: ServerState, device_id: int, name: str, seq: int) -> sch
         return desired_state(session, device_id, name, seq, state.config.heartbeat_interval_s)
 
 
+HELD_HEADER = "X-Edgemill-Held-Ms"  # how long the answer was held in the long poll (load tests subtract it)
+DISCONNECT_CHECK_S = 5.0  # how often a held heartbeat looks whether its client has gone
+
+
 @router.post("/heartbeat", response_model=schemas.DesiredStateOut, responses=ERRORS)
-async def heartbeat(body: schemas.HeartbeatIn, request: Request,
+async def heartbeat(body: schemas.HeartbeatIn, request: Request, response: Response,
                     wait_s: float = Query(0, ge=0, le=300, description="Long poll: hold the answer up to this long "
                                           "(capped by the server) unless the desired state changes"),
-                    device_id: int = Depends(require_device)) -> schemas.DesiredStateOut:
+                    secret: str = Depends(device_secret)) -> schemas.DesiredStateOut:
     """Report status, loaded models, metrics and apply failures; get the desired state back. Answers at
     once when the device has something to do, otherwise when the desired state changes or the wait ends."""
     state = server_state(request)
-    desired, act = await run_in_threadpool(_heartbeat_once, state, device_id, body)
+    device_id, desired, act, answered_at = await run_in_threadpool(_heartbeat_once, state, secret, body)
     wait = min(wait_s, state.config.long_poll_max_s)
     if act or wait <= 0:
+        response.headers[HELD_HEADER] = "0"
         return desired
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        await asyncio.sleep(min(state.config.long_poll_check_s, max(0.0, deadline - time.monotonic())))
-        if await request.is_disconnected():
-            break
-        now = await run_in_threadpool(_desired_now, state, device_id, body.device, body.seq)
-        if now.generation != desired.generation:
-            return now
+    held_from = time.monotonic()
+    deadline = held_from + wait
+    event = state.watch.hold(device_id, answered_at)
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(event.wait(), timeout=min(left, DISCONNECT_CHECK_S))
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    break
+                continue
+            event.clear()
+            now = await run_in_threadpool(_desired_now, state, device_id, body.device, body.seq)
+            if now.generation != desired.generation:
+                desired = now
+                break
+    finally:
+        state.watch.release(device_id, event)
+    response.headers[HELD_HEADER] = f"{(time.monotonic() - held_from) * 1000:.1f}"
     return desired
 
 
@@ -111,7 +153,7 @@ def download_package(package_id: str, request: Request, device_id: int = Depends
         if not versions:
             raise NotFoundError("this device is not told to run that package", value=package_id, field="package_id",
                                 fix="download only packages listed in the heartbeat's desired state")
-        key, name = versions[0].store_key, f"{versions[0].model.name}-{versions[0].version}.emp"
+        key, name = versions[0].store_key, f"{versions[0].model}-{versions[0].version}.emp"
     if state.config.presign_downloads:
         url = state.store.presigned_get(key, state.config.presign_expiry_s)
         if url is not None:
@@ -150,8 +192,16 @@ async def put_capture(capture_id: str, request: Request, response: Response,
     return await run_in_threadpool(_store_capture, state, device_id, capture_id, model, bytes(data), response)
 
 
+MAX_UNIX = 253_402_300_800  # 10000-01-01: time.gmtime's range on every platform we run on
+
+
 def _store_capture(state: ServerState, device_id: int, capture_id: str, model: str, data: bytes,
                    response: Response) -> schemas.CaptureOut:
+    try:
+        check_capture_id(capture_id)
+    except UserError as exc:
+        exc.field = "capture_id"
+        raise
     try:
         header = read_header(data)
     except CaptureFormatError as exc:
@@ -166,7 +216,12 @@ def _store_capture(state: ServerState, device_id: int, capture_id: str, model: s
             error = PermissionDeniedError if field == "device" else UserError
             raise error(f"the capture's {field} does not match the request", value=header.get(field), field=field,
                         expected=repr(expected), fix="upload each capture under its own id and model, from its own device")
-    key = "captures/" + object_key(device_name, model, float(header["created_unix"]), capture_id)
+    created = header.get("created_unix")
+    if isinstance(created, bool) or not isinstance(created, (int, float)) or not 0 <= created < MAX_UNIX:
+        raise UserError("the capture's created_unix is not a time", value=created, field="created_unix",
+                        expected="seconds since 1970, before the year 10000",
+                        fix="send the .emc bytes the agent wrote, unchanged")
+    key = "captures/" + object_key(device_name, model, float(created), capture_id)
     now = state.clock()
     with state.db.session() as session:
         existing = session.scalar(select(Capture).where(Capture.device_id == device_id, Capture.capture_id == capture_id))

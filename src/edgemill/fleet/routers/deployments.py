@@ -15,7 +15,7 @@ from ..auth import require_operator
 from ..db.tables import Deployment, DeploymentDevice, Device
 from ..rollout import wave_sizes
 from ..rollouts import LostRace, bump, event, roll_back, step
-from ..state import server_state
+from ..state import ServerState, server_state
 from ..views import deployment_out
 from .common import get_deployment, get_fleet, get_version
 
@@ -30,6 +30,21 @@ def create_deployment(body: schemas.DeploymentIn, request: Request, operator: st
     wave first, then batches, each baked and checked against the health gates; a failing gate rolls
     the updated devices back automatically."""
     state = server_state(request)
+    # Superseding an active deployment races the reconciler's tick (on any replica) for that row's rev;
+    # a lost race rolls the whole transaction back, so trying again from the top is safe.
+    for _ in range(RETRIES):
+        try:
+            return _create(state, body, operator)
+        except LostRace:
+            continue
+    raise ConflictError("the fleet's deployments kept changing while this request ran", value=body.fleet, field="fleet",
+                        fix="retry the request")
+
+
+RETRIES = 5
+
+
+def _create(state: ServerState, body: schemas.DeploymentIn, operator: str) -> schemas.DeploymentOut:
     now = state.clock()
     with state.db.session() as session:
         version = get_version(session, body.model, body.version)

@@ -13,7 +13,7 @@ from .. import schemas
 from ..auth import digest, new_secret, require_operator
 from ..db.tables import Device, Fleet, RegistrationToken
 from ..state import server_state
-from ..views import device_out, device_status, ts
+from ..views import count, device_out, device_status, device_status_sql, device_tag_sql, devices_out, dialect_of, ts
 from .common import checked_tags, get_device, get_fleet, name_taken
 
 router = APIRouter(prefix="/api/v1", tags=["fleets"])
@@ -71,11 +71,21 @@ def create_token(name: str, body: schemas.TokenIn, request: Request, _: str = De
                             uses=body.uses)
 
 
-@router.get("/devices", response_model=list[schemas.DeviceOut])
-def list_devices(request: Request, fleet: str | None = None,
+DEVICE_PAGE_DEFAULT = 500
+DEVICE_PAGE_MAX = 5000
+TOTAL_HEADER = "X-Total-Count"
+
+
+@router.get("/devices", response_model=list[schemas.DeviceOut], responses={200: {"headers": {TOTAL_HEADER: {
+    "description": "How many devices match the filters (all pages)", "schema": {"type": "integer"}}}}})
+def list_devices(request: Request, response: Response, fleet: str | None = None,
                  status: schemas.DeviceStatus | None = None,
                  tag: list[str] = Query(default=[], description="KEY=VALUE; repeat to require several tags"),
+                 limit: int = Query(DEVICE_PAGE_DEFAULT, ge=1, le=DEVICE_PAGE_MAX, description="devices per page"),
+                 offset: int = Query(0, ge=0, le=2**31 - 1, description="devices to skip (by name order)"),
                  _: str = Depends(require_operator)) -> list[schemas.DeviceOut]:
+    """Devices by name, one page at a time; the X-Total-Count header says how many match in all.
+    Filters and paging run in the database: a request reads one page, whatever the fleet's size."""
     state = server_state(request)
     wanted: dict[str, str] = {}
     for item in tag:
@@ -85,17 +95,15 @@ def list_devices(request: Request, fleet: str | None = None,
         wanted[key] = value
     now = state.clock()
     with state.db.session() as session:
-        stmt = select(Device).order_by(Device.name)
+        dialect = dialect_of(session)
+        where = [device_tag_sql(dialect, k, v) for k, v in wanted.items()]
         if fleet is not None:
-            stmt = stmt.where(Device.fleet_id == get_fleet(session, fleet).id)
-        out = []
-        for d in session.scalars(stmt):
-            if any((d.tags or {}).get(k) != v for k, v in wanted.items()):
-                continue
-            if status is not None and device_status(d, now, state.config) != status:
-                continue
-            out.append(device_out(session, d, now, state.config))
-        return out
+            where.append(Device.fleet_id == get_fleet(session, fleet).id)
+        if status is not None:
+            where.append(device_status_sql(dialect, now, state.config) == status)
+        response.headers[TOTAL_HEADER] = str(count(session, select(Device.id).where(*where)))
+        page = session.scalars(select(Device).where(*where).order_by(Device.name).limit(limit).offset(offset)).all()
+        return devices_out(session, page, now, state.config)
 
 
 @router.get("/devices/{name}", response_model=schemas.DeviceOut)

@@ -3,53 +3,71 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from .. import schemas
 from ..auth import require_operator
-from ..db.tables import Alert, Capture, Deployment, Device, Fleet, MetricSample, Model, ModelVersion
+from ..db.tables import Alert, Capture, Deployment, Device, Fleet, MetricRollup, MetricSample, Model, ModelVersion
 from ..state import server_state
-from ..views import alert_out, count, deployment_out, device_out, device_status
+from ..views import alerts_out, count, deployment_summaries, device_status_sql, devices_out, dialect_of
 from .common import get_device
 
 router = APIRouter(prefix="/api/v1", tags=["dashboard"])
 PROBLEM_WINDOW_S = 600.0
+PROBLEM_DEVICES_SHOWN = 100  # the rest: GET /devices?status=degraded or offline
 
 
 @router.get("/overview", response_model=schemas.OverviewOut)
 def overview(request: Request, _: str = Depends(require_operator)) -> schemas.OverviewOut:
+    """The fleet at a glance, counted and summed by the database whatever the fleet's size.
+    `problem_devices` holds the first 100 degraded or offline devices by name (`devices.degraded` +
+    `devices.offline` say how many there are; GET /api/v1/devices?status=... lists them all), and
+    `active_deployments` carry their device counts by state, not per-device rows or events
+    (GET /api/v1/deployments/{id} has those)."""
     state = server_state(request)
     now = state.clock()
     config = state.config
     with state.db.session() as session:
-        devices = session.scalars(select(Device).order_by(Device.name)).all()
-        statuses = {d.id: device_status(d, now, config) for d in devices}
-        counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("online", "offline", "degraded", "never_seen")}
-        problem_devices = [device_out(session, d, now, config) for d in devices if statuses[d.id] in ("degraded", "offline")]
-        totals: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0])
-        for s in session.scalars(select(MetricSample).where(MetricSample.t > now - PROBLEM_WINDOW_S)):
-            entry = totals[s.model_name]
-            entry[0] += s.requests
-            entry[1] += s.errors
-            entry[2] = max(entry[2], s.p95_ms or 0.0)
-        problem_models = []
-        for name, (requests, errors, p95) in sorted(totals.items()):
-            rate = errors / requests if requests else None
-            if rate is not None and rate > config.degraded_error_rate:
-                problem_models.append({"name": name, "error_rate": rate, "p95_ms": p95, "requests": requests,
-                                       "reason": f"error rate {rate:.1%} over {int(requests)} requests in the last "
-                                                 f"{PROBLEM_WINDOW_S / 60:.0f} min"})
+        status = device_status_sql(dialect_of(session), now, config)
+        by_status = select(status.label("status")).subquery()
+        counts = {s: 0 for s in ("online", "offline", "degraded", "never_seen")}
+        counts.update({s: int(n) for s, n in session.execute(
+            select(by_status.c.status, func.count()).group_by(by_status.c.status))})
+        problem_devices = devices_out(session, session.scalars(
+            select(Device).where(status.in_(("degraded", "offline"))).order_by(Device.name)
+            .limit(PROBLEM_DEVICES_SHOWN)).all(), now, config)
+        problem_models = _problem_models(session, now, config.degraded_error_rate)
         active = session.scalars(select(Deployment).where(Deployment.state.in_(("rolling", "paused")))
                                  .order_by(Deployment.id.desc())).all()
         firing = session.scalars(select(Alert).where(Alert.state == "firing").order_by(Alert.started_at.desc())).all()
         return schemas.OverviewOut(
-            devices={"total": len(devices), **counts}, fleets=count(session, select(Fleet.id)),
+            devices={"total": sum(counts.values()), **counts}, fleets=count(session, select(Fleet.id)),
             models=count(session, select(Model.id)), versions=count(session, select(ModelVersion.id)),
             problem_devices=problem_devices, problem_models=problem_models,
-            active_deployments=[deployment_out(session, d) for d in active],
-            firing_alerts=[alert_out(session, a) for a in firing], captures=count(session, select(Capture.id)))
+            active_deployments=deployment_summaries(session, active),
+            firing_alerts=alerts_out(session, firing), captures=count(session, select(Capture.id)))
+
+
+def _problem_models(session: Session, now: float, max_error_rate: float) -> list[dict[str, Any]]:
+    """Models whose fleet-wide error rate over the last PROBLEM_WINDOW_S is above the limit, with the
+    worst device's p95 (0 when none was reported): one grouped query over the window's samples."""
+    rows = session.execute(
+        select(MetricSample.model_name, func.coalesce(func.sum(MetricSample.requests), 0),
+               func.coalesce(func.sum(MetricSample.errors), 0), func.max(MetricSample.p95_ms))
+        .where(MetricSample.t > now - PROBLEM_WINDOW_S).group_by(MetricSample.model_name))
+    out = []
+    for name, requests, errors, p95 in sorted(rows, key=lambda r: r[0]):
+        requests, errors = int(requests), int(errors)
+        rate = errors / requests if requests else None
+        if rate is not None and rate > max_error_rate:
+            out.append({"name": name, "error_rate": rate, "p95_ms": max(0.0, float(p95 or 0.0)), "requests": requests,
+                        "reason": f"error rate {rate:.1%} over {requests} requests in the last "
+                                  f"{PROBLEM_WINDOW_S / 60:.0f} min"})
+    return out
 
 
 @router.get("/metrics/series", response_model=list[schemas.SeriesOut])
@@ -65,17 +83,25 @@ def series(request: Request, model: str | None = None, device: str | None = None
     start = now - since_s
     width = since_s / buckets
     with state.db.session() as session:
+        # Recent heartbeats' samples, and the hourly rollups that older samples were folded into
+        # (retention.py); the two never cover the same time. A rollup counts at its span's middle.
         stmt = select(MetricSample).where(MetricSample.t > start).order_by(MetricSample.t)
+        rollups = select(MetricRollup).where(MetricRollup.t + MetricRollup.span_s > start).order_by(MetricRollup.t)
         prefix = ""
         if device is not None:
-            stmt = stmt.where(MetricSample.device_id == get_device(session, device).id)
+            device_id = get_device(session, device).id
+            stmt = stmt.where(MetricSample.device_id == device_id)
+            rollups = rollups.where(MetricRollup.device_id == device_id)
             prefix = f"device/{device}/"
         if model is not None:
             stmt = stmt.where(MetricSample.model_name == model)
-        grouped: dict[str, dict[int, list[MetricSample]]] = defaultdict(lambda: defaultdict(list))
-        for s in session.scalars(stmt):
-            index = min(buckets - 1, int((s.t - start) // width))
-            grouped[f"{prefix}model/{s.model_name}"][index].append(s)
+            rollups = rollups.where(MetricRollup.model_name == model)
+        grouped: dict[str, dict[int, list[MetricSample | MetricRollup]]] = defaultdict(lambda: defaultdict(list))
+        timed = [(max(start, r.t + r.span_s / 2), r) for r in session.scalars(rollups)]
+        timed += [(s.t, s) for s in session.scalars(stmt)]
+        for t, row in timed:
+            index = min(buckets - 1, int((t - start) // width))
+            grouped[f"{prefix}model/{row.model_name}"][index].append(row)
     out = []
     for key in sorted(grouped):
         points = []

@@ -20,7 +20,20 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body } = {}) {
+export async function api(path, options) {
+  const res = await request(path, options);
+  return res.status === 204 ? null : res.json();
+}
+
+/** A paged list: this page's items and how many match in all (the X-Total-Count header). */
+export async function apiPage(path) {
+  const res = await request(path);
+  const items = await res.json();
+  const total = Number.parseInt(res.headers.get("X-Total-Count") ?? "", 10);
+  return { items, total: Number.isNaN(total) ? items.length : total };
+}
+
+async function request(path, { method = "GET", body } = {}) {
   const headers = { Authorization: `Bearer ${session.key}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let res;
@@ -29,7 +42,7 @@ export async function api(path, { method = "GET", body } = {}) {
   } catch (e) {
     throw new ApiError(0, { message: `Cannot reach the control plane (${e.message}).` });
   }
-  if (res.ok) return res.status === 204 ? null : res.json();
+  if (res.ok) return res;
   let err = null;
   try { err = await res.json(); } catch { /* not JSON: fall back to the status line */ }
   if (!err || typeof err.message !== "string") {

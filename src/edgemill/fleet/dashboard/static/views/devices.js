@@ -1,21 +1,27 @@
 /* Devices: the list with filters, and one device with its models, agent report and charts. */
 
-import { chip, deviceLink, dl, enc, h, link, modelLink, plain, section, short, table, when } from "../lib/dom.js";
-import { api } from "../lib/api.js";
+import { chip, deviceLink, dl, enc, h, link, modelLink, num, plain, section, short, table, when } from "../lib/dom.js";
+import { api, apiPage } from "../lib/api.js";
 import { WINDOW, perSeriesCharts } from "../lib/charts.js";
 import { STATUSES, deviceTone, problemList } from "./common.js";
+
+const PAGE = 500;  // devices per page (the server's default; it allows up to 5,000)
 
 export async function viewDevices(route) {
   const fleet = route.query.get("fleet") || "";
   const status = route.query.get("status") || "";
+  const offset = Math.max(0, Number.parseInt(route.query.get("offset") || "0", 10) || 0);
   const q = new URLSearchParams();
   if (fleet) q.set("fleet", fleet);
   if (status) q.set("status", status);
-  const [devices, fleets] = await Promise.all([api(`/devices?${q}`), api("/fleets")]);
-  const go = (f, s) => {
+  q.set("limit", PAGE);
+  if (offset) q.set("offset", offset);
+  const [{ items: devices, total }, fleets] = await Promise.all([apiPage(`/devices?${q}`), api("/fleets")]);
+  const go = (f, s, from = 0) => {
     const p = new URLSearchParams();
     if (f) p.set("fleet", f);
     if (s) p.set("status", s);
+    if (from) p.set("offset", from);
     return `#devices${p.toString() ? `?${p}` : ""}`;
   };
 
@@ -37,8 +43,19 @@ export async function viewDevices(route) {
     h("td", {}, when(dev.last_seen_at)),
     h("td", { class: "small" }, dev.problems.length ? dev.problems.join("; ") : "")));
 
-  return h("div", {}, h("h1", {}, "Devices"), filters,
-    table(["Device", "Fleet", "Status", "Models", "Last seen", "Problems"], rows, "No devices match."));
+  return h("div", {}, h("h1", {}, "Devices"), filters, pager(offset, devices.length, total, (from) => go(fleet, status, from)),
+    table(["Device", "Fleet", "Status", "Models", "Last seen", "Problems"], rows,
+      offset && !devices.length ? "No devices on this page." : "No devices match."));
+}
+
+/** "Devices 501–1,000 of 10,000" with previous/next links; nothing when one page holds them all. */
+function pager(offset, shown, total, href) {
+  if (offset === 0 && shown >= total) return null;
+  const first = shown ? offset + 1 : offset;
+  return h("p", { class: "pager" },
+    h("span", { class: "pager-range" }, `Devices ${num(first)}–${num(offset + shown)} of ${num(total)}`),
+    offset > 0 ? link(href(Math.max(0, offset - PAGE)), "← previous", { rel: "prev" }) : null,
+    offset + shown < total ? link(href(offset + PAGE), "next →", { rel: "next" }) : null);
 }
 
 export async function viewDevice(route, ctx) {

@@ -1,6 +1,6 @@
 /* Overview: fleet health, what needs attention, rollouts, alerts, traffic. */
 
-import { axisMs, chip, deploymentLink, deviceLink, empty, h, metricValue, modelLink, ms, num, pct, section, when } from "../lib/dom.js";
+import { axisMs, chip, deploymentLink, deviceLink, empty, h, link, metricValue, modelLink, ms, num, pct, section, when } from "../lib/dom.js";
 import { api } from "../lib/api.js";
 import { WINDOW, align, chart, seriesLabel, trafficChart } from "../lib/charts.js";
 import { STATUSES, deviceTone, legend, problemList, rolloutProgress, stackedBar } from "./common.js";
@@ -29,9 +29,14 @@ export async function viewOverview(route, ctx) {
       m.p95_ms != null ? h("span", { class: "small" }, `p95 ${ms(m.p95_ms)}`) : null),
     m.reason ? h("p", { class: "small" }, m.reason) : null));
 
+  // The overview lists the first problem devices by name; the device list pages through the rest.
+  const moreDevices = d.degraded + d.offline > problemDevices.length
+    ? h("p", { class: "muted small more" }, `${num(problemDevices.length)} of ${num(d.degraded + d.offline)} shown · all `,
+      link("#devices?status=degraded", "degraded"), " · all ", link("#devices?status=offline", "offline"))
+    : null;
   const attention = section("Needs attention", h("div", { class: "cols" },
     h("div", {}, h("h3", {}, "Devices"),
-      problemDevices.length ? h("ul", { class: "items" }, problemDevices) : empty("All devices healthy.")),
+      problemDevices.length ? h("ul", { class: "items" }, problemDevices) : empty("All devices healthy."), moreDevices),
     h("div", {}, h("h3", {}, "Models"),
       problemModels.length ? h("ul", { class: "items" }, problemModels) : empty("All models healthy."))));
 
