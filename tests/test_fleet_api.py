@@ -9,6 +9,7 @@ import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,6 +238,39 @@ def test_a_registration_retried_with_the_devices_own_credential_is_recognised(se
                        json={"token": elsewhere, "device": "a1", "credential": chosen}).status_code == 409
     weak = server.post("/api/v1/agent/register", json={"token": fresh, "device": "a2", "credential": "emd_short"})
     assert weak.status_code == 422 and weak.json()["field"] == "credential"
+
+
+def test_a_held_heartbeat_answers_when_a_wave_takes_the_device_or_when_the_wait_ends(
+        server: TestClient, fleet_packages: dict[str, Path]) -> None:
+    import threading
+    import time
+
+    assert upload(server, fleet_packages["v1"]).status_code == 201
+    server.post("/api/v1/fleets", json={"name": "cams"})
+    device = Device(server, "cam-1", register(server, "cams", "cam-1"))
+    device.heartbeat()
+    # Nothing to do: held for the whole wait (the fixture caps it at long_poll_max_s = 2 s).
+    started = time.monotonic()
+    quiet = server.post("/api/v1/agent/heartbeat?wait_s=30", headers=device.headers, json={"device": "cam-1", "seq": 2})
+    assert quiet.status_code == 200 and quiet.json()["models"] == []
+    assert time.monotonic() - started >= 1.9 and float(quiet.headers["X-Edgemill-Held-Ms"]) >= 1900
+    # A wave that takes the device wakes the held heartbeat, which answers with the new desired state.
+    answer: dict[str, Any] = {}
+
+    def hold() -> None:
+        answer["r"] = server.post("/api/v1/agent/heartbeat?wait_s=30", headers=device.headers,
+                                  json={"device": "cam-1", "seq": 3})
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.3)
+    created = server.post("/api/v1/deployments", json={"model": "detector", "version": "1.0.0", "fleet": "cams",
+                                                       "strategy": {"canary_percent": 100}})
+    assert created.status_code == 201, created.text
+    holder.join(10)
+    woken = answer["r"]
+    assert woken.status_code == 200 and [m["version"] for m in woken.json()["models"]] == ["1.0.0"]
+    assert 200 <= float(woken.headers["X-Edgemill-Held-Ms"]) < 1500  # woken, not timed out
 
 
 def test_stale_and_replayed_heartbeats_are_refused_with_the_last_sequence(server: TestClient) -> None:

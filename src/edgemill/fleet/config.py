@@ -21,6 +21,8 @@ class ServerConfig(BaseModel):
     max_capture_mb: float = Field(64, gt=0)
     db_pool_size: int = Field(16, ge=1, le=512)  # database connections per replica = request worker threads
     max_concurrent_downloads: int = Field(32, ge=1)  # per replica; beyond it agents get 429 + Retry-After
+    package_cache_mb: float = Field(256, ge=0)  # per replica: packages served from memory (0: off)
+    package_cache_item_mb: float = Field(64, ge=0)  # larger packages stream from the store under the limiter
     long_poll_max_s: float = Field(30, ge=0, le=300)
     long_poll_check_s: float = Field(0.5, gt=0, le=30)  # how often a held heartbeat re-reads its desired state
     heartbeat_interval_s: float = Field(30, gt=0)  # told to agents

@@ -7,6 +7,7 @@ conditional UPDATE, so two copies of one heartbeat arriving at two replicas at o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,11 @@ from .desired import DeviceRollout, device_rollouts
 DEGRADED_MIN_REQUESTS = 10  # fewer requests in one heartbeat say too little about an error rate
 
 # The hot path's statements, built once and run on the session's connection (no ORM objects).
-_DEVICE_BY_CREDENTIAL = select(Device.id, Device.name, Device.metric_totals).where(
+_DEVICE_BY_CREDENTIAL = select(Device.id, Device.name, Device.metric_totals, Device.models_digest).where(
     Device.credential_hash == bindparam("hash"))
 _RECORD_HEARTBEAT = (update(Device).where(Device.id == bindparam("device_id"), Device.last_seq < bindparam("seq"))
                      .values(last_seq=bindparam("seq"), last_seen_at=bindparam("now"),
-                             agent=bindparam("agent", type_=Device.agent.type),
+                             models_digest=bindparam("models_digest"), agent=bindparam("agent", type_=Device.agent.type),
                              metric_totals=bindparam("totals", type_=Device.metric_totals.type)))
 _DEVICE_MODELS = select(DeviceModel.id, DeviceModel.model_name, DeviceModel.package_id).where(
     DeviceModel.device_id == bindparam("device_id"))
@@ -43,8 +44,8 @@ class Ingested:
 
 def ingest(session: Session, secret: str, hb: schemas.HeartbeatIn, now: float, config: ServerConfig) -> Ingested:
     """Record one heartbeat from the device whose credential is ``secret``: one read (which is also
-    the authentication) and one conditional write of the device row, the model rows when they
-    changed, one batched insert of metric samples, one read of the device's rollout rows."""
+    the authentication) and one conditional write of the device row, the model rows only when the
+    reported models changed, one batched insert of metric samples, one read of the device's rollout rows."""
     conn = session.connection()
     device = conn.execute(_DEVICE_BY_CREDENTIAL, {"hash": digest(secret)}).first()
     if device is None:
@@ -65,19 +66,26 @@ def ingest(session: Session, secret: str, hb: schemas.HeartbeatIn, now: float, c
     # The sequence check is the WHERE clause: of two copies of one heartbeat, one moves the row.
     # (Totals were read before this write; an agent never sends two heartbeats at once, so the read
     # is the previous heartbeat's.)
+    models_digest = _models_digest(hb.models)
     moved = conn.execute(_RECORD_HEARTBEAT, {"device_id": device_id, "seq": hb.seq, "now": now, "agent": agent,
-                                             "totals": totals}).rowcount
+                                             "totals": totals, "models_digest": models_digest}).rowcount
     if not moved:
         last_seq = session.scalar(select(Device.last_seq).where(Device.id == device_id))
         raise StaleRequestError("stale or replayed heartbeat: its sequence number is not newer than the last accepted",
                                 value=hb.seq, field="seq", last_seq=last_seq,
                                 fix=f"send seq > {last_seq} (the agent continues from last_seq + 1)")
-    _record_models(session, device_id, reported, now)
+    if models_digest != device.models_digest:
+        _record_models(session, device_id, reported, now)
     if samples:
         conn.execute(_INSERT_SAMPLE, samples)
     rollouts = device_rollouts(session, device_id)
     _advance_rollout_rows(session, device.name, rollouts, reported, hb.failures, now)
     return Ingested(device_id, device.name, rollouts)
+
+
+def _models_digest(models: list[schemas.LoadedModelIn]) -> str:
+    text = "\n".join(sorted(f"{m.name}\t{m.version}\t{m.package_id}" for m in models))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _record_models(session: Session, device_id: int, reported: dict[str, schemas.LoadedModelIn], now: float) -> None:

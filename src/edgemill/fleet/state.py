@@ -5,7 +5,6 @@ Nothing here holds state that matters between requests: replicas on one database
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,9 @@ from fastapi import Request
 from ..package import PublicKey
 from .config import ServerConfig
 from .db import Database
+from .downloads import DownloadGate
 from .longpoll import DesiredWatch
+from .package_cache import PackageCache
 from .store import ServerStore
 
 
@@ -27,13 +28,15 @@ class ServerState:
     store: ServerStore
     trusted_keys: list[PublicKey]
     clock: Callable[[], float] = time.time
-    downloads: threading.BoundedSemaphore = field(init=False)  # this replica's download limiter
+    downloads: DownloadGate = field(init=False)  # this replica's download limiter
+    packages: PackageCache = field(init=False)  # package files served from memory
     watch: DesiredWatch = field(init=False)  # wakes held heartbeats (one query per check, not per heartbeat)
     metrics: Any = None
     retention_due_at: float = 0.0  # when this replica next runs the retention jobs (the first tick does)
 
     def __post_init__(self) -> None:
-        self.downloads = threading.BoundedSemaphore(self.config.max_concurrent_downloads)
+        self.downloads = DownloadGate(self.config.max_concurrent_downloads)
+        self.packages = PackageCache(int(self.config.package_cache_mb * 2**20), int(self.config.package_cache_item_mb * 2**20))
         self.watch = DesiredWatch(self.db, self.clock, self.config.long_poll_check_s)
 
 

@@ -102,17 +102,22 @@ def version_out(v: ModelVersion) -> schemas.VersionOut:
 def deployment_out(session: Session, d: Deployment, detail: bool = True) -> schemas.DeploymentOut:
     if not detail:
         return deployment_summaries(session, [d])[0]
-    rows = session.scalars(select(DeploymentDevice).where(DeploymentDevice.deployment_id == d.id)
-                           .order_by(DeploymentDevice.position)).all()
-    versions = {v.id: v.version for v in session.scalars(select(ModelVersion).where(
-        ModelVersion.id.in_({r.previous_version_id for r in rows if r.previous_version_id is not None})))}
+    # Columns, not ORM objects: a 10,000-device deployment is read on every poll of its page.
+    rows = session.execute(
+        select(Device.name, DeploymentDevice.wave, DeploymentDevice.state, DeploymentDevice.previous_version_id,
+               DeploymentDevice.updated_at, DeploymentDevice.reason)
+        .join(Device, Device.id == DeploymentDevice.device_id)
+        .where(DeploymentDevice.deployment_id == d.id).order_by(DeploymentDevice.position)).all()
+    previous_ids = {r.previous_version_id for r in rows if r.previous_version_id is not None}
+    versions = dict(session.execute(select(ModelVersion.id, ModelVersion.version)
+                                    .where(ModelVersion.id.in_(previous_ids))).all()) if previous_ids else {}
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     events = session.scalars(select(DeploymentEvent).where(DeploymentEvent.deployment_id == d.id)
                              .order_by(DeploymentEvent.id)).all()
     return _deployment_out(d, counts, [schemas.DeploymentDeviceOut(
-        device=r.device.name, wave=r.wave, state=r.state,  # type: ignore[arg-type]
+        device=r.name, wave=r.wave, state=r.state,  # type: ignore[arg-type]
         previous_version=versions.get(r.previous_version_id) if r.previous_version_id else None,
         updated_at=ts(r.updated_at), reason=r.reason) for r in rows],  # type: ignore[arg-type]
         [schemas.DeploymentEventOut(at=ts(e.at), kind=e.kind, message=e.message) for e in events])  # type: ignore[arg-type]

@@ -59,6 +59,9 @@ class Device(Base):
     # model name → [requests, errors]: the agent's cumulative counters at the last heartbeat, so the
     # next heartbeat's deltas need no read of the samples table.
     metric_totals: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A digest of the models (name, version, package) the last heartbeat reported: while it holds, the
+    # heartbeat leaves the device's model rows alone (no read of them either).
+    models_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     fleet: Mapped[Fleet] = relationship(lazy="joined")
 
 

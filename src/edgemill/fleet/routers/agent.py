@@ -7,6 +7,8 @@ import asyncio
 import hmac
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +16,6 @@ from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from starlette.background import BackgroundTask
 
 from ...agent.capture.record import CaptureFormatError, check_capture_id, object_key, read_header
 from ...errors import (AuthenticationError, ConflictError, NotFoundError, PayloadTooLargeError,
@@ -22,6 +23,7 @@ from ...errors import (AuthenticationError, ConflictError, NotFoundError, Payloa
 from .. import schemas
 from ..auth import device_secret, digest, new_secret, require_device
 from ..db.tables import Capture, Device, Fleet, RegistrationToken
+from ..downloads import DownloadGate
 from ..desired import desired_state, desired_versions, needs_action
 from ..heartbeats import ingest
 from ..state import ServerState, server_state
@@ -103,42 +105,53 @@ def _desired_now(state: ServerState, device_id: int, name: str, seq: int) -> sch
 
 
 HELD_HEADER = "X-Edgemill-Held-Ms"  # how long the answer was held in the long poll (load tests subtract it)
-DISCONNECT_CHECK_S = 5.0  # how often a held heartbeat looks whether its client has gone
 
 
 @router.post("/heartbeat", response_model=schemas.DesiredStateOut, responses=ERRORS)
-async def heartbeat(body: schemas.HeartbeatIn, request: Request, response: Response,
+async def heartbeat(body: schemas.HeartbeatIn, request: Request,
                     wait_s: float = Query(0, ge=0, le=300, description="Long poll: hold the answer up to this long "
                                           "(capped by the server) unless the desired state changes"),
-                    secret: str = Depends(device_secret)) -> schemas.DesiredStateOut:
+                    secret: str = Depends(device_secret)) -> Response:
     """Report status, loaded models, metrics and apply failures; get the desired state back. Answers at
     once when the device has something to do, otherwise when the desired state changes or the wait ends."""
     state = server_state(request)
     device_id, desired, act, answered_at = await run_in_threadpool(_heartbeat_once, state, secret, body)
     wait = min(wait_s, state.config.long_poll_max_s)
     if act or wait <= 0:
-        response.headers[HELD_HEADER] = "0"
-        return desired
+        return _answer(desired, 0.0)
+    # Held: no task and no polling per request (10,000 devices hold 8,000 of these at once). The watcher
+    # sets the event when the device's desired state may have changed; one timer sets it at the end.
+    # A client that hung up is not looked for: its answer goes nowhere when the wait ends.
     held_from = time.monotonic()
-    deadline = held_from + wait
     event = state.watch.hold(device_id, answered_at)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        event.set()
+
+    timer = asyncio.get_running_loop().call_later(wait, expire)
     try:
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                await asyncio.wait_for(event.wait(), timeout=min(left, DISCONNECT_CHECK_S))
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    break
-                continue
+        while True:
+            await event.wait()
             event.clear()
+            if expired:
+                break
             now = await run_in_threadpool(_desired_now, state, device_id, body.device, body.seq)
             if now.generation != desired.generation:
                 desired = now
                 break
     finally:
+        timer.cancel()
         state.watch.release(device_id, event)
-    response.headers[HELD_HEADER] = f"{(time.monotonic() - held_from) * 1000:.1f}"
-    return desired
+    return _answer(desired, (time.monotonic() - held_from) * 1000)
+
+
+def _answer(desired: schemas.DesiredStateOut, held_ms: float) -> Response:
+    """The heartbeat's answer, serialised once here (returning the model would have FastAPI validate it
+    again against the response model on the hot path)."""
+    return Response(desired.model_dump_json(), media_type="application/json", headers={HELD_HEADER: f"{held_ms:.1f}"})
 
 
 @router.get("/packages/{package_id}", response_class=Response, responses={
@@ -153,23 +166,41 @@ def download_package(package_id: str, request: Request, device_id: int = Depends
         if not versions:
             raise NotFoundError("this device is not told to run that package", value=package_id, field="package_id",
                                 fix="download only packages listed in the heartbeat's desired state")
-        key, name = versions[0].store_key, f"{versions[0].model}-{versions[0].version}.emp"
+        key, name, size = versions[0].store_key, f"{versions[0].model}-{versions[0].version}.emp", versions[0].size_bytes
     if state.config.presign_downloads:
         url = state.store.presigned_get(key, state.config.presign_expiry_s)
         if url is not None:
             return RedirectResponse(url, status_code=307)
-    if not state.downloads.acquire(blocking=False):
-        raise RateLimitedError("too many package downloads at once", retry_after_s=2.0,
+    if state.packages.fits(size):
+        return Response(state.packages.get(key, lambda: state.store.get(key)), media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    started = state.downloads.try_acquire()
+    if started is None:
+        raise RateLimitedError("too many package downloads at once", retry_after_s=state.downloads.retry_after_s(),
                                value=state.config.max_concurrent_downloads, field="package_id",
                                fix="retry after the Retry-After seconds (the agent does this itself)")
     local = state.store.local_path(key)
     if local is not None:
-        return FileResponse(local, media_type="application/octet-stream", filename=name,
-                            background=BackgroundTask(state.downloads.release))
+        return _SlotFileResponse(local, state.downloads, started, media_type="application/octet-stream", filename=name)
     try:
         return Response(state.store.get(key), media_type="application/octet-stream")
     finally:
-        state.downloads.release()
+        state.downloads.release(started)
+
+
+class _SlotFileResponse(FileResponse):
+    """A file response that gives its download slot back however the sending ends (a device that
+    hangs up mid-download included; a background task would not run then, and the slot would leak)."""
+
+    def __init__(self, path: Path, gate: DownloadGate, started: float, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._gate, self._started = gate, started
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._gate.release(self._started)
 
 
 @router.put("/captures/{capture_id}", response_model=schemas.CaptureOut, status_code=201, responses={

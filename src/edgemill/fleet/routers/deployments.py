@@ -16,7 +16,7 @@ from ..db.tables import Deployment, DeploymentDevice, Device
 from ..rollout import wave_sizes
 from ..rollouts import LostRace, bump, event, roll_back, step
 from ..state import ServerState, server_state
-from ..views import deployment_out
+from ..views import deployment_out, deployment_summaries
 from .common import get_deployment, get_fleet, get_version
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
@@ -102,8 +102,8 @@ def list_deployments(request: Request, model: str | None = None, state_filter: s
         stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
         if state_filter is not None:
             stmt = stmt.where(Deployment.state == state_filter)
-        rows = session.scalars(stmt).all()
-        return [deployment_out(session, d, detail=False) for d in rows if model is None or d.version.model.name == model]
+        rows = [d for d in session.scalars(stmt).all() if model is None or d.version.model.name == model]
+        return deployment_summaries(session, rows)
 
 
 @router.get("/{deployment_id}", response_model=schemas.DeploymentOut, responses=ERRORS)

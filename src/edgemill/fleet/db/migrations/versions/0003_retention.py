@@ -1,4 +1,4 @@
-"""retention: the watermark of metric-sample folding
+"""retention: the watermark of metric-sample folding; the digest of what a device last reported running
 
 Revision ID: 0003
 Revises: 0002
@@ -19,7 +19,11 @@ def upgrade() -> None:
     sa.Column('watermark', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
+    with op.batch_alter_table('devices') as batch:
+        batch.add_column(sa.Column('models_digest', sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('devices') as batch:
+        batch.drop_column('models_digest')
     op.drop_table('retention_marks')
