@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--heartbeat-interval-s", type=float, default=None)
     p.add_argument("--offline-after-s", type=float, default=None)
     p.add_argument("--tick-s", type=float, default=None, help="how often rollouts, alerts and webhooks advance (default 2)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes on this port (default 1). Each is a full replica; use about one per "
+                        "core left after the database")
     p.add_argument("--db-pool-size", type=int, default=None,
-                   help="database connections (and request worker threads) per server process (default 16)")
+                   help="database connections (and request worker threads) per server process (default 8)")
     p.add_argument("--metrics-retention-s", type=float, default=None,
                    help="keep per-heartbeat metric samples this long, then fold them into rollups (default 7 days)")
     p.add_argument("--metrics-rollup-s", type=float, default=None, help="the span of one rollup (default 3600)")
@@ -45,6 +49,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="mutual TLS: every client (operators, devices, /healthz probes) must present a "
                         "certificate signed by this CA")
     p.set_defaults(handler=run)
+
+
+KEEP_ALIVE_S = 75
+BACKLOG = 4096
 
 
 def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..fleet.app import create_app
+        from ..fleet.app import CONFIG_ENV, LOG_FORMAT_ENV, create_app
         from ..fleet.observability import configure_logging
     except ImportError as exc:
         raise MissingDependencyError("the control plane needs its extra", value=exc.name,
@@ -107,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError("bad --listen", value=args.listen, expected="HOST:PORT", fix="e.g. --listen 127.0.0.1:8700")
+    if not 1 <= args.workers <= 64:
+        raise UsageError("bad --workers", value=args.workers, expected="1 to 64",
+                         fix="about one per CPU core left after the database")
     tls = tls_options(args)
     configure_logging(json_lines=args.log_format == "json")
     config = build_config(args)
@@ -116,7 +127,19 @@ def run(args: argparse.Namespace) -> int:
     mutual = "; mutual TLS: clients need a certificate signed by " + args.tls_client_ca if args.tls_client_ca else ""
     print(f"edgemill server: listening on {url} (API {url}/docs, dashboard {url}/dashboard/); "
           f"operator API key in {key_hint}; database {config.db}; store {config.store}{mutual}", flush=True)
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5, **tls)
+    # Keep-alive outlives an agent's pause between a long poll's answer and its next heartbeat, so a
+    # device that reuses its connection does not reconnect every interval; the accept backlog takes a
+    # fleet reconnecting at once (the kernel caps it at net.core.somaxconn).
+    options: dict[str, Any] = dict(host=host.strip("[]"), port=int(port), log_level="warning", access_log=False,
+                                   timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S, backlog=BACKLOG, **tls)
+    if args.workers == 1:
+        uvicorn.run(app, **options)
+        return 0
+    # Several processes on one port: each builds its own app from the same config (this process has
+    # migrated the database and written the operator key already, so they do not race to).
+    app.state.edgemill.db.engine.dispose()
+    os.environ[CONFIG_ENV] = config.model_dump_json()
+    os.environ[LOG_FORMAT_ENV] = args.log_format
+    uvicorn.run("edgemill.fleet.app:app_from_environment", factory=True, workers=args.workers, **options)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -116,3 +117,15 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
     if mount is not None:
         mount(app)
     return app
+
+
+CONFIG_ENV = "EDGEMILL_SERVER_CONFIG"  # `edgemill server --workers N` hands each worker its config here
+LOG_FORMAT_ENV = "EDGEMILL_SERVER_LOG_FORMAT"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one worker process of `edgemill server --workers N` (uvicorn calls this in each)."""
+    from .observability import configure_logging
+
+    configure_logging(json_lines=os.environ.get(LOG_FORMAT_ENV, "json") == "json")
+    return create_app(ServerConfig.model_validate_json(os.environ[CONFIG_ENV]))

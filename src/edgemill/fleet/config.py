@@ -19,7 +19,9 @@ class ServerConfig(BaseModel):
     # Limiters: every one has a setting.
     max_upload_mb: float = Field(512, gt=0)  # packages; bigger uploads get 413
     max_capture_mb: float = Field(64, gt=0)
-    db_pool_size: int = Field(16, ge=1, le=512)  # database connections per replica = request worker threads
+    # Database connections per replica = request worker threads. Few: the statements are short, and
+    # every extra thread competes for the GIL with the event loop that accepts and answers requests.
+    db_pool_size: int = Field(8, ge=1, le=512)
     max_concurrent_downloads: int = Field(32, ge=1)  # per replica; beyond it agents get 429 + Retry-After
     package_cache_mb: float = Field(256, ge=0)  # per replica: packages served from memory (0: off)
     package_cache_item_mb: float = Field(64, ge=0)  # larger packages stream from the store under the limiter

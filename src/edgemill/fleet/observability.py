@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
+import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -69,6 +69,9 @@ def fleet_gauges(state: Any) -> Callable[[], Iterable[Any]]:
 QUIET_ROUTES = frozenset({"/healthz", "/metrics", "/api/v1/agent/heartbeat", "/api/v1/agent/captures/{capture_id}"})
 
 
+_ids = random.Random()  # request ids need to be distinct, not secret: no system call per request
+
+
 class AccessLog:
     """Request ids, per-route Prometheus metrics and one structured log line per request, as plain
     ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a copy of every response body,
@@ -84,7 +87,7 @@ class AccessLog:
             return
         start = time.perf_counter()
         request_id = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) \
-            or uuid.uuid4().hex[:16]
+            or f"{_ids.getrandbits(64):016x}"
         status = 500
 
         async def send_with_id(message: Message) -> None:

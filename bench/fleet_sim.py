@@ -1,0 +1,405 @@
+"""A simulated fleet against a real `edgemill server`: thousands of lightweight agents in one process.
+
+    python bench/fleet_sim.py --devices 10000 --interval 30 --duration 120 --db postgresql+psycopg://...
+    python bench/fleet_sim.py --devices 500 --interval 5 --duration 30                # SQLite, quick look
+
+Each simulated agent is an asyncio task that does what the real agent does on the wire: registers
+with a registration token, heartbeats every ``--interval`` seconds with a long poll (``--long-poll``),
+reports one loaded model with cumulative request/error counters and latency percentiles, and when the
+desired state names a package it does not run, downloads it and reports it at once. Faults:
+``--drop-rate`` (a heartbeat is lost before it is sent), ``--restart-rate`` (the agent restarts: its
+counters start again from zero), ``--bad-devices`` (a share of devices whose model fails requests).
+
+The run: start the server (or use ``--server``), register every device, warm up for one interval,
+then measure for ``--duration`` seconds, and with ``--rollout`` deploy a new version to the whole
+fleet (canary, then ``--batch-size`` waves) and time it. With ``--rollout`` the fleet starts out
+running v1 (deployed to all; each simulated device has it installed already, so the first heartbeats
+report it and no one downloads it), which gives the steady state real per-model metrics. It prints:
+
+- heartbeat latency p50/p95/p99: time from the request to its answer, less the time the server held
+  it in the long poll (the server reports that in ``X-Edgemill-Held-Ms``); so the figure is what a
+  heartbeat costs, not how long nothing happened;
+- CPU of the server process, of PostgreSQL's processes (when local) and of this simulator, as a
+  share of one core over the measured window;
+- database growth per device-day, from the database's size before and after the window;
+- rollout: time from the last wave's release to the last device reporting the new version, and in all.
+
+Figures are from this run only; the server, the database and the simulator share this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+from tests._fleet import ServerProcess, build_model_package  # noqa: E402
+
+MODEL = "sim-model"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """A process and all its descendants (``edgemill server --workers N`` runs its workers as children)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu_seconds(p) for p in tree)
+
+
+def postgres_cpu_seconds() -> float:
+    """All local PostgreSQL processes together (the server's backends do the database's work)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() in ("postgres", "postmaster"):
+                total += cpu_seconds(int(entry.name))
+        except OSError:
+            continue
+    return total
+
+
+def database_bytes(db_url: str | None, data_dir: Path) -> int:
+    if db_url and db_url.startswith("postgresql"):
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            size = int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+        engine.dispose()
+        return size
+    files = [data_dir / "edgemill.db", data_dir / "edgemill.db-wal"]
+    return sum(f.stat().st_size for f in files if f.exists())
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+# --- the simulated agent ---------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    latencies_ms: list[float] = field(default_factory=list)
+    heartbeats: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    downloads: int = 0
+    rate_limited: int = 0  # downloads answered 429 (retried after Retry-After)
+    dropped: int = 0
+    restarts: int = 0
+    measuring: bool = False
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+@dataclass
+class SimDevice:
+    name: str
+    credential: str
+    bad: bool
+    seq: int = 0
+    package_id: str | None = None
+    version: str | None = None
+    requests: int = 0
+    errors: int = 0
+    applied_at: dict[str, float] = field(default_factory=dict)  # package id → when its report was accepted
+
+    def report(self, rng: random.Random, interval: float) -> dict:  # type: ignore[type-arg]
+        served = rng.randint(int(2 * interval), int(8 * interval))  # 2–8 requests a second
+        self.requests += served
+        self.errors += sum(1 for _ in range(served) if rng.random() < (0.3 if self.bad else 0.001))
+        self.seq += 1
+        models = [{"name": MODEL, "version": self.version, "package_id": self.package_id}] if self.package_id else []
+        p50 = rng.uniform(2.0, 4.0)
+        metrics = {MODEL: {"requests": self.requests, "errors": self.errors,
+                           "latency_ms": {"p50": p50, "p95": p50 * 1.8, "p99": p50 * 2.5}}} if self.package_id else {}
+        return {"device": self.name, "seq": self.seq, "models": models, "metrics": metrics, "failures": [],
+                "memory": {"rss_mb": rng.uniform(80, 120)}, "capture": {"queued": rng.randint(0, 20)},
+                "agent_version": "sim"}
+
+
+async def run_device(dev: SimDevice, session: aiohttp.ClientSession, url: str, args: argparse.Namespace,
+                     stats: Stats, stop: asyncio.Event, rng: random.Random) -> None:
+    headers = {"Authorization": f"Bearer {dev.credential}"}
+    await asyncio.sleep(rng.uniform(0, args.interval))  # spread the fleet over one interval
+    delay = 0.0
+    while not stop.is_set():
+        if delay > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+        sent = time.monotonic()
+        if rng.random() < args.restart_rate:
+            dev.requests = dev.errors = 0
+            stats.restarts += 1
+        body = dev.report(rng, args.interval)
+        if rng.random() < args.drop_rate:  # lost on the way: the server never sees this sequence number
+            stats.dropped += 1
+            delay = args.interval
+            continue
+        try:
+            async with session.post(f"{url}/api/v1/agent/heartbeat", json=body, headers=headers,
+                                    params={"wait_s": str(args.long_poll)},
+                                    timeout=aiohttp.ClientTimeout(total=args.long_poll + 60)) as response:
+                answer = await response.json()
+                held_ms = float(response.headers.get("X-Edgemill-Held-Ms", "0"))
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            stats.error(type(exc).__name__)
+            delay = args.interval
+            continue
+        elapsed_ms = (time.monotonic() - sent) * 1000
+        if status != 200:
+            stats.error(f"http {status}")
+            delay = args.interval
+            continue
+        if stats.measuring:
+            stats.latencies_ms.append(max(0.0, elapsed_ms - held_ms))
+            stats.heartbeats += 1
+        if dev.package_id is not None:
+            dev.applied_at.setdefault(dev.package_id, time.time())
+        wanted = next((m for m in answer["models"] if m["name"] == MODEL), None)
+        if wanted is not None and wanted["package_id"] != dev.package_id:
+            try:
+                async with session.get(url + wanted["download_path"], headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=120)) as response:
+                    await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                stats.error(f"download {type(exc).__name__}")
+                status, retry_after = 0, None
+            if status == 200:
+                stats.downloads += 1
+                dev.package_id, dev.version = wanted["package_id"], wanted["version"]
+                dev.requests = dev.errors = 0  # a new model: its counters start afresh
+                delay = 0.0  # report the change at once, as the agent does
+                continue
+            if status == 429:  # the server limits downloads: come back when it says, as the agent does
+                stats.rate_limited += 1
+                delay = float(retry_after) if retry_after else 5.0
+                continue
+            stats.error(f"download http {status}")
+            delay = args.interval
+            continue
+        delay = max(0.0, sent + float(answer.get("heartbeat_interval_s", args.interval)) - time.monotonic())
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+async def register_all(url: str, token: str, run_id: str, count: int, concurrency: int) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    queue = list(range(count))
+    async with aiohttp.ClientSession() as session:
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                name = f"sim-{run_id}-{i:06d}"
+                async with session.post(f"{url}/api/v1/agent/register", json={"token": token, "device": name}) as r:
+                    body = await r.json()
+                    if r.status != 201:
+                        raise RuntimeError(f"registration of {name} failed: {r.status} {body}")
+                    out.append((name, body["credential"]))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return out
+
+
+async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid: int | None, data_dir: Path,
+                   packages: list[Path]) -> dict:  # type: ignore[type-arg]
+    from edgemill.remote import ControlPlane
+
+    api = ControlPlane(url, api_key, timeout_s=300)
+    run_id = uuid.uuid4().hex[:6]
+    fleet = f"sim-{run_id}"
+    api.request("POST", "/api/v1/fleets", body={"name": fleet})
+    token = api.request("POST", f"/api/v1/fleets/{fleet}/registration-tokens",
+                        body={"uses": args.devices, "expires_in_s": 86400})["token"]
+    t0 = time.monotonic()
+    creds = await register_all(url, token, run_id, args.devices, 32)
+    register_s = time.monotonic() - t0
+    print(f"registered {len(creds)} devices in {register_s:.1f} s ({len(creds) / register_s:.0f}/s)", flush=True)
+    rng = random.Random(args.seed)
+    devices = [SimDevice(name, cred, bad=rng.random() < args.bad_devices) for name, cred in creds]
+    stats = Stats()
+    stop = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    result: dict = {"devices": args.devices, "interval_s": args.interval, "long_poll_s": args.long_poll,  # type: ignore[type-arg]
+                    "register_per_s": round(len(creds) / register_s, 1)}
+    first = None
+    if packages:  # the fleet already runs v1 (deployed to all, each device installed it before the run)
+        v1 = api.push(packages[0])
+        first = api.request("POST", "/api/v1/deployments", body={
+            "model": MODEL, "version": "1.0.0", "fleet": fleet, "strategy": {"canary_percent": 100, "bake_time_s": 0}})
+        for d in devices:
+            d.package_id, d.version = v1["package_id"], "1.0.0"
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = [asyncio.create_task(run_device(d, session, url, args, stats, stop, random.Random(rng.random())))
+                 for d in devices]
+        if first is not None:
+            await wait_deployment(api, first["id"], timeout=args.interval * 4 + 120)
+        print(f"warming up for {args.interval:g} s", flush=True)
+        await asyncio.sleep(args.interval)
+        size0 = database_bytes(args.db, data_dir)
+        cpu0 = (tree_cpu_seconds(server_pid) if server_pid else 0.0, postgres_cpu_seconds(), cpu_seconds(os.getpid()))
+        w0 = time.monotonic()
+        stats.measuring = True
+        print(f"measuring for {args.duration:g} s", flush=True)
+        await asyncio.sleep(args.duration)
+        stats.measuring = False
+        window = time.monotonic() - w0
+        cpu1 = (tree_cpu_seconds(server_pid) if server_pid else 0.0, postgres_cpu_seconds(), cpu_seconds(os.getpid()))
+        size1 = database_bytes(args.db, data_dir)
+        lat = stats.latencies_ms
+        result.update({
+            "heartbeats": stats.heartbeats, "heartbeats_per_s": round(stats.heartbeats / window, 1),
+            "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
+                           "p99": round(percentile(lat, 99), 1), "max": round(max(lat), 1) if lat else None,
+                           "mean": round(statistics.fmean(lat), 1) if lat else None},
+            "cpu_share_of_one_core": {"server": round((cpu1[0] - cpu0[0]) / window, 2) if server_pid else None,
+                                      "postgres": round((cpu1[1] - cpu0[1]) / window, 2),
+                                      "simulator": round((cpu1[2] - cpu0[2]) / window, 2)},
+            "db_bytes_per_device_day": round((size1 - size0) / args.devices * 86400 / window),
+            "errors": dict(stats.errors), "dropped": stats.dropped, "restarts": stats.restarts})
+        stats.rate_limited = 0
+        print("steady state: " + json.dumps(result), flush=True)
+        if len(packages) > 1:
+            api.push(packages[1])
+            result["rollout"] = await timed_rollout(api, fleet, devices, args)
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    result["errors"] = dict(stats.errors)
+    result["downloads_rate_limited_during_rollout"] = stats.rate_limited
+    return result
+
+
+async def wait_deployment(api, deployment_id: int, timeout: float) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    # Poll the summaries (counts only), as a dashboard list would; read the detail (every device's
+    # row) once at the end, so the observer does not load the server it measures.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        summaries = await asyncio.to_thread(api.request, "GET", "/api/v1/deployments", None, None, {"limit": 10})
+        state = next((d["state"] for d in summaries if d["id"] == deployment_id), None)
+        if state in ("succeeded", "rolled_back", "superseded"):
+            return await asyncio.to_thread(api.request, "GET", f"/api/v1/deployments/{deployment_id}")
+        await asyncio.sleep(2.0)
+    raise TimeoutError(f"deployment {deployment_id} did not finish within {timeout:g} s")
+
+
+async def timed_rollout(api, fleet: str, devices: list[SimDevice], args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    print("rolling out 2.0.0 to the whole fleet", flush=True)
+    started = time.time()
+    created = api.request("POST", "/api/v1/deployments", body={
+        "model": MODEL, "version": "2.0.0", "fleet": fleet,
+        "strategy": {"canary_percent": args.canary_percent, "batch_size": args.batch_size, "bake_time_s": args.bake,
+                     "gates": {"max_error_rate": 0.5}}})
+    body = await wait_deployment(api, created["id"], timeout=args.interval * 10 + 600)
+    waves = [e for e in body["events"] if e["kind"] == "wave_started"]
+    from datetime import datetime
+
+    last_release = datetime.fromisoformat(waves[-1]["at"]).timestamp()
+    updated = [datetime.fromisoformat(d["updated_at"]).timestamp() for d in body["devices"] if d["updated_at"]]
+    return {"state": body["state"], "waves": body["waves"], "devices_updated": body["counts"].get("updated", 0),
+            "converged_after_last_release_s": round(max(updated) - last_release, 1) if updated else None,
+            "total_s": round(max(updated) - started, 1) if updated else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--interval", type=float, default=30.0, help="heartbeat interval (s), told by the server")
+    parser.add_argument("--long-poll", type=float, default=25.0, help="how long a heartbeat may be held (s)")
+    parser.add_argument("--duration", type=float, default=60.0, help="measured window (s)")
+    parser.add_argument("--db", default=None, help="database URL (default: SQLite in a temporary folder)")
+    parser.add_argument("--server", default=None, help="use a running server (URL) instead of starting one")
+    parser.add_argument("--api-key", default=os.environ.get("EDGEMILL_API_KEY"))
+    parser.add_argument("--rollout", action="store_true", help="deploy v1 first, then time a rollout of v2")
+    parser.add_argument("--canary-percent", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=0, help="devices per wave after the canary (0: the rest)")
+    parser.add_argument("--bake", type=float, default=10.0, help="bake time per wave (s)")
+    parser.add_argument("--drop-rate", type=float, default=0.0)
+    parser.add_argument("--restart-rate", type=float, default=0.0)
+    parser.add_argument("--bad-devices", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="pass ARG to the `edgemill server` it starts (repeat; e.g. --server-arg=--db-pool-size=4)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="edgemill-sim-") as tmp:
+        work = Path(tmp)
+        packages: list[Path] = []
+        server_args = ["--heartbeat-interval-s", str(args.interval), "--tick-s", "1", *args.server_arg]
+        key = None
+        if args.rollout:
+            from edgemill.package import generate_keypair
+
+            private, public = work / "sim.key", work / "sim.pub"
+            private_pem, public_pem = generate_keypair()
+            private.write_bytes(private_pem)
+            public.write_bytes(public_pem)
+            packages = [build_model_package(work, MODEL, v, 8, private, seed=i) for i, v in enumerate(("1.0.0", "2.0.0"))]
+            key = public
+        if args.server:
+            if not args.api_key:
+                parser.error("--server needs --api-key (or EDGEMILL_API_KEY)")
+            result = asyncio.run(simulate(args, args.server.rstrip("/"), args.api_key, None, work, packages))
+        else:
+            with ServerProcess(work / "server", key, *server_args, db=args.db) as server:
+                assert server.proc is not None
+                result = asyncio.run(simulate(args, server.url, server.api_key, server.proc.pid, work / "server", packages))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
