@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -92,6 +93,11 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
         # Handlers that touch the database run in worker threads; as many as there are pooled
         # connections, so none waits for (or opens) a connection of its own.
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.db_pool_size
+        # Everything loaded so far (FastAPI, SQLAlchemy, pydantic: hundreds of thousands of objects)
+        # lives as long as the process: keep it out of the collector's full passes, which otherwise walk
+        # it all and stall every request in flight.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         task = asyncio.create_task(run_forever(state, stop)) if background else None
         try:

@@ -30,19 +30,15 @@ class PackageCache:
     def get(self, key: str, load: Callable[[], bytes]) -> bytes:
         """The bytes of ``key``, loading them once however many ask at the same time."""
         with self._lock:
-            data = self._items.get(key)
+            data = self._hit(key)
             if data is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
                 return data
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:  # the first caller loads; the others wait for it and then hit
             with self._lock:
-                data = self._items.get(key)
-                if data is not None:
-                    self._items.move_to_end(key)
-                    self.hits += 1
-                    return data
+                data = self._hit(key)
+            if data is not None:
+                return data
             data = load()
             with self._lock:
                 self.misses += 1
@@ -54,3 +50,11 @@ class PackageCache:
                         _, evicted = self._items.popitem(last=False)
                         self._bytes -= len(evicted)
             return data
+
+    def _hit(self, key: str) -> bytes | None:
+        """The cached bytes of ``key`` (lock held), counted as a hit; None when absent."""
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return data
