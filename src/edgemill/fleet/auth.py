@@ -9,12 +9,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from pathlib import Path
-from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Row, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from ..errors import AuthenticationError
 from .db.tables import ApiKey, Device
@@ -52,25 +50,25 @@ def require_operator(request: Request, creds: HTTPAuthorizationCredentials | Non
 
 
 async def device_secret(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-    """The device credential as sent (checked against the database by :func:`device_row`). Async
+    """The device credential as sent (checked against the database by its user). Async
     because it does no I/O: a plain function would cost every heartbeat a trip to a worker thread."""
     return _secret(creds, "device credential")
 
 
-def device_row(session: Session, secret: str, *columns: Any) -> Row[Any]:
-    """The device the credential belongs to (id first, then ``columns``), or 401."""
-    row = session.execute(select(Device.id, *columns).where(Device.credential_hash == digest(secret))).first()
-    if row is None:
-        raise AuthenticationError("unknown device credential", value=secret[:8] + "…", field="Authorization",
-                                  fix="register the device again with a fresh registration token")
-    return row
+def unknown_device_credential(secret: str) -> AuthenticationError:
+    """The 401 for a device credential that names no device (never registered, or deleted)."""
+    return AuthenticationError("unknown device credential", value=secret[:8] + "…", field="Authorization",
+                               fix="register the device again with a fresh registration token")
 
 
 def require_device(request: Request, secret: str = Depends(device_secret)) -> int:
     """The id of the device whose credential made the request."""
     state: ServerState = server_state(request)
     with state.db.session() as session:
-        return int(device_row(session, secret)[0])
+        device_id = session.scalar(select(Device.id).where(Device.credential_hash == digest(secret)))
+    if device_id is None:
+        raise unknown_device_credential(secret)
+    return int(device_id)
 
 
 def ensure_operator_key(state: ServerState, path: Path | None, name: str = "admin") -> str | None:

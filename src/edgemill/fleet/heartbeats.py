@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import PermissionDeniedError, StaleRequestError
 from . import schemas
-from .auth import device_row, digest
+from .auth import digest, unknown_device_credential
 from .config import ServerConfig
 from .db.tables import DeploymentDevice, DeploymentEvent, Device, DeviceModel, MetricSample
 from .desired import DeviceRollout, device_rollouts
@@ -49,8 +49,7 @@ def ingest(session: Session, secret: str, hb: schemas.HeartbeatIn, now: float, c
     conn = session.connection()
     device = conn.execute(_DEVICE_BY_CREDENTIAL, {"hash": digest(secret)}).first()
     if device is None:
-        device_row(session, secret)  # raises the 401 that names the fix
-        raise AssertionError("unreachable")
+        raise unknown_device_credential(secret)
     device_id = int(device.id)
     if hb.device != device.name:
         raise PermissionDeniedError("a device may only send heartbeats for itself", value=hb.device, field="device",

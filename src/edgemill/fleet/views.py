@@ -99,9 +99,8 @@ def version_out(v: ModelVersion) -> schemas.VersionOut:
         created_at=ts(v.created_at), uploaded_by=v.uploaded_by)  # type: ignore[arg-type]
 
 
-def deployment_out(session: Session, d: Deployment, detail: bool = True) -> schemas.DeploymentOut:
-    if not detail:
-        return deployment_summaries(session, [d])[0]
+def deployment_out(session: Session, d: Deployment) -> schemas.DeploymentOut:
+    """One deployment with every device's row and its events (the summaries leave both out)."""
     # Columns, not ORM objects: a 10,000-device deployment is read on every poll of its page.
     rows = session.execute(
         select(Device.name, DeploymentDevice.wave, DeploymentDevice.state, DeploymentDevice.previous_version_id,
