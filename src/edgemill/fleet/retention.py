@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Float, Integer, and_, case, cast, delete, func, insert, literal, select, update
+from sqlalchemy import Float, and_, case, cast, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import first_line
 from .config import ServerConfig
-from .db import Database
+from .db import Database, floor_div
 from .db.tables import Capture, MetricRollup, MetricSample, RetentionMark
 from .store import ServerStore
 
@@ -108,11 +108,7 @@ class _LostRace(Exception):
 
 def _fold(session: Session, start: float, end: float, span: float) -> int:
     """Insert the rollups of the samples in [start, end); returns how many rows."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        bucket = func.floor(MetricSample.t / span) * span
-    else:  # SQLite: CAST truncates, which is floor for the positive times stored here
-        bucket = cast(cast(MetricSample.t / span, Integer) * span, Float)
+    bucket = cast(floor_div(session.get_bind().dialect.name, MetricSample.t, span) * span, Float)
     weighted = func.sum(case((MetricSample.p50_ms.is_not(None), MetricSample.p50_ms * MetricSample.requests)))
     weight = func.sum(case((MetricSample.p50_ms.is_not(None), MetricSample.requests)))
     p50 = func.coalesce(weighted / func.nullif(weight, 0), func.avg(MetricSample.p50_ms))

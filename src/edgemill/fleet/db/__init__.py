@@ -1,5 +1,5 @@
 """Persistence: tables, the engine and sessions, Alembic migrations."""
 
-from .engine import Database, database_unavailable, open_database
+from .engine import Database, database_unavailable, floor_div, open_database
 
-__all__ = ["Database", "database_unavailable", "open_database"]
+__all__ = ["Database", "database_unavailable", "floor_div", "open_database"]

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import Integer, cast, create_engine, event, func, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -108,3 +108,12 @@ def database_unavailable(exc: BaseException) -> bool:
         return True
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or (
         isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated)
+
+
+def floor_div(dialect: str, value: Any, width: float) -> Any:
+    """SQL for ``floor(value / width)`` as an integer, on either database. SQLite has no floor(): its
+    CAST truncates, which is floor for the non-negative values (times, offsets) this is used on, and
+    rounds a small negative up to 0."""
+    if dialect == "postgresql":
+        return cast(func.floor(value / width), Integer)
+    return cast(value / width, Integer)
