@@ -621,6 +621,9 @@ def test_the_agent_refuses_an_unordered_rollback_a_swapped_object_a_hard_link_an
         return str(wait_until(done, 30, f"deployment {deployment} to fail with {needle!r}"))
 
     with AgentProcess(config) as agent:
+        wait_until(lambda: any(d["name"] == "guard-1" for d in api.request("GET", "/api/v1/devices",
+                                                                           query={"fleet": "guarded"})),
+                   30, "the agent to register")  # a deployment names registered devices only
         deploy("2.0.0")
         wait_until(lambda: _served(agent) == "2.0.0", 30, "the agent to serve 2.0.0")
 
