@@ -43,14 +43,32 @@ def fresh_postgres_database(base_url: str) -> str:
     return base_url.rsplit("/", 1)[0] + "/" + name
 
 
-def drop_postgres_database(url: str) -> None:
-    from sqlalchemy import create_engine, text
+def drop_postgres_database(url: str, attempts: int = 20) -> None:
+    """Drop a test database. Our own leftover sessions are ended first (the test role may end its own);
+    ``WITH (FORCE)`` is not used because it refuses outright when an autovacuum worker happens to be in
+    the database, which a non-superuser may not signal. Plain DROP asks autovacuum to leave and waits,
+    and the short retry covers a session that connects between the two statements."""
+    from sqlalchemy import create_engine, exc, text
 
     base, _, name = url.rpartition("/")
     engine = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
+    try:
+        with engine.connect() as conn:
+            for attempt in range(attempts):
+                conn.execute(
+                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()"),
+                    {"name": name},
+                )
+                try:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                    return
+                except exc.DBAPIError:
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(0.25)
+    finally:
+        engine.dispose()
 
 
 def build_model_package(out: Path, name: str, version: str, features: int, private_key: Path, seed: int = 1) -> Path:
