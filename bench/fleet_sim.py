@@ -290,7 +290,7 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
         w0 = time.monotonic()
         stats.measuring = True
         print(f"measuring for {args.duration:g} s", flush=True)
-        await asyncio.sleep(args.duration)
+        lags = await loop_lags_ms(args.duration)
         stats.measuring = False
         window = time.monotonic() - w0
         cpu1 = (tree_cpu_seconds(server_pid) if server_pid else 0.0, postgres_cpu_seconds(), cpu_seconds(os.getpid()))
@@ -301,6 +301,9 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
             "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
                            "p99": round(percentile(lat, 99), 1), "max": round(max(lat), 1) if lat else None,
                            "mean": round(statistics.fmean(lat), 1) if lat else None},
+            # How late this simulator's own event loop ran: a late loop adds to every latency above, so a
+            # large figure here means the simulator, not the server, set the tail.
+            "simulator_loop_lag_ms": {"p99": round(percentile(lags, 99), 1), "max": round(max(lags), 1)},
             "cpu_share_of_one_core": {"server": round((cpu1[0] - cpu0[0]) / window, 2) if server_pid else None,
                                       "postgres": round((cpu1[1] - cpu0[1]) / window, 2),
                                       "simulator": round((cpu1[2] - cpu0[2]) / window, 2)},
@@ -318,6 +321,16 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
     result["errors"] = dict(stats.errors)
     result["downloads_rate_limited_during_rollout"] = stats.rate_limited
     return result
+
+
+async def loop_lags_ms(duration: float, every: float = 0.05) -> list[float]:
+    """Sleep ``duration`` seconds in steps of ``every``, recording how late each step woke (ms)."""
+    lags: list[float] = []
+    end = time.monotonic() + duration
+    while (now := time.monotonic()) < end:
+        await asyncio.sleep(every)
+        lags.append(max(0.0, (time.monotonic() - now - every) * 1000))
+    return lags or [0.0]
 
 
 async def wait_deployment(api, deployment_id: int, timeout: float) -> dict:  # type: ignore[no-untyped-def,type-arg]

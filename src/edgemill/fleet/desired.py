@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, aliased
@@ -48,8 +49,8 @@ _previous = aliased(ModelVersion)
 _previous_model = aliased(Model)
 # Built once: the heartbeat runs this for every device every interval, so it reads columns (no ORM
 # objects, no JSON manifests) through the connection.
-_ROLLOUTS = (
-    select(DeploymentDevice.id, DeploymentDevice.state, Deployment.id, Deployment.model_id,
+_ROLLOUT_COLUMNS = (
+    select(DeploymentDevice.device_id, DeploymentDevice.id, DeploymentDevice.state, Deployment.id, Deployment.model_id,
            ModelVersion.id, Model.name, ModelVersion.version, ModelVersion.package_id, ModelVersion.size_bytes,
            ModelVersion.store_key,
            _previous.id, _previous_model.name, _previous.version, _previous.package_id, _previous.size_bytes,
@@ -59,16 +60,27 @@ _ROLLOUTS = (
     .join(Model, ModelVersion.model_id == Model.id)
     .outerjoin(_previous, DeploymentDevice.previous_version_id == _previous.id)
     .outerjoin(_previous_model, _previous.model_id == _previous_model.id)
-    .where(DeploymentDevice.device_id == bindparam("device_id"), DeploymentDevice.state != "pending")
+    .where(DeploymentDevice.state != "pending")
     .order_by(Deployment.id.desc()))
+_ROLLOUTS = _ROLLOUT_COLUMNS.where(DeploymentDevice.device_id == bindparam("device_id"))
+_ROLLOUTS_OF_DEVICES = _ROLLOUT_COLUMNS.where(DeploymentDevice.device_id.in_(bindparam("device_ids", expanding=True)))
+
+
+def _rollout(row: Any) -> DeviceRollout:
+    previous = VersionRef(*row[11:17]) if row[11] is not None else None
+    return DeviceRollout(row[1], row[2], row[3], row[4], VersionRef(*row[5:11]), previous)
 
 
 def device_rollouts(session: Session, device_id: int) -> list[DeviceRollout]:
     """A device's rollout rows that took it into a wave (not pending), newest deployment first."""
-    out = []
-    for row in session.connection().execute(_ROLLOUTS, {"device_id": device_id}):
-        previous = VersionRef(*row[10:16]) if row[10] is not None else None
-        out.append(DeviceRollout(row[0], row[1], row[2], row[3], VersionRef(*row[4:10]), previous))
+    return [_rollout(row) for row in session.connection().execute(_ROLLOUTS, {"device_id": device_id})]
+
+
+def rollouts_of_devices(session: Session, device_ids: list[int]) -> dict[int, list[DeviceRollout]]:
+    """:func:`device_rollouts` for several devices in one query (those with none are left out)."""
+    out: dict[int, list[DeviceRollout]] = {}
+    for row in session.connection().execute(_ROLLOUTS_OF_DEVICES, {"device_ids": device_ids}):
+        out.setdefault(row[0], []).append(_rollout(row))
     return out
 
 

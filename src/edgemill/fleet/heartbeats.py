@@ -1,8 +1,12 @@
-"""Taking in a heartbeat: sequence check, last seen, what runs, metric deltas, apply outcomes.
+"""Taking in heartbeats: sequence check, last seen, what runs, metric deltas, apply outcomes.
 
-All in one transaction, in a handful of statements whatever the fleet's size (a heartbeat is the
-control plane's hot path: 10,000 devices every 30 s is 333 a second). The sequence check is a
-conditional UPDATE, so two copies of one heartbeat arriving at two replicas at once cannot both pass.
+A heartbeat is the control plane's hot path (10,000 devices every 30 s is 333 a second), so the
+heartbeats that arrive together are written together (:mod:`.heartbeat_writer` gathers them): one
+read of their devices (which is also the authentication), one batched write of the device rows, one
+batched insert of metric samples, one read of their rollout rows and one commit, however many there
+are. The devices' rows are read ``FOR UPDATE``, so two copies of one heartbeat arriving at two
+replicas at once cannot both pass the sequence check. A heartbeat that is refused (unknown
+credential, another device's name, a stale sequence number) writes nothing and costs the others nothing.
 """
 
 from __future__ import annotations
@@ -14,25 +18,35 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from ..errors import PermissionDeniedError, StaleRequestError
+from ..errors import PermissionDeniedError, StaleRequestError, UserError
 from . import schemas
 from .auth import digest, unknown_device_credential
 from .config import ServerConfig
 from .db.tables import DeploymentDevice, DeploymentEvent, Device, DeviceModel, MetricSample
-from .desired import DeviceRollout, device_rollouts
+from .desired import DeviceRollout, rollouts_of_devices
 
 DEGRADED_MIN_REQUESTS = 10  # fewer requests in one heartbeat say too little about an error rate
 
 # The hot path's statements, built once and run on the session's connection (no ORM objects).
-_DEVICE_BY_CREDENTIAL = select(Device.id, Device.name, Device.metric_totals, Device.models_digest).where(
-    Device.credential_hash == bindparam("hash"))
-_RECORD_HEARTBEAT = (update(Device).where(Device.id == bindparam("device_id"), Device.last_seq < bindparam("seq"))
+_DEVICES_BY_CREDENTIAL = (select(Device.id, Device.name, Device.metric_totals, Device.models_digest, Device.last_seq,
+                                 Device.credential_hash)
+                          .where(Device.credential_hash.in_(bindparam("hashes", expanding=True)))
+                          .order_by(Device.id).with_for_update())
+_RECORD_HEARTBEAT = (update(Device).where(Device.id == bindparam("device_id"))
                      .values(last_seq=bindparam("seq"), last_seen_at=bindparam("now"),
                              models_digest=bindparam("models_digest"), agent=bindparam("agent", type_=Device.agent.type),
                              metric_totals=bindparam("totals", type_=Device.metric_totals.type)))
 _DEVICE_MODELS = select(DeviceModel.id, DeviceModel.model_name, DeviceModel.package_id).where(
     DeviceModel.device_id == bindparam("device_id"))
 _INSERT_SAMPLE = insert(MetricSample)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat as received: the credential it came with and its body."""
+
+    secret: str
+    body: schemas.HeartbeatIn
 
 
 @dataclass
@@ -42,44 +56,80 @@ class Ingested:
     rollouts: list[DeviceRollout]  # the device's rollout rows after this heartbeat's transitions
 
 
-def ingest(session: Session, secret: str, hb: schemas.HeartbeatIn, now: float, config: ServerConfig) -> Ingested:
-    """Record one heartbeat from the device whose credential is ``secret``: one read (which is also
-    the authentication) and one conditional write of the device row, the model rows only when the
-    reported models changed, one batched insert of metric samples, one read of the device's rollout rows."""
+@dataclass
+class _DeviceNow:
+    """A device row as this batch has left it so far (a device may appear twice in one batch)."""
+
+    id: int
+    name: str
+    totals: dict[str, Any] | None
+    models_digest: str | None
+    last_seq: int
+
+
+def ingest_many(session: Session, beats: list[Beat], now: float,
+                config: ServerConfig) -> list[Ingested | UserError]:
+    """Record heartbeats in one transaction; for each, what it recorded or why it was refused (in order)."""
     conn = session.connection()
-    device = conn.execute(_DEVICE_BY_CREDENTIAL, {"hash": digest(secret)}).first()
-    if device is None:
-        raise unknown_device_credential(secret)
-    device_id = int(device.id)
-    if hb.device != device.name:
-        raise PermissionDeniedError("a device may only send heartbeats for itself", value=hb.device, field="device",
-                                    expected=f"{device.name!r} (the credential's device)",
-                                    fix="set [device] name in the agent config to the name it registered with")
-    reported = {m.name: m for m in hb.models}
-    samples, totals, problems = _metric_samples(session, device_id, hb, reported, device.metric_totals, now, config)
-    problems += [f"model {f.model}: package {f.package_id[:12]} refused"
-                 + (f" ({f.refusal})" if f.refusal else "") + f": {f.reason}" for f in hb.failures]
-    agent = {"memory": hb.memory, "capture": hb.capture, "agent_version": hb.agent_version,
-             "started_at": hb.agent_started_at, "problems": problems[:20],
-             "failures": [f.model_dump() for f in hb.failures]}
-    # The sequence check is the WHERE clause: of two copies of one heartbeat, one moves the row.
-    # (Totals were read before this write; an agent never sends two heartbeats at once, so the read
-    # is the previous heartbeat's.)
-    models_digest = _models_digest(hb.models)
-    moved = conn.execute(_RECORD_HEARTBEAT, {"device_id": device_id, "seq": hb.seq, "now": now, "agent": agent,
-                                             "totals": totals, "models_digest": models_digest}).rowcount
-    if not moved:
-        last_seq = session.scalar(select(Device.last_seq).where(Device.id == device_id))
-        raise StaleRequestError("stale or replayed heartbeat: its sequence number is not newer than the last accepted",
-                                value=hb.seq, field="seq", last_seq=last_seq,
-                                fix=f"send seq > {last_seq} (the agent continues from last_seq + 1)")
-    if models_digest != device.models_digest:
-        _record_models(session, device_id, reported, now)
+    devices = {row.credential_hash: _DeviceNow(int(row.id), row.name, row.metric_totals, row.models_digest,
+                                               int(row.last_seq))
+               for row in conn.execute(_DEVICES_BY_CREDENTIAL, {"hashes": sorted({digest(b.secret) for b in beats})})}
+    outcomes: list[Ingested | UserError] = []
+    writes: dict[int, dict[str, Any]] = {}  # device id → its row's new values (the newest heartbeat's)
+    samples: list[dict[str, Any]] = []
+    accepted: list[tuple[Beat, Ingested]] = []
+    for beat in beats:
+        device = devices.get(digest(beat.secret))
+        refusal = _refusal(beat, device)
+        if refusal is not None:
+            outcomes.append(refusal)
+            continue
+        assert device is not None
+        hb = beat.body
+        reported = {m.name: m for m in hb.models}
+        new_samples, totals, problems = _metric_samples(session, device.id, hb, reported, device.totals, now, config)
+        problems += [f"model {f.model}: package {f.package_id[:12]} refused"
+                     + (f" ({f.refusal})" if f.refusal else "") + f": {f.reason}" for f in hb.failures]
+        agent = {"memory": hb.memory, "capture": hb.capture, "agent_version": hb.agent_version,
+                 "started_at": hb.agent_started_at, "problems": problems[:20],
+                 "failures": [f.model_dump() for f in hb.failures]}
+        models_digest = _models_digest(hb.models)
+        if models_digest != device.models_digest:
+            _record_models(session, device.id, reported, now)
+        writes[device.id] = {"device_id": device.id, "seq": hb.seq, "now": now, "agent": agent, "totals": totals,
+                             "models_digest": models_digest}
+        device.last_seq, device.totals, device.models_digest = hb.seq, totals, models_digest
+        samples += new_samples
+        ingested = Ingested(device.id, device.name, [])
+        accepted.append((beat, ingested))
+        outcomes.append(ingested)
+    if writes:
+        conn.execute(_RECORD_HEARTBEAT, list(writes.values()))
     if samples:
         conn.execute(_INSERT_SAMPLE, samples)
-    rollouts = device_rollouts(session, device_id)
-    _advance_rollout_rows(session, device.name, rollouts, reported, hb.failures, now)
-    return Ingested(device_id, device.name, rollouts)
+    if accepted:
+        rollouts = rollouts_of_devices(session, sorted({ingested.device_id for _, ingested in accepted}))
+        for beat, ingested in accepted:  # a device twice in the batch: the second sees the first's transitions
+            ingested.rollouts = rollouts.get(ingested.device_id, [])
+            reported = {m.name: m for m in beat.body.models}
+            _advance_rollout_rows(session, ingested.device_name, ingested.rollouts, reported, beat.body.failures, now)
+    return outcomes
+
+
+def _refusal(beat: Beat, device: _DeviceNow | None) -> UserError | None:
+    """Why this heartbeat may not be recorded, or None."""
+    if device is None:
+        return unknown_device_credential(beat.secret)
+    hb = beat.body
+    if hb.device != device.name:
+        return PermissionDeniedError("a device may only send heartbeats for itself", value=hb.device, field="device",
+                                     expected=f"{device.name!r} (the credential's device)",
+                                     fix="set [device] name in the agent config to the name it registered with")
+    if hb.seq <= device.last_seq:
+        return StaleRequestError("stale or replayed heartbeat: its sequence number is not newer than the last accepted",
+                                 value=hb.seq, field="seq", last_seq=device.last_seq,
+                                 fix=f"send seq > {device.last_seq} (the agent continues from last_seq + 1)")
+    return None
 
 
 def _models_digest(models: list[schemas.LoadedModelIn]) -> str:

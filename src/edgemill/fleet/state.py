@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -19,6 +19,9 @@ from .downloads import DownloadGate
 from .longpoll import DesiredWatch
 from .package_cache import PackageCache
 from .store import ServerStore
+
+if TYPE_CHECKING:  # the writer needs auth, which needs this module
+    from .heartbeat_writer import HeartbeatWriter
 
 
 @dataclass
@@ -31,6 +34,7 @@ class ServerState:
     downloads: DownloadGate = field(init=False)  # this replica's download limiter
     packages: PackageCache = field(init=False)  # package files served from memory
     watch: DesiredWatch = field(init=False)  # wakes held heartbeats (one query per check, not per heartbeat)
+    heartbeats: HeartbeatWriter = field(init=False)  # writes the heartbeats that arrive together in one transaction
     metrics: Any = None
     retention_due_at: float = 0.0  # when this replica next runs the retention jobs (the first tick does)
 
@@ -38,6 +42,9 @@ class ServerState:
         self.downloads = DownloadGate(self.config.max_concurrent_downloads)
         self.packages = PackageCache(int(self.config.package_cache_mb * 2**20), int(self.config.package_cache_item_mb * 2**20))
         self.watch = DesiredWatch(self.db, self.clock, self.config.long_poll_check_s)
+        from .heartbeat_writer import HeartbeatWriter
+
+        self.heartbeats = HeartbeatWriter(self.db, self.config, self.clock)
 
 
 def server_state(request: Request) -> ServerState:

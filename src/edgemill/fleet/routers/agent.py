@@ -24,8 +24,7 @@ from .. import schemas
 from ..auth import device_secret, digest, new_secret, require_device
 from ..db.tables import Capture, Device, Fleet, RegistrationToken
 from ..downloads import DownloadGate
-from ..desired import desired_state, desired_versions, needs_action
-from ..heartbeats import ingest
+from ..desired import desired_state, desired_versions
 from ..state import ServerState, server_state
 from ..views import ts
 from .common import checked_tags
@@ -86,19 +85,6 @@ def _registered_already(session: Session, body: schemas.RegisterIn) -> schemas.R
     return schemas.RegisterOut(device=body.device, fleet=str(fleet_name), credential=body.credential or "")
 
 
-def _heartbeat_once(state: ServerState, secret: str,
-                    body: schemas.HeartbeatIn) -> tuple[int, schemas.DesiredStateOut, bool, float]:
-    """Authenticate, record and answer in one transaction (the hot path: one connection, one thread hop)."""
-    now = state.clock()
-    with state.db.session() as session:
-        got = ingest(session, secret, body, now, state.config)
-        desired = desired_state(session, got.device_id, got.device_name, body.seq, state.config.heartbeat_interval_s,
-                                got.rollouts)
-    reported = {m.name: m.package_id for m in body.models}
-    failed = {(f.model, f.package_id) for f in body.failures}
-    return got.device_id, desired, needs_action(desired, reported, failed), now
-
-
 def _desired_now(state: ServerState, device_id: int, name: str, seq: int) -> schemas.DesiredStateOut:
     with state.db.session() as session:
         return desired_state(session, device_id, name, seq, state.config.heartbeat_interval_s)
@@ -115,15 +101,16 @@ async def heartbeat(body: schemas.HeartbeatIn, request: Request,
     """Report status, loaded models, metrics and apply failures; get the desired state back. Answers at
     once when the device has something to do, otherwise when the desired state changes or the wait ends."""
     state = server_state(request)
-    device_id, desired, act, answered_at = await run_in_threadpool(_heartbeat_once, state, secret, body)
+    answered = await state.heartbeats.submit(secret, body)
+    device_id, desired = answered.device_id, answered.desired
     wait = min(wait_s, state.config.long_poll_max_s)
-    if act or wait <= 0:
+    if answered.act or wait <= 0:
         return _answer(desired, 0.0)
     # Held: no task and no polling per request (10,000 devices hold 8,000 of these at once). The watcher
     # sets the event when the device's desired state may have changed; one timer sets it at the end.
     # A client that hung up is not looked for: its answer goes nowhere when the wait ends.
     held_from = time.monotonic()
-    event = state.watch.hold(device_id, answered_at)
+    event = state.watch.hold(device_id, answered.answered_at)
     expired = False
 
     def expire() -> None:
