@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from edgemill.fleet.gc_policy import CollectorSchedule  # noqa: E402
 from tests._fleet import ServerProcess, build_model_package  # noqa: E402
 
 MODEL = "sim-model"
@@ -115,6 +116,48 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+WRITER_METRICS = ("edgemill_server_heartbeat_queue_seconds", "edgemill_server_heartbeat_write_seconds",
+                  "edgemill_server_heartbeat_batch_size")
+
+
+async def scrape_writer(session: aiohttp.ClientSession, url: str) -> dict[str, dict[str, float]]:
+    """The server's heartbeat-writer histograms (``le`` → cumulative count, plus sum and count)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(f"{url}/metrics") as response:
+        text = await response.text()
+    out: dict[str, dict[str, float]] = {name: {} for name in WRITER_METRICS}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for name in WRITER_METRICS:
+                if sample.name == name + "_bucket":
+                    out[name][sample.labels["le"]] = sample.value
+                elif sample.name in (name + "_sum", name + "_count"):
+                    out[name][sample.name[len(name) + 1:]] = sample.value
+    return out
+
+
+def writer_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """What the server's heartbeat writer did in the window: mean batch, mean write time, queue waits."""
+    def delta(name: str, key: str) -> float:
+        return after[name].get(key, 0.0) - before[name].get(key, 0.0)
+
+    def quantile(name: str, q: float) -> float | None:  # the upper bound of the bucket holding quantile q
+        total = delta(name, "count")
+        bounds = sorted((float(le), le) for le in after[name] if le not in ("sum", "count"))
+        for bound, le in bounds:
+            if total and delta(name, le) >= q * total:
+                return bound
+        return None
+
+    batches = delta(WRITER_METRICS[2], "count")
+    queue_ms = quantile(WRITER_METRICS[0], 0.99)
+    return {"writes": batches,
+            "mean_batch": round(delta(WRITER_METRICS[2], "sum") / batches, 1) if batches else None,
+            "mean_write_ms": round(delta(WRITER_METRICS[1], "sum") / batches * 1000, 1) if batches else None,
+            "queue_wait_p99_ms_at_most": queue_ms * 1000 if queue_ms is not None else None}
 
 
 # --- the simulated agent ---------------------------------------------------------------------
@@ -281,11 +324,16 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
     async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [asyncio.create_task(run_device(d, session, url, args, stats, stop, random.Random(rng.random())))
                  for d in devices]
+        # Thousands of live agents make full collector passes long; this process measures latency, so
+        # it schedules them as the server does (between runs of the measurement, not in the middle).
+        collector = CollectorSchedule(full_every_s=3600)
+        collector.start()
         if first is not None:
             await wait_deployment(api, first["id"], timeout=args.interval * 4 + 120)
         print(f"warming up for {args.interval:g} s", flush=True)
         await asyncio.sleep(args.interval)
         size0 = database_bytes(args.db, data_dir)
+        writer0 = await scrape_writer(session, url)
         cpu0 = (tree_cpu_seconds(server_pid) if server_pid else 0.0, postgres_cpu_seconds(), cpu_seconds(os.getpid()))
         w0 = time.monotonic()
         stats.measuring = True
@@ -295,6 +343,7 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
         window = time.monotonic() - w0
         cpu1 = (tree_cpu_seconds(server_pid) if server_pid else 0.0, postgres_cpu_seconds(), cpu_seconds(os.getpid()))
         size1 = database_bytes(args.db, data_dir)
+        writer1 = await scrape_writer(session, url)
         lat = stats.latencies_ms
         result.update({
             "heartbeats": stats.heartbeats, "heartbeats_per_s": round(stats.heartbeats / window, 1),
@@ -308,6 +357,7 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
                                       "postgres": round((cpu1[1] - cpu0[1]) / window, 2),
                                       "simulator": round((cpu1[2] - cpu0[2]) / window, 2)},
             "db_bytes_per_device_day": round((size1 - size0) / args.devices * 86400 / window),
+            "server_heartbeat_writer": writer_summary(writer0, writer1),
             "errors": dict(stats.errors), "dropped": stats.dropped, "restarts": stats.restarts})
         stats.rate_limited = 0
         print("steady state: " + json.dumps(result), flush=True)
@@ -318,6 +368,7 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        collector.stop()
     result["errors"] = dict(stats.errors)
     result["downloads_rate_limited_during_rollout"] = stats.rate_limited
     return result

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from . import http_errors
 from .auth import ensure_operator_key
 from .config import ServerConfig
 from .db import open_database
+from .gc_policy import CollectorSchedule
 from .observability import AccessLog, ServerMetrics, fleet_gauges
 from .reconciler import run_forever
 from .schemas import ErrorOut
@@ -74,6 +74,7 @@ def build_state(config: ServerConfig, clock: Callable[[], float] = time.time) ->
     keys = load_public_keys([str(k) for k in config.trusted_keys]) if config.trusted_keys else []
     state = ServerState(config=config, db=db, store=store, trusted_keys=keys, clock=clock)
     state.metrics = ServerMetrics()
+    state.heartbeats.metrics = state.metrics
     state.metrics.add_collector(fleet_gauges(state))
     if not keys:
         log.warning("no trusted keys: every package upload will be refused; start with --trusted-key PUBLIC.pem")
@@ -93,19 +94,20 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
         # Handlers that touch the database run in worker threads; as many as there are pooled
         # connections, so none waits for (or opens) a connection of its own.
         anyio.to_thread.current_default_thread_limiter().total_tokens = config.db_pool_size
-        # Everything loaded so far (FastAPI, SQLAlchemy, pydantic: hundreds of thousands of objects)
-        # lives as long as the process: keep it out of the collector's full passes, which otherwise walk
-        # it all and stall every request in flight.
-        gc.collect()
-        gc.freeze()
+        # Full garbage-collector passes stall every request in flight: what is loaded now is frozen
+        # out of them, and they run on a schedule instead of whenever the held heartbeats grow the heap.
+        collector = CollectorSchedule()
+        collector.start()
         stop = asyncio.Event()
-        task = asyncio.create_task(run_forever(state, stop)) if background else None
+        tasks = [asyncio.create_task(collector.run(stop))]
+        if background:
+            tasks.append(asyncio.create_task(run_forever(state, stop)))
         try:
             yield
         finally:
             stop.set()
-            if task is not None:
-                await task
+            await asyncio.gather(*tasks)
+            collector.stop()
 
     app = FastAPI(title="edgemill control plane", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
@@ -113,7 +115,8 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     http_errors.install(app)
     app.add_middleware(AccessLog, metrics=state.metrics)
-    for router in (models.router, fleets.router, deployments.router, agent.router, captures.router, alerts.router,
+    # The device API first: routes are matched in order, and the heartbeat is most of all requests.
+    for router in (agent.router, models.router, fleets.router, deployments.router, captures.router, alerts.router,
                    overview.router, system.router):
         app.include_router(router)
     try:

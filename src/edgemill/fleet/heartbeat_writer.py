@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import DBAPIError
@@ -51,10 +53,11 @@ class HeartbeatWriter:
         self._config = config
         self._clock = clock
         self._max_batch = max_batch
-        self._queue: list[tuple[Beat, asyncio.Future[Answered]]] = []
+        self._queue: list[tuple[Beat, asyncio.Future[Answered], float]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # transactions written (tests and benchmarks read these)
         self.written = 0  # heartbeats they carried, refused ones included
+        self.metrics: Any = None  # observability.ServerMetrics, when the app has one
 
     async def submit(self, secret: str, body: schemas.HeartbeatIn) -> Answered:
         """Record one heartbeat (with whatever else is waiting) and return its answer; raises its refusal."""
@@ -62,7 +65,7 @@ class HeartbeatWriter:
         if self._task is not None and self._task.get_loop() is not loop:  # a new event loop (tests): start over
             self._task, self._queue = None, []
         future: asyncio.Future[Answered] = loop.create_future()
-        self._queue.append((Beat(secret, body), future))
+        self._queue.append((Beat(secret, body), future, time.perf_counter()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain())
         return await future
@@ -70,20 +73,31 @@ class HeartbeatWriter:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+            started = time.perf_counter()
             try:
-                outcomes = await run_in_threadpool(self._write, [beat for beat, _ in batch])
+                outcomes = await run_in_threadpool(self._write, [beat for beat, _, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every heartbeat of the batch is answered with it
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), outcome in zip(batch, outcomes):
+            finally:
+                self._observe(batch, started)
+            for (_, future, _), outcome in zip(batch, outcomes):
                 if future.done():  # the client went away; what it sent is recorded all the same
                     continue
                 if isinstance(outcome, UserError):
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+    def _observe(self, batch: list[tuple[Beat, asyncio.Future[Answered], float]], started: float) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.heartbeat_write.observe(time.perf_counter() - started)
+        self.metrics.heartbeat_batch.observe(len(batch))
+        for _, _, submitted in batch:
+            self.metrics.heartbeat_queue.observe(started - submitted)
 
     def _write(self, beats: list[Beat]) -> list[Answered | UserError]:
         for attempt in (1, 2):

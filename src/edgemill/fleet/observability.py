@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -29,6 +29,19 @@ class ServerMetrics:
         self.latency = Histogram("edgemill_server_request_seconds", "HTTP request latency", ["method", "route"],
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30, 60),
                                  registry=self.registry)
+        # The heartbeat writer (group commit): how long a heartbeat waits for a write to start, how long
+        # the write takes, and how many heartbeats it carries. Queue waits near the write time mean the
+        # writer keeps up; growing waits mean the database or this process is the limit.
+        self.heartbeat_queue = Histogram("edgemill_server_heartbeat_queue_seconds",
+                                         "Time a heartbeat waited for its write to start",
+                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+                                         registry=self.registry)
+        self.heartbeat_write = Histogram("edgemill_server_heartbeat_write_seconds",
+                                         "Time one heartbeat write (transaction) took",
+                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+                                         registry=self.registry)
+        self.heartbeat_batch = Histogram("edgemill_server_heartbeat_batch_size", "Heartbeats per write",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.ticks = Counter("edgemill_server_tick_changes", "Changes made by the background tick", ["kind"],
                              registry=self.registry)
 
@@ -41,20 +54,21 @@ class ServerMetrics:
 
 
 def fleet_gauges(state: Any) -> Callable[[], Iterable[Any]]:
-    """Devices by status and firing alerts, read from the database at scrape time."""
+    """Devices by status and firing alerts, counted by the database at scrape time (a scrape of a
+    10,000-device fleet reads two rows of counts, not 10,000 device records)."""
     from sqlalchemy import func, select
 
-    from .db.tables import Alert, Device
-    from .views import device_status
+    from .db.tables import Alert
+    from .views import status_counts
 
     def collect() -> Iterable[Any]:
         now = state.clock()
         with state.db.session() as session:
-            statuses = [device_status(d, now, state.config) for d in session.scalars(select(Device))]
+            counts = status_counts(session, now, state.config)
             firing = session.scalar(select(func.count(Alert.id)).where(Alert.state == "firing")) or 0
         devices = GaugeMetricFamily("edgemill_fleet_devices", "Registered devices by status", labels=["status"])
-        for status in ("online", "offline", "degraded", "never_seen"):
-            devices.add_metric([status], statuses.count(status))
+        for name in ("online", "offline", "degraded", "never_seen"):
+            devices.add_metric([name], counts[name])
         yield devices
         alerts = GaugeMetricFamily("edgemill_fleet_alerts_firing", "Alerts firing now")
         alerts.add_metric([], firing)

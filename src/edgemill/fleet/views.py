@@ -48,6 +48,15 @@ def device_status_sql(dialect: str, now: float, config: ServerConfig) -> ColumnE
                 (has_problems_sql(dialect), "degraded"), else_="online")
 
 
+def status_counts(session: Session, now: float, config: ServerConfig) -> dict[str, int]:
+    """Devices by status (every status present, zeros included), counted by the database."""
+    by_status = select(device_status_sql(dialect_of(session), now, config).label("status")).subquery()
+    counts = {s: 0 for s in ("online", "offline", "degraded", "never_seen")}
+    counts.update({s: int(n) for s, n in session.execute(
+        select(by_status.c.status, func.count()).group_by(by_status.c.status))})
+    return counts
+
+
 def device_tag_sql(dialect: str, key: str, value: str) -> ColumnElement[bool]:
     """SQL for ``device.tags.get(key) == value``. The key is a bound value, never part of a JSON path,
     so any key (quotes, dots, ``$``) is matched as written."""

@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..auth import device_secret, digest, new_secret, require_device
 from ..db.tables import Capture, Device, Fleet, RegistrationToken
 from ..downloads import DownloadGate
 from ..desired import desired_state, desired_versions
+from ..longpoll import DesiredWatch
 from ..state import ServerState, server_state
 from ..views import ts
 from .common import checked_tags
@@ -102,43 +104,67 @@ async def heartbeat(body: schemas.HeartbeatIn, request: Request,
     once when the device has something to do, otherwise when the desired state changes or the wait ends."""
     state = server_state(request)
     answered = await state.heartbeats.submit(secret, body)
-    device_id, desired = answered.device_id, answered.desired
     wait = min(wait_s, state.config.long_poll_max_s)
     if answered.act or wait <= 0:
-        return _answer(desired, 0.0)
-    # Held: no task and no polling per request (10,000 devices hold 8,000 of these at once). The watcher
-    # sets the event when the device's desired state may have changed; one timer sets it at the end.
-    # A client that hung up is not looked for: its answer goes nowhere when the wait ends.
-    held_from = time.monotonic()
-    event = state.watch.hold(device_id, answered.answered_at)
-    expired = False
+        return _answer(answered.desired, 0.0)
+    # Held: the waiting happens in the response, after this handler (and with it the request body, the
+    # parsed heartbeat and FastAPI's bookkeeping) is gone. 10,000 devices hold 8,000 of these at once;
+    # each object a held answer keeps alive is 8,000 more for the garbage collector to walk.
+    device_id, name, seq = answered.device_id, body.device, body.seq
 
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        event.set()
+    async def reread() -> schemas.DesiredStateOut:
+        return await run_in_threadpool(_desired_now, state, device_id, name, seq)
 
-    timer = asyncio.get_running_loop().call_later(wait, expire)
-    try:
-        while True:
-            await event.wait()
-            event.clear()
-            if expired:
-                break
-            now = await run_in_threadpool(_desired_now, state, device_id, body.device, body.seq)
-            if now.generation != desired.generation:
-                desired = now
-                break
-    finally:
-        timer.cancel()
-        state.watch.release(device_id, event)
-    return _answer(desired, (time.monotonic() - held_from) * 1000)
+    return HeldAnswer(state.watch, device_id, answered.answered_at, wait, answered.desired, reread)
 
 
 def _answer(desired: schemas.DesiredStateOut, held_ms: float) -> Response:
     """The heartbeat's answer, serialised once here (returning the model would have FastAPI validate it
     again against the response model on the hot path)."""
     return Response(desired.model_dump_json(), media_type="application/json", headers={HELD_HEADER: f"{held_ms:.1f}"})
+
+
+class HeldAnswer(Response):
+    """A heartbeat's answer that waits, up to ``wait_s``, for the device's desired state to change.
+
+    No task and no polling per request: the watcher sets the event when the device's desired state may
+    have changed (the answer re-reads it and goes on waiting if nothing moved), one timer sets it at the
+    end. A client that hung up is not looked for: its answer goes nowhere when the wait ends."""
+
+    media_type = "application/json"
+
+    def __init__(self, watch: DesiredWatch, device_id: int, answered_at: float, wait_s: float,
+                 desired: schemas.DesiredStateOut, reread: Callable[[], Awaitable[schemas.DesiredStateOut]]) -> None:
+        super().__init__(status_code=200)
+        self._watch, self._device_id, self._answered_at, self._wait_s = watch, device_id, answered_at, wait_s
+        self._desired, self._reread = desired, reread
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        held_from = time.monotonic()
+        desired = self._desired
+        event = self._watch.hold(self._device_id, self._answered_at)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            event.set()
+
+        timer = asyncio.get_running_loop().call_later(self._wait_s, expire)
+        try:
+            while True:
+                await event.wait()
+                event.clear()
+                if expired:
+                    break
+                now = await self._reread()
+                if now.generation != desired.generation:
+                    desired = now
+                    break
+        finally:
+            timer.cancel()
+            self._watch.release(self._device_id, event)
+        await _answer(desired, (time.monotonic() - held_from) * 1000)(scope, receive, send)
 
 
 @router.get("/packages/{package_id}", response_class=Response, responses={

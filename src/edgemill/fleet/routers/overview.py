@@ -14,7 +14,8 @@ from ..auth import require_operator
 from ..db import floor_div
 from ..db.tables import Alert, Capture, Deployment, Device, Fleet, MetricRollup, MetricSample, Model, ModelVersion
 from ..state import server_state
-from ..views import alerts_out, count, deployment_summaries, device_status_sql, devices_out, dialect_of
+from ..views import (alerts_out, count, deployment_summaries, device_status_sql, devices_out, dialect_of,
+                     status_counts)
 from .common import get_device
 
 router = APIRouter(prefix="/api/v1", tags=["dashboard"])
@@ -34,10 +35,7 @@ def overview(request: Request, _: str = Depends(require_operator)) -> schemas.Ov
     config = state.config
     with state.db.session() as session:
         status = device_status_sql(dialect_of(session), now, config)
-        by_status = select(status.label("status")).subquery()
-        counts = {s: 0 for s in ("online", "offline", "degraded", "never_seen")}
-        counts.update({s: int(n) for s, n in session.execute(
-            select(by_status.c.status, func.count()).group_by(by_status.c.status))})
+        counts = status_counts(session, now, config)
         problem_devices = devices_out(session, session.scalars(
             select(Device).where(status.in_(("degraded", "offline"))).order_by(Device.name)
             .limit(PROBLEM_DEVICES_SHOWN)).all(), now, config)
