@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from edgemill.agent.sync import next_heartbeat_in  # noqa: E402
 from edgemill.fleet.gc_policy import CollectorSchedule  # noqa: E402
 from tests._fleet import ServerProcess, build_model_package  # noqa: E402
 
@@ -270,7 +271,8 @@ async def run_device(dev: SimDevice, session: aiohttp.ClientSession, url: str, a
             stats.error(f"download http {status}")
             delay = args.interval
             continue
-        delay = max(0.0, sent + float(answer.get("heartbeat_interval_s", args.interval)) - time.monotonic())
+        # Spread as the agent spreads it (a fleet in step would otherwise stay in step).
+        delay = next_heartbeat_in(sent, time.monotonic(), float(answer.get("heartbeat_interval_s", args.interval)), rng)
 
 
 # --- the run ---------------------------------------------------------------------------------

@@ -647,3 +647,21 @@ def test_the_agent_reports_metrics_memory_and_captures_in_the_contracts_heartbea
         assert b"edgemill_agent_control_plane" in agent.metrics.prometheus_text()
     finally:
         agent.stop(grace_s=0)
+
+
+def test_the_next_heartbeat_is_one_interval_after_the_last_spread_so_a_fleet_in_step_drifts_apart() -> None:
+    import random
+    import statistics
+
+    from edgemill.agent.sync import HEARTBEAT_JITTER, next_heartbeat_in
+
+    rng = random.Random(7)
+    on_time = [next_heartbeat_in(100.0, 101.0, 30.0, rng) for _ in range(2000)]  # answered 1 s after sending
+    assert all(29.0 - 1.5 <= d <= 29.0 + 1.5 for d in on_time)
+    assert statistics.fmean(on_time) == pytest.approx(29.0, abs=0.1) and statistics.pstdev(on_time) > 0.5
+    # Answered late (a stalled server): more than the spread late goes at once; the on-time waits after
+    # that drift apart by the spread each interval, which is what breaks a fleet's step.
+    late = [next_heartbeat_in(100.0, 135.0, 30.0, rng) for _ in range(2000)]
+    assert all(d == 0.0 for d in late)
+    just_late = [next_heartbeat_in(100.0, 130.0, 30.0, rng) for _ in range(2000)]
+    assert 0.4 < sum(d == 0.0 for d in just_late) / 2000 < 0.6 and max(just_late) <= HEARTBEAT_JITTER * 30.0

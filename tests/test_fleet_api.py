@@ -273,6 +273,45 @@ def test_a_held_heartbeat_answers_when_a_wave_takes_the_device_or_when_the_wait_
     assert 200 <= float(woken.headers["X-Edgemill-Held-Ms"]) < 1500  # woken, not timed out
 
 
+def test_a_wave_wakes_every_held_heartbeat_it_takes_with_one_read_of_their_states(
+        server: TestClient, fleet_packages: dict[str, Path]) -> None:
+    import threading
+    import time
+
+    assert upload(server, fleet_packages["v1"]).status_code == 201
+    devices = [Device(server, f"cam-{i}", register(server, "cams", f"cam-{i}")) for i in range(5)]
+    for d in devices:
+        d.heartbeat()
+    watch = server.state.watch  # type: ignore[attr-defined]
+    reads: list[list[int]] = []
+    real = watch._desired_of
+    watch._desired_of = lambda ids: reads.append(list(ids)) or real(ids)
+    answers: dict[str, Any] = {}
+
+    def hold(d: Device) -> None:
+        answers[d.name] = server.post("/api/v1/agent/heartbeat?wait_s=30", headers=d.headers,
+                                      json={"device": d.name, "seq": d.seq + 1})
+
+    holders = [threading.Thread(target=hold, args=(d,)) for d in devices]
+    for t in holders:
+        t.start()
+    deadline = time.monotonic() + 5
+    while watch.held < len(devices) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert watch.held == len(devices)
+    created = server.post("/api/v1/deployments", json={"model": "detector", "version": "1.0.0", "fleet": "cams",
+                                                       "strategy": {"canary_percent": 100}})
+    assert created.status_code == 201, created.text
+    for t in holders:
+        t.join(10)
+    for d in devices:
+        woken = answers[d.name]
+        assert woken.status_code == 200 and woken.json()["device"] == d.name and woken.json()["seq"] == d.seq + 1
+        assert [m["version"] for m in woken.json()["models"]] == ["1.0.0"]
+        assert float(woken.headers["X-Edgemill-Held-Ms"]) < 1500  # woken, not timed out
+    assert len(reads) == 1 and len(reads[0]) == len(devices)  # one read for the whole wave
+
+
 def test_stale_and_replayed_heartbeats_are_refused_with_the_last_sequence(server: TestClient) -> None:
     headers = register(server, "cams", "cam-1")
     assert server.post("/api/v1/agent/heartbeat", headers=headers, json={"device": "cam-1", "seq": 5}).status_code == 200

@@ -150,7 +150,7 @@ def _backfill_history(server: Server, packages: dict[str, str]) -> dict[tuple[st
     """An hour of per-minute samples, written to the database directly: the API cannot write the past
     (the server stamps every heartbeat with its own clock) and the charts need time to show anything.
     Returns the cumulative counters the heartbeats continue from."""
-    from sqlalchemy import select
+    from sqlalchemy import select, update
 
     from edgemill.fleet.db import open_database
     from edgemill.fleet.db.tables import Device, MetricSample
@@ -171,6 +171,10 @@ def _backfill_history(server: Server, packages: dict[str, str]) -> dict[tuple[st
                                              total_requests=total_r, total_errors=total_e,
                                              p50_ms=p50, p95_ms=p50 * 2.1, p99_ms=p50 * 3.2))
                 totals[(device, model)] = (total_r, total_e)
+        # The counters the server continues from, as heartbeats would have left them.
+        for device in CAMERAS:
+            session.execute(update(Device).where(Device.id == ids[device]).values(metric_totals={
+                model: list(totals[(device, model)]) for model in ("mlp", "classifier")}))
     db.engine.dispose()
     return totals
 

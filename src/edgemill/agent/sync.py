@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import threading
@@ -44,6 +45,17 @@ _OWN_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}-(?P<id>[0-9a-f]{12})\.
 _PARTIAL = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.[0-9a-f]{12}\.partial")
 _LOUD_RETRIES = 3  # failed attempts in a row that are each logged; later ones only at debug level
 _MAX_STALE = 3  # stale-sequence answers in a row before it counts as a problem (not a quick retry)
+# Each wait for the next heartbeat moves by up to this share of the interval, at random. Agents whose
+# answers arrive together (after a server stall or a network outage, or when a late answer leaves no
+# wait at all) would otherwise heartbeat in step from then on, and a fleet in step loads its control
+# plane in bursts; with the spread, such a burst dissolves within a few intervals. The mean is unchanged.
+HEARTBEAT_JITTER = 0.05
+
+
+def next_heartbeat_in(sent: float, now: float, interval: float, rng: random.Random) -> float:
+    """Seconds until the next heartbeat: one interval after the last was sent, moved at random by up
+    to ``HEARTBEAT_JITTER`` of the interval, never negative."""
+    return max(0.0, sent + interval - now + rng.uniform(-HEARTBEAT_JITTER, HEARTBEAT_JITTER) * interval)
 
 
 def package_file(name: str, package_id: str) -> str:
@@ -77,6 +89,7 @@ class Sync:
         self._capture_client = self._new_client()
         self._thread: threading.Thread | None = None
         self._interval = self.server.heartbeat_interval_s
+        self._jitter = random.Random()
         self._offline = 0  # attempts in a row that found no server
         self._stale = 0
         self._problem: str | None = None  # the refusal last logged, so a repeat is not logged again
@@ -302,7 +315,7 @@ class Sync:
             return retry_in
         if changed:
             return 0.0  # report what changed at once
-        return max(0.0, sent + self._interval - self._clock())
+        return next_heartbeat_in(sent, self._clock(), self._interval, self._jitter)
 
     # --- applying the desired state ------------------------------------------------------------
 

@@ -31,13 +31,19 @@ DEGRADED_MIN_REQUESTS = 10  # fewer requests in one heartbeat say too little abo
 _DEVICES_BY_CREDENTIAL = (select(Device.id, Device.name, Device.metric_totals, Device.models_digest, Device.last_seq,
                                  Device.credential_hash)
                           .where(Device.credential_hash.in_(bindparam("hashes", expanding=True)))
-                          .order_by(Device.id).with_for_update())
+                          .order_by(Device.id).with_for_update(key_share=True))
 _RECORD_HEARTBEAT = (update(Device).where(Device.id == bindparam("device_id"))
                      .values(last_seq=bindparam("seq"), last_seen_at=bindparam("now"),
                              models_digest=bindparam("models_digest"), agent=bindparam("agent", type_=Device.agent.type),
                              metric_totals=bindparam("totals", type_=Device.metric_totals.type)))
-_DEVICE_MODELS = select(DeviceModel.id, DeviceModel.model_name, DeviceModel.package_id).where(
-    DeviceModel.device_id == bindparam("device_id"))
+_MODELS_OF_DEVICES = select(DeviceModel.id, DeviceModel.device_id, DeviceModel.model_name, DeviceModel.package_id).where(
+    DeviceModel.device_id.in_(bindparam("device_ids", expanding=True)))
+_CHANGE_MODEL = (update(DeviceModel).where(DeviceModel.id == bindparam("row_id"))
+                 .values(version=bindparam("new_version"), package_id=bindparam("new_package_id"),
+                         since=bindparam("new_since")))
+_MOVE_ROLLOUT_ROW = (update(DeploymentDevice).where(DeploymentDevice.id == bindparam("row_id"))
+                     .values(state=bindparam("new_state"), updated_at=bindparam("new_updated_at"),
+                             reason=bindparam("new_reason")))
 _INSERT_SAMPLE = insert(MetricSample)
 
 
@@ -78,6 +84,7 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
     writes: dict[int, dict[str, Any]] = {}  # device id → its row's new values (the newest heartbeat's)
     samples: list[dict[str, Any]] = []
     accepted: list[tuple[Beat, Ingested]] = []
+    models_changed: dict[int, dict[str, schemas.LoadedModelIn]] = {}  # device id → what it now runs
     for beat in beats:
         device = devices.get(digest(beat.secret))
         refusal = _refusal(beat, device)
@@ -95,7 +102,7 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
                  "failures": [f.model_dump() for f in hb.failures]}
         models_digest = _models_digest(hb.models)
         if models_digest != device.models_digest:
-            _record_models(session, device.id, reported, now)
+            models_changed[device.id] = reported
         writes[device.id] = {"device_id": device.id, "seq": hb.seq, "now": now, "agent": agent, "totals": totals,
                              "models_digest": models_digest}
         device.last_seq, device.totals, device.models_digest = hb.seq, totals, models_digest
@@ -107,12 +114,20 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
         conn.execute(_RECORD_HEARTBEAT, list(writes.values()))
     if samples:
         conn.execute(_INSERT_SAMPLE, samples)
+    if models_changed:
+        _record_models(session, models_changed, now)
     if accepted:
         rollouts = rollouts_of_devices(session, sorted({ingested.device_id for _, ingested in accepted}))
+        moves: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         for beat, ingested in accepted:  # a device twice in the batch: the second sees the first's transitions
             ingested.rollouts = rollouts.get(ingested.device_id, [])
             reported = {m.name: m for m in beat.body.models}
-            _advance_rollout_rows(session, ingested.device_name, ingested.rollouts, reported, beat.body.failures, now)
+            _advance_rollout_rows(ingested.device_name, ingested.rollouts, reported, beat.body.failures, now,
+                                  moves, events)
+        if moves:
+            conn.execute(_MOVE_ROLLOUT_ROW, moves)
+            conn.execute(insert(DeploymentEvent), events)
     return outcomes
 
 
@@ -137,19 +152,28 @@ def _models_digest(models: list[schemas.LoadedModelIn]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _record_models(session: Session, device_id: int, reported: dict[str, schemas.LoadedModelIn], now: float) -> None:
+def _record_models(session: Session, reported: dict[int, dict[str, schemas.LoadedModelIn]], now: float) -> None:
+    """Bring the model rows of these devices to what each now runs (a few statements for all of them)."""
     conn = session.connection()
-    rows = {name: (row_id, package) for row_id, name, package in conn.execute(_DEVICE_MODELS, {"device_id": device_id})}
-    gone = [row_id for name, (row_id, _) in rows.items() if name not in reported]
+    rows: dict[int, dict[str, tuple[int, str]]] = {device_id: {} for device_id in reported}
+    for row_id, device_id, name, package in conn.execute(_MODELS_OF_DEVICES, {"device_ids": sorted(reported)}):
+        rows[device_id][name] = (row_id, package)
+    gone, added, changed = [], [], []
+    for device_id, models in reported.items():
+        gone += [row_id for name, (row_id, _) in rows[device_id].items() if name not in models]
+        for name, m in models.items():
+            if name not in rows[device_id]:
+                added.append({"device_id": device_id, "model_name": name, "version": m.version,
+                              "package_id": m.package_id, "since": now})
+            elif rows[device_id][name][1] != m.package_id:
+                changed.append({"row_id": rows[device_id][name][0], "new_version": m.version,
+                                "new_package_id": m.package_id, "new_since": now})
     if gone:
         conn.execute(delete(DeviceModel).where(DeviceModel.id.in_(gone)))
-    for name, m in reported.items():
-        if name not in rows:
-            conn.execute(insert(DeviceModel).values(device_id=device_id, model_name=name, version=m.version,
-                                                    package_id=m.package_id, since=now))
-        elif rows[name][1] != m.package_id:
-            conn.execute(update(DeviceModel).where(DeviceModel.id == rows[name][0])
-                         .values(version=m.version, package_id=m.package_id, since=now))
+    if added:
+        conn.execute(insert(DeviceModel), added)
+    if changed:
+        conn.execute(_CHANGE_MODEL, changed)
 
 
 def _metric_samples(session: Session, device_id: int, hb: schemas.HeartbeatIn, reported: dict[str, schemas.LoadedModelIn],
@@ -181,10 +205,12 @@ def _metric_samples(session: Session, device_id: int, hb: schemas.HeartbeatIn, r
     return samples, totals, problems
 
 
-def _advance_rollout_rows(session: Session, device_name: str, rollouts: list[DeviceRollout],
-                          reported: dict[str, schemas.LoadedModelIn], failures: list[schemas.ApplyFailureIn],
-                          now: float) -> None:
-    """Assigned rows become updated when the device runs their package, failed when it refused it."""
+def _advance_rollout_rows(device_name: str, rollouts: list[DeviceRollout], reported: dict[str, schemas.LoadedModelIn],
+                          failures: list[schemas.ApplyFailureIn], now: float,
+                          moves: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """Assigned rows become updated when the device runs their package, failed when it refused it
+    (``rollouts`` is updated in place; the row updates and their events are added to ``moves`` and
+    ``events``, written by the caller for the whole batch)."""
     failed = {(f.model, f.package_id): f for f in failures}
     for r in rollouts:
         if r.state != "assigned":
@@ -193,15 +219,13 @@ def _advance_rollout_rows(session: Session, device_name: str, rollouts: list[Dev
         running = reported.get(name)
         if running is not None and running.package_id == version.package_id:
             r.state = "updated"
-            session.execute(update(DeploymentDevice).where(DeploymentDevice.id == r.row_id)
-                            .values(state="updated", updated_at=now, reason=None))
-            session.add(DeploymentEvent(deployment_id=r.deployment_id, at=now, kind="device_updated",
-                                        message=f"{device_name} runs {name} {version.version}"))
+            moves.append({"row_id": r.row_id, "new_state": "updated", "new_updated_at": now, "new_reason": None})
+            events.append({"deployment_id": r.deployment_id, "at": now, "kind": "device_updated",
+                           "message": f"{device_name} runs {name} {version.version}"})
         elif (name, version.package_id) in failed:
             failure = failed[(name, version.package_id)]
             r.state = "failed"
             reason = (f"{failure.refusal}: " if failure.refusal else "") + failure.reason
-            session.execute(update(DeploymentDevice).where(DeploymentDevice.id == r.row_id)
-                            .values(state="failed", updated_at=now, reason=reason))
-            session.add(DeploymentEvent(deployment_id=r.deployment_id, at=now, kind="device_failed",
-                                        message=f"{device_name} could not apply {name} {version.version}: {reason}"))
+            moves.append({"row_id": r.row_id, "new_state": "failed", "new_updated_at": now, "new_reason": reason})
+            events.append({"deployment_id": r.deployment_id, "at": now, "kind": "device_failed",
+                           "message": f"{device_name} could not apply {name} {version.version}: {reason}"})

@@ -41,7 +41,8 @@ class ServerState:
     def __post_init__(self) -> None:
         self.downloads = DownloadGate(self.config.max_concurrent_downloads)
         self.packages = PackageCache(int(self.config.package_cache_mb * 2**20), int(self.config.package_cache_item_mb * 2**20))
-        self.watch = DesiredWatch(self.db, self.clock, self.config.long_poll_check_s)
+        self.watch = DesiredWatch(self.db, self.clock, self.config.long_poll_check_s,
+                                  interval_s=self.config.heartbeat_interval_s)
         from .heartbeat_writer import HeartbeatWriter
 
         self.heartbeats = HeartbeatWriter(self.db, self.config, self.clock)

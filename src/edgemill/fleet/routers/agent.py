@@ -64,7 +64,7 @@ def register(body: schemas.RegisterIn, request: Request) -> schemas.RegisterOut:
                 raise AuthenticationError("registration token already used", field="token",
                                           fix="ask the operator for a fresh token")
             session.add(Device(name=body.device, fleet_id=token.fleet_id, tags=checked_tags(body.tags),
-                               credential_hash=digest(credential), registered_at=now, last_seq=-1, agent={}))
+                               credential_hash=digest(credential), registered_at=now, last_seq=-1, agent={}, metric_totals={}))
             fleet_name = token.fleet.name
     except IntegrityError:
         raise ConflictError("a device with that name is already registered", value=body.device, field="device",
@@ -157,7 +157,11 @@ class HeldAnswer(Response):
                 event.clear()
                 if expired:
                     break
-                now = await self._reread()
+                # Woken by the watcher, which read the new state for every device it woke; or at once
+                # by a change that raced this answer, which this answer reads itself.
+                fresh = self._watch.fresh(self._device_id)
+                now = (fresh.model_copy(update={"device": desired.device, "seq": desired.seq}) if fresh is not None
+                       else await self._reread())
                 if now.generation != desired.generation:
                     desired = now
                     break
