@@ -128,8 +128,9 @@ class HeldAnswer(Response):
     """A heartbeat's answer that waits, up to ``wait_s``, for the device's desired state to change.
 
     No task and no polling per request: the watcher sets the event when the device's desired state may
-    have changed (the answer re-reads it and goes on waiting if nothing moved), one timer sets it at the
-    end. A client that hung up is not looked for: its answer goes nowhere when the wait ends."""
+    have changed, with that state read for every device it woke (the answer goes on waiting if its
+    generation did not move); one timer sets it at the end. A client that hung up is not looked for:
+    its answer goes nowhere when the wait ends."""
 
     media_type = "application/json"
 
