@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,12 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05) -> A
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def stop_all(agents: Iterable[AgentProcess]) -> None:
+    """Stop every agent, carrying on past one that fails to stop (a test's cleanup must reach them all)."""
+    for agent in agents:
+        try:
+            agent.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - stop the others regardless
+            pass

@@ -45,6 +45,7 @@ from ._agent import AgentProcess, free_port, wait_for, write_config  # noqa: E40
 from ._fleet import (ServerProcess, build_model_package, drop_postgres_database, fresh_postgres_database,  # noqa: E402
                      postgres_url)
 from ._s3server import s3_server  # noqa: E402, F401  (a fixture)
+from ._tcp import pump  # noqa: E402
 
 OUTAGE_S = 6.0  # stands for "minutes": the agents' backoff cap below is scaled down alike
 MAX_BACKOFF_S = 2.0
@@ -258,19 +259,8 @@ class TcpProxy:
 
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
-            while chunk := source.recv(65536):
-                if self.delay_s > 0:
-                    time.sleep(self.delay_s)
-                sink.sendall(chunk)
-        except OSError:
-            pass
+            pump(source, sink, self.delay_s)
         finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
             with self._lock:
                 self._live -= {source, sink}
 

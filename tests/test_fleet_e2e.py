@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 from edgemill.client import AgentClient, AgentError  # noqa: E402
 from edgemill.errors import VerificationError  # noqa: E402
 
-from ._agent import AgentProcess, free_port, wait_for, write_config  # noqa: E402
+from ._agent import AgentProcess, free_port, stop_all, wait_for, write_config  # noqa: E402
 from ._fleet import ServerProcess, build_model_package, postgres_url, tampered_copy  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -143,11 +143,7 @@ def test_three_agents_converge_roll_back_a_bad_canary_and_refuse_tampering(
             print(f"\n3-device rollout of v1 (canary + 1 wave, bake 1 s): {rollout_s:.1f} s; "
                   f"whole scenario {time.monotonic() - started:.1f} s")
         finally:
-            for agent in agents.values():
-                try:
-                    agent.__exit__(None, None, None)
-                except Exception:  # noqa: BLE001 - stop the others regardless
-                    pass
+            stop_all(agents.values())
     if db is not None:
         from ._fleet import drop_postgres_database
 

@@ -19,9 +19,10 @@ pytest.importorskip("fastapi")
 
 from edgemill.remote import ControlPlane  # noqa: E402
 
-from ._agent import AgentProcess, free_port, wait_for, write_config  # noqa: E402
+from ._agent import AgentProcess, free_port, stop_all, wait_for, write_config  # noqa: E402
 from ._fleet import (ServerProcess, build_model_package, drop_postgres_database, fresh_postgres_database,  # noqa: E402
                      postgres_url)
+from ._tcp import pump  # noqa: E402
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not postgres_url(), reason="replicas share a PostgreSQL database: set "
@@ -64,25 +65,10 @@ class RoundRobin:
                 continue
             self.connections[port] += 1
             upstream.settimeout(None)
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-            self._pump(client, upstream)
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+            pump(client, upstream)
             return
         client.close()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
 
     def close(self) -> None:
         self._stop.set()
@@ -140,6 +126,19 @@ def _finished(api: ControlPlane, deployment_id: int) -> bool:
     return api.request("GET", f"/api/v1/deployments/{deployment_id}")["state"] == "succeeded"
 
 
+def _rolls_out_once(api: ControlPlane, version: str, strategy: dict[str, object],
+                    agents: dict[str, AgentProcess]) -> None:
+    """Deploy ``version`` to the fleet; it must succeed with each wave, device update and success
+    recorded once, and each agent told to apply it once."""
+    created = api.request("POST", "/api/v1/deployments", body={"model": "detector", "version": version, "fleet": "cams",
+                                                                "strategy": strategy})
+    assert wait_for(lambda: _finished(api, created["id"]), 60), api.request("GET", f"/api/v1/deployments/{created['id']}")
+    kinds = Counter(_events(api, created["id"]))
+    assert (kinds["wave_started"], kinds["device_updated"], kinds["succeeded"]) == (2, 3, 1), kinds
+    for agent in agents.values():
+        assert agent.stderr().count(f"applying detector {version}") == 1
+
+
 def test_two_server_processes_behind_round_robin_act_as_one_and_survive_losing_one(
         tmp_path: Path, keypair: tuple[Path, Path]) -> None:
     db = fresh_postgres_database(postgres_url())  # type: ignore[arg-type]
@@ -171,13 +170,7 @@ def test_two_server_processes_behind_round_robin_act_as_one_and_survive_losing_o
 
         # A staged rollout while both replicas tick: each step once.
         strategy = {"canary_percent": 34, "bake_time_s": 1, "gates": {"max_error_rate": 0.5}}
-        d1 = api.request("POST", "/api/v1/deployments", body={"model": "detector", "version": "1.0.0", "fleet": "cams",
-                                                              "strategy": strategy})
-        assert wait_for(lambda: _finished(api, d1["id"]), 60), api.request("GET", f"/api/v1/deployments/{d1['id']}")
-        kinds = Counter(_events(api, d1["id"]))
-        assert (kinds["wave_started"], kinds["device_updated"], kinds["succeeded"]) == (2, 3, 1), kinds
-        for agent in agents.values():
-            assert agent.stderr().count("applying detector 1.0.0") == 1
+        _rolls_out_once(api, "1.0.0", strategy, agents)
 
         # An alert evaluated by both replicas fires once and its webhook is delivered once.
         api.request("POST", "/api/v1/alert-rules", body={"name": "quiet", "metric": "requests_per_min", "op": "<",
@@ -191,20 +184,10 @@ def test_two_server_processes_behind_round_robin_act_as_one_and_survive_losing_o
         # Lose a replica: the other one carries the fleet and the next rollout alone.
         replicas[0].proc.kill()  # type: ignore[union-attr]
         replicas[0].proc.wait(10)  # type: ignore[union-attr]
-        d2 = api.request("POST", "/api/v1/deployments", body={"model": "detector", "version": "2.0.0", "fleet": "cams",
-                                                              "strategy": strategy})
-        assert wait_for(lambda: _finished(api, d2["id"]), 60), api.request("GET", f"/api/v1/deployments/{d2['id']}")
-        kinds = Counter(_events(api, d2["id"]))
-        assert (kinds["wave_started"], kinds["device_updated"], kinds["succeeded"]) == (2, 3, 1), kinds
-        for agent in agents.values():
-            assert agent.stderr().count("applying detector 2.0.0") == 1
+        _rolls_out_once(api, "2.0.0", strategy, agents)
         assert "Traceback" not in replicas[1].output()
     finally:
-        for agent in agents.values():
-            try:
-                agent.__exit__(None, None, None)
-            except Exception:  # noqa: BLE001 - stop the others regardless
-                pass
+        stop_all(agents.values())
         for replica in replicas:
             replica.stop()
         if balancer is not None:

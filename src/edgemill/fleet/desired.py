@@ -47,9 +47,9 @@ class DeviceRollout:
 
 _previous = aliased(ModelVersion)
 _previous_model = aliased(Model)
-# Built once: the heartbeat runs this for every device every interval, so it reads columns (no ORM
-# objects, no JSON manifests) through the connection.
-_ROLLOUT_COLUMNS = (
+# Built once: heartbeats run this for every device every interval, so it reads columns (no ORM
+# objects, no JSON manifests) through the connection, for all the devices of a write at once.
+_ROLLOUTS_OF_DEVICES = (
     select(DeploymentDevice.device_id, DeploymentDevice.id, DeploymentDevice.state, Deployment.id, Deployment.model_id,
            ModelVersion.id, Model.name, ModelVersion.version, ModelVersion.package_id, ModelVersion.size_bytes,
            ModelVersion.store_key,
@@ -60,10 +60,8 @@ _ROLLOUT_COLUMNS = (
     .join(Model, ModelVersion.model_id == Model.id)
     .outerjoin(_previous, DeploymentDevice.previous_version_id == _previous.id)
     .outerjoin(_previous_model, _previous.model_id == _previous_model.id)
-    .where(DeploymentDevice.state != "pending")
+    .where(DeploymentDevice.device_id.in_(bindparam("device_ids", expanding=True)), DeploymentDevice.state != "pending")
     .order_by(Deployment.id.desc()))
-_ROLLOUTS = _ROLLOUT_COLUMNS.where(DeploymentDevice.device_id == bindparam("device_id"))
-_ROLLOUTS_OF_DEVICES = _ROLLOUT_COLUMNS.where(DeploymentDevice.device_id.in_(bindparam("device_ids", expanding=True)))
 
 
 def _rollout(row: Any) -> DeviceRollout:
@@ -73,7 +71,7 @@ def _rollout(row: Any) -> DeviceRollout:
 
 def device_rollouts(session: Session, device_id: int) -> list[DeviceRollout]:
     """A device's rollout rows that took it into a wave (not pending), newest deployment first."""
-    return [_rollout(row) for row in session.connection().execute(_ROLLOUTS, {"device_id": device_id})]
+    return rollouts_of_devices(session, [device_id]).get(device_id, [])
 
 
 def rollouts_of_devices(session: Session, device_ids: list[int]) -> dict[int, list[DeviceRollout]]:

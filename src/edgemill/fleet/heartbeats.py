@@ -4,7 +4,8 @@ A heartbeat is the control plane's hot path (10,000 devices every 30 s is 333 a 
 heartbeats that arrive together are written together (:mod:`.heartbeat_writer` gathers them): one
 read of their devices (which is also the authentication), one batched write of the device rows, one
 batched insert of metric samples, one read of their rollout rows and one commit, however many there
-are. The devices' rows are read ``FOR UPDATE``, so two copies of one heartbeat arriving at two
+are. The devices' rows are read ``FOR NO KEY UPDATE`` (which does not block the key-share locks that
+inserts referencing a device take), so two copies of one heartbeat arriving at two
 replicas at once cannot both pass the sequence check. A heartbeat that is refused (unknown
 credential, another device's name, a stale sequence number) writes nothing and costs the others nothing.
 """
@@ -77,16 +78,17 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
                 config: ServerConfig) -> list[Ingested | UserError]:
     """Record heartbeats in one transaction; for each, what it recorded or why it was refused (in order)."""
     conn = session.connection()
+    hashes = [digest(b.secret) for b in beats]
     devices = {row.credential_hash: _DeviceNow(int(row.id), row.name, row.metric_totals, row.models_digest,
                                                int(row.last_seq))
-               for row in conn.execute(_DEVICES_BY_CREDENTIAL, {"hashes": sorted({digest(b.secret) for b in beats})})}
+               for row in conn.execute(_DEVICES_BY_CREDENTIAL, {"hashes": sorted(set(hashes))})}
     outcomes: list[Ingested | UserError] = []
     writes: dict[int, dict[str, Any]] = {}  # device id → its row's new values (the newest heartbeat's)
     samples: list[dict[str, Any]] = []
-    accepted: list[tuple[Beat, Ingested]] = []
+    accepted: list[tuple[Beat, dict[str, schemas.LoadedModelIn], Ingested]] = []  # with what each reported
     models_changed: dict[int, dict[str, schemas.LoadedModelIn]] = {}  # device id → what it now runs
-    for beat in beats:
-        device = devices.get(digest(beat.secret))
+    for beat, hash_ in zip(beats, hashes):
+        device = devices.get(hash_)
         refusal = _refusal(beat, device)
         if refusal is not None:
             outcomes.append(refusal)
@@ -108,7 +110,7 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
         device.last_seq, device.totals, device.models_digest = hb.seq, totals, models_digest
         samples += new_samples
         ingested = Ingested(device.id, device.name, [])
-        accepted.append((beat, ingested))
+        accepted.append((beat, reported, ingested))
         outcomes.append(ingested)
     if writes:
         conn.execute(_RECORD_HEARTBEAT, list(writes.values()))
@@ -117,12 +119,11 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
     if models_changed:
         _record_models(session, models_changed, now)
     if accepted:
-        rollouts = rollouts_of_devices(session, sorted({ingested.device_id for _, ingested in accepted}))
+        rollouts = rollouts_of_devices(session, sorted({ingested.device_id for _, _, ingested in accepted}))
         moves: list[dict[str, Any]] = []
         events: list[dict[str, Any]] = []
-        for beat, ingested in accepted:  # a device twice in the batch: the second sees the first's transitions
+        for beat, reported, ingested in accepted:  # a device twice in the batch: the second sees the first's moves
             ingested.rollouts = rollouts.get(ingested.device_id, [])
-            reported = {m.name: m for m in beat.body.models}
             _advance_rollout_rows(ingested.device_name, ingested.rollouts, reported, beat.body.failures, now,
                                   moves, events)
         if moves:
