@@ -36,8 +36,9 @@ class Target:
                 "accelerators": list(self.accelerators)}
 
 
-_CPU_BACKENDS = ("onnxruntime", "openvino", "tvm", "reference")
-_ARM_BACKENDS = ("onnxruntime", "tvm", "reference")
+# litert runs a .tflite as the source wrote it (only sources in that format can use it).
+_CPU_BACKENDS = ("onnxruntime", "openvino", "tvm", "litert", "reference")
+_ARM_BACKENDS = ("onnxruntime", "tvm", "litert", "reference")
 
 CATALOG: dict[str, Target] = {}
 
@@ -55,7 +56,7 @@ for _t in (
     Target("aarch64", "aarch64", "linux", "64-bit Arm CPU: Raspberry Pi 4/5, AWS Graviton, Jetson CPU cores",
            cpu_features=("asimd",), backends=_ARM_BACKENDS),
     Target("armv7", "armv7", "linux", "32-bit Arm CPU with NEON (Raspberry Pi 2/3 on a 32-bit OS)",
-           cpu_features=("neon",), backends=("onnxruntime", "tvm", "reference")),
+           cpu_features=("neon",), backends=("onnxruntime", "tvm", "litert", "reference")),
     Target("jetson", "aarch64", "linux", "NVIDIA Jetson (Orin/Xavier): CUDA GPU with TensorRT",
            cpu_features=("asimd",), accelerators=("cuda", "tensorrt"), backends=("onnxruntime", "tvm", "reference"),
            execution_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")),
@@ -72,7 +73,7 @@ for _t in (
            cpu_features=("asimd",), accelerators=("ane",), backends=("onnxruntime", "reference"),
            execution_providers=("CoreMLExecutionProvider", "CPUExecutionProvider")),
     Target("android", "aarch64", "android", "Android phone or board through NNAPI",
-           cpu_features=("asimd",), accelerators=("nnapi",), backends=("onnxruntime", "reference"),
+           cpu_features=("asimd",), accelerators=("nnapi",), backends=("onnxruntime", "litert", "reference"),
            execution_providers=("NnapiExecutionProvider", "CPUExecutionProvider")),
     Target("ti-tda4", "aarch64", "linux", "TI Jacinto TDA4 with the C7x/MMA deep-learning accelerator (TIDL)",
            cpu_features=("asimd",), accelerators=("tidl",), backends=("onnxruntime", "reference"),

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import OptionError
 
 Dim = Union[int, str]  # a static size, -1 (unknown) or a symbol such as "batch"
+Scalar = Union[int, float, bool]  # a value bound to an input with --input NAME=VALUE
 
 # ONNX TensorProto.DataType codes -> NumPy dtype names (the subset NumPy can represent).
 ONNX_ELEM_TO_DTYPE: dict[int, str] = {
@@ -81,11 +82,13 @@ def dtype_name(dtype: Any) -> str:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Name, dtype and shape of one model input or output."""
+    """Name, dtype and shape of one model input or output. ``value`` is set on an input the package was
+    specialized for (``--input NAME=VALUE``): the only value it accepts."""
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
+    value: Scalar | None = None
 
     def is_static(self) -> bool:
         return all(isinstance(d, int) and d >= 0 for d in self.shape)
@@ -94,34 +97,113 @@ class TensorSpec:
         return "[" + ", ".join(str(d) for d in self.shape) + "]"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.value is not None:
+            out["value"] = self.value
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(data["shape"]))
+        value = data.get("value")
+        if value is not None and not isinstance(value, (bool, int, float)):
+            raise TypeError(f"bound value of {data.get('name')!r} must be a number or bool")
+        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=tuple(data["shape"]), value=value)
 
     def __str__(self) -> str:
-        return f"{self.name}: {self.dtype}{self.shape_text()}"
+        bound = f" = {_value_text(self.value)}" if self.value is not None else ""
+        return f"{self.name}: {self.dtype}{self.shape_text()}{bound}"
+
+
+SCALAR_SHAPE_WORDS = ("scalar", "[]", "()")  # how --input spells a 0-d input's shape
 
 
 @dataclass(frozen=True)
 class InputOverride:
-    """What ``--input NAME:SHAPE[:DTYPE]`` asks for: fix this input's shape (and check its dtype)."""
+    """What one ``--input`` asks for: fix this input's shape (``NAME:SHAPE[:DTYPE]``), bind it to a value
+    (``NAME=VALUE``), or both (``NAME:SHAPE[:DTYPE]=VALUE``). ``shape`` is None when only a value is given
+    (the model's own shape stays); ``()`` is a 0-d (scalar) input."""
 
     name: str
-    shape: tuple[Dim, ...]
+    shape: tuple[Dim, ...] | None
     dtype: str | None = None
+    value: Scalar | None = None
+
+    @property
+    def fixes_shape(self) -> bool:
+        return self.shape is not None
+
+    @property
+    def binds_value(self) -> bool:
+        return self.value is not None
+
+    def text(self) -> str:
+        """How the user would write it again (for messages and reports)."""
+        out = self.name
+        if self.shape is not None:
+            out += ":" + ("scalar" if self.shape == () else "x".join(str(d) for d in self.shape))
+            if self.dtype:
+                out += f":{self.dtype}"
+        if self.value is not None:
+            out += f"={_value_text(self.value)}"
+        return out
 
 
 _DIM_SPLIT = re.compile(r"[x,×]")
+_EXAMPLE = "input:1x3x224x224:float32, sr:scalar:int64 or sr=16000"
+
+
+def _value_text(value: Scalar) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if isinstance(value, float) else str(value)
 
 
 def parse_input_override(text: str) -> InputOverride:
-    """Parse ``NAME:SHAPE[:DTYPE]`` where SHAPE is ``1x3x224x224`` or ``1,3,224,224``.
+    """Parse one ``--input``: ``NAME:SHAPE[:DTYPE]``, ``NAME=VALUE`` or ``NAME:SHAPE[:DTYPE]=VALUE``.
 
-    A dimension may be a symbol (``Nx3x224x224``) to keep it dynamic.
+    SHAPE is ``1x3x224x224`` or ``1,3,224,224``; a dimension may be a symbol (``Nx3x224x224``) to keep it
+    dynamic; ``scalar`` (or ``[]``) is a 0-d input. VALUE is a number or ``true``/``false``: the input is
+    fed that value (filled to its shape) wherever edgemill makes inputs itself (the accuracy check,
+    tuning), and PyTorch ``int``/``float``/``bool`` arguments are traced with it.
     """
-    example = "input:1x3x224x224:float32"
+    head, eq, value_text = text.partition("=")
+    if not eq:
+        return _checked_name(_parse_shape_spec(head, text), text)
+    value = _parse_value(value_text.strip(), text)
+    try:
+        override = _parse_shape_spec(head, text) if ":" in head else None
+    except OptionError:
+        override = None  # a name with ':' in it ("input:0=5"), not NAME:SHAPE
+    if override is None:
+        return _checked_name(InputOverride(name=head.strip(), shape=None, value=value), text)
+    return _checked_name(InputOverride(override.name, override.shape, override.dtype, value), text)
+
+
+def _checked_name(override: InputOverride, text: str) -> InputOverride:
+    if not override.name:
+        raise OptionError("--input has no input name", value=text, expected="NAME:SHAPE[:DTYPE] or NAME=VALUE",
+                          fix=f"write it like {_EXAMPLE}")
+    return override
+
+
+def _parse_value(raw: str, text: str) -> Scalar:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        value = float(raw)
+    except ValueError:
+        raise OptionError("cannot read the value in --input NAME=VALUE", value=text,
+                          expected="a number or true/false, e.g. sr=16000 or threshold=0.5",
+                          fix="write the value as a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise OptionError("the value in --input NAME=VALUE must be finite", value=text, fix="write a finite number")
+    return value
+
+
+def _parse_shape_spec(text: str, whole: str) -> InputOverride:
     # Names may contain ':' (TensorFlow's "input:0"), so peel DTYPE and SHAPE off the right.
     dtype: str | None = None
     rest = text
@@ -132,15 +214,17 @@ def parse_input_override(text: str) -> InputOverride:
     if not sep or not name or not shape_text:
         raise OptionError(
             "cannot read --input",
-            value=text,
-            expected="NAME:SHAPE[:DTYPE]",
-            fix=f"write it like {example}",
+            value=whole,
+            expected="NAME:SHAPE[:DTYPE], NAME=VALUE or NAME:SHAPE=VALUE",
+            fix=f"write it like {_EXAMPLE}",
         )
+    if shape_text.strip().lower() in SCALAR_SHAPE_WORDS:
+        return InputOverride(name=name, shape=(), dtype=dtype)
     dims: list[Dim] = []
     for raw in _DIM_SPLIT.split(shape_text.strip("[]() ")):
         raw = raw.strip()
         if not raw:
-            raise OptionError("empty dimension in --input", value=text, fix=f"write it like {example}")
+            raise OptionError("empty dimension in --input", value=whole, fix=f"write it like {_EXAMPLE}")
         if raw.lstrip("-").isdigit():
             size = int(raw)
             if size == 0 or size < -1:
@@ -148,7 +232,7 @@ def parse_input_override(text: str) -> InputOverride:
                     "bad dimension in --input",
                     value=raw,
                     expected="a positive size, -1, or a symbol",
-                    fix=f"write it like {example}",
+                    fix=f"write it like {_EXAMPLE}",
                 )
             dims.append(size)
         elif raw.isidentifier():
@@ -157,10 +241,17 @@ def parse_input_override(text: str) -> InputOverride:
             raise OptionError(
                 "bad dimension in --input",
                 value=raw,
-                expected="a positive size, -1, or a symbol",
-                fix=f"write it like {example}",
+                expected="a positive size, -1, a symbol, or 'scalar' for a 0-d input",
+                fix=f"write it like {_EXAMPLE}",
             )
     return InputOverride(name=name, shape=tuple(dims), dtype=dtype)
+
+
+def shape_spelling(shape: tuple[Dim, ...]) -> str:
+    """How ``--input`` writes ``shape`` (``scalar`` for 0-d)."""
+    if not shape:
+        return "scalar"
+    return "x".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in shape)
 
 
 def _is_dtype(text: str) -> bool:
@@ -183,14 +274,19 @@ def concrete_shape(spec: TensorSpec, batch: int, fix: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def random_feed(specs: Any, batch: int, seed: int, fix: str) -> dict[str, np.ndarray]:
-    """Seeded random inputs: normal floats, 0/1 integers (safe as indices and masks), random bools."""
+def random_feed(specs: Any, batch: int, seed: int, fix: str,
+                values: dict[str, Scalar] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs: normal floats, 0/1 integers (safe as indices and masks), random bools.
+    An input named in ``values`` is filled with that value instead."""
     rng = np.random.default_rng(seed)
     feed: dict[str, np.ndarray] = {}
+    values = values or {}
     for spec in specs:
         shape = concrete_shape(spec, batch, fix)
         dt = numpy_dtype(spec.dtype)
-        if dt.kind == "f":
+        if spec.name in values:
+            feed[spec.name] = np.full(shape, values[spec.name], dtype=dt)
+        elif dt.kind == "f":
             feed[spec.name] = rng.standard_normal(shape).astype(dt)
         elif dt.kind in "iub":
             feed[spec.name] = rng.integers(0, 2, size=shape).astype(dt)

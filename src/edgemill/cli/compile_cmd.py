@@ -19,8 +19,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("-t", "--target", default="host", help="target name from `edgemill targets` (default: host)")
     p.add_argument("-o", "--output", help="package to write: NAME.emp (tar) or a directory (default: MODEL-TARGET.emp)")
     p.add_argument("--framework", help="source framework, when it cannot be detected from the file")
-    p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE]",
-                   help="fix an input's shape, e.g. image:1x3x224x224:float32 (repeat per input)")
+    p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE[:DTYPE] | NAME=VALUE",
+                   help="fix an input's shape, e.g. image:1x3x224x224:float32 (a 0-d input: sr:scalar), and/or bind "
+                        "it to the value your application passes, e.g. sr=16000: generated check inputs use it, "
+                        "and PyTorch int/float/bool arguments are traced with it (repeat per input)")
     p.add_argument("--precision", default="auto",
                    help="auto | fp32 | fp16 | bf16 | int8 (default: auto: every precision the target computes, "
                         "kept only if it passes the accuracy gate)")
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             return
         if seconds is not None:
             info(f"  {step:<16} {message}  ({fmt_ms(seconds)})")
-        elif message.startswith(("building", "measuring")):  # the long steps say what they are doing
+        elif message.startswith(("building", "measuring", "stepping", "running")):  # long steps say what they do
             info(f"  {step:<16} {message} ...")
 
     if not quiet:

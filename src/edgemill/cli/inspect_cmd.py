@@ -26,9 +26,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"target    {m['target']['name']} ({m['target']['arch']})   backend {m['backend']}   precision {m['precision']}")
     print(f"source    {m['source']['framework']} {m['source']['file']} sha256:{m['source']['sha256'][:16]}")
     print(f"created   {m['created']}   edgemill {m['edgemill_version']}")
+    source_names = m["source"].get("names") or {}
     for kind in ("inputs", "outputs"):
         for spec in m[kind]:
-            print(f"{kind[:-1]:<9} {spec['name']}: {spec['dtype']}{spec['shape']}")
+            bound = f" = {spec['value']} (bound at compile: the only value accepted)" if "value" in spec else ""
+            known = source_names.get(spec["name"])
+            alias = f"   (in the source: {known!r})" if known and known != spec["name"] else ""
+            print(f"{kind[:-1]:<9} {spec['name']}: {spec['dtype']}{spec['shape']}{bound}{alias}")
+    for note in m["source"].get("io_notes") or []:
+        print(f"io note   {note}")
     acc = m["accuracy"]
     if acc["metric"] == "max_relative_error":
         print(f"accuracy  {acc['metric']} {acc['value']:.2e} (allowed {acc['allowed']:.0e}) vs {acc['reference']}")

@@ -5,6 +5,9 @@ axis) or a folder of ``.npy`` files: either named after the inputs (``image.npy`
 npz), or, for a one-input model, any names, each file one sample or a batch of samples. Everything
 is checked against the model's inputs (names, dtypes, per-sample shapes) before quantization starts,
 so a mistake costs seconds, not a failed quantization run.
+
+A 0-d (scalar) input is not a batch of samples: its array is one value, used with every sample. An
+input bound with ``--input NAME=VALUE`` may be left out of the file: it gets that value.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileNotFound, OptionError
-from ..tensors import TensorSpec, dtype_name
+from ..tensors import Scalar, TensorSpec, concrete_shape, dtype_name, numpy_dtype
 
 LABEL_KEYS = ("labels", "label", "y")  # what the validation file may call its labels
 MAX_CALIBRATION_SAMPLES = 512  # more adds time, not accuracy, for the calibrators we use
@@ -70,6 +73,9 @@ def _check(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], source: s
     counts = set()
     for spec in specs:
         arr = arrays[spec.name]
+        if not spec.shape:
+            _check_scalar(arr, spec, source)
+            continue
         if dtype_name(arr.dtype) != spec.dtype:
             raise OptionError(f"{source} array {spec.name!r} has the wrong dtype", value=dtype_name(arr.dtype),
                               expected=spec.dtype, fix=f"save it as {spec.dtype} (x.astype(np.{spec.dtype}))")
@@ -83,6 +89,8 @@ def _check(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], source: s
                                   expected=f"{list(spec.shape)} (dimension {axis} must be {want})",
                                   fix="resize or re-export the samples to the model's input shape")
         counts.add(arr.shape[0])
+    if not counts:
+        return 1  # only 0-d inputs: one call's worth
     if len(counts) != 1:
         raise OptionError(f"the {source} arrays hold different numbers of samples", value=sorted(counts),
                           fix="give every input the same number of samples")
@@ -93,22 +101,59 @@ def _check(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], source: s
     return int(count)
 
 
+def _check_scalar(arr: np.ndarray, spec: TensorSpec, source: str) -> None:
+    if arr.ndim != 0:
+        raise OptionError(f"{source} array {spec.name!r} is for a 0-d (scalar) input", value=list(arr.shape),
+                          expected="a 0-d array: one value used with every sample",
+                          fix=f"save it as numpy.asarray(value, dtype=numpy.{spec.dtype}), or bind it with "
+                              f"--input {spec.name}=VALUE")
+
+
+def _fill_bound(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], bound: dict[str, Scalar] | None,
+                source: str) -> None:
+    """Inputs the file leaves out but ``--input NAME=VALUE`` binds: that value, one per sample."""
+    per_sample = [a for s in specs if s.shape and s.name in arrays for a in [arrays[s.name]] if a.ndim]
+    count = per_sample[0].shape[0] if per_sample else 1
+    for spec in specs:
+        if not bound or spec.name not in bound:
+            continue
+        if spec.name in arrays:
+            if not np.all(arrays[spec.name] == bound[spec.name]):
+                raise OptionError(f"the {source} gives input {spec.name!r} other values than --input binds",
+                                  value=f"{spec.name}={bound[spec.name]}",
+                                  expected=f"only {bound[spec.name]} in the file's {spec.name!r} array",
+                                  fix=f"drop {spec.name!r} from the file (the bound value is used), or bind the value "
+                                      "the file holds")
+            continue
+        shape = () if not spec.shape else concrete_shape(
+            spec, count, f"give {spec.name!r} a static shape with --input {spec.name}:SHAPE={bound[spec.name]}")
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 and per_sample:
+            shape = (count, *shape[1:])  # a static batch is cut from the samples later
+        arrays[spec.name] = np.full(shape, bound[spec.name], dtype=numpy_dtype(spec.dtype))
+
+
 def batches(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], limit: int | None = None
             ) -> list[dict[str, np.ndarray]]:
-    """Feeds of the model's batch size (1 when the batch is dynamic), in order."""
-    count = next(iter(arrays.values())).shape[0] if arrays else 0
+    """Feeds of the model's batch size (1 when the batch is dynamic), in order. 0-d inputs go whole into
+    every feed."""
+    sampled = [s for s in specs if s.shape]
+    count = arrays[sampled[0].name].shape[0] if sampled else 1
     if limit is not None:
         count = min(count, limit)
-    first = specs[0].shape[0] if specs and specs[0].shape else 1
+    first = sampled[0].shape[0] if sampled else 1
     size = first if isinstance(first, int) and first > 0 else 1
-    return [{s.name: arrays[s.name][i:i + size] for s in specs} for i in range(0, count - size + 1, size)]
+    return [{s.name: arrays[s.name][i:i + size] if s.shape else arrays[s.name] for s in specs}
+            for i in range(0, count - size + 1, size)]
 
 
-def load_calibration(path: Path, specs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
+def load_calibration(path: Path, specs: Sequence[TensorSpec], bound: dict[str, Scalar] | None = None
+                     ) -> list[dict[str, np.ndarray]]:
     if not path.exists():
         raise FileNotFound("calibration data not found", value=str(path),
                            fix="pass --calibration DATA.npz (one array per input) or a folder of .npy samples")
-    arrays = _read_folder(path, specs) if path.is_dir() else _read_npz(path, "calibration")
+    sampled = [s for s in specs if s.name not in (bound or {})] or list(specs)
+    arrays = _read_folder(path, sampled) if path.is_dir() else _read_npz(path, "calibration")
+    _fill_bound(arrays, specs, bound, "calibration data")
     _check(arrays, specs, "calibration data")
     feeds = batches(arrays, specs, MAX_CALIBRATION_SAMPLES)
     if not feeds:
@@ -118,7 +163,8 @@ def load_calibration(path: Path, specs: Sequence[TensorSpec]) -> list[dict[str, 
     return feeds
 
 
-def load_validation(path: Path, specs: Sequence[TensorSpec]) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+def load_validation(path: Path, specs: Sequence[TensorSpec], bound: dict[str, Scalar] | None = None
+                    ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """The validation feeds and, when the file has them, the labels.
 
     The arrays are the model's inputs as they are (one feed), except that a set of samples larger than
@@ -126,6 +172,7 @@ def load_validation(path: Path, specs: Sequence[TensorSpec]) -> tuple[list[dict[
     arrays = _read_npz(path, "validation")
     names = {s.name for s in specs}
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays and k not in names), None)
+    _fill_bound(arrays, specs, bound, "validation data")
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise OptionError("validation file lacks an input", value=missing[0],
@@ -135,9 +182,15 @@ def load_validation(path: Path, specs: Sequence[TensorSpec]) -> tuple[list[dict[
         if dtype_name(arrays[spec.name].dtype) != spec.dtype:
             raise OptionError(f"validation array {spec.name!r} has the wrong dtype", value=dtype_name(arrays[spec.name].dtype),
                               expected=spec.dtype, fix=f"save it as {spec.dtype}")
+        if not spec.shape:
+            _check_scalar(arrays[spec.name], spec, "validation")
+        elif arrays[spec.name].ndim == 0:
+            raise OptionError(f"validation array {spec.name!r} is 0-d, but the input has dimensions",
+                              value=spec.shape_text(), expected=f"an array of {len(spec.shape)} dimensions",
+                              fix="save the input's samples, not a single value")
     feed = {s.name: arrays[s.name] for s in specs}
-    sizes = {s.shape[0] if s.shape else None for s in specs}
-    counts = {a.shape[0] if a.ndim else None for a in feed.values()}
+    sizes = {s.shape[0] for s in specs if s.shape}
+    counts = {feed[s.name].shape[0] for s in specs if s.shape}
     batch = sizes.pop() if len(sizes) == 1 else None
     count = counts.pop() if len(counts) == 1 else None
     if isinstance(batch, int) and batch > 0 and isinstance(count, int) and count > batch and count % batch == 0:
@@ -145,7 +198,8 @@ def load_validation(path: Path, specs: Sequence[TensorSpec]) -> tuple[list[dict[
     else:
         feeds = [feed]
     if labels is not None:
-        samples = sum(next(iter(f.values())).shape[0] for f in feeds) if feeds[0] else 0
+        sampled = [s.name for s in specs if s.shape]
+        samples = sum(f[sampled[0]].shape[0] for f in feeds) if sampled else 0
         if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != samples:
             raise OptionError("validation labels must be one integer class per sample",
                               value=f"{labels.dtype}{list(labels.shape)}", expected=f"int array of shape [{samples}]",

@@ -10,8 +10,11 @@ from typing import Any
 
 import onnx
 
+from ..errors import EdgemillError
 from ..targets import Target
+from ..tensors import TensorSpec
 from .options import CompileOptions
+from .source import NativeModel, SourceRuntime
 
 Progress = Callable[[str, str, float | None], None]  # (step, message, seconds or None when starting)
 
@@ -27,6 +30,10 @@ class SourceInfo:
     file: str
     sha256: str
     details: dict[str, Any] = field(default_factory=dict)
+    # Not recorded in the manifest: what the compile uses from the frontend besides the graph (source.py).
+    runtime: SourceRuntime | None = None
+    native: NativeModel | None = None
+    conversion_error: EdgemillError | None = None  # why there is no ONNX graph, when there is none
 
     def to_dict(self) -> dict[str, Any]:
         return {"framework": self.framework, "framework_version": self.framework_version, "file": self.file,
@@ -38,13 +45,15 @@ class CompileContext:
     options: CompileOptions
     target: Target
     source: SourceInfo
-    original: onnx.ModelProto  # as the frontend produced it, after checks: the accuracy reference
+    original: onnx.ModelProto | None  # as the frontend produced it, after checks (None: a native model only)
     progress: Progress = silent
     steps: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     calibration: list[dict[str, Any]] | None = None  # feeds for static INT8, checked against the inputs
     validation_sha256: str | None = None  # of the --validation file, read once
     qdq: tuple[onnx.ModelProto, dict[str, Any]] | None = None  # the calibrated INT8 model, made once
+    inputs: list[TensorSpec] = field(default_factory=list)  # the package's inputs and outputs, once known
+    outputs: list[TensorSpec] = field(default_factory=list)
 
     @contextmanager
     def step(self, name: str, message: str) -> Iterator[dict[str, Any]]:

@@ -49,3 +49,39 @@ def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
 
 def to_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a control-flow node (If, Loop, Scan) carries in its attributes."""
+    out: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            out.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attr.graphs)
+    return out
+
+
+def has_control_flow(model: onnx.ModelProto) -> bool:
+    return any(subgraphs(node) for node in model.graph.node)
+
+
+def outer_references(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph uses without defining them: tensors of the enclosing graphs it reads implicitly."""
+    defined = {v.name for v in graph.input} | {i.name for i in graph.initializer} | {""}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(x for x in node.input if x not in defined)
+        for sub in subgraphs(node):
+            used.update(x for x in outer_references(sub) if x not in defined)
+        defined.update(node.output)
+    used.update(v.name for v in graph.output if v.name not in defined)
+    return used
+
+
+def all_inputs(node: onnx.NodeProto) -> list[str]:
+    """A node's explicit inputs and, for control flow, what its subgraphs read from the outer scope."""
+    names = list(node.input)
+    for sub in subgraphs(node):
+        names.extend(sorted(outer_references(sub) - set(names)))
+    return names

@@ -22,6 +22,7 @@ class InputChecker:
         # The correct call takes a fast path: dtype identity, rank, and the static sizes (None marks a
         # dynamic axis). A symbol shared between inputs needs the full check to compare sizes.
         symbols = [d for s in self.specs for d in s.shape if isinstance(d, str)]
+        self._bound = tuple((s.name, s.value) for s in self.specs if s.value is not None)
         self._fast = None if len(symbols) != len(set(symbols)) else tuple(
             (s.name, self._dtypes[s.name], len(s.shape),
              tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int) and d >= 0))
@@ -37,8 +38,24 @@ class InputChecker:
                 if any(shape[axis] != size for axis, size in fixed):
                     break
             else:
+                if self._bound:
+                    self._check_bound(feed)
                 return feed  # the common, correct call: nothing to convert
-        return self._check_slowly(feed)
+        out = self._check_slowly(feed)
+        if self._bound:
+            self._check_bound(out)
+        return out
+
+    def _check_bound(self, feed: Mapping[str, np.ndarray]) -> None:
+        """An input the package was specialized for takes only the value it was compiled with."""
+        for name, value in self._bound:
+            given = feed[name]
+            if not bool(np.all(given == value)):
+                shown = given.reshape(-1)[0].item() if given.size else given.tolist()
+                raise InputMismatchError(
+                    f"input {name!r} was bound when this package was compiled", value=shown,
+                    expected=f"{value} (compiled with --input {name}={value})",
+                    fix=f"pass {name}={value}, or compile a package for this value with --input {name}=<value>")
 
     def _check_slowly(self, feed: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feed, Mapping):

@@ -31,10 +31,20 @@ if TYPE_CHECKING:  # the name 'onnx' must stay free here: it is our ONNX fronten
 
 @dataclass(frozen=True)
 class FrontendRequest:
-    """What a frontend may need besides the path: input shapes, and consent to unpickle."""
+    """What a frontend may need besides the path: input shapes (``inputs``: the ``--input`` options that
+    fix a shape), values bound with ``--input NAME=VALUE`` (``bindings``), and consent to unpickle."""
 
     inputs: tuple[InputOverride, ...] = ()
     trust_pickle: bool = False
+    bindings: tuple[InputOverride, ...] = ()
+
+    @classmethod
+    def from_overrides(cls, overrides: tuple[InputOverride, ...], trust_pickle: bool = False) -> FrontendRequest:
+        return cls(inputs=tuple(o for o in overrides if o.fixes_shape), trust_pickle=trust_pickle,
+                   bindings=tuple(o for o in overrides if o.binds_value))
+
+    def value_of(self, name: str) -> InputOverride | None:
+        return next((b for b in self.bindings if b.name == name), None)
 
 
 @dataclass(frozen=True)

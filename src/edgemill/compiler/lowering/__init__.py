@@ -10,7 +10,7 @@ the fastest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ...errors import OptionError
@@ -25,15 +25,33 @@ if TYPE_CHECKING:
 MODEL_DIR = "model"
 
 
+# How far onnxruntime's offline optimizer goes, from most to least. A candidate whose optimized graph
+# changes the answer (or does not load) is built again one level down before it is given up.
+ORT_LEVELS = ("all", "extended", "basic", "none")
+NATIVE = "native"  # the method of a candidate that runs the source file as it is (a .tflite on LiteRT)
+
+
 @dataclass(frozen=True)
 class Candidate:
     backend: str
-    precision: str  # fp32 | fp16 | bf16 | int8
-    method: str  # how: "optimized", "static-qdq", "dynamic", "fp16-cast", "ir"
+    precision: str  # fp32 | fp16 | bf16 | int8 (for a native candidate: the source model's own)
+    method: str  # how: "optimized", "static-qdq", "dynamic", "fp16-cast", "ir", "native"
+    level: str | None = None  # onnxruntime optimization level, once stepped below the target's default
 
     @property
     def label(self) -> str:
-        return f"{self.backend}/{self.precision}" + (f" ({self.method})" if self.method else "")
+        how = ", ".join(x for x in (self.method, f"level {self.level}" if self.level else "") if x)
+        return f"{self.backend}/{self.precision}" + (f" ({how})" if how else "")
+
+    @property
+    def lossless(self) -> bool:
+        """True when the candidate keeps the source's precision: it must match within --tolerance."""
+        return self.precision == "fp32" or self.method == NATIVE
+
+    @property
+    def reads(self) -> str:
+        """The model format the builder starts from: the ONNX graph, or the source file itself."""
+        return "native" if self.method == NATIVE else "onnx"
 
 
 @dataclass
@@ -71,8 +89,12 @@ def builder(backend: str) -> Builder:
         from . import onnxruntime
 
         return onnxruntime.build_reference
+    if backend == "litert":
+        from . import litert
+
+        return litert.build
     raise OptionError("no compiler for this backend in this edgemill version", value=backend,
-                      expected="onnxruntime, openvino, tvm or reference", fix="pass --backend auto")
+                      expected="onnxruntime, openvino, tvm, litert or reference", fix="pass --backend auto")
 
 
 # What each backend can produce, in the order tried when nothing is measured (cross targets).
@@ -80,8 +102,24 @@ _BACKEND_METHODS: dict[str, list[tuple[str, str]]] = {
     "onnxruntime": [("fp32", "optimized"), ("int8", "static-qdq"), ("int8", "dynamic"), ("fp16", "fp16-cast")],
     "openvino": [("fp32", "ir"), ("bf16", "ir"), ("int8", "static-qdq")],
     "tvm": [("fp32", "aot")],
+    "litert": [("", NATIVE)],  # precision: the native model's own
     "reference": [("fp32", "")],
 }
+
+
+def step_down(candidate: Candidate, target: Target) -> Candidate | None:
+    """The same candidate one onnxruntime optimization level lower, or None at the bottom (and for
+    backends without levels)."""
+    if candidate.backend != "onnxruntime":
+        return None
+    from .ort_optimize import default_level
+
+    current = candidate.level or default_level(target)
+    index = ORT_LEVELS.index(current)
+    return None if index + 1 >= len(ORT_LEVELS) else replace(candidate, level=ORT_LEVELS[index + 1])
+
+
+_NATIVE_FORMATS = {"litert": "tflite"}  # backend -> the source format it runs as it is
 
 
 def _tvm_skip_reason(backend: str, runs_here: bool, tune_budget: float | None) -> str | None:
@@ -108,16 +146,20 @@ def native_precisions(target: Target) -> set[str]:
 
 
 def plan(target: Target, backend: str, precision: str, *, has_calibration: bool, has_real_data: bool,
-         max_drop: float, runs_here: bool = True, tune_budget: float | None = None) -> tuple[list[Candidate], list[Skipped]]:
-    """The candidates to build for these options, and those left out with the reason."""
+         max_drop: float, runs_here: bool = True, tune_budget: float | None = None, has_graph: bool = True,
+         native: tuple[str, str] | None = None) -> tuple[list[Candidate], list[Skipped]]:
+    """The candidates to build for these options, and those left out with the reason.
+
+    ``has_graph``: an ONNX graph exists (False when only a native model could be read). ``native``:
+    (format, precision) of the source file when a native backend can run it as it is."""
     backends = [b for b in target.backends if b != "reference"] if backend == "auto" else [backend]
     if backend != "auto" and backend not in target.backends:
         raise OptionError(f"backend not allowed for target {target.name!r}", value=backend,
                           expected="one of " + ", ".join(target.backends), fix="pick one of those, or --backend auto")
-    native = native_precisions(target)
-    if precision in ("fp16", "bf16") and precision not in native:
+    native_precs = native_precisions(target)
+    if precision in ("fp16", "bf16") and precision not in native_precs:
         raise OptionError(f"target {target.name!r} does not compute {precision} natively", value=precision,
-                          expected="one of " + ", ".join(sorted(native)),
+                          expected="one of " + ", ".join(sorted(native_precs)),
                           fix="use --precision int8 or fp32, or compile for a target with that hardware")
     planned: list[Candidate] = []
     skipped: list[Skipped] = []
@@ -128,18 +170,27 @@ def plan(target: Target, backend: str, precision: str, *, has_calibration: bool,
                                    "edgemill version"))
             continue
         for prec, method in methods:
+            if method == NATIVE:
+                if native is None or native[0] != _NATIVE_FORMATS.get(name):
+                    continue  # this source is not in the format the backend runs
+                prec = native[1]
             cand = Candidate(name, prec, method)
             if precision != "auto" and prec != precision:
+                if method == NATIVE:
+                    skipped.append(Skipped(cand, f"the source model is {prec}; LiteRT runs it as it is, not at "
+                                                 f"--precision {precision}"))
                 continue
             missing = missing_library(name)
             reason = f"{missing} is not installed (pip install 'edgemill[{name}]')" if missing else None
+            if reason is None and method != NATIVE and not has_graph:
+                reason = "the model could not be converted to ONNX, which this backend reads"
             if reason is None and name == "tvm":
                 reason = _tvm_skip_reason(backend, runs_here, tune_budget)
-            if reason is None and prec not in native:
+            if reason is None and method != NATIVE and prec not in native_precs:
                 reason = f"target {target.name} does not compute {prec} natively"
             elif reason is None and method == "static-qdq" and not has_calibration:
                 reason = "static INT8 needs --calibration DATA.npz (representative inputs)"
-            elif reason is None and precision == "auto" and prec != "fp32" and not has_real_data and max_drop == 0:
+            elif reason is None and precision == "auto" and not cand.lossless and not has_real_data and max_drop == 0:
                 reason = ("reduced precision is chosen only against real data: pass --validation DATA.npz "
                           "(with labels for top-1) or allow a drop with --max-accuracy-drop")
             if reason:

@@ -56,7 +56,7 @@ def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> 
     else:
         raise OptionError("unknown onnxruntime build method", value=candidate.method, fix="use --precision auto")
     record: dict[str, Any] = {}
-    optimized, options = optimize(lowered, ctx.target, record)
+    optimized, options = optimize(lowered, ctx.target, record, candidate.level)
     notes["ort_optimize"] = record
     data = to_bytes(optimized)
     return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: data}, options, notes)

@@ -18,8 +18,13 @@ from ...targets import Target, runnable_here
 from ..graph import to_bytes
 
 
-def plan(target: Target) -> tuple[str, str]:
-    """(level saved into the package, level the runtime applies at load)."""
+def plan(target: Target, level: str | None = None) -> tuple[str, str]:
+    """(level saved into the package, level the runtime applies at load).
+
+    ``level`` is set when the target's default level changed the model's answer and the compile
+    stepped down: then the device must not optimize further at load than what passed the gate."""
+    if level is not None:
+        return level, ("none" if target.name == "host" else level)
     if target.name == "host":
         return "all", "none"  # includes NCHWc layouts for this CPU: nothing left to do at load
     if target.accelerators:
@@ -27,12 +32,18 @@ def plan(target: Target) -> tuple[str, str]:
     return "extended", "all"  # CPU fusions; the device adds its own layout at load
 
 
-def optimize(model: onnx.ModelProto, target: Target, record: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def default_level(target: Target) -> str:
+    return plan(target)[0]
+
+
+def optimize(model: onnx.ModelProto, target: Target, record: dict[str, Any], level: str | None = None
+             ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The optimized model and the backend options the runtime must load it with."""
     import onnxruntime as ort
 
-    save_level, load_level = plan(target)
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    save_level, load_level = plan(target, level)
+    levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     before = len(model.graph.node)
@@ -42,7 +53,7 @@ def optimize(model: onnx.ModelProto, target: Target, record: dict[str, Any]) -> 
         so.graph_optimization_level = levels[save_level]
         so.optimized_model_filepath = out_path
         so.intra_op_num_threads = 1
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures come back as the exception we report; keep ORT's own lines quiet
         try:
             ort.InferenceSession(to_bytes(model), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -105,6 +116,8 @@ def _sort_nodes_canonically(graph: onnx.GraphProto) -> None:
 
     from onnx import numpy_helper
 
+    from ..graph import all_inputs
+
     def weight_key(init: onnx.TensorProto) -> str:
         h = hashlib.sha256(numpy_helper.to_array(init).tobytes())
         h.update(repr((list(init.dims), init.data_type)).encode())
@@ -113,11 +126,14 @@ def _sort_nodes_canonically(graph: onnx.GraphProto) -> None:
     weights = {init.name: weight_key(init) for init in graph.initializer}
     inputs = {v.name: i for i, v in enumerate(graph.input)}
     nodes = list(graph.node)
+    # A control-flow node also depends on what its subgraphs read from this graph (implicit inputs):
+    # placing it before their producer gives a graph onnxruntime refuses to load.
+    inputs_of = [all_inputs(node) for node in nodes]
     produced_by = {out: i for i, node in enumerate(nodes) for out in node.output}
     attrs = [b"".join(a.SerializeToString(deterministic=True) for a in node.attribute) for node in nodes]
     placed: dict[int, int] = {}  # old index -> new position
     order: list[int] = []
-    waiting = {i: {produced_by[x] for x in node.input if x in produced_by} for i, node in enumerate(nodes)}
+    waiting = {i: {produced_by[x] for x in inputs_of[i] if x in produced_by} for i in range(len(nodes))}
     ready = {i for i, deps in waiting.items() if not deps}
 
     def input_key(name: str) -> tuple:  # type: ignore[type-arg]
@@ -129,7 +145,7 @@ def _sort_nodes_canonically(graph: onnx.GraphProto) -> None:
         return (2, weights.get(name, name), 0)
 
     while ready:
-        best = min(ready, key=lambda i: ([input_key(x) for x in nodes[i].input], nodes[i].op_type,
+        best = min(ready, key=lambda i: ([input_key(x) for x in inputs_of[i]], nodes[i].op_type,
                                          nodes[i].domain, attrs[i]))
         ready.remove(best)
         placed[best] = len(order)

@@ -39,7 +39,7 @@ def register(name: str, description: str, order: int, applies: Callable[[Compile
 
 
 def all_passes() -> list[Pass]:
-    from . import static_shapes  # noqa: F401 - registers it
+    from . import bind_inputs, static_shapes  # noqa: F401 - registers them
 
     return sorted(_REGISTRY.values(), key=lambda p: p.order)
 

@@ -18,7 +18,7 @@ from . import register
 
 
 def _applies(ctx: CompileContext) -> bool:
-    return bool(ctx.options.inputs)
+    return any(o.fixes_shape for o in ctx.options.inputs)
 
 
 @register("static_shapes", "fix input shapes given with --input", order=10, applies=_applies)
@@ -27,6 +27,8 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
     inputs = {v.name: v for v in graph_inputs(model)}
     changed = []
     for override in ctx.options.inputs:
+        if override.shape is None:
+            continue  # only a value (NAME=VALUE): the model's own shape stays
         if override.name not in inputs and override.name.endswith(":0") and override.name[:-2] in inputs:
             override = replace(override, name=override.name[:-2])  # TensorFlow's "image:0" is input "image"
         if override.name not in inputs:
@@ -38,10 +40,13 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
         if override.dtype is not None and override.dtype != spec.dtype:
             raise OptionError(f"--input gives input {override.name!r} a different dtype", value=override.dtype,
                               expected=spec.dtype, fix=f"write --input {override.name}:SHAPE:{spec.dtype} or leave DTYPE out")
-        if spec.shape and len(override.shape) != len(spec.shape):
+        rank_known = value.type.tensor_type.HasField("shape")
+        if rank_known and len(override.shape) != len(spec.shape):
             raise OptionError(f"--input gives input {override.name!r} a different rank", value=list(override.shape),
-                              expected=f"{len(spec.shape)} dimensions {spec.shape_text()}",
-                              fix="give one size per dimension")
+                              expected=(f"{len(spec.shape)} dimensions {spec.shape_text()}" if spec.shape
+                                        else "a 0-d (scalar) input"),
+                              fix=(f"write --input {override.name}:scalar" if not spec.shape
+                                   else "give one size per dimension"))
         for axis, (new, old) in enumerate(zip(override.shape, spec.shape)):
             if isinstance(old, int) and old >= 0 and isinstance(new, int) and new >= 0 and new != old:
                 raise OptionError(f"--input changes a fixed dimension of {override.name!r}", value=new,
@@ -57,6 +62,8 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
                 d.dim_param = new
             else:
                 d.Clear()
+        if not override.shape:
+            value.type.tensor_type.shape.SetInParent()  # a known 0-d shape, not an unknown rank
         changed.append(f"{override.name}{list(override.shape)}")
     # Shapes inferred for the old input shapes are stale: drop them and let inference derive new ones.
     del model.graph.value_info[:]

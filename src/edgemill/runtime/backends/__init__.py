@@ -82,4 +82,4 @@ def get_loader(name: str) -> Loader:
 
 def _import_builtin() -> None:
     # Importing the modules registers them; each imports its library only when a model is loaded.
-    from . import onnxruntime, openvino, reference, tvm  # noqa: F401
+    from . import litert, onnxruntime, openvino, reference, tvm  # noqa: F401

@@ -1,0 +1,82 @@
+"""LiteRT backend: runs a ``.tflite`` file as its source framework wrote it, with LiteRT (the TFLite
+runtime, ``ai-edge-litert``) and its default XNNPACK delegate.
+
+It exists for TFLite models that the ONNX path cannot reproduce: operators tf2onnx cannot map (custom
+ops, sparse weights, signal-processing front ends), and quantized models, whose integer arithmetic
+only the TFLite kernels reproduce exactly. It is also measured as one more candidate for any TFLite
+source. On a device it needs only ``pip install 'edgemill[litert]'``.
+
+The package names inputs and outputs as the model's signature does; ``backend_options`` maps each name
+to its tensor index, so a call sets and reads tensors directly (no signature-runner overhead). A
+dynamic dimension is resized on the call that changes it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ...errors import BackendError, MissingDependencyError
+from . import LoadSettings, register
+
+
+def _interpreter_class():  # type: ignore[no-untyped-def]
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise MissingDependencyError("this package runs on LiteRT, which is not installed", value="ai-edge-litert",
+                                     fix="pip install 'edgemill[litert]'") from None
+    return Interpreter
+
+
+class LiteRtSession:
+    def __init__(self, model: bytes, output_names: Sequence[str], settings: LoadSettings) -> None:
+        interpreter_class = _interpreter_class()
+        inputs = dict(settings.options.get("inputs", {}))
+        outputs = dict(settings.options.get("outputs", {}))
+        missing = [n for n in output_names if n not in outputs]
+        if missing or not inputs:
+            raise BackendError("the LiteRT package does not map its tensors", value=", ".join(missing) or "inputs",
+                               fix="rebuild the package with this edgemill version")
+        threads = int(settings.threads or os.cpu_count() or 1)
+        try:
+            self._interpreter = interpreter_class(model_content=bytes(model), num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with the kernel's message
+            raise BackendError("LiteRT cannot load the model", value=str(exc).strip().splitlines()[0][:300],
+                               fix="recompile the package with this edgemill and ai-edge-litert version") from None
+        self._inputs = {name: int(index) for name, index in inputs.items()}
+        self._outputs = [int(outputs[name]) for name in output_names]
+        self._shapes = {index: tuple(d["shape"]) for d in self._interpreter.get_input_details()
+                        for index in [d["index"]] if index in self._inputs.values()}
+        self._lock = threading.Lock()  # an interpreter runs one call at a time
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        with self._lock:
+            try:
+                resized = False
+                for name, index in self._inputs.items():
+                    shape = tuple(np.shape(feed[name]))
+                    if self._shapes.get(index) != shape:
+                        self._interpreter.resize_tensor_input(index, list(shape), strict=False)
+                        self._shapes[index] = shape
+                        resized = True
+                if resized:
+                    self._interpreter.allocate_tensors()
+                for name, index in self._inputs.items():
+                    self._interpreter.set_tensor(index, np.ascontiguousarray(feed[name]))
+                self._interpreter.invoke()
+                return [self._interpreter.get_tensor(index) for index in self._outputs]
+            except KeyError as exc:
+                raise BackendError("input missing for the LiteRT model", value=str(exc), fix="pass every input") from None
+            except Exception as exc:
+                raise BackendError("LiteRT failed to run the model", value=str(exc).strip().splitlines()[0][:300],
+                                   fix="check the input shapes and values against what the model expects") from None
+
+
+@register("litert", library="ai_edge_litert")
+def load(model: bytes, output_names: Sequence[str], settings: LoadSettings) -> LiteRtSession:
+    return LiteRtSession(model, output_names, settings)
