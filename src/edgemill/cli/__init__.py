@@ -56,12 +56,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgemill: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
     except Exception as exc:  # a bug of ours, not the user's: say so, briefly
         if os.environ.get("EDGEMILL_DEBUG"):
             traceback.print_exc()
         print(f"edgemill: internal error: {type(exc).__name__}: {exc}. This is a bug in edgemill; "
               "rerun with EDGEMILL_DEBUG=1 and report the traceback.", file=sys.stderr)
         return 1
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`edgemill inspect PKG --json | head`): stop quietly, as Unix tools do. Point
+    stdout at /dev/null so the interpreter's final flush cannot fail again, and exit as a SIGPIPE would."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a real file (tests capture it): nothing to flush
+    return 128 + 13
 
 
 if __name__ == "__main__":

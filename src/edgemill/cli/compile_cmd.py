@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .inspect_cmd import partition_lines
 from .output import emit_json, fmt_ms, info, table
+from .quiet import native_stderr_captured
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not quiet:
         info(f"compiling {options.model} for target {options.target}")
-    result = compile_model(options, progress)
+    with native_stderr_captured():
+        result = compile_model(options, progress)
     if args.json:
         emit_json({"path": str(result.path), "package_id": result.package_id, "manifest": result.manifest.to_dict(),
                    "report": result.report})

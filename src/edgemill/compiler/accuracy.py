@@ -27,6 +27,7 @@ class OutputComparison:
     max_relative_error: float  # max |compiled - original| / max |original|
     exact: bool  # integer, bool and string outputs must match exactly
     rounding_floor: float = 0.0  # differences up to this are rounding of the output's dtype
+    scale: float = 0.0  # max |original|: what the relative error is relative to
 
     def allowed(self, tolerance: float) -> float:
         return max(tolerance, self.rounding_floor)
@@ -58,11 +59,32 @@ def compare(name: str, got: np.ndarray, want: np.ndarray) -> OutputComparison:
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = float(np.abs(w[finite]).max())
     rel = max_abs / scale if scale > 0 else max_abs
-    return OutputComparison(name, max_abs, rel, exact=False, rounding_floor=rounding_floor(want.dtype))
+    return OutputComparison(name, max_abs, rel, exact=False, rounding_floor=rounding_floor(want.dtype), scale=scale)
 
 
 def compare_all(names: Sequence[str], got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> list[OutputComparison]:
     return [compare(n, g, w) for n, g, w in zip(names, got, want)]
+
+
+def pool(comparisons: Sequence[OutputComparison]) -> list[OutputComparison]:
+    """One comparison per output over all check feeds: the largest difference relative to the output's
+    largest magnitude over all of them. Per feed, an output that happens to be tiny (a probability near 0
+    on one sample) would turn rounding of 1e-8 into a "relative" error of 1e-3."""
+    groups: dict[str, list[OutputComparison]] = {}
+    for c in comparisons:
+        groups.setdefault(c.name, []).append(c)
+    pooled = []
+    for name, group in groups.items():
+        if any(c.exact for c in group) or any(c.max_abs_error == float("inf") for c in group):
+            worst = max(group, key=lambda c: c.max_relative_error)
+            pooled.append(worst)
+            continue
+        max_abs = max(c.max_abs_error for c in group)
+        scale = max(c.scale for c in group)
+        rel = max_abs / scale if scale > 0 else max_abs
+        pooled.append(OutputComparison(name, max_abs, rel, exact=False, rounding_floor=max(c.rounding_floor for c in group),
+                                       scale=scale))
+    return pooled
 
 
 def worst(comparisons: Sequence[OutputComparison]) -> float:

@@ -25,6 +25,7 @@ from .context import CompileContext, Progress, SourceInfo, silent
 from .frontends import FrontendRequest, choose
 from .graph import input_specs, output_specs, to_bytes
 from .lowering import Artifact, Candidate
+from .names import resolve
 from .options import CompileOptions
 from .packaging import CompileResult, write
 from .passes import all_passes
@@ -67,7 +68,7 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
         ctx.inputs, ctx.outputs = input_specs(prepared), output_specs(prepared)
     else:
         assert source.native is not None
-        ctx.inputs, ctx.outputs = native_io(source.native, options.inputs)
+        ctx.inputs, ctx.outputs = native_io(source.native, options.inputs, source.details.get("names"))
     output_names = [o.name for o in ctx.outputs]
     bound = check_bindings(options.inputs, ctx.inputs, source)
     ctx.inputs = [replace(s, value=bound[s.name]) if s.name in bound else s for s in ctx.inputs]
@@ -133,13 +134,15 @@ def _require_native(source: SourceInfo) -> None:
                           fix=f"pip install 'edgemill[litert]' so LiteRT runs the .tflite as it is; or {error.fix}")
 
 
-def native_io(native: NativeModel, overrides: tuple[InputOverride, ...]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def native_io(native: NativeModel, overrides: tuple[InputOverride, ...], aliases: dict[str, str] | None = None
+              ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """A native model's inputs, with the shapes ``--input`` fixes, and its outputs."""
     specs = {s.name: s for s in native.inputs}
     for o in overrides:
         if o.shape is None:
             continue
-        spec = specs.get(o.name) or specs.get(o.name.removesuffix(":0"))
+        resolved = resolve(o.name, specs, aliases)
+        spec = specs.get(resolved) if resolved else None
         if spec is None:
             raise OptionError("--input names an input the model does not have", value=o.name,
                               expected="one of " + ", ".join(repr(n) for n in specs),
@@ -167,8 +170,8 @@ def check_bindings(overrides: tuple[InputOverride, ...], inputs: list[TensorSpec
     for o in overrides:
         if o.value is None:
             continue
-        name = o.name if o.name in names else o.name.removesuffix(":0")
-        if name in names:
+        name = resolve(o.name, names, source.details.get("names"))
+        if name is not None:
             bound_array(name, next(s for s in inputs if s.name == name), o.value)  # one element, a fitting type
             bound[name] = o.value
         elif o.name not in frozen:

@@ -61,7 +61,7 @@ def evaluate(lossless: bool, reference: Sequence[Sequence[np.ndarray]], got: Seq
     """Compare a candidate's outputs with the original's on the same feeds. ``task_metric=False``
     (generated inputs, not real data) judges by relative output error only: agreement on random
     inputs says little about accuracy on real ones."""
-    comparisons = [c for want, have in zip(reference, got) for c in accuracy.compare_all(names, have, want)]
+    comparisons = accuracy.pool([c for want, have in zip(reference, got) for c in accuracy.compare_all(names, have, want)])
     rel = accuracy.worst(comparisons)
     metric = choose_metric(reference, labels) if task_metric else "relative_error"
     if metric == "relative_error":

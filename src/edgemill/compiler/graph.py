@@ -85,3 +85,29 @@ def all_inputs(node: onnx.NodeProto) -> list[str]:
     for sub in subgraphs(node):
         names.extend(sorted(outer_references(sub) - set(names)))
     return names
+
+
+def rename_io(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    """Rename graph inputs/outputs, and every reference to them (in subgraphs too), in place."""
+    if not names:
+        return
+    g = model.graph
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        if v.name in names:
+            v.name = names[v.name]
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            node.input[:] = [names.get(x, x) for x in node.input]
+            node.output[:] = [names.get(x, x) for x in node.output]
+            for sub in subgraphs(node):
+                walk(sub)
+
+    walk(g)
+
+
+def ensure_default_opset(model: onnx.ModelProto, version: int = 15) -> None:
+    """A model of ai.onnx.ml operators only may import no standard opset; nodes we add (Identity,
+    Reshape) need one."""
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("", version))

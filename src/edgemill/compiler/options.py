@@ -27,6 +27,15 @@ def split_entry(path: Path | str) -> tuple[Path, str] | None:
     return None
 
 
+def split_member(path: Path | str) -> tuple[Path, str] | None:
+    """``(Path("vad.jit"), "_model")`` for ``vad.jit:_model`` (a submodule of a TorchScript archive, a dotted
+    path allowed), when the file exists and the whole path does not, else None."""
+    file, sep, name = str(path).rpartition(":")
+    if not sep or file.lower().endswith(".py") or Path(str(path)).exists() or not Path(file).is_file():
+        return None
+    return (Path(file), name) if all(part.isidentifier() for part in name.split(".")) else None
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     model: Path
@@ -114,7 +123,7 @@ class CompileOptions:
     @property
     def source_path(self) -> Path:
         """The file or directory the model comes from (for ``model.py:factory``, the ``.py`` file)."""
-        entry = split_entry(self.model)
+        entry = split_entry(self.model) or split_member(self.model)
         return entry[0] if entry else self.model
 
     @property

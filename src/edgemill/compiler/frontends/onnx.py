@@ -33,9 +33,37 @@ def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceI
     if not model.graph.node and not model.graph.output:
         raise ModelFormatError("the ONNX file holds no graph", value=str(path), fix="pass a complete exported model")
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    notes = unzip_maps(model)
     info = source_info(path, "onnx", onnx.__version__, opsets=opsets,
-                       producer=f"{model.producer_name} {model.producer_version}".strip())
+                       producer=f"{model.producer_name} {model.producer_version}".strip(),
+                       **({"io_notes": notes} if notes else {}))
     return model, info
+
+
+def unzip_maps(model: onnx.ModelProto) -> list[str]:
+    """A ZipMap output (scikit-learn converters' default: a sequence of {class: probability} maps) is not a
+    tensor, so no runtime API or wire protocol of ours can carry it. Return the tensor it zips instead,
+    one column per class, and say so (the manifest's ``source.io_notes``, shown by ``edgemill inspect``)."""
+    from onnx import helper
+
+    from ..graph import ensure_default_opset
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    notes = []
+    for out in model.graph.output:
+        node = producers.get(out.name)
+        if node is None or node.op_type != "ZipMap":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        labels = (list(attrs["classlabels_int64s"].ints) if "classlabels_int64s" in attrs
+                  else [s.decode() for s in attrs["classlabels_strings"].strings] if "classlabels_strings" in attrs else [])
+        ensure_default_opset(model)
+        model.graph.node.remove(node)
+        model.graph.node.append(helper.make_node("Identity", [node.input[0]], [out.name], name=f"{node.name}_unzipped"))
+        out.type.CopyFrom(helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [None, len(labels) or None]))
+        notes.append(f"output {out.name!r} was a ZipMap (a sequence of maps); the package returns the probabilities as a "
+                     f"float tensor, one column per class: {labels}")
+    return notes
 
 
 register(Frontend("onnx", "ONNX model (.onnx)", detect, load, requires=("onnx",), extra="compile", priority=90,

@@ -2,9 +2,15 @@
 
 Three inputs, two exporters (torch 2.13):
 
-* a TorchScript archive (``torch.jit.save``) goes through the legacy TorchScript exporter
-  (``dynamo=False``): the dynamo exporter cannot trace a ScriptModule. TorchScript records no input
-  shapes, so ``--input NAME:SHAPE[:DTYPE]`` is required; a symbolic dim (``Nx3x32x32``) stays dynamic.
+* a TorchScript archive (``torch.jit.save``, recognised by its content whatever its suffix: ``.pt``,
+  ``.jit``, ``.zip``...) goes through the legacy TorchScript exporter (``dynamo=False``): the dynamo
+  exporter cannot trace a ScriptModule. TorchScript records no input shapes, so ``--input
+  NAME:SHAPE[:DTYPE]`` is required for each tensor argument; a symbolic dim (``Nx3x32x32``) stays
+  dynamic. ``ARCHIVE:SUBMODULE`` (``vad.jit:_model``) compiles a submodule of the archive.
+* ``int``/``float``/``bool`` arguments of ``forward`` (a sample rate) are traced with the value bound by
+  ``--input NAME=VALUE``; the package keeps them as 0-d inputs that accept only that value.
+* a module whose ``forward`` keeps state between calls (it assigns ``self.<attr>``) is refused with
+  the stateless submodules it has: a package is a pure function of its inputs.
 * a ``torch.export.save`` ExportedProgram (``.pt2``) goes through the dynamo exporter, which needs
   ``onnxscript``; its own example inputs and dynamic shapes give the graph's inputs.
 * ``path/to/module.py:factory``: we import the file and call ``factory()`` for an ``nn.Module``, then
@@ -12,7 +18,8 @@ Three inputs, two exporters (torch 2.13):
   unpickling does: name only files you trust.
 
 Loading a TorchScript or .pt2 archive runs no Python from the file (TorchScript code runs in its own
-interpreter; tensors are read with torch's restricted unpickler).
+interpreter; tensors are read with torch's restricted unpickler). The loaded module is also the
+accuracy gate's reference: the package is compared with PyTorch's own outputs.
 """
 
 from __future__ import annotations
@@ -26,13 +33,16 @@ import sys
 import warnings
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ModelFormatError, OptionError
 from ...tensors import InputOverride, numpy_dtype
 from ..context import SourceInfo
-from . import Frontend, FrontendRequest, first_line, register, source_info, split_entry
+from ..options import split_member
+from ..source import SourceRuntime
+from . import Frontend, FrontendRequest, first_line, read_head, register, source_info, split_entry
 
 if TYPE_CHECKING:
     import onnx
@@ -66,14 +76,17 @@ def detect(path: Path) -> bool:
     entry = split_entry(path)
     if entry is not None:
         return entry[0].is_file()
+    member = split_member(path)
+    if member is not None:
+        path = member[0]
     if not path.is_file():
         return False
-    suffix = path.suffix.lower()
-    if suffix in _EXPORT_SUFFIXES:
-        return zipfile.is_zipfile(path)
-    if suffix in _TORCHSCRIPT_SUFFIXES:
-        return _is_torchscript(_zip_names(path))
-    return False
+    if path.suffix.lower() in _EXPORT_SUFFIXES and zipfile.is_zipfile(path):
+        return True
+    if read_head(path, 4) != b"PK\x03\x04":  # by content, whatever the suffix (.pt, .jit, .zip...)
+        return False
+    names = _zip_names(path)
+    return _is_torchscript(names) or _is_exported_program(names)
 
 
 # --- load ---------------------------------------------------------------------------------------------
@@ -105,10 +118,19 @@ def _load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, Source
     import torch
 
     entry = split_entry(path)
+    member = split_member(path)
     if entry is not None:
         file, factory = entry
         model, kind = _from_entry(file, factory, torch), "entry"
         details: dict[str, Any] = {"entry": f"{file.name}:{factory}"}
+    elif member is not None:
+        file, attribute = member
+        names = _zip_names(file)
+        if not _is_torchscript(names):
+            raise ModelFormatError("FILE:SUBMODULE names a submodule of a TorchScript archive", value=str(path),
+                                   fix="pass a TorchScript archive (torch.jit.save) before the ':'")
+        model = _submodule(_load_torchscript(file, torch), attribute, file)
+        kind, details = "torchscript", {"submodule": attribute}
     else:
         if not path.is_file():
             raise ModelFormatError("expected a PyTorch file, got a directory or nothing", value=str(path),
@@ -122,17 +144,26 @@ def _load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, Source
             raise _not_pytorch(path, names)
         file = path
 
+    if isinstance(model, torch.jit.ScriptModule):
+        _refuse_stateful(model, file)
+    scalars: dict[str, Any] = {}
     if isinstance(model, torch.export.ExportedProgram):
         proto, exporter = _export_program(model, torch), "dynamo"
     elif isinstance(model, torch.jit.ScriptModule):
-        proto, exporter = _export_torchscript(model, request.inputs, torch), "torchscript"
+        proto, scalars = _export_torchscript(model, request, torch)
+        exporter = "torchscript"
     else:
-        proto, exporter = _export_module(model, request.inputs, torch), "dynamo"
+        proto, scalars = _export_module(model, request, torch)
+        exporter = "dynamo"
     _name_symbols(proto, request.inputs)
+    _keep_scalar_inputs(proto, scalars)
+    if scalars:
+        details["bound_arguments"] = {name: value for name, (value, _) in scalars.items()}
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     proto.producer_name, proto.producer_version = "edgemill-pytorch", torch.__version__
     info = source_info(file, "pytorch", torch.__version__, kind=kind, exporter=exporter, opset=opset,
                        onnx_version=onnx.__version__, **details)
+    info.runtime = _runtime(model, proto, scalars, torch)
     return proto, info
 
 
@@ -206,44 +237,86 @@ def _from_entry(file: Path, factory: str, torch: Any) -> Any:
 
 # --- example inputs from --input ---------------------------------------------------------------------
 
-def _forward_names(model: Any, torch: Any) -> list[str]:
+_SCALAR_TYPES = {"int": ("int64", int), "float": ("float32", float), "bool": ("bool", bool)}
+
+
+@dataclass(frozen=True)
+class _Argument:
+    name: str
+    scalar: str | None  # "int" | "float" | "bool" for Python scalars, None for tensors
+    has_default: bool
+
+
+def _arguments(model: Any, torch: Any) -> list[_Argument]:
+    """``forward``'s arguments after ``self``: name, whether it is a Python scalar, whether it has a default."""
     if isinstance(model, torch.jit.ScriptModule):
-        return [a.name for a in model.forward.schema.arguments[1:]]
+        return [_Argument(a.name, str(a.type) if str(a.type) in _SCALAR_TYPES else None, a.has_default_value())
+                for a in model.forward.schema.arguments[1:]]
     import inspect
 
     params = inspect.signature(model.forward).parameters.values()
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    out = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        out.append(_Argument(p.name, annotation if annotation in _SCALAR_TYPES else None, p.default is not p.empty))
+    return out
 
 
-def _examples(model: Any, overrides: tuple[InputOverride, ...], torch: Any) -> tuple[list[str], list[Any]]:
-    """Input names in ``forward``'s order and an example tensor for each, from ``--input``."""
-    names = _forward_names(model, torch)
-    given = {o.name: o for o in overrides}
-    example = ":".join([names[0] if names else "x", "Nx3x224x224", "float32"])
-    missing = [n for n in names if n not in given]
+def _examples(model: Any, request: FrontendRequest, torch: Any
+              ) -> tuple[list[str], list[Any], dict[str, tuple[Any, str]]]:
+    """Tensor argument names in ``forward``'s order, the example arguments (tensors from ``--input`` shapes,
+    Python scalars from ``--input NAME=VALUE``), and the bound scalars: name -> (value, dtype)."""
+    arguments = _arguments(model, torch)
+    shapes = {o.name: o for o in request.inputs}
+    values = {o.name: o for o in request.bindings}
+    tensors = [a for a in arguments if a.scalar is None]
+    example = ":".join([tensors[0].name if tensors else "x", "Nx3x224x224", "float32"])
+    missing = [a.name for a in tensors if a.name not in shapes and not a.has_default]
+    what = "a TorchScript module" if isinstance(model, torch.jit.ScriptModule) else "an nn.Module"
     if missing:
-        what = "a TorchScript module" if isinstance(model, torch.jit.ScriptModule) else "an nn.Module"
         raise OptionError(
             f"{what} does not record input shapes; pass --input NAME:SHAPE:DTYPE for each input",
-            value=", ".join(missing), expected="--input for " + ", ".join(names),
+            value=", ".join(missing), expected="--input for " + ", ".join(a.name for a in tensors),
             fix=f"add --input {example} with your model's shape (a symbol such as N keeps that dimension dynamic)",
         )
-    unknown = [n for n in given if n not in names]
+    unbound = [a for a in arguments if a.scalar and a.name not in values and not a.has_default]
+    if unbound:
+        a = unbound[0]
+        raise OptionError(f"forward() takes {a.name!r} as a Python {a.scalar}, which the graph is traced with",
+                          value=a.name, expected=f"--input {a.name}=VALUE",
+                          fix=f"bind it to the value your application passes, e.g. --input {a.name}=16000 for a "
+                              "sample rate; the package then takes that value only")
+    known = {a.name for a in arguments}
+    unknown = [n for n in [*shapes, *values] if n not in known]
     if unknown:
         raise OptionError("--input names an input the model does not have", value=", ".join(unknown),
-                          expected="one of " + ", ".join(repr(n) for n in names),
+                          expected="one of " + ", ".join(repr(n) for n in known),
                           fix="use the parameter names of the model's forward()")
-    tensors = []
-    for i, name in enumerate(names):
-        o = given[name]
-        shape = [d if isinstance(d, int) and d > 0 else _EXAMPLE_SYMBOL_SIZE for d in o.shape]
+    names: list[str] = []
+    args: list[Any] = []
+    scalars: dict[str, tuple[Any, str]] = {}
+    for i, a in enumerate(arguments):
+        if a.scalar is not None:
+            if a.name not in values:
+                break  # this and what follows keep their defaults
+            dtype, cast = _SCALAR_TYPES[a.scalar]
+            scalars[a.name] = (cast(values[a.name].value), dtype)
+            args.append(scalars[a.name][0])
+            continue
+        if a.name not in shapes:
+            break
+        o = shapes[a.name]
+        shape = [d if isinstance(d, int) and d > 0 else _EXAMPLE_SYMBOL_SIZE for d in (o.shape or ())]
         dtype = numpy_dtype(o.dtype or "float32")
         if dtype.kind == "f":
             t = torch.randn(*shape, generator=torch.Generator().manual_seed(i)).to(_torch_dtype(dtype, torch))
         else:
             t = torch.zeros(*shape, dtype=_torch_dtype(dtype, torch))
-        tensors.append(t)
-    return names, tensors
+        names.append(a.name)
+        args.append(t)
+    return names, args, scalars
 
 
 def _torch_dtype(dtype: Any, torch: Any) -> Any:
@@ -254,8 +327,8 @@ def _torch_dtype(dtype: Any, torch: Any) -> Any:
 
 def _dynamic_axes(overrides: tuple[InputOverride, ...]) -> dict[str, dict[int, str]]:
     return {o.name: {axis: d if isinstance(d, str) else f"{o.name}_{axis}"
-                     for axis, d in enumerate(o.shape) if not (isinstance(d, int) and d > 0)}
-            for o in overrides if any(not (isinstance(d, int) and d > 0) for d in o.shape)}
+                     for axis, d in enumerate(o.shape or ()) if not (isinstance(d, int) and d > 0)}
+            for o in overrides if any(not (isinstance(d, int) and d > 0) for d in (o.shape or ()))}
 
 
 def _output_names(model: Any, args: list[Any], torch: Any) -> list[str]:
@@ -264,39 +337,149 @@ def _output_names(model: Any, args: list[Any], torch: Any) -> list[str]:
         with torch.no_grad():
             out = model(*args)
     except Exception as exc:  # noqa: BLE001
-        shapes = ", ".join(f"{list(a.shape)}:{str(a.dtype).replace('torch.', '')}" for a in args)
+        shapes = ", ".join(f"{list(a.shape)}:{str(a.dtype).replace('torch.', '')}" if hasattr(a, "shape") else repr(a)
+                           for a in args)
         raise OptionError("the model does not run on inputs of the --input shapes", value=shapes,
                           fix=f"give the shapes the model was built for ({first_line(exc)[:200]})") from None
     count = len(torch.utils._pytree.tree_leaves(out))
     return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
+# --- stateful modules and submodules ----------------------------------------------------------------------
+
+def _sets_attributes(method: Any, torch: Any) -> list[str]:
+    """Attributes a TorchScript method assigns (``self._state = ...``), its calls inlined."""
+    graph = method.graph.copy()
+    torch._C._jit_pass_inline(graph)
+    return sorted({node.s("name") for node in graph.findAllNodes("prim::SetAttr", recurse=True)})
+
+
+def _refuse_stateful(model: Any, file: Path) -> None:
+    import torch
+
+    state = _sets_attributes(model.forward, torch)
+    if not state:
+        return
+    stateless = []
+    for name, child in model.named_children():
+        if isinstance(child, torch.jit.ScriptModule) and hasattr(child, "forward"):
+            try:
+                if not _sets_attributes(child.forward, torch):
+                    stateless.append(f"{file.name}:{name} (forward({', '.join(a.name for a in child.forward.schema.arguments[1:])}))")
+            except RuntimeError:
+                continue
+    fix = ("compile a stateless submodule instead: " + ", ".join(stateless[:3]) if stateless else
+           "export a stateless forward() that takes the state as an input and returns the new state")
+    raise ModelFormatError(
+        "the module keeps state between calls: forward() assigns " + ", ".join(f"self.{a}" for a in state[:4]),
+        value=str(file), expected="a forward() whose outputs depend on its inputs only (a package is stateless)",
+        fix=fix + "; then the application passes the state in and takes it back")
+
+
+def _submodule(model: Any, attribute: str, file: Path) -> Any:
+    target = model
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            children = [n for n, _ in target.named_children()]
+            raise ModelFormatError(f"the archive has no submodule {attribute!r}", value=part,
+                                   expected="one of " + ", ".join(children[:12]) if children else "a submodule",
+                                   fix=f"write {file.name}:NAME with one of those names")
+        target = getattr(target, part)
+    if not hasattr(target, "forward"):
+        raise ModelFormatError(f"{attribute!r} is not a module with forward()", value=attribute,
+                               fix=f"name a submodule of {file.name}")
+    return target
+
+
+def _keep_scalar_inputs(proto: onnx.ModelProto, scalars: dict[str, tuple[Any, str]]) -> None:
+    """A bound Python scalar was traced as a constant; the package still takes it under its name (0-d),
+    so an application calls the package as it called forward(), and the runtime checks the value."""
+    from onnx import helper
+
+    from ...tensors import DTYPE_TO_ONNX_ELEM
+
+    present = {v.name for v in proto.graph.input}
+    for name, (_, dtype) in scalars.items():
+        if name not in present:
+            proto.graph.input.append(helper.make_tensor_value_info(name, DTYPE_TO_ONNX_ELEM[dtype], []))
+
+
+def _runtime(model: Any, proto: onnx.ModelProto, scalars: dict[str, tuple[Any, str]], torch: Any) -> SourceRuntime:
+    """PyTorch itself as the reference: forward() on the same inputs, outputs matched by position."""
+    import numpy as np
+
+    module = model.module() if isinstance(model, torch.export.ExportedProgram) else model
+    graph_inputs = [v.name for v in proto.graph.input]
+    outputs = [v.name for v in proto.graph.output]
+    order = [a.name for a in _arguments(module, torch)] if not isinstance(model, torch.export.ExportedProgram) \
+        else [n for n in graph_inputs if n not in scalars]
+
+    def run(feed: Any) -> dict[str, np.ndarray]:
+        args = []
+        for name in order:
+            if name in scalars:
+                args.append(scalars[name][0])
+            elif name in feed:
+                args.append(torch.from_numpy(np.ascontiguousarray(feed[name])))
+            else:
+                break
+        with torch.no_grad():
+            result = module(*args)
+        leaves = [x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)
+                  for x in torch.utils._pytree.tree_leaves(result)]
+        return dict(zip(outputs, leaves)) if len(leaves) == len(outputs) else {}
+
+    kind = "TorchScript" if isinstance(model, torch.jit.ScriptModule) else (
+        "torch.export" if isinstance(model, torch.export.ExportedProgram) else "eager")
+    return SourceRuntime(f"PyTorch {torch.__version__} ({kind})", run, run)
+
+
 # --- export ----------------------------------------------------------------------------------------------
 
-def _export_torchscript(model: Any, overrides: tuple[InputOverride, ...], torch: Any) -> onnx.ModelProto:
+def _export_torchscript(model: Any, request: FrontendRequest, torch: Any
+                        ) -> tuple[onnx.ModelProto, dict[str, tuple[Any, str]]]:
     import onnx
 
-    names, args = _examples(model, overrides, torch)
+    names, args, scalars = _examples(model, request, torch)
     outputs = _output_names(model, args, torch)
     buffer = io.BytesIO()
     with _export_errors("torchscript"), _quiet():
         torch.onnx.export(model, tuple(args), buffer, dynamo=False, opset_version=OPSET, input_names=names,
-                          output_names=outputs, dynamic_axes=_dynamic_axes(overrides) or None,
+                          output_names=outputs, dynamic_axes=_dynamic_axes(request.inputs) or None,
                           do_constant_folding=True)
-    return onnx.load_from_string(buffer.getvalue())
+    proto = onnx.load_from_string(buffer.getvalue())
+    _name_scalar_inputs(proto, model, args, torch)
+    return proto, scalars
 
 
-def _export_module(model: Any, overrides: tuple[InputOverride, ...], torch: Any) -> onnx.ModelProto:
-    names, args = _examples(model, overrides, torch)
+def _name_scalar_inputs(proto: onnx.ModelProto, model: Any, args: list[Any], torch: Any) -> None:
+    """A scripted forward() keeps Python scalars as graph inputs, which the exporter names ``sr.1``: give
+    every input its argument's name (inputs follow the arguments' order)."""
+    from ..graph import rename_io
+
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [v.name for v in proto.graph.input if v.name not in initializers]
+    names = [a.name for a in _arguments(model, torch)][:len(args)]
+    if len(inputs) == len(names):
+        rename_io(proto, {old: new for old, new in zip(inputs, names) if old != new})
+
+
+def _export_module(model: Any, request: FrontendRequest, torch: Any
+                   ) -> tuple[onnx.ModelProto, dict[str, tuple[Any, str]]]:
+    names, args, scalars = _examples(model, request, torch)
     outputs = _output_names(model, args, torch)
     dims: dict[str, Any] = {}
     dynamic: dict[str, dict[int, Any]] = {}
-    for name, axes in _dynamic_axes(overrides).items():
+    for name, axes in _dynamic_axes(request.inputs).items():
         dynamic[name] = {axis: dims.setdefault(sym, torch.export.Dim(_identifier(sym))) for axis, sym in axes.items()}
+    shapes: Any = None
+    if dynamic:  # torch.export wants a spec per argument; a bound scalar has none
+        arguments = [a.name for a in _arguments(model, torch)][:len(args)]
+        shapes = {name: dynamic.get(name) for name in arguments}
     with _export_errors("dynamo"), _quiet():
         program = torch.onnx.export(model, tuple(args), dynamo=True, opset_version=OPSET, input_names=names,
-                                    output_names=outputs, dynamic_shapes=dynamic or None, verbose=False)
-    return program.model_proto
+                                    output_names=outputs, dynamic_shapes=shapes, verbose=False)
+    return program.model_proto, scalars
 
 
 def _export_program(program: Any, torch: Any) -> onnx.ModelProto:

@@ -1,25 +1,30 @@
-"""TensorFlow frontends: SavedModel directories, Keras files (.keras, .h5) and TFLite flatbuffers, via tf2onnx.
+"""TensorFlow frontends: SavedModel directories and Keras files (.keras, .h5), via tf2onnx (TFLite files
+have their own frontend, ``tflite.py``).
 
 Every format is converted in-process: Keras and SavedModel models become a ``tf.function`` with an explicit
-input signature (from the model, or from ``--input``) that ``tf2onnx.convert.from_function`` freezes;
-``.tflite`` files go through ``tf2onnx.convert.from_tflite``. tf2onnx leaves an op it cannot map in the graph
-as the TensorFlow op; we refuse such a graph and name the op and its node.
+input signature (from the model, or from ``--input``) that ``tf2onnx.convert.from_function`` freezes.
+tf2onnx leaves an op it cannot map in the graph as the TensorFlow op; we refuse such a graph and name the op
+and its node.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...errors import ModelFormatError, OptionError
+from ...errors import ModelFormatError, OptionError, first_line
 from ...tensors import InputOverride
 from ..context import SourceInfo
+from ..graph import rename_io
+from ..source import SourceRuntime
 from . import Frontend, FrontendRequest, read_head, register, source_info
 
 if TYPE_CHECKING:
@@ -50,10 +55,6 @@ def is_keras(path: Path) -> bool:
             return "config.json" in z.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def is_tflite(path: Path) -> bool:
-    return read_head(path, 8)[4:8] == b"TFL3"
 
 
 # --- shared plumbing ---------------------------------------------------------------------------
@@ -160,19 +161,6 @@ def _refuse_unmapped(model: onnx.ModelProto, errors: list[str], path: Path) -> N
     )
 
 
-def _rename_io(model: onnx.ModelProto, names: dict[str, str]) -> None:
-    """Rename graph inputs/outputs (and every reference to them) in place."""
-    g = model.graph
-    for v in list(g.input) + list(g.output):
-        if v.name in names:
-            v.name = names[v.name]
-    for node in g.node:
-        for seq in (node.input, node.output):
-            for i, name in enumerate(seq):
-                if name in names:
-                    seq[i] = names[name]
-
-
 def _load_error(kind: str, path: Path, exc: Exception) -> ModelFormatError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "safe_mode" in str(exc):
@@ -183,6 +171,20 @@ def _load_error(kind: str, path: Path, exc: Exception) -> ModelFormatError:
 
 
 # --- Keras ------------------------------------------------------------------------------------
+
+
+def _load_keras2(path: Path, keras3_error: Exception) -> Any:
+    """An HDF5 file written by Keras 2 that Keras 3 refuses (an LSTM's ``time_major``, older layer arguments,
+    old Sequential layouts): Keras 2 itself (``tf_keras``) reads it. Keras 3's error is the one reported
+    when Keras 2 cannot read it either, or is not installed."""
+    if "safe_mode" in str(keras3_error) or importlib.util.find_spec("tf_keras") is None or read_head(path, 8) != HDF5_MAGIC:
+        raise _load_error("Keras model", path, keras3_error) from None
+    import tf_keras
+
+    try:
+        return tf_keras.models.load_model(str(path), compile=False)
+    except Exception:  # noqa: BLE001
+        raise _load_error("Keras model", path, keras3_error) from None
 
 
 def load_keras(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceInfo]:
@@ -196,7 +198,8 @@ def load_keras(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, S
     try:
         net = keras.models.load_model(str(path), compile=False, safe_mode=not request.trust_pickle)
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds for a bad file
-        raise _load_error("Keras model", path, exc) from None
+        net = _load_keras2(path, exc)
+        keras = sys.modules["tf_keras"]
 
     model_inputs = list(getattr(net, "inputs", None) or [])
     if model_inputs:
@@ -214,6 +217,8 @@ def load_keras(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, S
 
     def call(*args: Any) -> dict[str, Any]:
         result = net(list(args) if len(args) > 1 else args[0], training=False)
+        if isinstance(result, dict):  # a dict of outputs: its keys are what the caller knows them by
+            return {str(k): result[k] for k in sorted(result)}
         flat = tf.nest.flatten(result)
         keys = out_names if len(out_names) == len(flat) else [f"output_{i}" for i in range(len(flat))]
         return dict(zip(keys, flat))
@@ -222,7 +227,19 @@ def load_keras(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, S
     model = _convert_function(tf2onnx, fn, signature, path)
     info = source_info(path, "tensorflow", tf.__version__, format="keras" if zipfile.is_zipfile(path) else "h5",
                        keras=keras.__version__, tf2onnx=tf2onnx.__version__)
+    info.runtime = _function_runtime(tf, fn, [s.name for s in signature], f"Keras {keras.__version__}")
     return model, info
+
+
+def _function_runtime(tf: Any, fn: Any, names: list[str], what: str) -> SourceRuntime:
+    """The traced TensorFlow function as the reference (the model's own kernels, no Python per layer)."""
+    import numpy as np
+
+    def run(feed: Any) -> dict[str, np.ndarray]:
+        result = fn(*[tf.constant(feed[n]) for n in names])
+        return {k: np.asarray(v) for k, v in result.items()}
+
+    return SourceRuntime(f"{what} (TensorFlow {tf.__version__})", run, run)
 
 
 # --- SavedModel -------------------------------------------------------------------------------
@@ -237,7 +254,9 @@ def load_saved_model(path: Path, request: FrontendRequest) -> tuple[onnx.ModelPr
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001 - TF raises OSError, ValueError, OpError...
-        raise _load_error("SavedModel", path, exc) from None
+        # An older SavedModel whose Python objects this TensorFlow cannot restore (optimizer state saved
+        # by an older release, say) still holds its serving signature as a graph: read that instead.
+        return _load_signature_graph(path, request, tf, tf2onnx, _load_error("SavedModel", path, exc))
     signatures = dict(loaded.signatures)
     if not signatures:
         raise ModelFormatError("the SavedModel has no serving signature", value=str(path),
@@ -256,37 +275,60 @@ def load_saved_model(path: Path, request: FrontendRequest) -> tuple[onnx.ModelPr
     model = _convert_function(tf2onnx, fn, signature, path)
     info = source_info(path, "tensorflow", tf.__version__, format="saved_model", signature=key,
                        signatures=sorted(signatures), tf2onnx=tf2onnx.__version__)
+    info.runtime = _function_runtime(tf, fn, [s.name for s in signature], f"SavedModel signature {key!r}")
     return model, info
 
 
-# --- TFLite -----------------------------------------------------------------------------------
+def _load_signature_graph(path: Path, request: FrontendRequest, tf: Any, tf2onnx: Any,
+                          restore_error: ModelFormatError) -> tuple[onnx.ModelProto, SourceInfo]:
+    """The serving signature of a SavedModel read as a TF1 graph (no Python objects restored), frozen and
+    converted; a session over the same graph is the reference."""
+    import numpy as np
 
-
-def _tflite_name(name: str) -> str:
-    # The TFLite converter names tensors after the SavedModel signature ("serving_default_image:0").
-    return re.sub(r"^serving_default_", "", _plain(name))
-
-
-def load_tflite(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceInfo]:
-    if not is_tflite(path):
-        raise ModelFormatError("not a TFLite model", value=str(path), expected="a flatbuffer with identifier TFL3",
-                               fix="pass the file written by tf.lite.TFLiteConverter")
-    tf, tf2onnx = _import_tf()
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    try:
+        with graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+            signatures = dict(meta.signature_def)
+            if not signatures:
+                raise restore_error
+            key = "serving_default" if "serving_default" in signatures else min(signatures)
+            sig = signatures[key]
+            inputs = {k: v.name for k, v in sig.inputs.items()}
+            outputs = {k: v.name for k, v in sig.outputs.items()}
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), sorted({t.split(":")[0] for t in outputs.values()}))
+    except ModelFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFormatError(restore_error.problem, value=restore_error.value,
+                               fix=f"{restore_error.fix}; reading its signature as a graph failed too ({first_line(exc)})"
+                               ) from None
+    _check_override_names(list(inputs), request)
+    shapes = {}
+    for name in inputs:
+        override = _override_for(name, request)
+        if override is not None and override.shape is not None:
+            shapes[inputs[name]] = [d if isinstance(d, int) and d > 0 else -1 for d in override.shape]
     with _tf2onnx_log() as errors:
         try:
-            model, _ = tf2onnx.convert.from_tflite(str(path))
-        except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare Exceptions from its flatbuffer reader
-            raise ModelFormatError("tf2onnx cannot convert this TFLite model", value=str(path),
-                                   fix=f"check the file loads in tf.lite.Interpreter ({exc})") from None
+            model, _ = tf2onnx.convert.from_graph_def(frozen, input_names=sorted(inputs.values()),
+                                                      output_names=sorted(outputs.values()), shape_override=shapes or None)
+        except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            raise ModelFormatError("tf2onnx cannot convert this SavedModel's signature graph", value=str(path),
+                                   fix=f"check the model runs in TensorFlow ({first_line(exc)})") from None
     _refuse_unmapped(model, errors, path)
-    io = [v.name for v in list(model.graph.input) + list(model.graph.output)]
-    clean = {n: _tflite_name(n) for n in io}
-    if len(set(clean.values())) == len(clean):
-        _rename_io(model, {old: new for old, new in clean.items() if old != new})
-    _check_override_names([v.name for v in model.graph.input], request)
-    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
-    info = source_info(path, "tensorflow", tf.__version__, format="tflite", quantized=quantized,
-                       tf2onnx=tf2onnx.__version__)
+    rename_io(model, {tensor: name for name, tensor in {**inputs, **outputs}.items()})
+
+    def run(feed: Any) -> dict[str, np.ndarray]:
+        fetched = session.run(outputs, {inputs[n]: feed[n] for n in inputs})
+        return {k: np.asarray(v) for k, v in fetched.items()}
+
+    info = source_info(path, "tensorflow", tf.__version__, format="saved_model", signature=key,
+                       signatures=sorted(signatures), tf2onnx=tf2onnx.__version__, loaded_as="tf1 signature graph",
+                       names={name: tensor for name, tensor in {**inputs, **outputs}.items() if name != tensor})
+    info.runtime = SourceRuntime(f"SavedModel signature {key!r} in a TF1 session (TensorFlow {tf.__version__})", run, run)
     return model, info
 
 
@@ -294,5 +336,3 @@ register(Frontend("tensorflow", "TensorFlow SavedModel (a directory with saved_m
                   load_saved_model, requires=REQUIRES, extra="tensorflow", priority=30, suffixes=("/",)))
 register(Frontend("keras", "Keras model (.keras, .h5)", is_keras, load_keras, requires=REQUIRES, extra="tensorflow",
                   priority=30, suffixes=(".keras", ".h5")))
-register(Frontend("tflite", "TensorFlow Lite flatbuffer (.tflite)", is_tflite, load_tflite, requires=REQUIRES,
-                  extra="tensorflow", priority=30, suffixes=(".tflite",)))

@@ -1,6 +1,12 @@
 """Gradient-boosted trees: XGBoost (JSON, UBJSON, binary booster) and LightGBM (text model), converted
 with onnxmltools into ONNX-ML TreeEnsemble operators. Classifiers output ``label`` and ``probabilities``
-(no ZipMap, so both are plain tensors); regressors output ``variable``."""
+(no ZipMap, so both are plain tensors, ``probabilities`` one column per class); regressors output
+``variable`` shaped ``(N,)`` as the library's ``predict`` returns it.
+
+The booster itself is the accuracy gate's reference: ``predict`` on the same rows. For a binary model
+``predict`` gives the probability of class 1, which is column 1 of ``probabilities`` (the manifest's
+``source.io_notes`` says so). Feature names the model stores are kept for that reference; the
+conversion reads features by position, as the package does."""
 
 from __future__ import annotations
 
@@ -39,7 +45,6 @@ def _convert(kind: str, convert, model, name: str, shape: list) -> object:  # ty
 
 def load_xgboost(path: Path, request: FrontendRequest):  # type: ignore[no-untyped-def]
     import xgboost
-    from onnxmltools.convert import convert_xgboost
 
     booster = xgboost.Booster()
     try:
@@ -47,11 +52,35 @@ def load_xgboost(path: Path, request: FrontendRequest):  # type: ignore[no-untyp
     except xgboost.core.XGBoostError as exc:
         raise ModelFormatError("not an XGBoost model", value=str(path),
                                fix=f"save it with booster.save_model('model.json') ({first_line(exc)})") from None
+    return convert_xgboost_booster(booster, path, request)
+
+
+def convert_xgboost_booster(booster, path: Path, request: FrontendRequest, **details):  # type: ignore[no-untyped-def]
+    """An XGBoost Booster (loaded from its file, or unpickled) to ONNX, with XGBoost as the reference."""
+    import json
+
+    import xgboost
+    from onnxmltools.convert import convert_xgboost
+
     n_features = booster.num_features()
     name, shape = tabular_input(request, n_features, "XGBoost")
-    model = _convert("XGBoost", convert_xgboost, booster, name, shape)
-    return model, source_info(path, "xgboost", xgboost.__version__, features=n_features,
-                              trees=len(booster.get_dump()), converter="onnxmltools")
+    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    # onnxmltools reads splits by feature index ("f12"): convert a copy without the stored names.
+    unnamed = booster.copy()
+    unnamed.feature_names, unnamed.feature_types = None, None
+    model = _convert("XGBoost", convert_xgboost, unnamed, name, shape)
+    notes = shape_outputs(model, classifier=objective.startswith(("binary:", "multi:")), library="XGBoost",
+                          binary=objective.startswith("binary:"))
+    info = source_info(path, "xgboost", xgboost.__version__, features=n_features, trees=len(booster.get_dump()),
+                       objective=objective, converter="onnxmltools", io_notes=notes,
+                       **({"feature_names": list(booster.feature_names)} if booster.feature_names else {}), **details)
+
+    def predict(x):  # type: ignore[no-untyped-def]
+        return booster.predict(xgboost.DMatrix(x, feature_names=booster.feature_names))
+
+    info.runtime = tabular_runtime(f"XGBoost {xgboost.__version__} Booster.predict", name, predict,
+                                   classifier=objective.startswith(("binary:", "multi:")))
+    return model, info
 
 
 def load_lightgbm(path: Path, request: FrontendRequest):  # type: ignore[no-untyped-def]
@@ -70,9 +99,69 @@ def load_lightgbm(path: Path, request: FrontendRequest):  # type: ignore[no-unty
         return convert_lightgbm(model, zipmap=False, **kwargs)
 
     model = _convert("LightGBM", convert, booster, name, shape)
-    adjusted = exact_float32_thresholds(model, booster.dump_model())
-    return model, source_info(path, "lightgbm", lightgbm.__version__, features=n_features,
-                              trees=booster.num_trees(), converter="onnxmltools", thresholds_rounded_down=adjusted)
+    dump = booster.dump_model()
+    adjusted = exact_float32_thresholds(model, dump)
+    objective = str(dump.get("objective", "")).split()[0] if dump.get("objective") else ""
+    classifier = objective.startswith(("binary", "multiclass"))
+    notes = shape_outputs(model, classifier=classifier, library="LightGBM", binary=objective.startswith("binary"))
+    info = source_info(path, "lightgbm", lightgbm.__version__, features=n_features, objective=objective,
+                       trees=booster.num_trees(), converter="onnxmltools", thresholds_rounded_down=adjusted,
+                       io_notes=notes)
+    info.runtime = tabular_runtime(f"LightGBM {lightgbm.__version__} Booster.predict", name, booster.predict,
+                                   classifier=classifier)
+    return model, info
+
+
+def shape_outputs(model, classifier: bool, library: str, binary: bool) -> list[str]:  # type: ignore[no-untyped-def]
+    """Give a regressor's output the library's shape, ``(N,)`` (the converters write ``(N, 1)``), and say
+    how a classifier's outputs relate to ``predict``."""
+    if classifier:
+        return ([f"probabilities[:, 1] is what {library}'s predict() returns for this binary model; label is "
+                 "its argmax"] if binary else [f"probabilities is what {library}'s predict() returns; label is its "
+                                               "argmax"])
+    squeeze_single_output(model, "variable")
+    return []
+
+
+def squeeze_single_output(model, name: str) -> None:  # type: ignore[no-untyped-def]
+    """``name`` (N, 1) -> (N,), as a library's ``predict`` returns a single-target regression."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..graph import ensure_default_opset
+
+    out = next((o for o in model.graph.output if o.name == name), None)
+    if out is None:
+        return
+    dims = out.type.tensor_type.shape.dim
+    if len(dims) != 2 or not (dims[1].HasField("dim_value") and dims[1].dim_value == 1):
+        return
+    ensure_default_opset(model)  # Reshape lives in the default domain
+    inner = f"{name}_column"
+    for node in model.graph.node:
+        node.output[:] = [inner if x == name else x for x in node.output]
+        node.input[:] = [inner if x == name else x for x in node.input]
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), f"{name}_flat_shape"))
+    model.graph.node.append(helper.make_node("Reshape", [inner, f"{name}_flat_shape"], [name], name=f"{name}_flatten"))
+    batch = dims[0]
+    out.type.CopyFrom(helper.make_tensor_type_proto(TensorProto.FLOAT, [batch.dim_param or (batch.dim_value or None)]))
+
+
+def tabular_runtime(what: str, input_name: str, predict, classifier: bool):  # type: ignore[no-untyped-def]
+    """The library's own predict() as the reference, its outputs named as the package names them."""
+    import numpy as np
+
+    from ..source import SourceRuntime
+
+    def run(feed):  # type: ignore[no-untyped-def]
+        p = np.asarray(predict(feed[input_name]))
+        if not classifier:
+            return {"variable": p.astype(np.float32).reshape(len(feed[input_name]), *p.shape[1:])}
+        if p.ndim == 1:
+            p = np.stack([1 - p, p], axis=1)
+        return {"probabilities": p.astype(np.float32), "label": p.argmax(1).astype(np.int64)}
+
+    return SourceRuntime(what, run, lambda feed: predict(feed[input_name]))
 
 
 def exact_float32_thresholds(model, dump: dict) -> int:  # type: ignore[no-untyped-def]

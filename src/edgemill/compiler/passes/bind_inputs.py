@@ -24,6 +24,7 @@ from ...tensors import Scalar, numpy_dtype
 from ..checks import check_model
 from ..context import CompileContext
 from ..graph import graph_inputs, subgraphs, value_spec
+from ..names import resolve
 from . import register
 
 MAX_FOLDED_ELEMENTS = 1 << 16  # what a bound value decides is small (conditions, sizes); weights are not folded
@@ -42,8 +43,8 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
     for override in ctx.options.inputs:
         if override.value is None:
             continue
-        name = override.name if override.name in inputs else override.name.removesuffix(":0")
-        if name not in inputs:
+        name = resolve(override.name, inputs, ctx.source.details.get("names"))
+        if name is None:
             continue  # not a graph input: the frontend froze it (checked by the driver)
         constants[name] = bound_array(name, value_spec(inputs[name]), override.value)
         bound.append(f"{name}={override.text().split('=', 1)[1]}")

@@ -14,6 +14,7 @@ from ...errors import OptionError
 from ..checks import check_model
 from ..context import CompileContext
 from ..graph import graph_inputs, value_spec
+from ..names import resolve
 from . import register
 
 
@@ -29,8 +30,9 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
     for override in ctx.options.inputs:
         if override.shape is None:
             continue  # only a value (NAME=VALUE): the model's own shape stays
-        if override.name not in inputs and override.name.endswith(":0") and override.name[:-2] in inputs:
-            override = replace(override, name=override.name[:-2])  # TensorFlow's "image:0" is input "image"
+        resolved = resolve(override.name, inputs, ctx.source.details.get("names"))
+        if resolved is not None:
+            override = replace(override, name=resolved)  # TensorFlow's "image:0" is input "image"
         if override.name not in inputs:
             raise OptionError("--input names an input the model does not have", value=override.name,
                               expected="one of " + ", ".join(repr(n) for n in inputs),

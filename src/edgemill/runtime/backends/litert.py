@@ -44,14 +44,14 @@ class LiteRtSession:
         threads = int(settings.threads or os.cpu_count() or 1)
         try:
             self._interpreter = interpreter_class(model_content=bytes(model), num_threads=threads)
-            self._interpreter.allocate_tensors()
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError with the kernel's message
             raise BackendError("LiteRT cannot load the model", value=str(exc).strip().splitlines()[0][:300],
                                fix="recompile the package with this edgemill and ai-edge-litert version") from None
         self._inputs = {name: int(index) for name, index in inputs.items()}
         self._outputs = [int(outputs[name]) for name in output_names]
-        self._shapes = {index: tuple(d["shape"]) for d in self._interpreter.get_input_details()
-                        for index in [d["index"]] if index in self._inputs.values()}
+        # Tensors are allocated at the first call's shapes: some models (audio front ends with a fully
+        # dynamic input) cannot be allocated at their placeholder size.
+        self._shapes: dict[int, tuple[int, ...]] = {}
         self._lock = threading.Lock()  # an interpreter runs one call at a time
 
     def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
