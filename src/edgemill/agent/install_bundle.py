@@ -39,6 +39,7 @@ DEVICE_EXTRAS: dict[str, str] = {
     "s3": "capture upload to S3-compatible stores (boto3)",
     "openvino": "run OpenVINO packages",
     "tvm": "run TVM packages",
+    "litert": "run LiteRT packages (a .tflite run as it is, with XNNPACK)",
 }
 BUNDLE_FORMAT = 1
 _MAX_ROUNDS = 4  # pip rounds for requirements only the device's markers select; one or two in practice

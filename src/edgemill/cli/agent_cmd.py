@@ -85,7 +85,7 @@ def _add_bundle_parser(actions: argparse._SubParsersAction, common: argparse.Arg
                         "edgemill-agent-VERSION-PLATFORM-pyX.Y.tar")
     b.add_argument("--force", action="store_true", help="replace an existing output")
     b.add_argument("--extra", action="append", default=[], metavar="NAME",
-                   help="an optional agent feature to include: s3, openvino, tvm (repeatable)")
+                   help="an optional agent feature to include: s3, openvino, tvm, litert (repeatable)")
     b.add_argument("--libc", choices=sorted(LIBC_DEFAULT), default="glibc",
                    help="the device's C library (default glibc; musl for Alpine)")
     b.add_argument("--libc-version", metavar="X.Y",

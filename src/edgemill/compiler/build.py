@@ -23,7 +23,7 @@ from .candidates import Built, Failed
 from .checks import check_model
 from .context import CompileContext, Progress, SourceInfo, silent
 from .frontends import FrontendRequest, choose
-from .graph import input_specs, output_specs, to_bytes
+from .graph import drop_initializer_inputs, input_specs, output_specs, to_bytes
 from .lowering import Artifact, Candidate
 from .names import resolve
 from .options import CompileOptions
@@ -45,6 +45,8 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     model, source = frontend.load(options.model, FrontendRequest.from_overrides(options.inputs, options.trust_pickle))
     warnings: list[str] = []
     if model is not None:
+        if drop_initializer_inputs(model):
+            warnings.append("weights listed as graph inputs (IR version 3) are initializers only in the package")
         model = check_model(model, f"model {options.model.name}", warnings)
         summary = f"{frontend.name} model, {len(model.graph.node)} nodes, checked"
         said = f"{len(model.graph.node)} nodes, checker and shape inference pass"

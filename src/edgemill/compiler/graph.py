@@ -111,3 +111,17 @@ def ensure_default_opset(model: onnx.ModelProto, version: int = 15) -> None:
     Reshape) need one."""
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("", version))
+
+
+def drop_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Old models (IR version 3) list every weight as a graph input too. Nobody feeds them, and after
+    onnxruntime's optimizer folds such a weight away its input is left dangling, so the optimized graph
+    demands inputs no caller has. Keep the weights as initializers only (IR 4 and later allow it)."""
+    weights = {init.name for init in model.graph.initializer}
+    keep = [v for v in model.graph.input if v.name not in weights]
+    dropped = len(model.graph.input) - len(keep)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
+    return dropped

@@ -36,6 +36,23 @@ def split_member(path: Path | str) -> tuple[Path, str] | None:
     return (Path(file), name) if all(part.isidentifier() for part in name.split(".")) else None
 
 
+def merge_overrides(overrides: list[InputOverride]) -> tuple[InputOverride, ...]:
+    """``--input sr:scalar --input sr=16000`` is ``--input sr:scalar=16000``: one entry per input. Two that
+    both give a shape, or both a value, stay apart (and are refused as given twice)."""
+    merged: list[InputOverride] = []
+    for o in overrides:
+        same = next((i for i, m in enumerate(merged) if m.name == o.name), None)
+        if same is not None:
+            m = merged[same]
+            if (m.shape is None or o.shape is None) and (m.value is None or o.value is None) and \
+                    (m.dtype is None or o.dtype is None or m.dtype == o.dtype):
+                merged[same] = InputOverride(o.name, m.shape if o.shape is None else o.shape, m.dtype or o.dtype,
+                                             m.value if o.value is None else o.value)
+                continue
+        merged.append(o)
+    return tuple(merged)
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     model: Path
@@ -69,7 +86,7 @@ class CompileOptions:
         **kwargs: object,
     ) -> CompileOptions:
         """Build options from user-facing values (paths as text, ``--input`` strings), validated."""
-        overrides = tuple(i if isinstance(i, InputOverride) else parse_input_override(i) for i in inputs)
+        overrides = merge_overrides([i if isinstance(i, InputOverride) else parse_input_override(i) for i in inputs])
         opts = cls(
             model=Path(model),
             target=target,

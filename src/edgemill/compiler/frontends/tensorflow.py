@@ -66,6 +66,8 @@ def _import_tf() -> tuple[Any, Any]:
     import tensorflow as tf
     import tf2onnx
 
+    from . import tf2onnx_ops  # noqa: F401 - registers the ops tf2onnx lacks
+
     return tf, tf2onnx
 
 
@@ -297,8 +299,12 @@ def _load_signature_graph(path: Path, request: FrontendRequest, tf: Any, tf2onnx
             sig = signatures[key]
             inputs = {k: v.name for k, v in sig.inputs.items()}
             outputs = {k: v.name for k, v in sig.outputs.items()}
-            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), sorted({t.split(":")[0] for t in outputs.values()}))
+            from tf2onnx import tf_loader
+
+            frozen = tf_loader.freeze_session(session, input_names=sorted(inputs.values()),
+                                              output_names=sorted(outputs.values()))
+            # Functions a TF2 signature calls (StatefulPartitionedCall) are inlined by grappler.
+            frozen = tf_loader.tf_optimize(sorted(inputs.values()), sorted(outputs.values()), frozen)
     except ModelFormatError:
         raise
     except Exception as exc:  # noqa: BLE001
