@@ -272,7 +272,8 @@ def test_a_candidate_whose_measuring_fails_is_dropped(model_dir: Path, tmp_path:
         return real(artifact, *args, **kwargs)
 
     monkeypatch.setattr(tuning, "measure", measure_failing_for_openvino)
-    result = edgemill.compile(model_dir / "mlp.onnx", output=tmp_path / "m.emp", tune_budget=6)
+    # seed: options of their own, so no cached tuning result from another test skips the measuring
+    result = edgemill.compile(model_dir / "mlp.onnx", output=tmp_path / "m.emp", tune_budget=6, seed=97)
     assert result.manifest.backend == "onnxruntime"
     assert any("dropped when measuring" in w and "openvino" in w for w in result.report["warnings"])
     dropped = [c for c in result.report["candidates"] if c["candidate"].startswith("openvino")]

@@ -125,3 +125,13 @@ def drop_initializer_inputs(model: onnx.ModelProto) -> int:
         model.graph.input.extend(keep)
         model.ir_version = max(model.ir_version, 4)
     return dropped
+
+
+def clear_inferred_shapes(model: onnx.ModelProto) -> None:
+    """Forget inferred intermediate shapes and the non-static dims of the outputs, after a rewrite made them
+    stale (new input shapes, a resolved branch); shape inference derives them again."""
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        for d in out.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()

@@ -45,6 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ...errors import ModelCheckError, ModelFormatError, OptionError
 from ..checks import check_model
 from ..context import SourceInfo
+from ..source import SourceRuntime
 from . import Frontend, FrontendRequest, pair_source_info, register
 
 OPSET = 17
@@ -602,7 +603,38 @@ def load(path: Path, request: FrontendRequest) -> tuple[onnx.ModelProto, SourceI
                             input=[b.batch, b.net["channels"], b.net["height"], b.net["width"]],
                             layers=len(sections) - 1, heads=b.heads,
                             unused_weight_floats=int(weights.data.size - weights.pos))
+    info.runtime = _opencv_runtime(cfg, weights_path, b)
     return model, info
+
+
+def _opencv_runtime(cfg: Path, weights: Path, b: _Builder) -> SourceRuntime | None:
+    """OpenCV's own DarkNet importer as the reference, where an OpenCV that still has it is installed
+    (OpenCV 5 dropped it): the tensors its Region layers receive are our raw heads; a classifier's output
+    is its last layer."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    if not hasattr(cv2.dnn, "readNetFromDarknet"):
+        return None
+    try:
+        net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    except cv2.error:
+        return None  # a layer OpenCV does not know: the converted graph stays the reference
+    layers = list(net.getLayerNames())
+    regions = [layers[i - 2] for i, n in enumerate(layers) if net.getLayer(n).type == "Region"]
+    wanted = regions or list(net.getUnconnectedOutLayersNames())
+    if len(wanted) != len(b.outputs):
+        return None
+    outputs = [(t.name, (t.c, t.h, t.w)) for t in b.outputs]
+
+    def run(feed: Any) -> dict[str, np.ndarray]:
+        net.setInput(np.ascontiguousarray(feed[INPUT_NAME]))
+        results = net.forward(wanted)
+        batch = feed[INPUT_NAME].shape[0]
+        return {name: np.asarray(r).reshape(batch, *chw) for (name, chw), r in zip(outputs, results)}
+
+    return SourceRuntime(f"OpenCV {cv2.__version__} DNN (readNetFromDarknet)", run, run)
 
 
 register(Frontend("darknet", "DarkNet model (.cfg + .weights: YOLOv2/v3/v4-tiny, classifiers)", detect, load,

@@ -145,24 +145,14 @@ def _signature_inputs(interpreter: Any) -> dict[str, int]:
 
 def _runtime(native: NativeModel, library: str) -> SourceRuntime:
     """The interpreter as the reference: one call per feed, inputs resized when their shape changes."""
+    from ...runtime.backends.litert import invoke
+
     interpreter, _ = _interpreter(native.data, threads=1)
     shapes: dict[int, tuple[int, ...]] = {}
     ins, outs = native.details["input_indices"], native.details["output_indices"]
 
     def run(feed: Any) -> dict[str, np.ndarray]:
-        resized = False
-        for name, index in ins.items():
-            shape = tuple(np.shape(feed[name]))
-            if shapes.get(index) != shape:
-                interpreter.resize_tensor_input(index, list(shape), strict=False)
-                shapes[index] = shape
-                resized = True
-        if resized:
-            interpreter.allocate_tensors()
-        for name, index in ins.items():
-            interpreter.set_tensor(index, np.ascontiguousarray(feed[name]))
-        interpreter.invoke()
-        return {name: interpreter.get_tensor(index) for name, index in outs.items()}
+        return dict(zip(outs, invoke(interpreter, ins, list(outs.values()), shapes, feed)))
 
     return SourceRuntime(f"the TFLite interpreter ({library})", run, run)
 

@@ -23,7 +23,7 @@ from ...errors import OptionError
 from ...tensors import Scalar, numpy_dtype
 from ..checks import check_model
 from ..context import CompileContext
-from ..graph import graph_inputs, subgraphs, value_spec
+from ..graph import clear_inferred_shapes, graph_inputs, subgraphs, value_spec
 from ..names import resolve
 from . import register
 
@@ -50,12 +50,7 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
         bound.append(f"{name}={override.text().split('=', 1)[1]}")
     folded, inlined = specialize(model.graph, constants, _opset(model))
     _drop_dead_nodes(model.graph)
-    # Shapes inferred through the control flow that is gone are stale: let inference derive them again.
-    del model.graph.value_info[:]
-    for out in model.graph.output:
-        for d in out.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.Clear()
+    clear_inferred_shapes(model)  # inferred through control flow that is gone
     model = check_model(model, "the model specialized for the bound inputs", ctx.warnings)
     record.update(bound=bound, folded_nodes=folded, inlined_branches=inlined,
                   summary=f"bound {', '.join(bound)}: {folded} node(s) computed, {inlined} branch(es) resolved")

@@ -13,7 +13,7 @@ import onnx
 from ...errors import OptionError
 from ..checks import check_model
 from ..context import CompileContext
-from ..graph import graph_inputs, value_spec
+from ..graph import clear_inferred_shapes, graph_inputs, value_spec
 from ..names import resolve
 from . import register
 
@@ -67,12 +67,7 @@ def run(model: onnx.ModelProto, ctx: CompileContext, record: dict[str, Any]) -> 
         if not override.shape:
             value.type.tensor_type.shape.SetInParent()  # a known 0-d shape, not an unknown rank
         changed.append(f"{override.name}{list(override.shape)}")
-    # Shapes inferred for the old input shapes are stale: drop them and let inference derive new ones.
-    del model.graph.value_info[:]
-    for out in model.graph.output:
-        for d in out.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.Clear()
+    clear_inferred_shapes(model)  # inferred for the old input shapes
     model = check_model(model, "the model with fixed input shapes", ctx.warnings)
     record["summary"] = "fixed " + ", ".join(changed)
     return model

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,24 +58,31 @@ class LiteRtSession:
     def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
         with self._lock:
             try:
-                resized = False
-                for name, index in self._inputs.items():
-                    shape = tuple(np.shape(feed[name]))
-                    if self._shapes.get(index) != shape:
-                        self._interpreter.resize_tensor_input(index, list(shape), strict=False)
-                        self._shapes[index] = shape
-                        resized = True
-                if resized:
-                    self._interpreter.allocate_tensors()
-                for name, index in self._inputs.items():
-                    self._interpreter.set_tensor(index, np.ascontiguousarray(feed[name]))
-                self._interpreter.invoke()
-                return [self._interpreter.get_tensor(index) for index in self._outputs]
+                return invoke(self._interpreter, self._inputs, self._outputs, self._shapes, feed)
             except KeyError as exc:
                 raise BackendError("input missing for the LiteRT model", value=str(exc), fix="pass every input") from None
             except Exception as exc:
                 raise BackendError("LiteRT failed to run the model", value=str(exc).strip().splitlines()[0][:300],
                                    fix="check the input shapes and values against what the model expects") from None
+
+
+def invoke(interpreter: Any, inputs: Mapping[str, int], outputs: Sequence[int], shapes: dict[int, tuple[int, ...]],
+           feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """One call: resize (and allocate) the inputs whose shape changed since ``shapes`` was last updated, set
+    them, invoke, and copy the outputs out (the interpreter reuses its buffers)."""
+    resized = False
+    for name, index in inputs.items():
+        shape = tuple(np.shape(feed[name]))
+        if shapes.get(index) != shape:
+            interpreter.resize_tensor_input(index, list(shape), strict=False)
+            shapes[index] = shape
+            resized = True
+    if resized:
+        interpreter.allocate_tensors()
+    for name, index in inputs.items():
+        interpreter.set_tensor(index, np.ascontiguousarray(feed[name]))
+    interpreter.invoke()
+    return [interpreter.get_tensor(index) for index in outputs]
 
 
 @register("litert", library="ai_edge_litert")
