@@ -117,8 +117,8 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
 
 def _partition(ctx: CompileContext, artifact: Artifact, prepared: Any) -> dict[str, Any] | None:
     """For a target with an accelerator: which nodes of the packaged graph it runs (DESIGN.md)."""
-    if not ctx.target.accelerators:
-        return None
+    if not ctx.target.accelerators or artifact.candidate.backend == "litert":
+        return None  # no ONNX graph to partition (a .tflite run as it is): the runtime's own delegates decide
     import onnx
 
     graph = (onnx.load_from_string(artifact.files[artifact.entrypoint]) if artifact.entrypoint.endswith(".onnx")

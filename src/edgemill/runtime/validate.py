@@ -11,6 +11,18 @@ from ..errors import InputMismatchError
 from ..tensors import TensorSpec, dtype_name, numpy_dtype
 
 
+_STATIC, _BATCH, _AXES = 0, 1, 2
+
+
+def _shape_check(shape: tuple[Any, ...]) -> tuple[int, Any]:
+    static = [isinstance(d, int) and d >= 0 for d in shape]
+    if all(static):
+        return _STATIC, tuple(shape)
+    if shape and not static[0] and all(static[1:]):
+        return _BATCH, (len(shape), tuple(shape[1:]))
+    return _AXES, (len(shape), tuple((axis, d) for axis, d in enumerate(shape) if static[axis]))
+
+
 class InputChecker:
     """Precomputes what it can so that the per-call check costs a few microseconds."""
 
@@ -23,19 +35,27 @@ class InputChecker:
         # dynamic axis). A symbol shared between inputs needs the full check to compare sizes.
         symbols = [d for s in self.specs for d in s.shape if isinstance(d, str)]
         self._bound = tuple((s.name, s.value) for s in self.specs if s.value is not None)
+        # Per input: (name, dtype, how its shape is checked, what with): the whole shape when it is static,
+        # the shape after the batch axis when only that one is dynamic, else the rank and static axes.
         self._fast = None if len(symbols) != len(set(symbols)) else tuple(
-            (s.name, self._dtypes[s.name], len(s.shape),
-             tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int) and d >= 0))
-            for s in self.specs)
+            (s.name, self._dtypes[s.name], *_shape_check(s.shape)) for s in self.specs)
+        self._count = len(self.specs)
 
     def check(self, feed: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
-        if self._fast is not None and type(feed) is dict and len(feed) == len(self._fast):
-            for name, dtype, rank, fixed in self._fast:
+        fast = self._fast
+        if fast is not None and type(feed) is dict and len(feed) == self._count:
+            for name, dtype, kind, want in fast:
                 value = feed.get(name)
-                if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+                if type(value) is not np.ndarray or (value.dtype is not dtype and value.dtype != dtype):
                     break
                 shape = value.shape
-                if any(shape[axis] != size for axis, size in fixed):
+                if kind == _STATIC:
+                    if shape != want:
+                        break
+                elif kind == _BATCH:
+                    if len(shape) != want[0] or shape[1:] != want[1]:
+                        break
+                elif len(shape) != want[0] or any(shape[axis] != size for axis, size in want[1]):
                     break
             else:
                 if self._bound:
@@ -50,7 +70,7 @@ class InputChecker:
         """An input the package was specialized for takes only the value it was compiled with."""
         for name, value in self._bound:
             given = feed[name]
-            if not bool(np.all(given == value)):
+            if not (given.item() == value if given.size == 1 else bool(np.all(given == value))):
                 shown = given.reshape(-1)[0].item() if given.size else given.tolist()
                 raise InputMismatchError(
                     f"input {name!r} was bound when this package was compiled", value=shown,

@@ -52,7 +52,9 @@ class Frontend:
     name: str
     description: str
     detect: Callable[[Path], bool]
-    load: Callable[[Path, FrontendRequest], tuple["onnx.ModelProto", SourceInfo]]
+    # The ONNX graph (None when only a native backend can run the file: SourceInfo.native says how) and
+    # where it came from, with the source framework's runtime when it can run here (SourceInfo.runtime).
+    load: Callable[[Path, FrontendRequest], tuple["onnx.ModelProto | None", SourceInfo]]
     requires: tuple[str, ...] = ()  # modules the frontend imports
     extra: str = "compile"  # the pip extra that installs them
     priority: int = 50  # detection order: lower is tried first
