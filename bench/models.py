@@ -65,9 +65,12 @@ def run_entry(entry: Entry, folder: Path, seconds: float, rounds: int) -> dict:
     outcome: Outcome = compare(entry, out)
     manifest = json.loads(subprocess.run([sys.executable, "-m", "edgemill", "inspect", str(out), "--json"],
                                          capture_output=True, text=True).stdout)["manifest"]
+    report = json.loads(subprocess.run([sys.executable, "-m", "edgemill", "inspect", str(out), "--json"],
+                                       capture_output=True, text=True).stdout).get("report") or {}
     row.update(status=outcome.status, detail=outcome.detail, backend=outcome.backend, precision=outcome.precision,
                max_rel_error=outcome.max_rel_error, exact=outcome.exact, reference=outcome.reference,
-               threads=manifest["backend_options"].get("threads"))
+               threads=manifest["backend_options"].get("threads"),
+               candidate=(report.get("chosen") or {}).get("candidate"))
     package_runs: list[float] = []
     source_runs: list[float] = []
     for round_ in range(rounds):  # alternate the two sides so a noisy moment of the machine hits both

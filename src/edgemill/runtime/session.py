@@ -50,8 +50,7 @@ class Model:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model on ``inputs`` (name -> array); returns outputs by name."""
-        feed = self._checker.check(inputs)
-        return dict(zip(self._output_names, self._session.run(feed)))
+        return dict(zip(self._output_names, self._session.run(self._checker.check(inputs))))
 
     def __repr__(self) -> str:
         return f"<edgemill Model {self.name} {self.version} [{self.backend}] id={self.package_id[:12]}>"

@@ -58,27 +58,30 @@ class LiteRtSession:
         self._lock = threading.Lock()  # an interpreter runs one call at a time
 
     def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
-        with self._lock:
-            try:
-                shapes = self._shapes
-                if self._direct and shapes:
-                    for name, index in self._input_list:
-                        if feed[name].shape != shapes[index]:
-                            break
-                    else:
-                        # The shapes of the last call: nothing to resize. Looked up per call, never kept: the
-                        # Python wrapper refuses to run while anything else holds its native object.
-                        native = self._interpreter._interpreter
-                        for name, index in self._input_list:
-                            native.SetTensor(index, feed[name])
-                        native.Invoke()
-                        return [native.GetTensor(index, 0) for index in self._outputs]
-                return invoke(self._interpreter, self._inputs, self._outputs, shapes, feed)
-            except KeyError as exc:
-                raise BackendError("input missing for the LiteRT model", value=str(exc), fix="pass every input") from None
-            except Exception as exc:
-                raise BackendError("LiteRT failed to run the model", value=str(exc).strip().splitlines()[0][:300],
-                                   fix="check the input shapes and values against what the model expects") from None
+        lock = self._lock
+        lock.acquire()
+        try:
+            shapes = self._shapes
+            if self._direct and shapes:
+                # Looked up per call, never kept: the Python wrapper refuses to run while anything else
+                # holds its native object.
+                native = self._interpreter._interpreter
+                for name, index in self._input_list:
+                    value = feed[name]
+                    if value.shape != shapes[index]:
+                        break  # a new shape: resize and allocate below (which sets every input again)
+                    native.SetTensor(index, value)
+                else:
+                    native.Invoke()
+                    return [native.GetTensor(index, 0) for index in self._outputs]
+            return invoke(self._interpreter, self._inputs, self._outputs, shapes, feed)
+        except KeyError as exc:
+            raise BackendError("input missing for the LiteRT model", value=str(exc), fix="pass every input") from None
+        except Exception as exc:
+            raise BackendError("LiteRT failed to run the model", value=str(exc).strip().splitlines()[0][:300],
+                               fix="check the input shapes and values against what the model expects") from None
+        finally:
+            lock.release()
 
 
 def _has_direct_calls(interpreter: Any) -> bool:
