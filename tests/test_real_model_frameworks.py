@@ -68,6 +68,9 @@ def test_a_tflite_that_tf2onnx_cannot_convert_runs_on_litert_exactly(tflite_mode
     assert list(got) == list(want)
     for name in got:
         np.testing.assert_array_equal(got[name], want[name])
+    for batch in (3, 1, 3):  # a new batch size resizes the interpreter; the same one takes the direct path
+        xb = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)
+        assert model.run({"x": xb})[name].shape[0] == batch
 
 
 def test_tflite_keeps_the_signature_names_and_takes_tensor_names_in_input(tflite_models: dict, tmp_path: Path) -> None:

@@ -74,6 +74,7 @@ class LiteRtSession:
                 else:
                     native.Invoke()
                     return [native.GetTensor(index, 0) for index in self._outputs]
+                del native  # the wrapper's resize and allocate refuse while we hold it
             return invoke(self._interpreter, self._inputs, self._outputs, shapes, feed)
         except KeyError as exc:
             raise BackendError("input missing for the LiteRT model", value=str(exc), fix="pass every input") from None
