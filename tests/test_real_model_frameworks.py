@@ -95,6 +95,9 @@ def test_litert_is_measured_as_one_more_candidate(tflite_models: dict, tmp_path:
     result = edgemill.compile(tflite_models["two"], output=tmp_path / "t.emp", tune_budget=10)
     measured = {m["candidate"] for m in result.report["tuning"]["measurements"]}
     assert "litert/fp32 (native)" in measured and any(c.startswith("onnxruntime") for c in measured)
+    chosen = run_cli("compile", tflite_models["two"], "-o", tmp_path / "l.emp", "--backend", "litert", "--no-measure")
+    assert chosen.code == 0, chosen.err
+    assert rt.load(tmp_path / "l.emp").backend == "litert"
 
 
 # --- the gate's reference: the source framework --------------------------------------------------------

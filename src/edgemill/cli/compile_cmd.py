@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--precision", default="auto",
                    help="auto | fp32 | fp16 | bf16 | int8 (default: auto: every precision the target computes, "
                         "kept only if it passes the accuracy gate)")
-    p.add_argument("--backend", default="auto", help="auto | onnxruntime | openvino | reference (default: auto: "
+    p.add_argument("--backend", default="auto", help="auto | onnxruntime | openvino | tvm | litert | reference (default: auto: "
                                                       "measure the target's backends and keep the fastest)")
     p.add_argument("--calibration", metavar="DATA",
                    help="representative inputs for static INT8: .npz (one array per input, samples first) "

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, EdgemillError, ModelFormatError, OptionError, first_line
+from ..errors import EdgemillError, ModelFormatError, OptionError, first_line
 from ..package.canonical import sha256_hex
 from ..runtime.backends import missing_library
 from ..targets import get_target, runnable_here

@@ -13,7 +13,7 @@ from ..targets import get_target
 from ..tensors import InputOverride, parse_input_override
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-BACKENDS = ("auto", "onnxruntime", "openvino", "tvm", "reference")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tvm", "litert", "reference")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_TUNE_BUDGET_S = 20.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

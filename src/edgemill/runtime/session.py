@@ -35,6 +35,8 @@ class Model:
         self.threads = threads
         self._session = open_session(manifest.backend, manifest.entrypoint, files, self._output_names, threads,
                                      manifest.backend_options)
+        # A backend that names its outputs itself saves the list-then-dict step on every call.
+        self._run_named = getattr(self._session, "run_named", None)
 
     @property
     def name(self) -> str:
@@ -50,6 +52,8 @@ class Model:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model on ``inputs`` (name -> array); returns outputs by name."""
+        if self._run_named is not None:
+            return self._run_named(self._checker.check(inputs))  # type: ignore[no-any-return]
         return dict(zip(self._output_names, self._session.run(self._checker.check(inputs))))
 
     def __repr__(self) -> str:

@@ -51,6 +51,8 @@ class LiteRtSession:
         self._inputs = {name: int(index) for name, index in inputs.items()}
         self._input_list = tuple(self._inputs.items())
         self._outputs = [int(outputs[name]) for name in output_names]
+        self._output_names = list(output_names)
+        self._output_list = tuple(zip(self._output_names, self._outputs))
         # Tensors are allocated at the first call's shapes: some models (audio front ends with a fully
         # dynamic input) cannot be allocated at their placeholder size.
         self._shapes: dict[int, tuple[int, ...]] = {}
@@ -58,6 +60,11 @@ class LiteRtSession:
         self._lock = threading.Lock()  # an interpreter runs one call at a time
 
     def run(self, feed: Mapping[str, np.ndarray]) -> Sequence[np.ndarray]:
+        return list(self.run_named(feed).values())
+
+    def run_named(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name: the runtime's Model.run returns this dict as it is (for a model that takes
+        microseconds, building it here instead of zipping a list is a tenth of its time)."""
         lock = self._lock
         lock.acquire()
         try:
@@ -73,9 +80,13 @@ class LiteRtSession:
                     native.SetTensor(index, value)
                 else:
                     native.Invoke()
-                    return [native.GetTensor(index, 0) for index in self._outputs]
+                    out = {}
+                    for name, index in self._output_list:
+                        out[name] = native.GetTensor(index, 0)
+                    return out
                 del native  # the wrapper's resize and allocate refuse while we hold it
-            return invoke(self._interpreter, self._inputs, self._outputs, shapes, feed)
+            results = invoke(self._interpreter, self._inputs, self._outputs, shapes, feed)
+            return dict(zip(self._output_names, results))
         except KeyError as exc:
             raise BackendError("input missing for the LiteRT model", value=str(exc), fix="pass every input") from None
         except Exception as exc:
