@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from ...tensors import TensorSpec, dtype_name
 from ..context import SourceInfo
 from ..source import NativeModel, SourceRuntime
 from . import Frontend, FrontendRequest, read_head, register, source_info
+from .tflite_densify import densified
 
 if TYPE_CHECKING:
     import onnx
@@ -36,24 +38,41 @@ def is_tflite(path: Path) -> bool:
     return read_head(path, 8)[4:8] == b"TFL3"
 
 
-def _interpreter(data: bytes, threads: int = 1) -> tuple[Any, str]:
-    """A TFLite interpreter over ``data``: LiteRT's where installed, else TensorFlow's (same kernels)."""
+def _interpreter_class() -> Any:
+    """LiteRT's interpreter where installed, else TensorFlow's (the same kernels)."""
     if importlib.util.find_spec("ai_edge_litert") is not None:
-        from importlib.metadata import version
-
         from ai_edge_litert.interpreter import Interpreter
 
-        return Interpreter(model_content=data, num_threads=threads), f"ai-edge-litert {version('ai-edge-litert')}"
+        return Interpreter
     if importlib.util.find_spec("tensorflow") is not None:
-        import warnings
-
         import tensorflow as tf
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": we prefer LiteRT when present
-            return tf.lite.Interpreter(model_content=data, num_threads=threads), f"tensorflow {tf.__version__}"
+        return tf.lite.Interpreter
     raise MissingDependencyError("reading a TFLite model needs LiteRT or TensorFlow", value="ai-edge-litert",
                                  fix="pip install 'edgemill[litert]' (or 'edgemill[tensorflow]' to convert to ONNX too)")
+
+
+def _interpreter(data: bytes, threads: int = 1) -> tuple[Any, str]:
+    """A TFLite interpreter over ``data``, and which library it is."""
+    import warnings
+    from importlib.metadata import version
+
+    cls = _interpreter_class()
+    library = (f"ai-edge-litert {version('ai-edge-litert')}" if cls.__module__.startswith("ai_edge_litert")
+               else f"tensorflow {version('tensorflow-cpu') if _has_dist('tensorflow-cpu') else version('tensorflow')}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": we prefer LiteRT when present
+        return cls(model_content=data, num_threads=threads), library
+
+
+def _has_dist(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 def _plain(name: str) -> str:
@@ -166,9 +185,14 @@ def _convert(path: Path, native: NativeModel) -> tuple[onnx.ModelProto | None, E
     from .tensorflow import _import_tf, _refuse_unmapped, _tf2onnx_log
 
     _, tf2onnx = _import_tf()
-    with _tf2onnx_log() as errors:
+    dense = densified(native.data)
+    with _tf2onnx_log() as errors, tempfile.TemporaryDirectory(prefix="edgemill-tflite-") as folder:
+        source = path
+        if dense is not None:  # sparse weights made dense (tflite_densify.py)
+            source = Path(folder) / path.name
+            source.write_bytes(dense)
         try:
-            model, _ = tf2onnx.convert.from_tflite(str(path))
+            model, _ = tf2onnx.convert.from_tflite(str(source))
         except Exception as exc:  # noqa: BLE001 - tf2onnx raises bare Exceptions from its flatbuffer reader
             return None, ModelFormatError("tf2onnx cannot convert this TFLite model", value=str(path),
                                           fix=f"check the file loads in the TFLite interpreter ({first_line(exc)})"), None
