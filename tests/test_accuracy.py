@@ -39,3 +39,12 @@ def test_nan_and_inf_must_be_where_the_original_has_them() -> None:
 
 def test_shape_mismatch_fails() -> None:
     assert failures([compare("y", np.zeros((2, 2), np.float32), np.zeros((4,), np.float32))], tolerance=1.0)
+
+
+def test_the_source_runtimes_spread_widens_the_allowance_of_its_own_output_only() -> None:
+    want = np.array([1.0, 2.0, 4.0], np.float32)
+    got = want + np.array([0, 0, 8e-4], np.float32)  # 2e-4 of the largest value
+    pair = [compare("y", got, want), compare("z", got, want)]
+    assert [c.name for c in failures(pair, 1e-4)] == ["y", "z"]
+    assert [c.name for c in failures(pair, 1e-4, {"y": 3e-4})] == ["z"]
+    assert [c.name for c in failures(pair, 1e-4, {"y": 1.5e-4, "z": 3e-4})] == ["y"]

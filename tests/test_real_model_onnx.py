@@ -216,6 +216,49 @@ def test_an_optimizer_level_that_changes_the_answer_steps_down(model_dir: Path, 
     assert result.manifest.backend_options["load_optimization"] == "none"  # the device must not redo what failed
 
 
+def _conv_bn_cancelling(path: Path) -> Path:
+    """Conv with a bias of 20000 then BatchNormalization subtracting a mean of 20000: unfused, the sum rounds
+    to float32's grid at 20000 (2e-3) before the mean comes off; onnxruntime's default session folds the
+    two and never rounds there. So onnxruntime itself moves the output by ~1e-4 of its range (PP-OCRv4's
+    detector does the same by 2.4e-4 through 60 such layers)."""
+    c = 4
+    rng = np.random.default_rng(0)
+    arrays = {"w": rng.standard_normal((c, c, 1, 1)).astype(np.float32), "cb": np.full(c, 20000, np.float32),
+              "s": np.full(c, 0.5, np.float32), "b": np.zeros(c, np.float32), "m": np.full(c, 20000, np.float32),
+              "v": np.ones(c, np.float32)}
+    graph = h.make_graph([h.make_node("Conv", ["x", "w", "cb"], ["c"]),
+                          h.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["y"])], "cbn",
+                         [h.make_tensor_value_info("x", T.FLOAT, [1, c, 8, 8])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, c, 8, 8])],
+                         [nh.from_array(a, n) for n, a in arrays.items()])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnxruntimes_own_default_session_spread_is_allowed_and_said(tmp_path: Path) -> None:
+    """An ONNX source's reference is onnxruntime with optimizations off; its default session is measured
+    too, and a lossless candidate as close as that default session is passes, with the reason in the
+    manifest. --tolerance 0 still asks for bit-identical outputs."""
+    path = _conv_bn_cancelling(tmp_path / "cbn.onnx")
+    result = edgemill.compile(path, output=tmp_path / "cbn.emp", backend="onnxruntime", measure=False)
+    spread = result.report["reference"]["source_spread"]
+    assert spread and spread["outputs"]["y"] > 1e-4 and "default session" in spread["from"]
+    accuracy = result.manifest.to_dict()["accuracy"]
+    assert result.report["chosen"]["candidate"] == "onnxruntime/fp32 (optimized)"
+    assert 1e-4 < accuracy["value"] <= accuracy["allowed"]
+    assert accuracy["allowed"] == pytest.approx(spread["outputs"]["y"], rel=1e-2)
+    assert accuracy["tolerance"] == 1e-4 and "default session" in accuracy["allowed_because"]
+    gate = [c for c in result.report["candidates"] if c["candidate"] == "onnxruntime/fp32 (optimized)"][0]
+    assert "the distance of onnxruntime's default session" in gate["reason"]
+
+    strict = edgemill.compile(path, output=tmp_path / "strict.emp", backend="onnxruntime", measure=False, tolerance=0.0)
+    assert strict.report["reference"]["source_spread"] is None
+    assert strict.report["chosen"]["candidate"] == "onnxruntime/fp32 (optimized, level none)"
+    assert strict.manifest.to_dict()["accuracy"]["value"] == 0.0
+
+
 def test_weights_listed_as_inputs_compile_at_the_full_optimization_level(tmp_path: Path) -> None:
     """IR 3 models list every weight as a graph input; onnxruntime's optimized graph then demanded
     '*__SHAPE' inputs nobody has. The package keeps them as initializers only."""

@@ -105,7 +105,12 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
         record.update(reference=reference.name, compared_outputs=reference.names, conversion=reference.conversion,
                       summary=f"reference: {reference.name}" + (
                           f"; converted graph within {conversion['max_relative_error']:.1e} of it"
-                          if "max_relative_error" in conversion else ""))
+                          if "max_relative_error" in conversion else "") + (
+                          f"; {reference.spread_from} is {max(reference.spread.values()):.1e} from it"
+                          if reference.spread else ""))
+        if reference.spread:
+            record["source_spread"] = {"from": reference.spread_from,
+                                       "outputs": {k: float(f"{v:.3g}") for k, v in reference.spread.items()}}
     ctx.warnings.extend(reference.notes)
     built, failed = candidates.build_all(ctx, prepared, planned, feeds, labels, reference, output_names,
                                          first_passing_only=not measuring)

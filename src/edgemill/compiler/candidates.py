@@ -93,7 +93,8 @@ def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: 
             return Failed(candidate, reason)
         compared = [reference.select(outs, output_names) for outs in got]
         evaluation = gate.evaluate(candidate.lossless, reference.outputs, compared, reference.names, labels,
-                                   o.max_accuracy_drop, o.tolerance, task_metric=o.validation is not None)
+                                   o.max_accuracy_drop, o.tolerance, task_metric=o.validation is not None,
+                                   spread=reference.spread, spread_from=reference.spread_from)
         record.update(artifact.notes.pop("ort_optimize", {}))
         record.update(notes=artifact.notes, gate=evaluation.to_dict(),
                       status="passed" if evaluation.passed else "rejected")

@@ -77,6 +77,8 @@ def all_frontends() -> list[Frontend]:
     global _LOADED
     if not _LOADED:
         for module in pkgutil.iter_modules(__path__):
+            if module.name.startswith("_"):
+                continue  # a frontend's helper (``_tf2onnx_ops`` imports TensorFlow: seconds, for every compile)
             importlib.import_module(f"{__name__}.{module.name}")  # importing registers the frontend
         _LOADED = True
     return sorted(_REGISTRY.values(), key=lambda f: (f.priority, f.name))

@@ -66,7 +66,7 @@ def _import_tf() -> tuple[Any, Any]:
     import tensorflow as tf
     import tf2onnx
 
-    from . import tf2onnx_ops  # noqa: F401 - registers the ops tf2onnx lacks
+    from . import _tf2onnx_ops  # noqa: F401 - registers the ops tf2onnx lacks
 
     return tf, tf2onnx
 

@@ -26,7 +26,7 @@ from ...tensors import TensorSpec, dtype_name
 from ..context import SourceInfo
 from ..source import NativeModel, SourceRuntime
 from . import Frontend, FrontendRequest, read_head, register, source_info
-from .tflite_densify import densified
+from ._tflite_densify import densified
 
 if TYPE_CHECKING:
     import onnx
@@ -188,7 +188,7 @@ def _convert(path: Path, native: NativeModel) -> tuple[onnx.ModelProto | None, E
     dense = densified(native.data)
     with _tf2onnx_log() as errors, tempfile.TemporaryDirectory(prefix="edgemill-tflite-") as folder:
         source = path
-        if dense is not None:  # sparse weights made dense (tflite_densify.py)
+        if dense is not None:  # sparse weights made dense (_tflite_densify.py)
             source = Path(folder) / path.name
             source.write_bytes(dense)
         try:
