@@ -129,12 +129,12 @@ def write_doc(rows: list[dict], seconds: float, rounds: int) -> None:
         f"({_cpu_name()}), Python {platform.python_version()}.",
         "",
         f"**{len(matched) + len(refused)}/{len(rows)}** models behave as documented: {len(matched)} compile and match their "
-        f"source framework, {len(refused)} are refused with a one-line reason; {len(formats)} formats "
+        f"source framework, {len(refused)} {_are(refused)} refused with a one-line reason; {len(formats)} formats "
         f"({', '.join(formats)}). Package latency is at or below the source framework's for **{len(faster)}/{len(timed)}** "
         f"of the models that compile; {len(within_noise)} more are slower by less than the source framework's own "
         "round-to-round spread in this run (most of them run on the same library as their source: a .tflite on "
         "LiteRT, an ONNX file on onnxruntime); "
-        + (f"{len(slower)} are slower beyond it: " + "; ".join(f"{r['id']} {r['ratio']:.2f}" for r in slower)
+        + (f"{len(slower)} {_are(slower)} slower beyond it: " + "; ".join(f"{r['id']} {r['ratio']:.2f}" for r in slower)
            if slower else "none is slower beyond it") + ".",
         "",
         "| model | format | status | backend chosen | max error vs source | package p50 | source p50 | package / source | source timing noise | options | what it exercises |",
@@ -161,6 +161,10 @@ def write_doc(rows: list[dict], seconds: float, rounds: int) -> None:
               "*Source timing noise* is how far the source framework's own p50 moved between this run's rounds.",
               "A model the table marks FAILED is a bug to fix.", ""]
     DOC.write_text("\n".join(lines))
+
+
+def _are(rows: list) -> str:  # type: ignore[type-arg]
+    return "is" if len(rows) == 1 else "are"
 
 
 def _cpu_name() -> str:
