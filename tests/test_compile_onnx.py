@@ -101,7 +101,7 @@ def test_manifest_describes_the_package(packages: dict) -> None:
     assert manifest["backend"] == "onnxruntime" and manifest["precision"] == "fp32"
     assert manifest["source"]["framework"] == "onnx" and len(manifest["source"]["sha256"]) == 64
     assert manifest["inputs"] == [{"name": "image", "dtype": "float32", "shape": [1, 3, 32, 32]}]
-    assert set(manifest["files"]) == {"model/model.onnx"}
+    assert set(manifest["files"]) == {"model/model.onnx", "monitoring/baseline.json"}  # the drift baseline
     assert manifest["lineage"] == [f"source:sha256:{manifest['source']['sha256']}"]
 
 
@@ -141,7 +141,7 @@ def test_package_can_be_a_directory(model_dir: Path, tmp_path: Path) -> None:
 
 def test_emp_is_an_uncompressed_tar_with_the_documented_layout(packages: dict) -> None:
     with tarfile.open(packages["mlp"], "r:") as tar:
-        assert sorted(tar.getnames()) == ["manifest.json", "model/model.onnx", "report.json"]
+        assert sorted(tar.getnames()) == ["manifest.json", "model/model.onnx", "monitoring/baseline.json", "report.json"]
 
 
 def test_validation_file_supplies_the_check_inputs(model_dir: Path, tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ def test_openvino_fp32_package_runs_from_its_ir(model_dir: Path, tmp_path: Path)
     result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "ov.emp", backend="openvino",
                               precision="fp32", measure=False)
     manifest = result.manifest
-    assert manifest.backend == "openvino" and set(manifest.files) == {"model/model.xml", "model/model.bin"}
+    assert manifest.backend == "openvino" and set(manifest.files) == {"model/model.xml", "model/model.bin", "monitoring/baseline.json"}
     assert manifest.backend_options["inference_precision"] == "f32"  # never OpenVINO's lossy bf16 default
     assert_matches_onnxruntime(result.path, model_dir / "cnn.onnx", tmp_path)
 
@@ -266,7 +266,7 @@ if __name__ == "__main__":  # pragma: no cover
 def test_tvm_package_is_an_ahead_of_time_library_that_matches_the_original(model_dir: Path, tmp_path: Path) -> None:
     result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "tvm.emp", backend="tvm", measure=False)
     manifest = result.manifest
-    assert manifest.backend == "tvm" and set(manifest.files) == {"model/model.so"}
+    assert manifest.backend == "tvm" and set(manifest.files) == {"model/model.so", "monitoring/baseline.json"}
     assert manifest.backend_options["inputs"] == ["image"]
     assert_matches_onnxruntime(result.path, model_dir / "cnn.onnx", tmp_path)
 

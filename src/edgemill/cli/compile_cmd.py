@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="max relative error between compiled and original outputs (default: 1e-4)")
     p.add_argument("--validation", help=".npz with one array per input (samples first) and optionally 'labels', "
                                          "for the accuracy gate")
+    p.add_argument("--baseline", metavar="DATA.npz",
+                   help="typical inputs (one array per input, samples first) for the drift baseline the package "
+                        "carries; default: --validation, else --calibration, else the generated check inputs (synthetic)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading pickled models (scikit-learn): unpickling runs code, so only for files you trust")
     p.add_argument("--no-measure", action="store_true",
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision, backend=args.backend, name=args.name, version=args.version,
         tolerance=args.tolerance, validation=Path(args.validation) if args.validation else None,
         calibration=Path(args.calibration) if args.calibration else None, calibration_method=args.calibration_method,
+        baseline=Path(args.baseline) if args.baseline else None,
         max_accuracy_drop=args.max_accuracy_drop, tune_budget=args.tune_budget,
         measure=not args.no_measure, trust_pickle=args.trust_pickle,
     )

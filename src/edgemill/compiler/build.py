@@ -18,6 +18,7 @@ from ..targets import get_target, runnable_here
 from ..tensors import InputOverride, Scalar, TensorSpec
 from . import calibration as data_files
 from . import candidates, lowering, sample_inputs, tuning
+from . import baseline as drift_baseline
 from . import reference as reference_outputs
 from .candidates import Built, Failed
 from .checks import check_model
@@ -83,6 +84,7 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
         feeds, labels = _generated_feeds(ctx, bound), None
     if options.calibration is not None:
         ctx.calibration = data_files.load_calibration(options.calibration, ctx.inputs, bound)
+    baseline_feeds = drift_baseline.load(ctx, bound)
 
     native = (source.native.format, source.native.precision) if source.native is not None else None
     planned, skipped = lowering.plan(target, options.backend, options.precision,
@@ -127,7 +129,11 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
         chosen, threads = tuned["chosen_built"], tuned["threads"]
     else:
         chosen, threads = passing[0], None  # unmeasured: the planned order (fp32 first: lossless by default)
-    return write(ctx, chosen, threads, prepared, built, skipped, failed, tuned, feeds, reference)
+    with ctx.step("baseline", "counting the drift baseline") as record:
+        baseline_files, summary = drift_baseline.build_or_explain(ctx, chosen.artifact, feeds, output_names,
+                                                                  baseline_feeds, bound)
+        record.update(summary)
+    return write(ctx, chosen, threads, prepared, built, skipped, failed, tuned, feeds, reference, baseline_files)
 
 
 def _require_native(source: SourceInfo) -> None:

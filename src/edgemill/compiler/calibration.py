@@ -163,29 +163,29 @@ def load_calibration(path: Path, specs: Sequence[TensorSpec], bound: dict[str, S
     return feeds
 
 
-def load_validation(path: Path, specs: Sequence[TensorSpec], bound: dict[str, Scalar] | None = None
-                    ) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+def load_validation(path: Path, specs: Sequence[TensorSpec], bound: dict[str, Scalar] | None = None,
+                    role: str = "validation") -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
     """The validation feeds and, when the file has them, the labels.
 
     The arrays are the model's inputs as they are (one feed), except that a set of samples larger than
     a static batch (e.g. 300 images for a ``1 x 3 x 224 x 224`` input) is cut into batches of it."""
-    arrays = _read_npz(path, "validation")
+    arrays = _read_npz(path, role)
     names = {s.name for s in specs}
     labels = next((arrays.pop(k) for k in LABEL_KEYS if k in arrays and k not in names), None)
-    _fill_bound(arrays, specs, bound, "validation data")
+    _fill_bound(arrays, specs, bound, f"{role} data")
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
-        raise OptionError("validation file lacks an input", value=missing[0],
+        raise OptionError(f"{role} file lacks an input", value=missing[0],
                           expected="arrays named " + ", ".join(s.name for s in specs),
                           fix="save one array per model input, named after it")
     for spec in specs:
         if dtype_name(arrays[spec.name].dtype) != spec.dtype:
-            raise OptionError(f"validation array {spec.name!r} has the wrong dtype", value=dtype_name(arrays[spec.name].dtype),
+            raise OptionError(f"{role} array {spec.name!r} has the wrong dtype", value=dtype_name(arrays[spec.name].dtype),
                               expected=spec.dtype, fix=f"save it as {spec.dtype}")
         if not spec.shape:
-            _check_scalar(arrays[spec.name], spec, "validation")
+            _check_scalar(arrays[spec.name], spec, role)
         elif arrays[spec.name].ndim == 0:
-            raise OptionError(f"validation array {spec.name!r} is 0-d, but the input has dimensions",
+            raise OptionError(f"{role} array {spec.name!r} is 0-d, but the input has dimensions",
                               value=spec.shape_text(), expected=f"an array of {len(spec.shape)} dimensions",
                               fix="save the input's samples, not a single value")
     feed = {s.name: arrays[s.name] for s in specs}
@@ -201,7 +201,7 @@ def load_validation(path: Path, specs: Sequence[TensorSpec], bound: dict[str, Sc
         sampled = [s.name for s in specs if s.shape]
         samples = sum(f[sampled[0]].shape[0] for f in feeds) if sampled else 0
         if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != samples:
-            raise OptionError("validation labels must be one integer class per sample",
+            raise OptionError(f"{role} labels must be one integer class per sample",
                               value=f"{labels.dtype}{list(labels.shape)}", expected=f"int array of shape [{samples}]",
                               fix="save labels=np.asarray(y, dtype=np.int64), one per input sample")
     return feeds, labels

@@ -44,10 +44,14 @@ def step_name(candidate: Candidate) -> str:
     return name
 
 
+def open_artifact(artifact: Artifact, output_names: list[str], threads: int | None) -> Any:
+    return open_session(artifact.candidate.backend, artifact.entrypoint, artifact.files, output_names, threads,
+                        artifact.backend_options)
+
+
 def run_artifact(artifact: Artifact, output_names: list[str], threads: int | None,
                  feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    session = open_session(artifact.candidate.backend, artifact.entrypoint, artifact.files, output_names, threads,
-                           artifact.backend_options)
+    session = open_artifact(artifact, output_names, threads)
     return [list(session.run(feed)) for feed in feeds]
 
 

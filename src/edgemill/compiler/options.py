@@ -68,6 +68,7 @@ class CompileOptions:
     validation: Path | None = None  # .npz of inputs (and optional labels) for the accuracy gate
     calibration: Path | None = None  # .npz or folder of .npy: representative inputs for static INT8
     calibration_method: str = "minmax"
+    baseline: Path | None = None  # .npz of typical inputs: the drift baseline (else validation/calibration/generated)
     max_accuracy_drop: float = 0.0  # what a reduced-precision candidate may lose (0: nothing)
     measure: bool = True  # tune (measure candidates) when the target runs here
     tune_budget: float = DEFAULT_TUNE_BUDGET_S  # seconds of measuring, all candidates together
@@ -120,6 +121,9 @@ class CompileOptions:
         if self.calibration is not None and not self.calibration.exists():
             raise FileNotFound("calibration data not found", value=str(self.calibration),
                                fix="pass --calibration DATA.npz (one array per input) or a folder of .npy samples")
+        if self.baseline is not None and not self.baseline.exists():
+            raise FileNotFound("baseline data not found", value=str(self.baseline),
+                               fix="pass --baseline DATA.npz (one array per input, samples first)")
         if not is_semver(self.version):
             raise OptionError("version is not semantic", value=self.version, expected="MAJOR.MINOR.PATCH, e.g. 1.2.0",
                               fix="pass --version 1.0.0")

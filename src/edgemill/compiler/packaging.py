@@ -34,7 +34,8 @@ class CompileResult:
 
 def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any, built: list[Built],
           skipped: list[lowering.Skipped], failed: list[Failed], tuned: dict[str, Any] | None,
-          feeds: list[dict[str, np.ndarray]], reference: Reference) -> CompileResult:
+          feeds: list[dict[str, np.ndarray]], reference: Reference,
+          extra_files: dict[str, bytes] | None = None) -> CompileResult:
     """Write the package of the chosen candidate, with its manifest and the compile report."""
     inputs, outputs = ctx.inputs, ctx.outputs
     options, target = ctx.options, ctx.target
@@ -51,7 +52,7 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
         latency = {"method": tuned["method"], "original_p50_ms": original_ms, "compiled_p50_ms": chosen_ms,
                    "threads": tuned["chosen"]["threads"],
                    "speedup": round(original_ms / chosen_ms, 3) if original_ms and chosen_ms > 0 else None}
-    package_files = dict(artifact.files)
+    package_files = {**artifact.files, **(extra_files or {})}
     partition = _partition(ctx, artifact, prepared)
     if partition is not None:
         package_files[PARTITION] = canonical_json(partition)

@@ -7,6 +7,7 @@ SUFFIX = ".emp"
 MANIFEST = "manifest.json"
 REPORT = "report.json"
 PARTITION = "partition.json"
+BASELINE = "monitoring/baseline.json"  # the drift baseline (compiler/baseline.py), listed and signed
 MODEL_DIR = "model"
 SIGNATURE_DIR = "signature"
 SIGNATURE = "signature/model.sig"

@@ -1,0 +1,1 @@
+"""Model monitoring shared by the compiler (the baseline), the agent (histograms) and the server (drift)."""

@@ -1,0 +1,226 @@
+"""What the fleet watches of a model: features of its inputs and outputs, each with bins fixed at compile
+time, so that a histogram counted on any device merges exactly with every other and with the baseline.
+
+A feature is one number per sample (item of the batch), chosen to fit the tensor:
+
+* an image-like input (4-D with at most 4 channels, NCHW or NHWC): per channel, the sample's mean
+  (brightness, colour balance) and standard deviation (contrast);
+* a tabular input (2-D, ``[N, features]``): each column (at most ``max_features``: the most spread out);
+* any other numeric input: the sample's mean and standard deviation;
+* a classifier output (``[N, classes]`` float): the predicted class (one bin per class) and the top
+  score (softmax of the row when it is not already a distribution);
+* any other float output: the sample's mean (a regressor's value); an integer output: its value as a
+  category (the values seen in the baseline, plus one bin for anything else).
+
+Continuous features are binned at the baseline's deciles, with open outer bins; so the baseline is close
+to uniform over its bins and a shift shows up as mass moving to the edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DECILES = np.linspace(0.1, 0.9, 9)
+MAX_FEATURES = 32  # per tabular input
+MAX_CATEGORIES = 64  # distinct values of an integer output kept as their own bin
+MAX_CLASSES = 1000  # a classifier output wider than this is watched by its top score only
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One watched number per sample, its bins and the baseline's counts over them."""
+
+    key: str  # unique in the package, e.g. "input:image:channel_mean:0"
+    side: str  # "input" or "output"
+    tensor: str
+    statistic: str  # channel_mean | channel_std | column | sample_mean | sample_std | predicted_class | top_score | category
+    index: int = -1  # the channel or column (-1: none)
+    layout: str = ""  # image inputs: "nchw" or "nhwc"
+    edges: tuple[float, ...] = ()  # continuous: inner bin edges, ascending (bins = len + 1)
+    categories: tuple[int, ...] = ()  # categorical: the values with a bin of their own (+1 "other" bin)
+    baseline: tuple[int, ...] = ()  # counts per bin over the baseline data
+
+    @property
+    def categorical(self) -> bool:
+        return self.statistic in ("predicted_class", "category")
+
+    @property
+    def bins(self) -> int:
+        return len(self.categories) + 1 if self.categorical else len(self.edges) + 1
+
+    def bin_of(self, values: np.ndarray) -> np.ndarray:
+        """The bin index of each value (int64, in ``range(self.bins)``)."""
+        values = np.asarray(values)
+        if not self.categorical:
+            return np.searchsorted(np.asarray(self.edges), values.astype(np.float64), side="right")
+        cats = np.asarray(self.categories, dtype=np.int64)
+        v = values.astype(np.int64)
+        pos = np.searchsorted(cats, v)
+        hit = (pos < len(cats)) & (cats[np.minimum(pos, len(cats) - 1)] == v)
+        return np.where(hit, pos, len(cats))
+
+    def count(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.bin_of(values).ravel(), minlength=self.bins).astype(np.int64)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"key": self.key, "side": self.side, "tensor": self.tensor, "statistic": self.statistic}
+        if self.index >= 0:
+            out["index"] = self.index
+        if self.layout:
+            out["layout"] = self.layout
+        if self.categorical:
+            out["categories"] = list(self.categories)
+        else:
+            out["edges"] = [float(e) for e in self.edges]
+        out["baseline"] = list(self.baseline)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Feature:
+        return cls(key=str(d["key"]), side=str(d["side"]), tensor=str(d["tensor"]), statistic=str(d["statistic"]),
+                   index=int(d.get("index", -1)), layout=str(d.get("layout", "")),  # type: ignore[arg-type]
+                   edges=tuple(float(e) for e in d.get("edges", ())),  # type: ignore[union-attr]
+                   categories=tuple(int(c) for c in d.get("categories", ())),  # type: ignore[union-attr]
+                   baseline=tuple(int(c) for c in d.get("baseline", ())))  # type: ignore[union-attr]
+
+
+# --- what a tensor's features are -------------------------------------------------------------------
+
+def image_layout(shape: Sequence[int | None]) -> str:
+    """"nchw" or "nhwc" for a 4-D tensor with at most 4 channels on one side and more on the other, else ""."""
+    if len(shape) != 4:
+        return ""
+    c1, c3 = shape[1], shape[3]
+    small = (lambda d: isinstance(d, int) and 0 < d <= 4)
+    if small(c1) and not small(c3):
+        return "nchw"
+    if small(c3) and not small(c1):
+        return "nhwc"
+    return ""
+
+
+def per_sample(feature_statistic: str, array: np.ndarray, layout: str = "") -> np.ndarray:
+    """The statistic's values for every sample: shape ``[N]`` or ``[N, K]`` (per channel / column)."""
+    a = np.asarray(array)
+    if a.size == 0:
+        return np.empty(0)  # an empty batch (or a tensor with a zero dimension) has no samples to count
+    if feature_statistic in ("channel_mean", "channel_std"):
+        axes = (2, 3) if layout == "nchw" else (1, 2)
+        x = a.astype(np.float32, copy=False)
+        return x.mean(axis=axes) if feature_statistic == "channel_mean" else x.std(axis=axes)
+    flat = a.reshape(a.shape[0], -1) if a.ndim >= 1 else a.reshape(1, 1)  # axis 0 is the batch
+    if feature_statistic == "column":
+        return flat
+    flat = flat.astype(np.float64, copy=False)
+    if feature_statistic == "sample_mean":
+        return flat.mean(axis=1)
+    if feature_statistic == "sample_std":
+        return flat.std(axis=1)
+    if feature_statistic == "predicted_class":
+        return flat.argmax(axis=1)
+    if feature_statistic == "top_score":
+        return _top_score(flat)
+    if feature_statistic == "category":
+        return flat[:, 0] if flat.shape[1] == 1 else flat.ravel()
+    raise ValueError(f"unknown statistic {feature_statistic!r}")
+
+
+def _top_score(rows: np.ndarray) -> np.ndarray:
+    """The highest class probability per row: the row itself when it already is a distribution."""
+    if rows.size and (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return rows.max(axis=1)
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+def _plan_input(name: str, dtype: str, shape: Sequence[int | None]) -> list[tuple[str, int, str]]:
+    """(statistic, index, layout) for each feature an input gets, before any column is dropped."""
+    if not dtype.startswith(("float", "int", "uint", "bool")) or not shape:
+        return []
+    layout = image_layout(shape)
+    if layout:
+        channels = int(shape[1] if layout == "nchw" else shape[3])  # type: ignore[arg-type]
+        return ([("channel_mean", c, layout) for c in range(channels)]
+                + [("channel_std", c, layout) for c in range(channels)])
+    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0:
+        return [("column", i, "") for i in range(shape[1])]
+    return [("sample_mean", -1, ""), ("sample_std", -1, "")]
+
+
+def _plan_output(dtype: str, shape: Sequence[int | None]) -> list[tuple[str, int, str]]:
+    if not shape or not dtype.startswith(("float", "int", "uint", "bool")):
+        return []
+    if dtype.startswith("float"):
+        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] >= 2:
+            return ([("predicted_class", -1, "")] if shape[1] <= MAX_CLASSES else []) + [("top_score", -1, "")]
+        return [("sample_mean", -1, "")]
+    return [("category", -1, "")]
+
+
+# --- bins from the baseline -------------------------------------------------------------------------
+
+def continuous_edges(values: np.ndarray) -> tuple[float, ...]:
+    """Inner edges at the deciles (deduplicated); a constant gets a narrow bin of its own."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (0.0,)
+    edges = np.unique(np.quantile(v, DECILES))
+    if len(edges) == 1:
+        c = float(edges[0])
+        return (c, c + max(abs(c), 1.0) * 1e-6)
+    return tuple(float(e) for e in edges)
+
+
+def _feature(side: str, tensor: str, statistic: str, index: int, layout: str, values: np.ndarray,
+             classes: int = 0) -> Feature:
+    key = f"{side}:{tensor}:{statistic}" + (f":{index}" if index >= 0 else "")
+    base = Feature(key, side, tensor, statistic, index, layout)
+    if statistic == "predicted_class":
+        base = Feature(key, side, tensor, statistic, index, layout, categories=tuple(range(classes)))
+    elif statistic == "category":
+        seen = np.unique(np.asarray(values).astype(np.int64))
+        base = Feature(key, side, tensor, statistic, index, layout, categories=tuple(int(s) for s in seen[:MAX_CATEGORIES]))
+    else:
+        base = Feature(key, side, tensor, statistic, index, layout, edges=continuous_edges(values))
+    counts = base.count(values)
+    return Feature(base.key, side, tensor, statistic, index, layout, base.edges, base.categories,
+                   tuple(int(c) for c in counts))
+
+
+def _entropy(counts: Sequence[int]) -> float:
+    c = np.asarray(counts, dtype=np.float64)
+    p = c[c > 0] / c.sum() if c.sum() else c[:0]
+    return float(-(p * np.log(p)).sum())
+
+
+def build_features(inputs: Sequence[tuple[str, str, Sequence[int | None]]],
+                   outputs: Sequence[tuple[str, str, Sequence[int | None]]],
+                   feeds: Sequence[Mapping[str, np.ndarray]], results: Sequence[Mapping[str, np.ndarray]],
+                   max_features: int = MAX_FEATURES) -> list[Feature]:
+    """Every feature of the model, binned and counted over the baseline ``feeds`` and the model's
+    ``results`` on them. ``inputs``/``outputs`` are (name, dtype, shape) as the package declares them."""
+    features: list[Feature] = []
+    for side, specs, data in (("input", inputs, feeds), ("output", outputs, results)):
+        for name, dtype, shape in specs:
+            arrays = [np.asarray(d[name]) for d in data if name in d and np.asarray(d[name]).size]
+            if not arrays:
+                continue
+            plan = _plan_input(name, dtype, shape) if side == "input" else _plan_output(dtype, shape)
+            tensor_features: list[Feature] = []
+            for statistic, index, layout in plan:
+                values = np.concatenate([np.atleast_1d(per_sample(statistic, a, layout)) for a in arrays])
+                if index >= 0:
+                    values = values.reshape(values.shape[0], -1)[:, index] if values.ndim > 1 else values
+                classes = int(shape[1]) if statistic == "predicted_class" else 0  # type: ignore[arg-type]
+                tensor_features.append(_feature(side, name, statistic, index, layout, values, classes))
+            columns = [f for f in tensor_features if f.statistic == "column"]
+            if len(columns) > max_features:  # keep the most spread-out columns
+                keep = {f.key for f in sorted(columns, key=lambda f: (-_entropy(f.baseline), f.index))[:max_features]}
+                tensor_features = [f for f in tensor_features if f.statistic != "column" or f.key in keep]
+            features.extend(tensor_features)
+    return features
