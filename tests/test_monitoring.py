@@ -216,3 +216,51 @@ def test_a_model_whose_baseline_cannot_be_counted_still_gets_its_package(model_d
     result = edgemill.compile(model_dir / "mlp.onnx", output=tmp_path / "m.emp", measure=False)
     assert "monitoring/baseline.json" not in result.manifest.files
     assert any("no drift baseline" in w and "nobody planned for" in w for w in result.report["warnings"])
+
+
+# --- on the device --------------------------------------------------------------------------------------
+
+def _agent(tmp_path: Path, **metrics: object):  # type: ignore[no-untyped-def]
+    from edgemill.agent.config import config_from_dict
+    from edgemill.agent.daemon import Agent
+
+    config = config_from_dict({
+        "models": {"directory": str(tmp_path / "models"), "allow_unsigned": True},
+        "capture": {"directory": str(tmp_path / "queue")},
+        "listen": {"metrics_address": ""},
+        "metrics": metrics,
+    }, tmp_path / "agent.toml")
+    return Agent(config)
+
+
+def test_the_agent_counts_predictions_against_the_baseline_and_exports_drift(model_dir: Path, tmp_path: Path) -> None:
+    import time
+
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "typical.npz", features=rng.standard_normal((400, 64)).astype(np.float32))
+    package = edgemill.compile(model_dir / "dynamic_batch.onnx", output=tmp_path / "m.emp", measure=False,
+                               baseline=tmp_path / "typical.npz").path
+    agent = _agent(tmp_path)
+    agent.dataplane.load_model(str(package), name="m")
+    for _ in range(300):
+        x = rng.standard_normal((1, 64)).astype(np.float32)
+        x[:, :8] += 2.0  # eight features moved by two standard deviations
+        agent.dataplane.predict("m", {"features": x}, received=time.perf_counter(), protocol="test")
+    loaded = agent.models.get("m")
+    assert loaded.drift is not None and sum(loaded.drift.totals()["output:logits:top_score"]) == 300
+    text = agent.metrics.prometheus_text().decode()
+    psi = {line.split("feature=\"")[1].split("\"")[0]: float(line.rsplit(" ", 1)[1])
+           for line in text.splitlines() if line.startswith("edgemill_agent_drift_psi{")}
+    moved = [v for k, v in psi.items() if k.startswith("input:features:column:") and int(k.rsplit(":", 1)[1]) < 8]
+    still = [v for k, v in psi.items() if k.startswith("input:features:column:") and int(k.rsplit(":", 1)[1]) >= 8]
+    assert moved and min(moved) > 0.25, psi
+    assert still and max(still) < 0.25, psi
+    assert 'edgemill_agent_drift_samples{model="m",version="0.1.0"} 300.0' in text
+
+
+def test_drift_counting_can_be_turned_off(model_dir: Path, tmp_path: Path) -> None:
+    package = edgemill.compile(model_dir / "mlp.onnx", output=tmp_path / "m.emp", measure=False).path
+    agent = _agent(tmp_path, drift=False)
+    agent.dataplane.load_model(str(package), name="m")
+    assert agent.models.get("m").drift is None
+    assert "edgemill_agent_drift_psi{" not in agent.metrics.prometheus_text().decode()

@@ -115,6 +115,8 @@ class CaptureConfig(_Section):
 class MetricsConfig(_Section):
     input_stats_window: int = Field(1000, ge=1)  # requests per model kept for input statistics
     max_features: int = Field(64, ge=1)  # per input, the first N features get statistics
+    drift_window_s: float = Field(600.0, gt=0)  # the sliding window the device's own drift scores cover
+    drift: bool = True  # count the package baseline's features on every Predict (off: no drift from here)
 
 
 class ServerConfig(_Section):

@@ -37,7 +37,8 @@ class Agent:
         self.config = config
         self.metrics = AgentMetrics(config.metrics.input_stats_window, config.metrics.max_features)
         self.started_unix = time.time()
-        self.models = ModelManager(config.models)
+        self.models = ModelManager(config.models, drift_window_s=config.metrics.drift_window_s if config.metrics.drift
+                                   else None)
         self.sync = Sync(config, self.models, report=self.heartbeat_payload) if config.server.url else None
         store = ServerStore(self.sync) if self.sync is not None and config.capture.store == "server" else None
         self.capture = CaptureService(config.capture, device=config.device.name, store=store)
@@ -113,6 +114,7 @@ class Agent:
         loaded = GaugeMetricFamily("edgemill_agent_models_loaded", "Models loaded now")
         loaded.add_metric([], len(self.models.list()))
         yield loaded
+        yield from self._drift_metrics()
         capture = GaugeMetricFamily("edgemill_agent_capture", "Capture queue state", labels=["stat"])
         for key, value in self.capture.stats().items():
             capture.add_metric([key], float(value))
@@ -125,6 +127,30 @@ class Agent:
                 sync.add_metric([key], float(status[key]))
             sync.add_metric(["apply_failures"], float(len(status["failures"])))
             yield sync
+
+    def _drift_metrics(self) -> Iterable[Any]:
+        """Per loaded model and baseline feature: PSI and Jensen-Shannon distance of the device's sliding
+        window against the package baseline (a feature with nothing counted yet is left out)."""
+        labels = ["model", "version", "feature"]
+        psi = GaugeMetricFamily("edgemill_agent_drift_psi", "Population stability index of the recent window "
+                                "against the package baseline (<0.1 stable, 0.1-0.25 moderate, >0.25 significant)",
+                                labels=labels)
+        js = GaugeMetricFamily("edgemill_agent_drift_js_distance", "Jensen-Shannon distance (0-1) of the recent "
+                               "window against the package baseline", labels=labels)
+        samples = GaugeMetricFamily("edgemill_agent_drift_samples", "Samples counted for drift since the model loaded",
+                                    labels=["model", "version"])
+        for loaded in self.models.list():
+            if loaded.drift is None:
+                continue
+            version = loaded.model.version
+            samples.add_metric([loaded.name, version], float(loaded.drift.samples))
+            for key, scores in loaded.drift.drift().items():
+                if scores["psi"] is not None and scores["js"] is not None:
+                    psi.add_metric([loaded.name, version, key], scores["psi"])
+                    js.add_metric([loaded.name, version, key], scores["js"])
+        yield psi
+        yield js
+        yield samples
 
     def heartbeat_payload(self) -> dict[str, Any]:
         """What each heartbeat reports (``HeartbeatIn`` less device, seq and failures, which the sync

@@ -146,6 +146,8 @@ class DataPlane:
                                     f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
                                     fix="check the input values; the model's other requests are unaffected") from None
                 finished = time.perf_counter()
+            if loaded.drift is not None:  # counted on everything the model computed, before any selection
+                self._count_drift(loaded, inputs, result)
             if outputs:
                 result = self._select(model, result, outputs)
             ids = ""
@@ -162,6 +164,16 @@ class DataPlane:
             self.metrics.error(model, status_for(exc).grpc_code)
             self._count_error(model)
             raise
+
+    @staticmethod
+    def _count_drift(loaded: LoadedModel, inputs: Mapping[str, np.ndarray], result: Mapping[str, np.ndarray]) -> None:
+        drift = loaded.drift
+        try:
+            drift.observe(inputs, result)
+        except Exception as exc:  # noqa: BLE001 - monitoring must never fail a prediction
+            loaded.drift = None
+            log.error("%s %s: drift counting failed (%s: %s) and is off for this model until it reloads",
+                      loaded.name, loaded.model.version, type(exc).__name__, exc)
 
     def _count_error(self, model: str) -> None:
         try:

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import (BackendError, EdgemillError, ModelAlreadyLoadedError, ModelNotFoundError, RefusalReason,
                       ResourceExhaustedError, UserError, VerificationError, first_line)
+from ..monitoring.window import FeatureWindow
 from ..package.keys import PublicKey, load_public_keys
 from ..package.store import read_verified_model
 from ..runtime.session import Model
@@ -45,6 +46,7 @@ class LoadedModel:
     in_flight: int = 0
     requests: int = 0
     errors: int = 0
+    drift: FeatureWindow | None = None  # counts the baseline's features (None: no baseline, or drift off)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def resident(self) -> Resident:
@@ -81,8 +83,11 @@ class ModelManager:
     """Thread-safe registry of loaded models. Loads are serialized (one verification and one memory
     measurement at a time); requests on loaded models never wait for a load."""
 
-    def __init__(self, config: ModelsConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: ModelsConfig, clock: Callable[[], float] = time.monotonic,
+                 drift_window_s: float | None = 600.0) -> None:
+        """``drift_window_s``: the sliding window of each model's drift counts (None: no drift counting)."""
         self.config = config
+        self._drift_window_s = drift_window_s
         self.budget_bytes = int(config.memory_budget_mb * MB)
         self._clock = clock
         self._keys: list[PublicKey] | None = None if config.allow_unsigned and not config.trusted_keys \
@@ -196,10 +201,21 @@ class ModelManager:
             measured = max(estimate, _rss_bytes() - before)
             loaded = LoadedModel(name=name, model=model, package_path=path.resolve(), memory_bytes=measured,
                                  loaded_unix=time.time(), last_used=self._clock(),
-                                 gate=threading.BoundedSemaphore(self.config.max_concurrency))
+                                 gate=threading.BoundedSemaphore(self.config.max_concurrency),
+                                 drift=self._drift_window(model, name))
             # What the backend really took decides (it may exceed the files); held from here to install.
             evicted += self._make_room(measured, keep=name, reserve=loaded)
             return Prepared(loaded, old, evicted)
+
+    def _drift_window(self, model: Model, name: str) -> FeatureWindow | None:
+        if self._drift_window_s is None:
+            return None
+        try:
+            baseline = model.baseline
+        except ValueError as exc:  # signed, so a compiler bug: serve the model, say why drift is missing
+            log.warning("%s %s: its drift baseline is unreadable (%s); serving it without drift", name, model.version, exc)
+            return None
+        return FeatureWindow(baseline.features, window_s=self._drift_window_s) if baseline and baseline.features else None
 
     def install(self, prepared: Prepared) -> LoadedModel | None:
         """Serve the prepared model under its name at once; returns the model it replaced, if any.

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
+from ..monitoring.features import Baseline, parse_baseline
+from ..package.layout import BASELINE
 from ..package.store import TrustedKeys, read_verified_model
 from ..package.verify import VerifiedPackage
 from ..targets import host
@@ -37,6 +39,13 @@ class Model:
                                      manifest.backend_options)
         # A backend that names its outputs itself saves the list-then-dict step on every call.
         self._run_named = getattr(self._session, "run_named", None)
+        self._baseline_bytes = files.get(BASELINE)  # verified with the rest; parsed when asked for
+
+    @property
+    def baseline(self) -> Baseline | None:
+        """The drift baseline the package carries (None for a package compiled before there were any).
+        ``ValueError`` if it is malformed (it is signed: only a broken compiler writes one so)."""
+        return parse_baseline(self._baseline_bytes) if self._baseline_bytes is not None else None
 
     @property
     def name(self) -> str:
