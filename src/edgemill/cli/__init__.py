@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        # Output shorter than the pipe buffer is still in it: flush here so a reader that went away
+        # (`... --json | head`) is met by the handler below, not by the interpreter's flush at exit.
+        sys.stdout.flush()
+        return code
     except EdgemillError as exc:
         if getattr(args, "json", False):
             emit_json(exc.to_dict())
