@@ -5,7 +5,7 @@ A feature is one number per sample (item of the batch), chosen to fit the tensor
 
 * an image-like input (4-D with at most 4 channels, NCHW or NHWC): per channel, the sample's mean
   (brightness, colour balance) and standard deviation (contrast), over a regular grid of at most
-  ``GRID_PIXELS`` pixels;
+  ``GRID_PIXELS`` pixels (:func:`image_grid`);
 * a tabular input (2-D, ``[N, features]``): each column (at most ``max_features``: the most spread out);
 * any other numeric input: the sample's mean and standard deviation;
 * a classifier output (``[N, classes]`` float): the predicted class (one bin per class) and the top
@@ -28,7 +28,7 @@ DECILES = np.linspace(0.1, 0.9, 9)
 MAX_FEATURES = 32  # per tabular input
 MAX_CATEGORIES = 64  # distinct values of an integer output kept as their own bin
 MAX_CLASSES = 1000  # a classifier output wider than this is watched by its top score only
-GRID_PIXELS = 4096  # per channel, what an image's channel statistics are computed on
+GRID_PIXELS = 1024  # per channel, at most: what an image's channel statistics are computed on
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,7 @@ def per_sample(feature_statistic: str, array: np.ndarray, layout: str = "") -> n
         return np.empty(0)  # an empty batch (or a tensor with a zero dimension) has no samples to count
     if feature_statistic in ("channel_mean", "channel_std"):
         axes = (2, 3) if layout == "nchw" else (1, 2)
-        # A regular grid of at most ~GRID_PIXELS pixels per channel: brightness and contrast of a frame
-        # need no more, and a 224x224 frame costs a sixteenth of the time (the same grid at compile time).
-        step = max(1, int(np.ceil(np.sqrt(a.shape[axes[0]] * a.shape[axes[1]] / GRID_PIXELS))))
-        if step > 1:
-            a = a[:, :, ::step, ::step] if layout == "nchw" else a[:, ::step, ::step, :]
-        x = a.astype(np.float32, copy=False)
+        x = image_grid(a, layout)
         return x.mean(axis=axes) if feature_statistic == "channel_mean" else x.std(axis=axes)
     flat = a.reshape(a.shape[0], -1) if a.ndim >= 1 else a.reshape(1, 1)  # axis 0 is the batch
     if feature_statistic == "column":
@@ -133,6 +128,18 @@ def per_sample(feature_statistic: str, array: np.ndarray, layout: str = "") -> n
     if feature_statistic == "category":
         return flat[:, 0] if flat.shape[1] == 1 else flat.ravel()
     raise ValueError(f"unknown statistic {feature_statistic!r}")
+
+
+def image_grid(a: np.ndarray, layout: str) -> np.ndarray:
+    """The pixels an image's channel statistics are computed on, as a contiguous float32 array: a regular
+    grid of at most ~GRID_PIXELS per channel (brightness and contrast of a frame need no more; a 224x224
+    frame is read at every 7th row and column). Gridding a grid changes nothing, so the device may grid
+    once for both statistics."""
+    h_axis, w_axis = (2, 3) if layout == "nchw" else (1, 2)
+    step = max(1, int(np.ceil(np.sqrt(a.shape[h_axis] * a.shape[w_axis] / GRID_PIXELS))))
+    if step > 1:
+        a = a[:, :, ::step, ::step] if layout == "nchw" else a[:, ::step, ::step, :]
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _top_score(rows: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .drift import js_distance, psi
-from .features import Feature, per_sample
+from .features import Feature, image_grid, per_sample
 
 SMALL_TENSOR = 4096  # elements per call below which a tensor is copied and reduced later, in a batch
 
@@ -64,8 +64,10 @@ class FeatureWindow:
                 if a.size <= SMALL_TENSOR:
                     self._pending[(side, tensor)].append(a.copy())
                     continue
+                layout = members[0][1].layout
+                if layout:  # an image: grid it once for all its channel statistics
+                    a = image_grid(a, layout)
                 for statistic in {f.statistic for _, f in members}:
-                    layout = next(f.layout for _, f in members if f.statistic == statistic)
                     self._pending_stats.setdefault((side, tensor, statistic), []).append(
                         np.atleast_1d(per_sample(statistic, a, layout)))
             self._pending_rows += rows
