@@ -183,16 +183,16 @@ def test_a_baseline_file_is_used_and_a_wrong_one_refused_in_one_line(model_dir: 
     columns = [f for f in doc["features"] if f["statistic"] == "column"]
     assert len(columns) == 32 and all(sum(f["baseline"]) == 200 for f in columns)
 
-    np.savez(tmp_path / "narrow.npz", features=rng.standard_normal((20, 63)).astype(np.float32))
-    bad = run_cli("compile", model_dir / "dynamic_batch.onnx", "-o", tmp_path / "bad.emp", "--no-measure",
-                  "--baseline", tmp_path / "narrow.npz")
+    def compile_with(**arrays: np.ndarray):  # type: ignore[no-untyped-def]
+        np.savez(tmp_path / "bad-baseline.npz", **arrays)
+        return run_cli("compile", model_dir / "dynamic_batch.onnx", "-o", tmp_path / "bad.emp", "--no-measure",
+                       "--baseline", tmp_path / "bad-baseline.npz")
+
+    bad = compile_with(features=rng.standard_normal((20, 63)).astype(np.float32))
     lines = [ln for ln in bad.err.splitlines() if ln.startswith("edgemill:")]
     assert bad.code != 0 and len(lines) == 1 and "'features'" in lines[0] and "64" in lines[0], bad.err
     assert not (tmp_path / "bad.emp").exists()
-    misnamed = tmp_path / "misnamed.npz"
-    np.savez(misnamed, x=rng.standard_normal((20, 64)).astype(np.float32))
-    bad = run_cli("compile", model_dir / "dynamic_batch.onnx", "-o", tmp_path / "bad.emp", "--no-measure",
-                  "--baseline", misnamed)
+    bad = compile_with(x=rng.standard_normal((20, 64)).astype(np.float32))
     assert bad.code != 0 and "baseline file lacks an input" in bad.err and "features" in bad.err
 
 

@@ -60,15 +60,16 @@ def build(ctx: CompileContext, artifact: Artifact, check_feeds: list[dict[str, n
 
     o = ctx.options
     session = open_artifact(artifact, output_names, o.check_threads)
+    synthetic = False
     if baseline_feeds is not None and o.baseline is not None:
-        feeds, data, synthetic = baseline_feeds, f"baseline file {o.baseline.name}", False
+        feeds, data = baseline_feeds, f"baseline file {o.baseline.name}"
     elif o.validation is not None:
-        feeds, data, synthetic = check_feeds, f"validation file {o.validation.name}", False
-    elif ctx.calibration is not None:
-        feeds, data, synthetic = ctx.calibration, f"calibration data {o.calibration.name if o.calibration else ''}", False
+        feeds, data = check_feeds, f"validation file {o.validation.name}"
+    elif ctx.calibration is not None and o.calibration is not None:
+        feeds, data = ctx.calibration, f"calibration data {o.calibration.name}"
     else:
-        feeds, data, synthetic = None, "generated inputs", True
-    if feeds is None:
+        feeds, data, synthetic = [], "generated inputs", True
+    if synthetic:
         feeds, results = _synthetic(ctx, session, bound)
     else:
         results = [list(session.run(feed)) for feed in feeds]

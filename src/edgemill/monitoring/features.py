@@ -20,7 +20,7 @@ to uniform over its bins and a shift shows up as mass moving to the edges.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -193,17 +193,15 @@ def continuous_edges(values: np.ndarray) -> tuple[float, ...]:
 def _feature(side: str, tensor: str, statistic: str, index: int, layout: str, values: np.ndarray,
              classes: int = 0) -> Feature:
     key = f"{side}:{tensor}:{statistic}" + (f":{index}" if index >= 0 else "")
-    base = Feature(key, side, tensor, statistic, index, layout)
     if statistic == "predicted_class":
-        base = Feature(key, side, tensor, statistic, index, layout, categories=tuple(range(classes)))
+        bins = {"categories": tuple(range(classes))}
     elif statistic == "category":
-        seen = np.unique(np.asarray(values).astype(np.int64))
-        base = Feature(key, side, tensor, statistic, index, layout, categories=tuple(int(s) for s in seen[:MAX_CATEGORIES]))
+        seen = np.unique(np.asarray(values).astype(np.int64))[:MAX_CATEGORIES]
+        bins = {"categories": tuple(int(s) for s in seen)}
     else:
-        base = Feature(key, side, tensor, statistic, index, layout, edges=continuous_edges(values))
-    counts = base.count(values)
-    return Feature(base.key, side, tensor, statistic, index, layout, base.edges, base.categories,
-                   tuple(int(c) for c in counts))
+        bins = {"edges": continuous_edges(values)}
+    unbinned = Feature(key, side, tensor, statistic, index, layout, **bins)  # type: ignore[arg-type]
+    return replace(unbinned, baseline=tuple(int(c) for c in unbinned.count(values)))
 
 
 def _entropy(counts: Sequence[int]) -> float:
