@@ -165,5 +165,17 @@ class Agent:
             "models": [{"name": v.name, "version": v.version, "package_id": v.package_id}
                        for v in self.dataplane.list_models()],
             "memory": {"used_bytes": float(self.models.used_bytes()), "budget_bytes": float(self.models.budget_bytes)},
-            "metrics": metrics, "capture": capture,
+            "metrics": metrics, "capture": capture, "drift": self._drift_report(),
         }
+
+    def _drift_report(self) -> list[dict[str, Any]]:
+        """Per model with a baseline: its drift counts since the window began (cumulative under ``epoch``,
+        so a lost heartbeat loses nothing), in the baseline's feature order, with the digest of the bins."""
+        report = []
+        for loaded in self.models.list():
+            window = loaded.drift
+            if window is None or not _NAME.fullmatch(loaded.name):
+                continue
+            report.append({"model": loaded.name, "package_id": loaded.model.package_id, "epoch": window.epoch,
+                           "bins": window.bins_digest, "counts": window.totals_in_order()})
+        return report

@@ -7,7 +7,7 @@ change to the contract (tests/golden/openapi.json shows it in review).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,8 @@ Stage = Literal["none", "staging", "production", "archived"]
 DeviceStatus = Literal["online", "offline", "degraded", "never_seen"]
 DeploymentState = Literal["rolling", "paused", "succeeded", "rolled_back", "superseded"]
 DeviceRolloutState = Literal["pending", "assigned", "updated", "failed", "rolled_back"]
-AlertMetric = Literal["error_rate", "p95_latency_ms", "offline_devices", "failed_deployments", "requests_per_min"]
+AlertMetric = Literal["error_rate", "p95_latency_ms", "offline_devices", "failed_deployments", "requests_per_min",
+                      "input_drift", "prediction_drift"]
 
 
 INT64_MAX = 2**63 - 1  # the database's BIGINT: counters and sequence numbers
@@ -261,6 +262,25 @@ class ApplyFailureIn(_Body):
     refusal: str | None = Field(None, max_length=64)  # verification refusal reason, when it was one
 
 
+# A heartbeat's drift counts are bounded so one device cannot make the server parse or store megabytes:
+# a baseline has at most a few hundred features (32 per tabular input) and a classifier's predicted-class
+# feature at most 1,001 bins (MAX_CLASSES + "other").
+MAX_DRIFT_FEATURES = 512
+MAX_DRIFT_BINS = 1025
+BinCounts = Annotated[list[Annotated[int, Field(ge=0, le=INT64_MAX)]], Field(min_length=1, max_length=MAX_DRIFT_BINS)]
+
+
+class DriftCountsIn(_Body):
+    """One loaded model's drift histograms: counts per bin of each baseline feature, in the baseline's
+    order, cumulative since ``epoch`` began (the agent starts a new epoch when it loads the model)."""
+
+    model: str = Name
+    package_id: str = Field(max_length=128)
+    epoch: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    bins: str = Field(pattern=r"^[0-9a-f]{8,64}$")  # digest of the features' keys and bin edges
+    counts: list[BinCounts] = Field(min_length=1, max_length=MAX_DRIFT_FEATURES)
+
+
 class HeartbeatIn(_Body):
     device: str = Name  # must be the credential's own device
     seq: int = Field(ge=0, le=INT64_MAX)  # strictly increasing per device: a stale or replayed heartbeat is refused
@@ -271,6 +291,7 @@ class HeartbeatIn(_Body):
     memory: dict[str, float] = Field({}, max_length=64)
     capture: dict[str, float] = Field({}, max_length=64)
     agent_version: str | None = Field(None, max_length=64)
+    drift: list[DriftCountsIn] = Field([], max_length=256)
 
 
 class DesiredModelOut(BaseModel):
@@ -315,6 +336,9 @@ class AlertRuleIn(_Body):
     model: str | None = Field(None, pattern=NAME_PATTERN)
     device: str | None = Field(None, pattern=NAME_PATTERN)
     fleet: str | None = Field(None, pattern=NAME_PATTERN)
+    # input_drift / prediction_drift only: judge this one feature (its key, e.g. "input:image:channel_mean:0")
+    # instead of the largest PSI over the model's input (or output) features.
+    feature: str | None = Field(None, min_length=1, max_length=256)
     webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
 
 
@@ -353,6 +377,74 @@ class SeriesOut(BaseModel):
     points: list[SeriesPoint]
 
 
+class DriftFeatureOut(BaseModel):
+    key: str  # e.g. "input:image:channel_mean:0", "output:probs:predicted_class"
+    side: Literal["input", "output"]
+    tensor: str
+    statistic: str  # channel_mean | channel_std | column | sample_mean | sample_std | predicted_class | top_score | category
+    index: int | None  # channel or column
+    labels: list[str]  # one per bin
+    reference: list[int]  # counts per bin: the package baseline, or the pinned window
+    window: list[int]  # counts per bin over the window, merged over the devices in scope
+    psi: float | None  # None: no data in the window (or no reference)
+    js: float | None
+
+
+class DriftPointOut(BaseModel):
+    t: float  # unix seconds: the end of the buckets summarised
+    samples: int
+    input_psi: float | None  # worst device's largest input-feature PSI in the buckets ending here
+    prediction_psi: float | None
+    median_input_psi: float | None  # the median device's (the population's typical drift)
+    median_prediction_psi: float | None
+
+
+class DriftDeviceOut(BaseModel):
+    device: str
+    fleet: str
+    samples: int
+    input_psi: float | None
+    prediction_psi: float | None
+    input_feature: str | None  # the input feature with the largest PSI
+    prediction_feature: str | None
+
+
+class DriftReferenceOut(BaseModel):
+    kind: Literal["baseline", "pinned"]
+    data: str  # what the baseline was counted from, or "pinned window"
+    synthetic: bool  # a baseline from generated inputs: weak evidence of real data
+    samples: int
+    start: datetime | None = None  # a pinned window's bounds
+    end: datetime | None = None
+
+
+class DriftOut(BaseModel):
+    model: str
+    version: str | None
+    package_id: str | None
+    device: str | None
+    fleet: str | None
+    window_s: float
+    # ok | no_baseline (the package carries none: drift is unknown, never zero) | no_data | few_samples
+    status: Literal["ok", "no_baseline", "no_data", "few_samples"]
+    message: str  # one line for humans about the status
+    reference: DriftReferenceOut | None
+    samples: int  # counted in the window over the scope
+    input_psi: float | None  # the largest over input features (merged scope)
+    prediction_psi: float | None
+    input_feature: str | None
+    prediction_feature: str | None
+    features: list[DriftFeatureOut]
+    series: list[DriftPointOut]
+    devices: list[DriftDeviceOut]  # per device in scope, worst first
+    refused: int  # histograms refused in scope because their bins did not match the package's
+
+
+class DriftPinIn(_Body):
+    start: float = Field(ge=0)  # unix seconds: the window whose counts become the reference
+    end: float = Field(gt=0)
+
+
 class OverviewOut(BaseModel):
     devices: dict[str, int]  # total, online, offline, degraded, never_seen
     fleets: int
@@ -363,3 +455,4 @@ class OverviewOut(BaseModel):
     active_deployments: list[DeploymentOut]
     firing_alerts: list[AlertOut]
     captures: int
+    drifting: list[dict[str, Any]] = []  # model, version, device, input_psi, prediction_psi, feature

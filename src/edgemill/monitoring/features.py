@@ -19,6 +19,7 @@ to uniform over its bins and a shift shows up as mass moving to the edges.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -87,6 +88,24 @@ class Feature:
                    edges=tuple(float(e) for e in d.get("edges", ())),  # type: ignore[union-attr]
                    categories=tuple(int(c) for c in d.get("categories", ())),  # type: ignore[union-attr]
                    baseline=tuple(int(c) for c in d.get("baseline", ())))  # type: ignore[union-attr]
+
+
+def bins_digest(features: Sequence[Feature]) -> str:
+    """A short digest of the features' keys and bins, in order: histograms merge only where theirs agree
+    (a device sends it with its counts; the server compares it with the package baseline's)."""
+    lines = [f"{f.key}|{','.join(repr(float(e)) for e in f.edges)}|{','.join(str(int(c)) for c in f.categories)}"
+             for f in features]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def bin_labels(feature: Feature) -> list[str]:
+    """A short label per bin, for a histogram's axis: "< 0.12", "0.12 to 0.25", ">= 0.9"; "3", "other"."""
+    if feature.categorical:
+        return [str(c) for c in feature.categories] + ["other"]
+    e = [f"{x:.4g}" for x in feature.edges]
+    if not e:
+        return ["all"]
+    return [f"< {e[0]}"] + [f"{a} to {b}" for a, b in zip(e, e[1:])] + [f">= {e[-1]}"]
 
 
 # --- what a tensor's features are -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .drift import js_distance, psi
-from .features import Feature, image_grid, per_sample
+from .features import Feature, bins_digest, image_grid, per_sample
 
 SMALL_TENSOR = 4096  # elements per call below which a tensor is copied and reduced later, in a batch
 
@@ -39,6 +39,7 @@ class FeatureWindow:
         self._ring_start = [0.0] * slots  # when each slot's interval began
         self._total = np.zeros(self._ring.shape[1], dtype=np.int64)
         self.epoch = uuid.uuid4().hex[:12]  # names this run of the counters
+        self.bins_digest = bins_digest(self.features)  # what the counts are over (the server checks it)
         self._offsets = np.cumsum([0] + [f.bins for f in self.features])
         self._flush_rows = flush_rows
         self._lock = threading.Lock()
@@ -81,6 +82,13 @@ class FeatureWindow:
             self._flush_locked()
             total = self._total.copy()
         return {f.key: total[self._offsets[i]:self._offsets[i + 1]].tolist() for i, f in enumerate(self.features)}
+
+    def totals_in_order(self) -> list[list[int]]:
+        """``totals()`` as a list in the features' order (the heartbeat's compact form)."""
+        with self._lock:
+            self._flush_locked()
+            total = self._total.tolist()
+        return [total[self._offsets[i]:self._offsets[i + 1]] for i in range(len(self.features))]
 
     def window_counts(self) -> dict[str, np.ndarray]:
         """Counts per feature key over the sliding window."""
