@@ -95,6 +95,7 @@ class Sync:
         self._problem: str | None = None  # the refusal last logged, so a repeat is not logged again
         self._skips_logged: set[tuple[str, str]] = set()
         self._generation: str | None = None
+        self._send_drift = True  # off when the server refused our drift histograms (a version mismatch)
         self.heartbeats = 0  # answered heartbeats since start
         self.last_heartbeat_unix: float | None = None
         self._read_credential()
@@ -267,6 +268,8 @@ class Sync:
     def _heartbeat(self) -> float:
         sent = self._clock()
         report = self._report()
+        if not self._send_drift:
+            report.pop("drift", None)
         with self._lock:
             self._state.seq += 1
             self._save()  # before sending: a restart never reuses a sequence number the server has seen
@@ -287,6 +290,12 @@ class Sync:
                 return 0.0 if self._stale <= _MAX_STALE else self._offline_delay(exc)
             if exc.unreachable:
                 return self._offline_delay(exc)
+            if exc.status == 422 and (exc.field or "").startswith("drift") and payload.get("drift"):
+                # Drift is an extra: a server that cannot take our histograms must still see the device.
+                self._send_drift = False
+                log.error("the control plane refused this agent's drift histograms (%s); heartbeats go on without "
+                          "them until the agent restarts", exc.problem)
+                return 0.0
             fix = {401: f"the server does not accept the credential in {self.server.credential_file}: delete it "
                         "and write a new registration token to token_file",
                    403: f"the credential belongs to another device than {self.device!r}: restore the [device] name "

@@ -263,7 +263,7 @@ class ControlPlaneClient:
             f"the control plane refused the {what} (HTTP {response.status} {body.get('error') or response.reason}): "
             f"{message or response.reason}", status=response.status, error=body.get("error"),
             last_seq=last_seq if isinstance(last_seq, int) else None, retry_after_s=retry_after,
-            fix=body.get("fix") or None)
+            fix=body.get("fix") or None, field=body.get("field") if isinstance(body.get("field"), str) else None)
 
     def _unreachable(self, exc: BaseException, what: str) -> ControlPlaneError:
         if isinstance(exc, ControlPlaneError):

@@ -10,9 +10,9 @@ import random
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .alerts import FleetFacts, Rule, Sample, evaluate, transition
+from .alerts import DRIFT_METRICS, DriftReading, FleetFacts, Rule, Sample, evaluate, transition
 from .config import ServerConfig
-from .db.tables import Alert, AlertRule, Device, MetricSample, WebhookDelivery
+from .db.tables import Alert, AlertRule, Device, DriftSample, MetricSample, WebhookDelivery
 from .views import device_status
 from .webhooks import MAX_ATTEMPTS, backoff_s, deliver, payload_for
 
@@ -21,10 +21,11 @@ log = logging.getLogger("edgemill.server")
 
 def rule_of(row: AlertRule) -> Rule:
     return Rule(name=row.name, metric=row.metric, op=row.op, threshold=row.threshold, window_s=row.window_s,
-                model=row.model, device=row.device, fleet=row.fleet)
+                model=row.model, device=row.device, fleet=row.fleet, feature=row.feature)
 
 
-def gather(session: Session, now: float, window_s: float, config: ServerConfig) -> tuple[list[Sample], FleetFacts]:
+def gather(session: Session, now: float, window_s: float, config: ServerConfig,
+           drift_window_s: float | None = None, drift_scores: bool = False) -> tuple[list[Sample], FleetFacts]:
     devices = session.scalars(select(Device)).all()
     fleet_of = {d.id: d.fleet.name for d in devices}
     offline: dict[str, int] = {}
@@ -38,9 +39,30 @@ def gather(session: Session, now: float, window_s: float, config: ServerConfig) 
     rows = session.scalars(select(MetricSample).where(MetricSample.t > now - window_s)).all()
     samples = [Sample(t=r.t, device=names.get(r.device_id, "?"), fleet=fleet_of.get(r.device_id, "?"), model=r.model_name,
                       requests=r.requests, errors=r.errors, p95_ms=r.p95_ms) for r in rows]
+    drift = _drift_readings(session, now, drift_window_s, drift_scores, names, fleet_of) if drift_window_s else []
     facts = FleetFacts(offline_devices=offline, failed_deployments=failed,
-                       device_fleet={d.name: d.fleet.name for d in devices})
+                       device_fleet={d.name: d.fleet.name for d in devices}, drift=drift)
     return samples, facts
+
+
+def _drift_readings(session: Session, now: float, window_s: float, with_scores: bool, names: dict[int, str],
+                    fleet_of: dict[int, str]) -> list[DriftReading]:
+    """The drift buckets closed in the window, scalars only (the per-feature scores when a rule names one)."""
+    columns = [DriftSample.t, DriftSample.device_id, DriftSample.model_name, DriftSample.samples,
+               DriftSample.input_psi, DriftSample.prediction_psi] + ([DriftSample.scores] if with_scores else [])
+    readings = []
+    for row in session.execute(select(*columns).where(DriftSample.t > now - window_s)):
+        scores = row[6] if with_scores else None
+        input_feature = prediction_feature = None
+        if scores:
+            inputs = {k: v for k, v in scores.items() if k.startswith("input:")}
+            outputs = {k: v for k, v in scores.items() if k.startswith("output:")}
+            input_feature = max(inputs, key=inputs.__getitem__) if inputs else None
+            prediction_feature = max(outputs, key=outputs.__getitem__) if outputs else None
+        readings.append(DriftReading(t=row[0], device=names.get(row[1], "?"), fleet=fleet_of.get(row[1], "?"),
+                                     model=row[2], samples=int(row[3]), input_psi=row[4], prediction_psi=row[5],
+                                     scores=scores, input_feature=input_feature, prediction_feature=prediction_feature))
+    return readings
 
 
 def _queue_webhook(session: Session, rule: AlertRule, alert: Alert, now: float) -> None:
@@ -59,7 +81,10 @@ def evaluate_all(db, now: float, config: ServerConfig) -> int:  # type: ignore[n
         rules = session.scalars(select(AlertRule)).all()
         if not rules:
             return 0
-        samples, facts = gather(session, now, max(r.window_s for r in rules), config)
+        drift_rules = [r for r in rules if r.metric in DRIFT_METRICS]
+        samples, facts = gather(session, now, max(r.window_s for r in rules), config,
+                                drift_window_s=max((r.window_s for r in drift_rules), default=None),
+                                drift_scores=bool(drift_rules))
     changed = 0
     for rule_row in rules:
         ev = evaluate(rule_of(rule_row), samples, facts, now)

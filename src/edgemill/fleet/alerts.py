@@ -11,7 +11,7 @@ import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,29 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class DriftReading:
+    """One closed drift bucket of one model on one device: its PSI against the reference at closing."""
+
+    t: float
+    device: str
+    fleet: str
+    model: str
+    samples: int
+    input_psi: float | None  # the largest over input features (None: no reference)
+    prediction_psi: float | None
+    scores: Mapping[str, float] | None = None  # feature key -> PSI
+    input_feature: str | None = None
+    prediction_feature: str | None = None
+
+
+@dataclass(frozen=True)
 class FleetFacts:
     """State facts at `now`. A fleet missing from a count mapping has zero of that count."""
 
     offline_devices: Mapping[str, int]  # fleet -> registered devices not seen within the offline threshold
     failed_deployments: Mapping[str, int]  # fleet -> devices whose last deployment apply failed
     device_fleet: Mapping[str, str]  # device -> fleet
+    drift: Sequence[DriftReading] = ()  # closed drift buckets, newest rule window's worth
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,7 @@ class Rule:
     model: str | None = None
     device: str | None = None
     fleet: str | None = None
+    feature: str | None = None  # drift metrics: this feature's PSI instead of the largest
 
 
 @dataclass(frozen=True)
@@ -70,10 +88,13 @@ OPS: Mapping[str, Callable[[float, float], bool]] = {
 # Metrics measured over the rule's window from samples, and metrics read from the state facts at `now`.
 WINDOW_METRICS = frozenset({"error_rate", "p95_latency_ms", "requests_per_min"})
 STATE_METRICS = frozenset({"offline_devices", "failed_deployments"})
-METRICS = WINDOW_METRICS | STATE_METRICS
+DRIFT_METRICS = frozenset({"input_drift", "prediction_drift"})
+METRICS = WINDOW_METRICS | STATE_METRICS | DRIFT_METRICS
+PREDICTION_DRIFT_HINT = ("the model's answers have shifted; without labels this is the early warning that its "
+                         "accuracy may be falling")
 
 
-def _in_scope(rule: Rule, sample: Sample, facts: FleetFacts, now: float) -> bool:
+def _in_scope(rule: Rule, sample: Sample | DriftReading, facts: FleetFacts, now: float) -> bool:
     # (now - window, now]: a sample exactly one window old describes the interval before the window.
     if not now - rule.window_s < sample.t <= now:
         return False
@@ -135,8 +156,34 @@ def _state_count(rule: Rule, facts: FleetFacts) -> float | None:
     return float(counts.get(fleet, 0))
 
 
-def _measure(rule: Rule, samples: Sequence[Sample], facts: FleetFacts, now: float) -> tuple[float | None, list[Sample]]:
-    """The value and the samples it rests on (none for state metrics)."""
+def _drift_value(rule: Rule, reading: DriftReading) -> float | None:
+    if rule.feature is not None:
+        return (reading.scores or {}).get(rule.feature)
+    return reading.input_psi if rule.metric == "input_drift" else reading.prediction_psi
+
+
+def _latest_drift(rule: Rule, facts: FleetFacts, now: float) -> list[DriftReading]:
+    """Per device in scope, its most recent bucket in the window that has a value for the rule."""
+    latest: dict[tuple[str, str], DriftReading] = {}
+    for r in facts.drift:
+        if _in_scope(rule, r, facts, now) and _drift_value(rule, r) is not None:
+            key = (r.device, r.model)
+            if key not in latest or r.t > latest[key].t:
+                latest[key] = r
+    return list(latest.values())
+
+
+def _worst_drift(rule: Rule, readings: list[DriftReading]) -> DriftReading | None:
+    return max(readings, key=lambda r: (_drift_value(rule, r) or 0.0, r.device), default=None)
+
+
+def _measure(rule: Rule, samples: Sequence[Sample], facts: FleetFacts,
+             now: float) -> tuple[float | None, list[Any]]:
+    """The value and the samples (or drift readings) it rests on (none for state metrics)."""
+    if rule.metric in DRIFT_METRICS:
+        readings = _latest_drift(rule, facts, now)
+        top = _worst_drift(rule, readings)
+        return (_drift_value(rule, top) if top is not None else None), readings
     if rule.metric in _STATE_COUNTS:
         return _state_count(rule, facts), []
     measure_window = _WINDOW_MEASURES.get(rule.metric)
@@ -174,8 +221,16 @@ def _subject(rule: Rule) -> str:
     return text
 
 
-def _evidence(rule: Rule, scoped: list[Sample]) -> str:
+def _evidence(rule: Rule, scoped: list[Any]) -> str:
     """What the value rests on, so a reader can tell 1 error in 2 requests from 600 in 1,200."""
+    if rule.metric in DRIFT_METRICS:
+        top = _worst_drift(rule, scoped)
+        if top is None:
+            return ""
+        feature = rule.feature or (top.input_feature if rule.metric == "input_drift" else top.prediction_feature)
+        text = (f" (PSI on device '{top.device}'" + (f", feature {feature}" if feature else "")
+                + f", its latest {top.samples:,} samples; {len(scoped):,} device(s) judged over {_fmt(rule.window_s)} s)")
+        return text + (f": {PREDICTION_DRIFT_HINT}" if rule.metric == "prediction_drift" else "")
     if rule.metric in ("error_rate", "requests_per_min"):
         return f" over {_fmt(rule.window_s)} s ({sum(s.requests for s in scoped):,} requests)"
     if rule.metric == "p95_latency_ms":
@@ -192,7 +247,7 @@ def evaluate(rule: Rule, samples: Sequence[Sample], facts: FleetFacts, now: floa
     value, scoped = _measure(rule, samples, facts, now)
     condition = f"{rule.op} {_fmt(rule.threshold)}"
     if value is None:
-        window = f" over {_fmt(rule.window_s)} s" if rule.metric in WINDOW_METRICS else ""
+        window = f" over {_fmt(rule.window_s)} s" if rule.metric in WINDOW_METRICS | DRIFT_METRICS else ""
         return Evaluation(None, False, f"{_subject(rule)} has no data{window} (alert when {condition})")
     breached = compare(value, rule.threshold)
     shown = f"{_fmt(value)} {condition}" if breached else f"{_fmt(value)}, not {condition}"
@@ -227,6 +282,12 @@ def validate_rule(rule: Rule) -> str | None:
     upper = _UPPER.get(rule.metric, math.inf)
     if rule.threshold > upper:
         return f"{rule.metric} is a fraction between 0 and 1; a threshold of {_fmt(rule.threshold)} can never be reached"
+    if rule.feature is not None and rule.metric not in DRIFT_METRICS:
+        return f"feature names a drift feature; {rule.metric} has none (use input_drift or prediction_drift)"
+    if rule.feature is not None and rule.metric == "input_drift" and not rule.feature.startswith("input:"):
+        return f"input_drift judges input features (input:...), not {rule.feature!r}; use prediction_drift for outputs"
+    if rule.feature is not None and rule.metric == "prediction_drift" and not rule.feature.startswith("output:"):
+        return f"prediction_drift judges output features (output:...), not {rule.feature!r}"
     if rule.metric in STATE_METRICS and rule.model is not None:
         # The facts are per fleet, not per model: the model scope would be silently ignored.
         return f"{rule.metric} is counted per fleet and cannot be scoped to a model; drop the model"

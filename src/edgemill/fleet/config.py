@@ -40,3 +40,9 @@ class ServerConfig(BaseModel):
     captures_retention_s: float | None = Field(30 * 86400, gt=0)  # captures (rows and objects); None: keep all
     retention_every_s: float = Field(60, gt=0)  # how often a replica runs the retention jobs
     webhook_timeout_s: float = Field(5.0, gt=0)
+    # Drift (fleet/drift_ingest.py): a device's counts close into a stored bucket once it spans
+    # drift_bucket_s and holds drift_min_samples samples; fewer samples say too little about a distribution.
+    drift_bucket_s: float = Field(300, gt=0, le=86400)
+    drift_min_samples: int = Field(100, ge=1)
+    drift_attention_psi: float = Field(0.25, gt=0)  # the overview lists what drifts more than this
+    drift_reference_ttl_s: float = Field(10, gt=0)  # how soon a pin made on another replica applies here

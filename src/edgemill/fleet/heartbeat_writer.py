@@ -29,6 +29,7 @@ from . import schemas
 from .config import ServerConfig
 from .db import Database
 from .desired import desired_state, needs_action
+from .drift_refs import References
 from .heartbeats import Beat, ingest_many
 
 log = logging.getLogger("edgemill.server")
@@ -58,6 +59,7 @@ class HeartbeatWriter:
         self.batches = 0  # transactions written (tests and benchmarks read these)
         self.written = 0  # heartbeats they carried, refused ones included
         self.metrics: Any = None  # observability.ServerMetrics, when the app has one
+        self.references = References(config.drift_reference_ttl_s)  # drift references, cached per package
 
     async def submit(self, secret: str, body: schemas.HeartbeatIn) -> Answered:
         """Record one heartbeat (with whatever else is waiting) and return its answer; raises its refusal."""
@@ -114,7 +116,7 @@ class HeartbeatWriter:
         interval = self._config.heartbeat_interval_s
         answers: list[Answered | UserError] = []
         with self._db.session() as session:
-            for beat, got in zip(beats, ingest_many(session, beats, now, self._config)):
+            for beat, got in zip(beats, ingest_many(session, beats, now, self._config, self.references)):
                 if isinstance(got, UserError):
                     answers.append(got)
                     continue

@@ -23,20 +23,23 @@ from ..errors import PermissionDeniedError, StaleRequestError, UserError
 from . import schemas
 from .auth import digest, unknown_device_credential
 from .config import ServerConfig
-from .db.tables import DeploymentDevice, DeploymentEvent, Device, DeviceModel, MetricSample
+from .db.tables import DeploymentDevice, DeploymentEvent, Device, DeviceModel, DriftSample, MetricSample
 from .desired import DeviceRollout, rollouts_of_devices
+from .drift_ingest import fold
+from .drift_refs import References
 
 DEGRADED_MIN_REQUESTS = 10  # fewer requests in one heartbeat say too little about an error rate
 
 # The hot path's statements, built once and run on the session's connection (no ORM objects).
 _DEVICES_BY_CREDENTIAL = (select(Device.id, Device.name, Device.metric_totals, Device.models_digest, Device.last_seq,
-                                 Device.credential_hash)
+                                 Device.credential_hash, Device.drift_state)
                           .where(Device.credential_hash.in_(bindparam("hashes", expanding=True)))
                           .order_by(Device.id).with_for_update(key_share=True))
 _RECORD_HEARTBEAT = (update(Device).where(Device.id == bindparam("device_id"))
                      .values(last_seq=bindparam("seq"), last_seen_at=bindparam("now"),
                              models_digest=bindparam("models_digest"), agent=bindparam("agent", type_=Device.agent.type),
-                             metric_totals=bindparam("totals", type_=Device.metric_totals.type)))
+                             metric_totals=bindparam("totals", type_=Device.metric_totals.type),
+                             drift_state=bindparam("drift", type_=Device.drift_state.type)))
 _MODELS_OF_DEVICES = select(DeviceModel.id, DeviceModel.device_id, DeviceModel.model_name, DeviceModel.package_id).where(
     DeviceModel.device_id.in_(bindparam("device_ids", expanding=True)))
 _CHANGE_MODEL = (update(DeviceModel).where(DeviceModel.id == bindparam("row_id"))
@@ -46,6 +49,7 @@ _MOVE_ROLLOUT_ROW = (update(DeploymentDevice).where(DeploymentDevice.id == bindp
                      .values(state=bindparam("new_state"), updated_at=bindparam("new_updated_at"),
                              reason=bindparam("new_reason")))
 _INSERT_SAMPLE = insert(MetricSample)
+_INSERT_DRIFT = insert(DriftSample)
 
 
 @dataclass(frozen=True)
@@ -72,19 +76,24 @@ class _DeviceNow:
     totals: dict[str, Any] | None
     models_digest: str | None
     last_seq: int
+    drift: dict[str, Any] | None
 
 
-def ingest_many(session: Session, beats: list[Beat], now: float,
-                config: ServerConfig) -> list[Ingested | UserError]:
+def ingest_many(session: Session, beats: list[Beat], now: float, config: ServerConfig,
+                references: References | None = None) -> list[Ingested | UserError]:
     """Record heartbeats in one transaction; for each, what it recorded or why it was refused (in order)."""
     conn = session.connection()
     hashes = [digest(b.secret) for b in beats]
     devices = {row.credential_hash: _DeviceNow(int(row.id), row.name, row.metric_totals, row.models_digest,
-                                               int(row.last_seq))
+                                               int(row.last_seq), row.drift_state)
                for row in conn.execute(_DEVICES_BY_CREDENTIAL, {"hashes": sorted(set(hashes))})}
     outcomes: list[Ingested | UserError] = []
     writes: dict[int, dict[str, Any]] = {}  # device id → its row's new values (the newest heartbeat's)
     samples: list[dict[str, Any]] = []
+    drift_rows: list[dict[str, Any]] = []
+    package_ids = {d.package_id for b in beats for d in b.body.drift}
+    package_ids |= {e["package_id"] for d in devices.values() for e in (d.drift or {}).values() if e.get("package_id")}
+    refs = (references or References(config.drift_reference_ttl_s)).get_many(session, package_ids) if package_ids else {}
     accepted: list[tuple[Beat, dict[str, schemas.LoadedModelIn], Ingested]] = []  # with what each reported
     models_changed: dict[int, dict[str, schemas.LoadedModelIn]] = {}  # device id → what it now runs
     for beat, hash_ in zip(beats, hashes):
@@ -99,15 +108,20 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
         new_samples, totals, problems = _metric_samples(session, device.id, hb, reported, device.totals, now, config)
         problems += [f"model {f.model}: package {f.package_id[:12]} refused"
                      + (f" ({f.refusal})" if f.refusal else "") + f": {f.reason}" for f in hb.failures]
+        drift = fold(device.drift, hb, refs, now, config) if (hb.drift or device.drift) else None
+        if drift is not None:
+            problems += drift.problems
+            drift_rows += [dict(row, device_id=device.id) for row in drift.rows]
         agent = {"memory": hb.memory, "capture": hb.capture, "agent_version": hb.agent_version,
                  "started_at": hb.agent_started_at, "problems": problems[:20],
                  "failures": [f.model_dump() for f in hb.failures]}
         models_digest = _models_digest(hb.models)
         if models_digest != device.models_digest:
             models_changed[device.id] = reported
+        drift_state = drift.state if drift is not None else device.drift
         writes[device.id] = {"device_id": device.id, "seq": hb.seq, "now": now, "agent": agent, "totals": totals,
-                             "models_digest": models_digest}
-        device.last_seq, device.totals, device.models_digest = hb.seq, totals, models_digest
+                             "models_digest": models_digest, "drift": drift_state}
+        device.last_seq, device.totals, device.models_digest, device.drift = hb.seq, totals, models_digest, drift_state
         samples += new_samples
         ingested = Ingested(device.id, device.name, [])
         accepted.append((beat, reported, ingested))
@@ -116,6 +130,8 @@ def ingest_many(session: Session, beats: list[Beat], now: float,
         conn.execute(_RECORD_HEARTBEAT, list(writes.values()))
     if samples:
         conn.execute(_INSERT_SAMPLE, samples)
+    if drift_rows:
+        conn.execute(_INSERT_DRIFT, drift_rows)
     if models_changed:
         _record_models(session, models_changed, now)
     if accepted:

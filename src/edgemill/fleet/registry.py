@@ -8,13 +8,17 @@ is deleted again. A package that fails verification never reaches the store.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConflictError, RefusalReason, UserError, VerificationError
 from ..package import PublicKey, open_verified
-from ..package.layout import REPORT
+from ..monitoring.features import bins_digest, parse_baseline
+from ..package.layout import BASELINE, REPORT
+
+log = logging.getLogger("edgemill.server")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class CheckedPackage:
     signer: str | None
     sha256: str
     size_bytes: int
+    baseline: dict[str, Any] | None = None  # monitoring/baseline.json, checked, with its bins digest
 
     @property
     def store_key(self) -> str:
@@ -47,6 +52,20 @@ def _report_summary(raw: bytes | None) -> dict[str, Any]:
     return {k: report[k] for k in keep if k in report}
 
 
+def _baseline_summary(raw: bytes | None, name: str) -> dict[str, Any] | None:
+    """The package's drift baseline as the registry keeps it (None: none, or unreadable, which is logged:
+    drift for this version then shows "no baseline", as it does on the device)."""
+    if raw is None:
+        return None
+    try:
+        baseline = parse_baseline(raw)
+    except ValueError as exc:
+        log.warning("package %s: its drift baseline is unreadable (%s); drift will show no baseline", name, exc)
+        return None
+    return {"data": baseline.data, "synthetic": baseline.synthetic, "samples": baseline.samples,
+            "bins": bins_digest(baseline.features), "features": [f.to_dict() for f in baseline.features]}
+
+
 def check_package(path: Path, sha256: str, trusted_keys: list[PublicKey], expected_name: str) -> CheckedPackage:
     """Verify the package at ``path`` (whose file hashes to ``sha256``, computed as it arrived)
     against the server's trusted keys (a signature is required)."""
@@ -56,7 +75,9 @@ def check_package(path: Path, sha256: str, trusted_keys: list[PublicKey], expect
             fix="start the server with --trusted-key PUBLIC.pem (the key packages are signed with)")
     reader, verified = open_verified(path, trusted_keys)
     try:
-        report = reader.read(REPORT) if REPORT in reader.names() else None
+        names = reader.names()
+        report = reader.read(REPORT) if REPORT in names else None
+        baseline = reader.read(BASELINE) if BASELINE in names else None
     finally:
         reader.close()
     manifest = verified.manifest
@@ -67,7 +88,8 @@ def check_package(path: Path, sha256: str, trusted_keys: list[PublicKey], expect
     signer = verified.signed_by.short_id if verified.signed_by is not None else None
     return CheckedPackage(name=manifest.name, version=manifest.version, package_id=verified.package_id,
                           manifest=manifest.to_dict(), report=_report_summary(report), signer=signer,
-                          sha256=sha256, size_bytes=path.stat().st_size)
+                          sha256=sha256, size_bytes=path.stat().st_size,
+                          baseline=_baseline_summary(baseline, manifest.name))
 
 
 def same_or_conflict(existing_package_id: str, checked: CheckedPackage) -> bool:

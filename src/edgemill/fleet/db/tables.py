@@ -62,6 +62,9 @@ class Device(Base):
     # A digest of the models (name, version, package) the last heartbeat reported: while it holds, the
     # heartbeat leaves the device's model rows alone (no read of them either).
     models_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # model name → its drift counters as last reported and the counts of the bucket not yet closed
+    # (fleet/drift_ingest.py): read and written with the heartbeat's own row update, no extra statement.
+    drift_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fleet: Mapped[Fleet] = relationship(lazy="joined")
 
 
@@ -88,6 +91,8 @@ class ModelVersion(Base):
     store_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float)
     uploaded_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The package's monitoring/baseline.json (features, bins, baseline counts); None: it carries none.
+    baseline: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     model: Mapped[Model] = relationship(lazy="joined")
 
 
@@ -190,6 +195,41 @@ class MetricRollup(Base):
     p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class DriftSample(Base):
+    """One closed bucket of a device's drift counts for one model package: counts per bin of each baseline
+    feature (in the baseline's order) over ``span_s`` seconds ending at ``t``, and the PSI of the bucket
+    against the reference at closing time (so charts and alerts need not re-read the counts)."""
+
+    __tablename__ = "drift_samples"
+    __table_args__ = (Index("ix_drift_samples_t", "t"), Index("ix_drift_samples_model_t", "model_name", "t"),
+                      Index("ix_drift_samples_device_t", "device_id", "t"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    model_name: Mapped[str] = mapped_column(String(128))
+    package_id: Mapped[str] = mapped_column(String(128))
+    t: Mapped[float] = mapped_column(Float)
+    span_s: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    counts: Mapped[list[Any]] = mapped_column(JSON)
+    input_psi: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: no reference (or no input feature)
+    prediction_psi: Mapped[float | None] = mapped_column(Float, nullable=True)
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # feature key → PSI
+
+
+class DriftReference(Base):
+    """A window of a package's counts (merged over every device) that an operator pinned as the reference
+    drift is measured against instead of the package baseline."""
+
+    __tablename__ = "drift_references"
+    package_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    start: Mapped[float] = mapped_column(Float)
+    end: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    counts: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
 class RetentionMark(Base):
     """How far a retention job has got (``metric_rollups``: samples before ``watermark`` are folded).
     Moving the mark is a conditional UPDATE in the job's own transaction, so of two replicas running
@@ -224,6 +264,7 @@ class AlertRule(Base):
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     device: Mapped[str | None] = mapped_column(String(128), nullable=True)
     fleet: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    feature: Mapped[str | None] = mapped_column(String(256), nullable=True)  # drift metrics: one feature's PSI
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     rev: Mapped[int] = mapped_column(Integer, default=0)  # bumped with each fire/resolve (optimistic concurrency)

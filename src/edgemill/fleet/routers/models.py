@@ -105,7 +105,7 @@ def _store_version(state: ServerState, checked: CheckedPackage, path: Path, oper
             row = ModelVersion(model_id=model.id, version=checked.version, package_id=checked.package_id,
                                stage="none", manifest=checked.manifest, report=checked.report, signer=checked.signer,
                                size_bytes=checked.size_bytes, sha256=checked.sha256, store_key=checked.store_key,
-                               created_at=state.clock(), uploaded_by=operator)
+                               created_at=state.clock(), uploaded_by=operator, baseline=checked.baseline)
             session.add(row)
             session.flush()
             session.refresh(row)

@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 from .. import schemas
 from ..auth import require_operator
 from ..db import floor_div
-from ..db.tables import Alert, Capture, Deployment, Device, Fleet, MetricRollup, MetricSample, Model, ModelVersion
+from ..config import ServerConfig
+from ..db.tables import (Alert, Capture, Deployment, Device, DriftSample, Fleet, MetricRollup, MetricSample, Model,
+                         ModelVersion)
 from ..state import server_state
 from ..views import (alerts_out, count, deployment_summaries, device_status_sql, devices_out, dialect_of,
                      status_counts)
@@ -48,7 +50,48 @@ def overview(request: Request, _: str = Depends(require_operator)) -> schemas.Ov
             models=count(session, select(Model.id)), versions=count(session, select(ModelVersion.id)),
             problem_devices=problem_devices, problem_models=problem_models,
             active_deployments=deployment_summaries(session, active),
-            firing_alerts=alerts_out(session, firing), captures=count(session, select(Capture.id)))
+            firing_alerts=alerts_out(session, firing), captures=count(session, select(Capture.id)),
+            drifting=_drifting(session, now, config))
+
+
+DRIFTING_SHOWN = 50
+
+
+def _drifting(session: Session, now: float, config: ServerConfig) -> list[dict[str, Any]]:
+    """Models whose devices drift, then the devices: per device and model, its latest closed drift bucket
+    (within three buckets' time) with an input or prediction PSI above ``drift_attention_psi``."""
+    since = now - max(3 * config.drift_bucket_s, PROBLEM_WINDOW_S)
+    latest: dict[tuple[int, str], Any] = {}
+    for row in session.execute(select(DriftSample.device_id, DriftSample.model_name, DriftSample.package_id,
+                                      DriftSample.t, DriftSample.samples, DriftSample.input_psi,
+                                      DriftSample.prediction_psi, DriftSample.scores).where(DriftSample.t > since)):
+        key = (row.device_id, row.model_name)
+        if key not in latest or row.t > latest[key].t:
+            latest[key] = row
+    limit = config.drift_attention_psi
+    hot = [r for r in latest.values() if max(r.input_psi or 0.0, r.prediction_psi or 0.0) > limit]
+    if not hot:
+        return []
+    names = dict(session.execute(select(Device.id, Device.name).where(Device.id.in_({r.device_id for r in hot}))).all())
+    versions = dict(session.execute(select(ModelVersion.package_id, ModelVersion.version)
+                                    .where(ModelVersion.package_id.in_({r.package_id for r in hot}))).all())
+    devices = []
+    for r in sorted(hot, key=lambda r: -max(r.input_psi or 0.0, r.prediction_psi or 0.0)):
+        scores = r.scores or {}
+        feature = max(scores, key=scores.__getitem__) if scores else None
+        devices.append({"model": r.model_name, "version": versions.get(r.package_id), "device": names.get(r.device_id),
+                        "input_psi": r.input_psi, "prediction_psi": r.prediction_psi, "feature": feature,
+                        "samples": int(r.samples), "reason": f"PSI {max(r.input_psi or 0.0, r.prediction_psi or 0.0):.2f} "
+                                                          f"> {limit:g} in its latest {int(r.samples):,} samples"})
+    models: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
+    for d in devices:
+        models[(d["model"], d["version"])].append(d)
+    summary = [{"model": model, "version": version, "device": None, "devices": len(ds),
+                "input_psi": max((d["input_psi"] or 0.0 for d in ds), default=None),
+                "prediction_psi": max((d["prediction_psi"] or 0.0 for d in ds), default=None),
+                "feature": ds[0]["feature"], "reason": f"{len(ds)} device(s) drifting (PSI > {limit:g})"}
+               for (model, version), ds in sorted(models.items(), key=lambda kv: kv[0][0])]
+    return summary + devices[:DRIFTING_SHOWN]
 
 
 def _problem_models(session: Session, now: float, max_error_rate: float) -> list[dict[str, Any]]:

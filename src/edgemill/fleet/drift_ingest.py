@@ -1,0 +1,105 @@
+"""Folding a heartbeat's drift counters into the device's open bucket, and closing buckets into rows.
+
+A device sends, per loaded model, its histogram counts since the model loaded (cumulative under an
+``epoch``, like Prometheus counters), so a lost heartbeat loses nothing: the next one's difference
+carries it. The server keeps per device and model the counters last seen and the counts of the bucket
+still open (``Device.drift_state``, written with the heartbeat's own row update). A bucket closes into
+a ``drift_samples`` row once it spans ``drift_bucket_s`` and holds ``drift_min_samples`` samples (a quiet
+device's bucket keeps filling, up to ``DRIFT_MAX_BUCKET_S``), when the device moves to another package,
+or when it stops running the model. The row keeps the counts, which merge exactly with any other
+device's, and the bucket's PSI against the reference, which charts and alerts read without the counts.
+
+Counts whose bins do not match the package's baseline (another build of the model, a corrupted
+agent) are refused: not stored, counted per device and model, and named in the device's problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import schemas
+from .config import ServerConfig
+from .drift_refs import Reference, add_counts, samples_of, worst
+
+DRIFT_MAX_BUCKET_S = 86400.0  # a bucket of a quiet device closes after this however few samples it holds
+
+
+@dataclass
+class Folded:
+    state: dict[str, Any]  # the device's new drift_state
+    rows: list[dict[str, Any]] = field(default_factory=list)  # drift_samples rows to insert (device_id added by the caller)
+    problems: list[str] = field(default_factory=list)
+
+
+def fold(state: dict[str, Any] | None, hb: schemas.HeartbeatIn, references: dict[str, Reference | None],
+         now: float, config: ServerConfig) -> Folded:
+    """The device's drift state after this heartbeat, the buckets it closed, and problems to show."""
+    old = dict(state or {})
+    out = Folded(state={})
+    running = {m.name for m in hb.models}
+    for report in hb.drift:
+        entry = old.pop(report.model, None)
+        reference = references.get(report.package_id)
+        if entry is not None and entry.get("package_id") not in (None, report.package_id):
+            _close(report.model, entry, references.get(entry["package_id"]), now, out)  # the old version's last bucket
+            entry = {"refused": entry.get("refused", 0)}
+        if reference is not None and (report.bins != reference.bins or not reference.fits(report.counts)):
+            entry = dict(entry or {})
+            entry["refused"] = int(entry.get("refused", 0)) + 1
+            entry["refused_reason"] = (f"bins {report.bins} do not match the package baseline's {reference.bins}"
+                                       if report.bins != reference.bins else "the counts do not have the baseline's shape")
+            out.problems.append(f"model {report.model}: drift histograms refused ({entry['refused']} so far): "
+                                f"{entry['refused_reason']}")
+            out.state[report.model] = entry
+            continue
+        out.state[report.model] = _fold_one(entry, report, reference, now, config, out)
+    for model, entry in old.items():  # models that sent no counts this time
+        if model in running:
+            out.state[model] = entry  # still running (drift off, or nothing counted): keep the open bucket
+        elif entry.get("package_id"):
+            _close(model, entry, references.get(entry["package_id"]), now, out)
+    return out
+
+
+def _fold_one(entry: dict[str, Any] | None, report: schemas.DriftCountsIn, reference: Reference | None, now: float,
+              config: ServerConfig, out: Folded) -> dict[str, Any]:
+    entry = dict(entry or {})
+    last = entry.get("totals")
+    same_run = (entry.get("epoch") == report.epoch and last is not None and len(last) == len(report.counts)
+                and all(len(a) == len(b) and all(x <= y for x, y in zip(a, b)) for a, b in zip(last, report.counts)))
+    # A new epoch (the agent reloaded the model, or restarted) starts its counters at zero.
+    delta = ([[y - x for x, y in zip(a, b)] for a, b in zip(last, report.counts)] if same_run
+             else [list(c) for c in report.counts])
+    pending = entry.get("pending")
+    if pending is not None and (len(pending) != len(delta) or any(len(a) != len(b) for a, b in zip(pending, delta))):
+        pending = None  # a package without a reference changed shape: start a fresh bucket
+    entry.update(package_id=report.package_id, epoch=report.epoch, bins=report.bins, totals=[list(c) for c in report.counts])
+    since = float(entry.get("since", now))
+    entry["pending"] = add_counts(pending, delta)
+    entry["since"] = since if pending is not None else now
+    entry["samples"] = samples_of(entry["pending"])
+    span = now - entry["since"]
+    if entry["samples"] and ((span >= config.drift_bucket_s and entry["samples"] >= config.drift_min_samples)
+                             or span >= DRIFT_MAX_BUCKET_S):
+        _close(report.model, entry, reference, now, out)
+        entry.update(pending=None, since=now, samples=0)
+    elif not entry["samples"] and span >= DRIFT_MAX_BUCKET_S:
+        entry["since"] = now
+    return entry
+
+
+def _close(model: str, entry: dict[str, Any], reference: Reference | None, now: float, out: Folded) -> None:
+    """Turn the entry's open bucket into a row (nothing when it holds no samples)."""
+    counts = entry.get("pending")
+    if not counts or not samples_of(counts):
+        return
+    psis: dict[str, float | None] = {}
+    if reference is not None and reference.fits(counts):
+        psis = {key: scores[0] for key, scores in reference.scores(counts).items()}
+    w = worst(reference.features, psis) if reference is not None and psis else None
+    out.rows.append({"model_name": model, "package_id": entry["package_id"], "t": now,
+                     "span_s": max(0.0, now - float(entry.get("since", now))), "samples": samples_of(counts),
+                     "counts": counts, "input_psi": w.input_psi if w else None,
+                     "prediction_psi": w.prediction_psi if w else None,
+                     "scores": {k: round(v, 5) for k, v in psis.items() if v is not None} or None})

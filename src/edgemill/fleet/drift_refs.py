@@ -1,0 +1,152 @@
+"""What drift is measured against, per package: its signed baseline, or a window an operator pinned.
+
+A package's features and bins never change (they are signed into it), so the registry's copy is read
+once per replica and kept; a pin can be made or removed on any replica, so the answer is re-read after
+``ttl_s`` seconds. A package the registry does not know (or one without a baseline) has no reference:
+its devices' counts are still stored, and drift for it shows "no baseline", never zero.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..monitoring.drift import js_distance, psi
+from ..monitoring.features import Feature
+from .db.tables import DriftReference, ModelVersion
+
+CACHED_PACKAGES = 4096
+
+
+@dataclass(frozen=True)
+class Reference:
+    package_id: str
+    kind: str  # "baseline" or "pinned"
+    bins: str  # the baseline's bins digest: a device's counts must carry the same
+    features: tuple[Feature, ...]
+    counts: tuple[tuple[int, ...], ...]  # per feature: the baseline's counts, or the pinned window's
+    data: str  # what the baseline was counted from ("pinned window" for a pin)
+    synthetic: bool
+    samples: int
+    start: float | None = None  # a pin's window
+    end: float | None = None
+
+    def fits(self, counts: Sequence[Sequence[int]]) -> bool:
+        """Whether ``counts`` has this package's shape: one list per feature, one count per bin."""
+        return len(counts) == len(self.features) and all(len(c) == f.bins for c, f in zip(counts, self.features))
+
+    def scores(self, counts: Sequence[Sequence[int]]) -> dict[str, tuple[float | None, float | None]]:
+        """PSI and JS distance of ``counts`` against this reference, per feature key."""
+        return {f.key: (psi(ref, c), js_distance(ref, c)) for f, ref, c in zip(self.features, self.counts, counts)}
+
+
+@dataclass(frozen=True)
+class Worst:
+    """The largest PSI over a model's input features and over its output features, and which ones."""
+
+    input_psi: float | None
+    input_feature: str | None
+    prediction_psi: float | None
+    prediction_feature: str | None
+
+
+def worst(features: Iterable[Feature], psis: dict[str, float | None]) -> Worst:
+    best: dict[str, tuple[float | None, str | None]] = {"input": (None, None), "output": (None, None)}
+    for f in features:
+        value = psis.get(f.key)
+        if value is None:
+            continue
+        current = best[f.side][0]
+        if current is None or value > current:
+            best[f.side] = (value, f.key)
+    return Worst(best["input"][0], best["input"][1], best["output"][0], best["output"][1])
+
+
+def samples_of(counts: Sequence[Sequence[int]]) -> int:
+    """Samples behind a set of feature histograms: every feature counts each sample once (the largest
+    total, since a tensor missing from a call leaves its features uncounted)."""
+    return max((int(sum(c)) for c in counts), default=0)
+
+
+def add_counts(a: Sequence[Sequence[int]] | None, b: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Bin-wise sum (``a`` None: a copy of ``b``); the shapes must agree."""
+    if a is None:
+        return [list(map(int, c)) for c in b]
+    return [(np.asarray(x, dtype=np.int64) + np.asarray(y, dtype=np.int64)).tolist() for x, y in zip(a, b)]
+
+
+def _from_baseline(package_id: str, baseline: dict) -> Reference:  # type: ignore[type-arg]
+    features = tuple(Feature.from_dict(f) for f in baseline["features"])
+    return Reference(package_id=package_id, kind="baseline", bins=str(baseline["bins"]), features=features,
+                     counts=tuple(f.baseline for f in features), data=str(baseline.get("data", "")),
+                     synthetic=bool(baseline.get("synthetic")), samples=int(baseline.get("samples", 0)))
+
+
+def pinned(base: Reference, pin: DriftReference) -> Reference:
+    return Reference(package_id=base.package_id, kind="pinned", bins=base.bins, features=base.features,
+                     counts=tuple(tuple(int(v) for v in c) for c in pin.counts), data="pinned window",
+                     synthetic=False, samples=int(pin.samples), start=pin.start, end=pin.end)
+
+
+class References:
+    def __init__(self, ttl_s: float = 10.0, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self._ttl_s = ttl_s
+        self._clock = clock or time.monotonic
+        self._baselines: OrderedDict[str, tuple[float, Reference | None]] = OrderedDict()  # + expiry for None
+        self._pins: OrderedDict[str, tuple[float, DriftReference | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, session: Session, package_ids: Iterable[str]) -> dict[str, Reference | None]:
+        """The reference of each package (one query for those not cached, one for their pins)."""
+        wanted = set(package_ids)
+        now = self._clock()
+        with self._lock:
+            base = {p: self._baselines[p] for p in wanted if p in self._baselines}
+            pins = {p: self._pins[p] for p in wanted if p in self._pins}
+        stale_base = [p for p in wanted if p not in base or (base[p][1] is None and base[p][0] <= now)]
+        if stale_base:
+            found: dict[str, Reference | None] = {p: None for p in stale_base}
+            for package_id, baseline in session.execute(select(ModelVersion.package_id, ModelVersion.baseline)
+                                                        .where(ModelVersion.package_id.in_(stale_base))):
+                if baseline:
+                    found[package_id] = _from_baseline(package_id, baseline)
+            for p, ref in found.items():  # a known baseline never expires; "none yet" is asked again later
+                base[p] = (now + self._ttl_s, ref)
+        stale_pins = [p for p in wanted if base[p][1] is not None and (p not in pins or pins[p][0] <= now)]
+        if stale_pins:
+            got = {row.package_id: row for row in session.scalars(
+                select(DriftReference).where(DriftReference.package_id.in_(stale_pins)))}
+            for p in stale_pins:
+                if p in got:
+                    session.expunge(got[p])
+                pins[p] = (now + self._ttl_s, got.get(p))
+        with self._lock:
+            for p in stale_base:
+                self._baselines[p] = base[p]
+                self._baselines.move_to_end(p)
+            for p in stale_pins:
+                self._pins[p] = pins[p]
+                self._pins.move_to_end(p)
+            while len(self._baselines) > CACHED_PACKAGES:
+                self._baselines.popitem(last=False)
+            while len(self._pins) > CACHED_PACKAGES:
+                self._pins.popitem(last=False)
+        out: dict[str, Reference | None] = {}
+        for p in wanted:
+            ref = base[p][1]
+            pin = pins.get(p, (0.0, None))[1] if ref is not None else None
+            out[p] = pinned(ref, pin) if ref is not None and pin is not None and ref.fits(pin.counts) else ref
+        return out
+
+    def forget(self, package_id: str) -> None:
+        """Drop what this replica knows of a package's pin (after pinning or unpinning here)."""
+        with self._lock:
+            self._pins.pop(package_id, None)

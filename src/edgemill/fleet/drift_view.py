@@ -1,0 +1,223 @@
+"""Drift of one model version over a scope (a device, a fleet, or every device) and a window: the merged
+histograms against the reference, per-device scores, and a time series, for the API and the dashboard.
+
+The window's counts are the closed buckets (``drift_samples``) ending inside it plus each device's open
+bucket (so what a device sent a moment ago counts at once); they merge exactly, so a fleet's histogram is
+the sum of its devices'. The time series reads only the buckets' stored PSI (no counts), so a day of a
+large fleet is one narrow query.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..errors import NotFoundError
+from ..monitoring.features import bin_labels
+from . import schemas
+from .config import ServerConfig
+from .db.tables import Device, DeviceModel, DriftSample, Fleet, Model, ModelVersion
+from .drift_refs import Reference, References, add_counts, samples_of, worst
+from .views import ts
+
+SERIES_POINTS = 96
+DEVICES_SHOWN = 200
+
+
+def resolve_version(session: Session, model: str, version: str | None,
+                    device_ids: Sequence[int] | None) -> tuple[str | None, str | None]:
+    """(version, package id) to report on: the one named, else the one most devices in scope run now,
+    else the newest uploaded. A model the registry does not know is a 404."""
+    model_row = session.scalar(select(Model).where(Model.name == model))
+    if model_row is None:
+        raise NotFoundError("no model with that name", value=model, field="model",
+                            fix="name a model of the registry (GET /api/v1/models)")
+    versions = {row.package_id: row.version for row in session.scalars(
+        select(ModelVersion).where(ModelVersion.model_id == model_row.id))}
+    if version is not None:
+        for package_id, v in versions.items():
+            if v == version:
+                return v, package_id
+        raise NotFoundError(f"model {model!r} has no such version", value=version, field="version",
+                            fix=f"use one of: {', '.join(sorted(versions.values())) or 'none'}")
+    running = select(DeviceModel.package_id, func.count()).where(DeviceModel.model_name == model)
+    if device_ids is not None:
+        running = running.where(DeviceModel.device_id.in_(device_ids))
+    counted = sorted(session.execute(running.group_by(DeviceModel.package_id)), key=lambda r: -r[1])
+    if counted:
+        package_id = counted[0][0]
+        return versions.get(package_id), package_id
+    newest = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model_row.id)
+                            .order_by(ModelVersion.created_at.desc()).limit(1))
+    return (newest.version, newest.package_id) if newest is not None else (None, None)
+
+
+def scope_devices(session: Session, device: str | None, fleet: str | None) -> dict[int, tuple[str, str]] | None:
+    """Device id → (name, fleet) in scope; None for every device."""
+    if device is None and fleet is None:
+        return None
+    stmt = select(Device.id, Device.name, Fleet.name).join(Fleet, Device.fleet_id == Fleet.id)
+    if device is not None:
+        stmt = stmt.where(Device.name == device)
+    if fleet is not None:
+        stmt = stmt.where(Fleet.name == fleet)
+    found = {int(i): (n, f) for i, n, f in session.execute(stmt)}
+    if not found and device is not None:
+        raise NotFoundError("no device with that name" + (f" in fleet {fleet!r}" if fleet else ""), value=device,
+                            field="device", fix="name a registered device (GET /api/v1/devices)")
+    if not found and session.scalar(select(Fleet.id).where(Fleet.name == fleet)) is None:
+        raise NotFoundError("no fleet with that name", value=fleet, field="fleet", fix="GET /api/v1/fleets lists them")
+    return found
+
+
+def drift_report(session: Session, references: References, config: ServerConfig, now: float, model: str,
+                 version: str | None = None, device: str | None = None, fleet: str | None = None,
+                 window_s: float = 3600.0, range_s: float = 86400.0) -> schemas.DriftOut:
+    scope = scope_devices(session, device, fleet)
+    version, package_id = resolve_version(session, model, version, list(scope) if scope is not None else None)
+    reference = references.get_many(session, [package_id]).get(package_id) if package_id else None
+    per_device, refused, names = _window_counts(session, model, package_id, scope, now - window_s)
+    merged: list[list[int]] | None = None
+    for counts in per_device.values():
+        merged = add_counts(merged, counts) if merged is None or _same_shape(merged, counts) else merged
+    samples = samples_of(merged) if merged else 0
+    features: list[schemas.DriftFeatureOut] = []
+    overall = None
+    if reference is not None:
+        window = merged if merged is not None and reference.fits(merged) else [[0] * f.bins for f in reference.features]
+        scores = reference.scores(window)
+        overall = worst(reference.features, {k: s[0] for k, s in scores.items()})
+        features = [schemas.DriftFeatureOut(key=f.key, side=f.side, tensor=f.tensor, statistic=f.statistic,  # type: ignore[arg-type]
+                                            index=f.index if f.index >= 0 else None, labels=bin_labels(f),
+                                            reference=list(ref), window=list(map(int, counts)),
+                                            psi=scores[f.key][0], js=scores[f.key][1])
+                    for f, ref, counts in zip(reference.features, reference.counts, window)]
+    status, message = _status(reference, samples, config, package_id)
+    return schemas.DriftOut(
+        model=model, version=version, package_id=package_id, device=device, fleet=fleet, window_s=window_s,
+        status=status, message=message, reference=reference_out(reference), samples=samples,
+        input_psi=overall.input_psi if overall else None, prediction_psi=overall.prediction_psi if overall else None,
+        input_feature=overall.input_feature if overall else None,
+        prediction_feature=overall.prediction_feature if overall else None,
+        features=features, series=_series(session, model, package_id, scope, now, range_s),
+        devices=_devices(per_device, names, reference), refused=refused)
+
+
+def _same_shape(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
+    return len(a) == len(b) and all(len(x) == len(y) for x, y in zip(a, b))
+
+
+def _window_counts(session: Session, model: str, package_id: str | None, scope: dict[int, tuple[str, str]] | None,
+                   since: float) -> tuple[dict[int, list[list[int]]], int, dict[int, tuple[str, str]]]:
+    """Per device: its counts in the window (closed buckets + the open one); refusals in scope; names."""
+    per_device: dict[int, list[list[int]]] = {}
+    if package_id is None:
+        return per_device, 0, {}
+    stmt = select(DriftSample.device_id, DriftSample.counts).where(
+        DriftSample.model_name == model, DriftSample.package_id == package_id, DriftSample.t > since)
+    open_stmt = select(Device.id, Device.name, Fleet.name, Device.drift_state).join(
+        Fleet, Device.fleet_id == Fleet.id).where(Device.drift_state.is_not(None))
+    if scope is not None:
+        stmt = stmt.where(DriftSample.device_id.in_(list(scope)))
+        open_stmt = open_stmt.where(Device.id.in_(list(scope)))
+    for device_id, counts in session.execute(stmt):
+        _merge_into(per_device, int(device_id), counts)
+    refused = 0
+    names: dict[int, tuple[str, str]] = dict(scope or {})
+    for device_id, name, fleet, state in session.execute(open_stmt):
+        entry = (state or {}).get(model)
+        if not entry:
+            continue
+        refused += int(entry.get("refused", 0))
+        if entry.get("package_id") == package_id and entry.get("pending"):
+            _merge_into(per_device, int(device_id), entry["pending"])
+            names[int(device_id)] = (name, fleet)
+    missing = [d for d in per_device if d not in names]
+    if missing:
+        for device_id, name, fleet in session.execute(select(Device.id, Device.name, Fleet.name).join(
+                Fleet, Device.fleet_id == Fleet.id).where(Device.id.in_(missing))):
+            names[int(device_id)] = (name, fleet)
+    return per_device, refused, names
+
+
+def _merge_into(per_device: dict[int, list[list[int]]], device_id: int, counts: list[list[int]]) -> None:
+    have = per_device.get(device_id)
+    if have is None:
+        per_device[device_id] = [list(map(int, c)) for c in counts]
+    elif _same_shape(have, counts):
+        per_device[device_id] = add_counts(have, counts)
+
+
+def _devices(per_device: dict[int, list[list[int]]], names: dict[int, tuple[str, str]],
+             reference: Reference | None) -> list[schemas.DriftDeviceOut]:
+    out = []
+    for device_id, counts in per_device.items():
+        name, fleet = names.get(device_id, ("?", "?"))
+        w = (worst(reference.features, {k: s[0] for k, s in reference.scores(counts).items()})
+             if reference is not None and reference.fits(counts) else None)
+        out.append(schemas.DriftDeviceOut(device=name, fleet=fleet, samples=samples_of(counts),
+                                          input_psi=w.input_psi if w else None,
+                                          prediction_psi=w.prediction_psi if w else None,
+                                          input_feature=w.input_feature if w else None,
+                                          prediction_feature=w.prediction_feature if w else None))
+    out.sort(key=lambda d: (-max(d.input_psi or 0.0, d.prediction_psi or 0.0), d.device))
+    return out[:DEVICES_SHOWN]
+
+
+def _series(session: Session, model: str, package_id: str | None, scope: dict[int, tuple[str, str]] | None,
+            now: float, range_s: float) -> list[schemas.DriftPointOut]:
+    """Per time bin: the worst and the median device's bucket PSI (read from the stored scores)."""
+    if package_id is None:
+        return []
+    start = now - range_s
+    width = range_s / SERIES_POINTS
+    stmt = select(DriftSample.t, DriftSample.device_id, DriftSample.samples, DriftSample.input_psi,
+                  DriftSample.prediction_psi).where(DriftSample.model_name == model,
+                                                    DriftSample.package_id == package_id, DriftSample.t > start)
+    if scope is not None:
+        stmt = stmt.where(DriftSample.device_id.in_(list(scope)))
+    bins: dict[int, dict[str, Any]] = defaultdict(lambda: {"samples": 0, "input": {}, "prediction": {}})
+    for t, device_id, samples, input_psi, prediction_psi in session.execute(stmt):
+        b = bins[min(SERIES_POINTS - 1, int((t - start) // width))]
+        b["samples"] += int(samples)
+        for side, value in (("input", input_psi), ("prediction", prediction_psi)):
+            if value is not None:  # a device's worst bucket in the bin stands for it
+                b[side][device_id] = max(value, b[side].get(device_id, value))
+    points = []
+    for index in sorted(bins):
+        b = bins[index]
+        points.append(schemas.DriftPointOut(
+            t=start + (index + 1) * width, samples=b["samples"],
+            input_psi=max(b["input"].values(), default=None), prediction_psi=max(b["prediction"].values(), default=None),
+            median_input_psi=statistics.median(b["input"].values()) if b["input"] else None,
+            median_prediction_psi=statistics.median(b["prediction"].values()) if b["prediction"] else None))
+    return points
+
+
+def _status(reference: Reference | None, samples: int, config: ServerConfig,
+            package_id: str | None) -> tuple[str, str]:
+    if package_id is None:
+        return "no_data", "no version of this model has been uploaded"
+    if reference is None:
+        return "no_baseline", ("no baseline: this package carries none (compiled before drift monitoring, or its "
+                               "baseline was unreadable); recompile it to see drift, or pin a window as the reference")
+    if samples == 0:
+        return "no_data", "no drift counts in the window: no device in scope served this version in it"
+    if samples < config.drift_min_samples:
+        return "few_samples", (f"only {samples} sample(s) in the window; fewer than {config.drift_min_samples} "
+                               "say little about a distribution, so read these scores with care")
+    return "ok", f"{samples:,} samples in the window against the {reference.kind}"
+
+
+def reference_out(reference: Reference | None) -> schemas.DriftReferenceOut | None:
+    if reference is None:
+        return None
+    return schemas.DriftReferenceOut(kind=reference.kind, data=reference.data,  # type: ignore[arg-type]
+                                     synthetic=reference.synthetic, samples=reference.samples,
+                                     start=ts(reference.start) if reference.start is not None else None,
+                                     end=ts(reference.end) if reference.end is not None else None)

@@ -1,0 +1,89 @@
+"""Drift: how far a model version's inputs and outputs on the devices are from its reference, and the
+reference itself (the package baseline, or a window the operator pins)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import select
+
+from ...errors import UserError
+from .. import schemas
+from ..auth import require_operator
+from ..db.tables import DriftReference, DriftSample
+from ..drift_refs import add_counts, samples_of
+from ..drift_view import reference_out, drift_report
+from ..state import server_state
+from .common import get_version
+
+router = APIRouter(prefix="/api/v1", tags=["drift"])
+ERRORS = {404: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}}
+
+
+@router.get("/drift", response_model=schemas.DriftOut, responses=ERRORS)
+def drift(request: Request, model: str, version: str | None = None, device: str | None = None,
+          fleet: str | None = None,
+          window_s: float = Query(3600, ge=1, le=30 * 86400, description="The window the histograms cover"),
+          range_s: float = Query(86400, ge=60, le=90 * 86400, description="The time span of the series"),
+          _: str = Depends(require_operator)) -> schemas.DriftOut:
+    """Drift of one model version over a scope (one device, one fleet, or every device): per feature the
+    window's histogram against the reference with PSI and Jensen-Shannon distance, the devices worst
+    first, and a series of the worst and the median device's PSI. Without ``version``: the version most
+    devices in scope run now. ``status`` says when the scores cannot be read as drift (``no_baseline``,
+    ``no_data``, ``few_samples``)."""
+    state = server_state(request)
+    with state.db.session() as session:
+        return drift_report(session, state.heartbeats.references, state.config, state.clock(), model, version,
+                            device, fleet, window_s, range_s)
+
+
+@router.put("/models/{name}/versions/{version}/drift-reference", response_model=schemas.DriftReferenceOut,
+            responses=ERRORS)
+def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Request,
+                  operator: str = Depends(require_operator)) -> schemas.DriftReferenceOut:
+    """Make the counts every device reported for this version between ``start`` and ``end`` the reference
+    drift is measured against (instead of the package baseline), e.g. a week the operator knows was good.
+    Buckets closed from now on are scored against it; DELETE goes back to the baseline."""
+    state = server_state(request)
+    if body.end <= body.start:
+        raise UserError("the window ends before it starts", value=f"{body.start}..{body.end}", field="end",
+                        fix="send start < end (unix seconds)")
+    with state.db.session() as session:
+        row = get_version(session, name, version)
+        reference = state.heartbeats.references.get_many(session, [row.package_id]).get(row.package_id)
+        if reference is None:
+            raise UserError("this version has no baseline, so its devices' counts cannot be scored against a window",
+                            value=version, field="version", fix="recompile the model (its package then carries a "
+                            "baseline) and deploy that version")
+        merged = None
+        for (counts,) in session.execute(select(DriftSample.counts).where(
+                DriftSample.package_id == row.package_id, DriftSample.t > body.start, DriftSample.t <= body.end)):
+            if reference.fits(counts):
+                merged = add_counts(merged, counts)
+        if merged is None or samples_of(merged) == 0:
+            raise UserError("no drift counts of this version in that window", value=f"{body.start}..{body.end}",
+                            field="start", fix="pick a window in which devices ran this version (GET /api/v1/drift "
+                            "shows its series); counts are stored once a device's bucket closes")
+        pin = session.get(DriftReference, row.package_id)
+        if pin is None:
+            pin = DriftReference(package_id=row.package_id)
+            session.add(pin)
+        pin.start, pin.end, pin.samples, pin.counts = body.start, body.end, samples_of(merged), merged
+        pin.created_at, pin.created_by = state.clock(), operator
+        session.flush()
+    state.heartbeats.references.forget(row.package_id)
+    with state.db.session() as session:
+        return reference_out(state.heartbeats.references.get_many(session, [row.package_id])[row.package_id])  # type: ignore[return-value]
+
+
+@router.delete("/models/{name}/versions/{version}/drift-reference", status_code=204, response_class=Response,
+               responses=ERRORS)
+def unpin_reference(name: str, version: str, request: Request, _: str = Depends(require_operator)) -> Response:
+    """Measure this version's drift against its package baseline again."""
+    state = server_state(request)
+    with state.db.session() as session:
+        row = get_version(session, name, version)
+        pin = session.get(DriftReference, row.package_id)
+        if pin is not None:
+            session.delete(pin)
+    state.heartbeats.references.forget(row.package_id)
+    return Response(status_code=204)
