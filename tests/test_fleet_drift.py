@@ -269,3 +269,33 @@ def test_overview_lists_drifting_models_and_devices(server: TestClient, package:
         server.clock.advance(BUCKET_S)  # type: ignore[attr-defined]
     drifting = server.get("/api/v1/overview").json()["drifting"]
     assert any(d["device"] == "cam-2" and d["input_psi"] > 0.25 for d in drifting), drifting
+
+
+def test_old_buckets_fold_per_span_exactly_and_expire(server: TestClient, package: Path) -> None:
+    from edgemill.fleet.drift_retention import fold_drift
+
+    quiet, shifted = setup_fleet(server, package)
+    for _ in range(4):
+        quiet.count()
+        shifted.count(shifted=True)
+        quiet.beat()
+        shifted.beat()
+        server.clock.advance(BUCKET_S)  # type: ignore[attr-defined]
+    state = server.state  # type: ignore[attr-defined]
+    with state.db.session() as session:
+        before = {d: sum(r.samples for r in session.scalars(select(DriftSample).where(DriftSample.device_id == d)))
+                  for d in (1, 2)}
+    later = server.clock.now + 8 * 86400  # type: ignore[attr-defined]
+    config = state.config.model_copy(update={"metrics_rollup_s": 3600.0})
+    folded, written = fold_drift(state.db, later, config)
+    assert folded == 6 and written == 2, (folded, written)
+    assert fold_drift(state.db, later, config) == (0, 0)  # nothing twice
+    with state.db.session() as session:
+        rows = session.scalars(select(DriftSample)).all()
+        assert {r.device_id: 0 for r in rows}  # every device keeps its history
+        for d in (1, 2):  # counts merge exactly: nothing lost or doubled
+            assert sum(r.samples for r in rows if r.device_id == d) == before[d]
+        assert max(r.input_psi for r in rows) > 1.0  # rescored: the shifted device still reads as drifted
+    fold_drift(state.db, later + 100 * 86400, config)
+    with state.db.session() as session:
+        assert session.scalars(select(DriftSample)).all() == []

@@ -72,12 +72,12 @@ def _fold_one(entry: dict[str, Any] | None, report: schemas.DriftCountsIn, refer
     delta = ([[y - x for x, y in zip(a, b)] for a, b in zip(last, report.counts)] if same_run
              else [list(c) for c in report.counts])
     pending = entry.get("pending")
+    since = float(entry.get("since", now))  # the open bucket began when the last one closed (or now)
     if pending is not None and (len(pending) != len(delta) or any(len(a) != len(b) for a, b in zip(pending, delta))):
-        pending = None  # a package without a reference changed shape: start a fresh bucket
+        pending, since = None, now  # a package without a reference changed shape: start a fresh bucket
     entry.update(package_id=report.package_id, epoch=report.epoch, bins=report.bins, totals=[list(c) for c in report.counts])
-    since = float(entry.get("since", now))
     entry["pending"] = add_counts(pending, delta)
-    entry["since"] = since if pending is not None else now
+    entry["since"] = since
     entry["samples"] = samples_of(entry["pending"])
     span = now - entry["since"]
     if entry["samples"] and ((span >= config.drift_bucket_s and entry["samples"] >= config.drift_min_samples)

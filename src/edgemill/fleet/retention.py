@@ -7,6 +7,8 @@
   UPDATE, so two replicas running it at once fold each span exactly once (the loser's UPDATE matches
   no row and its transaction rolls back).
 * Rollups older than ``metrics_rollup_retention_s`` are deleted.
+* Drift buckets follow the same policy (:mod:`.drift_retention`, run beside this by the tick: folded
+  per span, then deleted).
 * Captures older than ``captures_retention_s`` are deleted from the store, then from the database
   (an object whose row survives a crash is deleted again next time; deleting is idempotent).
 
