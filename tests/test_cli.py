@@ -16,7 +16,7 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     result = run_cli("demo", "--workdir", tmp_path / "demo")
     assert result.code == 0, result.err
     for step in ("train", "compile", "sign", "verify", "tampered", "load", "predict", "control plane", "push",
-                 "two agents", "canary", "capture", "dashboard"):
+                 "two agents", "canary", "capture", "drift is seen", "dashboard"):
         assert step in result.out
     assert "refused as expected: file_modified" in result.out
     assert "deployment 1 succeeded" in result.out and "2 captures stored" in result.out
@@ -36,6 +36,7 @@ def test_demo_json(tmp_path: Path) -> None:
         fleet = data["fleet"]
         assert fleet["deployment"]["state"] == "succeeded" and fleet["deployment"]["id"] == 1
         assert fleet["devices_online"] == 2 and fleet["captures_stored"] == 2 and fleet["fleet_predictions_agree"]
+        assert fleet["input_drift"]["demo-2"] > 0.25 > fleet["input_drift"]["demo-1"], fleet["input_drift"]
         assert fleet["dashboard_url"].startswith(fleet["server_url"] + "/dashboard/#key=")
         key = (tmp_path / "demo" / "server" / "operator.key").read_text().strip()
         assert fleet["view_later_url"].endswith(f"#key={key}")

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
     import onnx
 
     from .. import compile as compile_model
@@ -61,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
             classes=trained.layers[-1][0].shape[0], weights=trained.layers), str(model_path)),
          lambda _: f"{model_path} ({model_path.stat().st_size} bytes, dynamic batch)")
     package = work / "classifier.emp"
+    typical = work / "typical-inputs.npz"  # the training inputs: the drift baseline the package carries
+    np.savez(typical, features=data.x_train)
     result = step("compile for this machine (-t host)", lambda: compile_model(
-        model_path, target="host", output=package, name="classifier", version="1.0.0"),
+        model_path, target="host", output=package, name="classifier", version="1.0.0", baseline=typical),
         lambda r: f"{r.path} id {r.package_id[:12]}, max rel err {r.manifest.accuracy['value']:.1e}")
     keys = work / "keys"
     step("generate a signing key pair", lambda: write_keypair(keys, force=True),

@@ -17,6 +17,9 @@ from ..errors import UserError
 
 T = TypeVar("T")
 MODEL, VERSION, FLEET, DEVICES = "classifier", "1.0.0", "demo", ("demo-1", "demo-2")
+DRIFT_BATCH = 100  # rows per drift prediction, and the samples a drift bucket waits for
+DRIFT_FEATURES, DRIFT_SHIFT = 4, 2.0  # the second device's first four features move by two standard deviations
+DRIFT_SIGNIFICANT = 0.25  # PSI
 SERVER_EXTRA_HINT = "the fleet part (control plane, agents, rollout, dashboard) needs `pip install 'edgemill[server]'`"
 
 
@@ -113,7 +116,8 @@ def run_fleet(step: Callable[..., Any], work: Path, package: Path, public: Path,
     def start_server() -> _ServerThread:
         config = ServerConfig(db=f"sqlite:///{server_dir / 'edgemill.db'}", store=f"file://{server_dir / 'store'}",
                               trusted_keys=(public,), api_key_file=key_file, tick_s=0.3, heartbeat_interval_s=1,
-                              long_poll_max_s=2, long_poll_check_s=0.1, offline_after_s=10)
+                              long_poll_max_s=2, long_poll_check_s=0.1, offline_after_s=10,
+                              drift_bucket_s=1, drift_min_samples=DRIFT_BATCH)
         server = _ServerThread(create_app(config))
         server.start()
         probe = ControlPlane(server.url, key, timeout_s=2)
@@ -216,6 +220,29 @@ def run_fleet(step: Callable[..., Any], work: Path, package: Path, public: Path,
         captures = step("capture both requests to the server", captured,
                         lambda cs: f"{len(cs)} stored under {server_dir / 'store' / 'captures'}")
 
+        def drift() -> dict[str, Any]:
+            shifted = np.array(x, dtype=np.float32, copy=True)
+            shifted[:, :DRIFT_FEATURES] += DRIFT_SHIFT  # a few features move (a sensor recalibrated, say)
+
+            rng = np.random.default_rng(0)
+
+            def scores() -> dict[str, Any] | None:
+                rows = rng.choice(len(x), DRIFT_BATCH, replace=False)  # fresh held-out rows each time
+                for address, batch in zip(addresses, (x, shifted)):  # demo-1 typical, demo-2 shifted
+                    with AgentClient(address) as client:
+                        client.predict(MODEL, {"features": batch[rows]})
+                seen = {d: cp.request("GET", "/api/v1/drift", query={"model": MODEL, "device": d, "window_s": 3})
+                        for d in DEVICES}
+                # A few hundred samples each: on fewer, chance alone moves a PSI by a tenth or more.
+                ready = all(s["status"] == "ok" and s["input_psi"] is not None and s["samples"] >= 3 * DRIFT_BATCH
+                            for s in seen.values())
+                return seen if ready and seen[DEVICES[1]]["input_psi"] > DRIFT_SIGNIFICANT else None
+            return wait_for("the control plane to see demo-2's inputs drift", scores, timeout_s=30, interval_s=0.3)
+        drifted = step(f"shift {DEVICES[1]}'s inputs: drift is seen", drift,
+                       lambda d: f"input PSI {d[DEVICES[1]]['input_psi']:.2f} on {DEVICES[1]} "
+                                 f"({d[DEVICES[1]]['input_feature']}), {d[DEVICES[0]]['input_psi']:.2f} on "
+                                 f"{DEVICES[0]} (over {DRIFT_SIGNIFICANT} is significant)")
+
         def dashboard_data() -> dict[str, Any]:
             def reported() -> dict[str, Any] | None:
                 series = cp.request("GET", "/api/v1/metrics/series", query={"model": MODEL, "since_s": 600})
@@ -238,5 +265,6 @@ def run_fleet(step: Callable[..., Any], work: Path, package: Path, public: Path,
             "deployment": {"id": deployment["id"], "state": deployment["state"], "waves": deployment["waves"],
                            "seconds": deployment["seconds"]},
             "captures_stored": len(captures), "fleet_predictions_agree": predicted["agree"],
+            "input_drift": {d: drifted[d]["input_psi"] for d in DEVICES},
             "view_later": f"edgemill server --data-dir {server_dir} --trusted-key {public} --listen {later}",
             "view_later_url": f"http://{later}/dashboard/#key={key}"}
