@@ -12,7 +12,7 @@ import pytest
 import edgemill
 
 from edgemill.monitoring.drift import js_distance, psi
-from edgemill.monitoring.features import Feature, build_features, continuous_edges, image_layout
+from edgemill.monitoring.features import Feature, build_features, continuous_edges, image_layout, per_sample
 from edgemill.monitoring.window import FeatureWindow
 
 from .conftest import run_cli
@@ -264,3 +264,26 @@ def test_drift_counting_can_be_turned_off(model_dir: Path, tmp_path: Path) -> No
     agent.dataplane.load_model(str(package), name="m")
     assert agent.models.get("m").drift is None
     assert "edgemill_agent_drift_psi{" not in agent.metrics.prometheus_text().decode()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_channel_statistics_in_one_pass_equal_numpy_mean_and_std(layout: str) -> None:
+    from edgemill.monitoring.features import channel_stats
+
+    rng = np.random.default_rng(3)
+    grid = (rng.random((4, 3, 32, 32)) * 255).astype(np.float32)
+    if layout == "nhwc":
+        grid = np.ascontiguousarray(grid.transpose(0, 2, 3, 1))
+    axes = (2, 3) if layout == "nchw" else (1, 2)
+    mean, std = channel_stats(grid, layout)
+    np.testing.assert_allclose(mean, grid.astype(np.float64).mean(axis=axes), rtol=1e-9)
+    np.testing.assert_allclose(std, grid.astype(np.float64).std(axis=axes), rtol=1e-6)
+
+
+def test_top_score_is_the_largest_softmax_value_or_the_distribution_itself() -> None:
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((6, 10)).astype(np.float32) * 4
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(per_sample("top_score", logits), softmax.max(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(per_sample("top_score", softmax), softmax.max(axis=1), rtol=1e-6)

@@ -129,21 +129,19 @@ def per_sample(feature_statistic: str, array: np.ndarray, layout: str = "") -> n
     if a.size == 0:
         return np.empty(0)  # an empty batch (or a tensor with a zero dimension) has no samples to count
     if feature_statistic in ("channel_mean", "channel_std"):
-        axes = (2, 3) if layout == "nchw" else (1, 2)
-        x = image_grid(a, layout)
-        return x.mean(axis=axes) if feature_statistic == "channel_mean" else x.std(axis=axes)
+        return channel_stats(image_grid(a, layout), layout)[feature_statistic == "channel_std"]
     flat = a.reshape(a.shape[0], -1) if a.ndim >= 1 else a.reshape(1, 1)  # axis 0 is the batch
     if feature_statistic == "column":
         return flat
+    if feature_statistic == "predicted_class":
+        return flat.argmax(axis=1)
+    if feature_statistic == "top_score":
+        return _top_score(flat)
     flat = flat.astype(np.float64, copy=False)
     if feature_statistic == "sample_mean":
         return flat.mean(axis=1)
     if feature_statistic == "sample_std":
         return flat.std(axis=1)
-    if feature_statistic == "predicted_class":
-        return flat.argmax(axis=1)
-    if feature_statistic == "top_score":
-        return _top_score(flat)
     if feature_statistic == "category":
         return flat[:, 0] if flat.shape[1] == 1 else flat.ravel()
     raise ValueError(f"unknown statistic {feature_statistic!r}")
@@ -161,13 +159,24 @@ def image_grid(a: np.ndarray, layout: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def channel_stats(grid: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample and channel, the mean and the standard deviation of a gridded image (``image_grid``),
+    both ``[N, C]``, in one pass over it (float64 sums: no loss on 8-bit or float pixels)."""
+    n = grid.shape[0]
+    x = grid.reshape(n, grid.shape[1], -1) if layout == "nchw" else grid.reshape(n, -1, grid.shape[-1]).transpose(0, 2, 1)
+    x = x.astype(np.float64)
+    mean = x.mean(axis=2)
+    variance = np.maximum((x * x).mean(axis=2) - mean * mean, 0.0)
+    return mean, np.sqrt(variance)
+
+
 def _top_score(rows: np.ndarray) -> np.ndarray:
-    """The highest class probability per row: the row itself when it already is a distribution."""
-    if rows.size and (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
-        return rows.max(axis=1)
-    shifted = rows - rows.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+    """The highest class probability per row: the row itself when it already is a distribution, else
+    the largest softmax value, which is 1 / sum(exp(row - max(row)))."""
+    x = rows.astype(np.float32, copy=False)
+    if x.size and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
+        return x.max(axis=1)
+    return 1.0 / np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1, dtype=np.float64)
 
 
 def _plan_input(name: str, dtype: str, shape: Sequence[int | None]) -> list[tuple[str, int, str]]:

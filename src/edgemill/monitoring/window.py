@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .drift import js_distance, psi
-from .features import Feature, bins_digest, image_grid, per_sample
+from .features import Feature, bins_digest, channel_stats, image_grid, per_sample
 
 SMALL_TENSOR = 4096  # elements per call below which a tensor is copied and reduced later, in a batch
 
@@ -66,11 +66,14 @@ class FeatureWindow:
                     self._pending[(side, tensor)].append(a.copy())
                     continue
                 layout = members[0][1].layout
-                if layout:  # an image: grid it once for all its channel statistics
-                    a = image_grid(a, layout)
-                for statistic in {f.statistic for _, f in members}:
-                    self._pending_stats.setdefault((side, tensor, statistic), []).append(
-                        np.atleast_1d(per_sample(statistic, a, layout)))
+                statistics = {f.statistic for _, f in members}
+                if layout:  # an image: grid it once, both channel statistics in one pass
+                    mean, std = channel_stats(image_grid(a, layout), layout)
+                    values = {"channel_mean": mean, "channel_std": std}
+                else:
+                    values = {statistic: np.atleast_1d(per_sample(statistic, a)) for statistic in statistics}
+                for statistic in statistics:
+                    self._pending_stats.setdefault((side, tensor, statistic), []).append(values[statistic])
             self._pending_rows += rows
             if self._pending_rows >= self._flush_rows:
                 self._flush_locked()
