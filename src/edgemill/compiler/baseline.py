@@ -34,7 +34,7 @@ def load(ctx: CompileContext, bound: dict[str, Any]) -> list[dict[str, np.ndarra
         return None
     feeds, _ = data_files.load_validation(ctx.options.baseline, ctx.inputs, bound, role="baseline")
     for feed in feeds:  # dimensions too: a baseline of the wrong size would fail only after every candidate
-        data_files._check(feed, ctx.inputs, "baseline file")
+        data_files.check_arrays(feed, ctx.inputs, "baseline file")
     return feeds
 
 

@@ -64,7 +64,8 @@ def _read_folder(path: Path, specs: Sequence[TensorSpec]) -> dict[str, np.ndarra
                           fix=f"give every sample the shape {spec.shape[1:]}") from None
 
 
-def _check(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], source: str) -> int:
+def check_arrays(arrays: dict[str, np.ndarray], specs: Sequence[TensorSpec], source: str) -> int:
+    """Every input has its array, of its dtype, rank and fixed dimensions, with one sample count; returns it."""
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -154,7 +155,7 @@ def load_calibration(path: Path, specs: Sequence[TensorSpec], bound: dict[str, S
     sampled = [s for s in specs if s.name not in (bound or {})] or list(specs)
     arrays = _read_folder(path, sampled) if path.is_dir() else _read_npz(path, "calibration")
     _fill_bound(arrays, specs, bound, "calibration data")
-    _check(arrays, specs, "calibration data")
+    check_arrays(arrays, specs, "calibration data")
     feeds = batches(arrays, specs, MAX_CALIBRATION_SAMPLES)
     if not feeds:
         raise OptionError("the calibration data holds fewer samples than one batch of the model",
