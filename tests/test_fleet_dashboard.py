@@ -1,8 +1,10 @@
 """The dashboard in a real browser against a real server: every view shows what the API holds, charts
-draw, the operator actions work, errors and a wrong key are shown, and the console stays clean.
+draw, drift shows as PSI over time and as histograms against the reference, the operator actions work,
+errors and a wrong key are shown, and the console stays clean.
 
 Skips where playwright (the Python package) or a Chromium binary is missing. Full-page screenshots of
-the overview, a device page and the other views go to $EDGEMILL_SCREENSHOT_DIR (or the test's tmp_path).
+the overview, a device page and the other views, and of the drift sections, go to
+$EDGEMILL_SCREENSHOT_DIR (or the test's tmp_path).
 """
 
 from __future__ import annotations
@@ -36,12 +38,19 @@ if CHROMIUM is None:
     pytest.skip("no Chromium binary (/usr/bin/chromium or `chromium` on PATH)", allow_module_level=True)
 
 import edgemill  # noqa: E402  (after the skips: nothing below is needed when they apply)
+from edgemill.monitoring.drift import psi  # noqa: E402
+from edgemill.monitoring.features import Baseline, bins_digest  # noqa: E402
 from edgemill.package.store import sign_package  # noqa: E402
 
 FLEET, LAB = "factory-a", "lab"
 CAMERAS = ["cam-01", "cam-02", "cam-03", "cam-04"]
 SICK = "cam-03"  # its classifier fails 40 % of requests: degraded device, problem model, firing alert
+DRIFTING = "cam-02"  # its inputs and predictions moved to the outer bins of the baseline: high PSI
+BENCH = "bench-01"  # registered, silent until the test sends it one heartbeat: charts with a single sample
 HISTORY_MIN = 50
+DRIFT_BUCKET_S = 600  # the backfilled drift history: one closed bucket per device and model every ten minutes
+DRIFT_HISTORY_S = 3 * 3600
+DRIFT_STARTED_S = 3600  # DRIFTING's inputs began to move this long ago, and had moved fully 20 minutes later
 
 
 @dataclass
@@ -130,8 +139,9 @@ def signed(model_dir: Path, keypair: tuple[Path, Path], tmp_path_factory: pytest
 @dataclass
 class Fleet:
     server: Server
-    credentials: dict[str, str]
+    credentials: dict[str, str]  # the cameras' and the bench device's
     packages: dict[str, str]  # "mlp-1.0.0" -> package id
+    baselines: dict[str, Baseline]  # package id -> the drift baseline it carries
     deployment: int
     canary: str
 
@@ -146,14 +156,44 @@ def _traffic(device: str, model: str, minute: int) -> tuple[int, int, float]:
     return requests, errors, p50
 
 
-def _backfill_history(server: Server, packages: dict[str, str]) -> dict[tuple[str, str], tuple[int, int]]:
-    """An hour of per-minute samples, written to the database directly: the API cannot write the past
-    (the server stamps every heartbeat with its own clock) and the charts need time to show anything.
-    Returns the cumulative counters the heartbeats continue from."""
+def _drift_counts(baseline: Baseline, scale: float, shift: float = 0.0) -> list[list[int]]:
+    """Counts per bin of each feature: the baseline's scaled up, with a ``shift`` share of them moved to
+    the two outer bins (0: no drift)."""
+    counts = []
+    for feature in baseline.features:
+        scaled = [c * scale for c in feature.baseline]
+        moved = [c * (1 - shift) for c in scaled]
+        moved[0] += sum(scaled) * shift / 2
+        moved[-1] += sum(scaled) * shift / 2
+        counts.append([round(c) for c in moved])
+    return counts
+
+
+def _drift_bucket(baseline: Baseline, counts: list[list[int]]) -> dict[str, Any]:
+    """A closed drift bucket's row values: its counts and their PSI against the baseline, as the server
+    stores them when a bucket closes."""
+    scores = {f.key: psi(f.baseline, c) for f, c in zip(baseline.features, counts)}
+    side = {s: max((v for f in baseline.features if f.side == s and (v := scores[f.key]) is not None), default=None)
+            for s in ("input", "output")}
+    return {"counts": counts, "samples": max(sum(c) for c in counts), "input_psi": side["input"],
+            "prediction_psi": side["output"], "scores": scores}
+
+
+def _drift_share(device: str, t: float, now: float) -> float:
+    if device != DRIFTING:
+        return 0.0
+    return min(1.0, max(0.0, (t - (now - DRIFT_STARTED_S)) / (DRIFT_STARTED_S - 1200)))
+
+
+def _backfill_history(server: Server, packages: dict[str, str],
+                      baselines: dict[str, Baseline]) -> dict[tuple[str, str], tuple[int, int]]:
+    """An hour of per-minute samples and three hours of closed drift buckets, written to the database
+    directly: the API cannot write the past (the server stamps every heartbeat with its own clock) and
+    the charts need time to show anything. Returns the cumulative counters the heartbeats continue from."""
     from sqlalchemy import select, update
 
     from edgemill.fleet.db import open_database
-    from edgemill.fleet.db.tables import Device, MetricSample
+    from edgemill.fleet.db.tables import Device, DriftSample, MetricSample
 
     db = open_database(server.db_url)
     now = time.time()
@@ -171,6 +211,13 @@ def _backfill_history(server: Server, packages: dict[str, str]) -> dict[tuple[st
                                              total_requests=total_r, total_errors=total_e,
                                              p50_ms=p50, p95_ms=p50 * 2.1, p99_ms=p50 * 3.2))
                 totals[(device, model)] = (total_r, total_e)
+                rng = random.Random(f"{device}/{model}")
+                for t in range(int(now) - DRIFT_HISTORY_S + DRIFT_BUCKET_S, int(now), DRIFT_BUCKET_S):
+                    # A little noise: a device's histograms are never exactly the baseline's.
+                    counts = [[max(0, c + rng.randint(-2, 2)) for c in feature]
+                              for feature in _drift_counts(baselines[package], 3, _drift_share(device, t, now))]
+                    session.add(DriftSample(device_id=ids[device], model_name=model, package_id=package, t=t,
+                                            span_s=DRIFT_BUCKET_S, **_drift_bucket(baselines[package], counts)))
         # The counters the server continues from, as heartbeats would have left them.
         for device in CAMERAS:
             session.execute(update(Device).where(Device.id == ids[device]).values(metric_totals={
@@ -180,7 +227,7 @@ def _backfill_history(server: Server, packages: dict[str, str]) -> dict[tuple[st
 
 
 def _heartbeat(server: Server, device: str, credential: str, seq: int, running: dict[str, tuple[str, str]],
-               totals: dict[tuple[str, str], tuple[int, int]]) -> dict[str, Any]:
+               totals: dict[tuple[str, str], tuple[int, int]], baselines: dict[str, Baseline]) -> dict[str, Any]:
     metrics = {}
     for model in running:
         requests, errors, p50 = _traffic(device, model, HISTORY_MIN + seq)
@@ -188,9 +235,15 @@ def _heartbeat(server: Server, device: str, credential: str, seq: int, running: 
         totals[(device, model)] = (r + requests, e + errors)
         metrics[model] = {"requests": r + requests, "errors": e + errors,
                           "latency_ms": {"p50": p50, "p90": p50 * 1.8, "p95": p50 * 2.1, "p99": p50 * 3.2}}
-    body = {"device": device, "seq": seq, "agent_started_at": time.time() - 3600, "agent_version": edgemill.__version__,
+    # Cumulative since the model loaded (one epoch per package): each heartbeat's counts hold the last one's.
+    drift = [{"model": m, "package_id": p, "epoch": f"e{p[:8]}", "bins": bins_digest(baselines[p].features),
+              "counts": _drift_counts(baselines[p], seq, 1.0 if device == DRIFTING else 0.0)}
+             for m, (_, p) in running.items() if baselines.get(p) is not None]
+    body = {"device": device, "seq": seq, "agent_started_at": time.time() - 3 * 3600 - 12 * 60,
+            "agent_version": edgemill.__version__,
             "models": [{"name": m, "version": v, "package_id": p} for m, (v, p) in running.items()],
-            "metrics": metrics, "memory": {"rss_mb": 84.5, "models_mb": 12.0}, "capture": {"queued": 0}}
+            "metrics": metrics, "memory": {"used_bytes": 88_604_672, "budget_bytes": 2 * 2**30},
+            "capture": {"queued": 3, "queued_bytes": 348_160, "failed": 0, "oldest_queued_age_s": 45}, "drift": drift}
     return server.call("POST", "/api/v1/agent/heartbeat", body, token=credential)  # type: ignore[no-any-return]
 
 
@@ -203,27 +256,30 @@ def fleet(running_server: Server, signed: dict[str, Path]) -> Fleet:
     lab_token = s.call("POST", f"/api/v1/fleets/{LAB}/registration-tokens", {})["token"]
     credentials = {d: s.call("POST", "/api/v1/agent/register",
                              {"token": token, "device": d, "tags": {"line": "1"}})["credential"] for d in CAMERAS}
-    s.call("POST", "/api/v1/agent/register", {"token": lab_token, "device": "bench-01"})  # registered, never seen
+    credentials[BENCH] = s.call("POST", "/api/v1/agent/register", {"token": lab_token, "device": BENCH})["credential"]
 
     packages = {}
+    baselines = {}
     for key, path in signed.items():
         name, version = key.rsplit("-", 1)
         packages[key] = s.call("POST", f"/api/v1/models/{name}/versions", data=path.read_bytes())["package_id"]
+        baselines[packages[key]] = edgemill.runtime.load(path).baseline
     s.call("PATCH", "/api/v1/models/mlp/versions/1.0.0", {"stage": "production"})
     s.call("PATCH", "/api/v1/models/mlp/versions/1.1.0", {"stage": "staging"})
     s.call("PATCH", "/api/v1/models/classifier/versions/1.0.0", {"stage": "production"})
 
-    totals = _backfill_history(s, packages)
+    totals = _backfill_history(s, packages, baselines)
     running = {"mlp": ("1.0.0", packages["mlp-1.0.0"]), "classifier": ("1.0.0", packages["classifier-1.0.0"])}
     for seq in range(1, 4):
-        for device, credential in credentials.items():
-            _heartbeat(s, device, credential, seq, running, totals)
+        for device in CAMERAS:
+            _heartbeat(s, device, credentials[device], seq, running, totals, baselines)
 
     deployment = s.call("POST", "/api/v1/deployments", {
         "model": "mlp", "version": "1.1.0", "fleet": FLEET,
         "strategy": {"canary_percent": 25, "bake_time_s": 3600, "gates": {"max_error_rate": 0.05}}})
     canary = next(d["device"] for d in deployment["devices"] if d["state"] == "assigned")
-    _heartbeat(s, canary, credentials[canary], 4, {**running, "mlp": ("1.1.0", packages["mlp-1.1.0"])}, totals)
+    _heartbeat(s, canary, credentials[canary], 4, {**running, "mlp": ("1.1.0", packages["mlp-1.1.0"])}, totals,
+               baselines)
 
     # The webhook points at a closed port: the alert shows a delivery that keeps failing.
     s.call("POST", "/api/v1/alert-rules", {"name": "classifier-errors", "metric": "error_rate", "threshold": 0.05,
@@ -231,30 +287,36 @@ def fleet(running_server: Server, signed: dict[str, Path]) -> Fleet:
                                            "webhook_url": f"http://127.0.0.1:{_free_port()}/hook"})
     s.call("POST", "/api/v1/alert-rules", {"name": "slow-mlp", "metric": "p95_latency_ms", "threshold": 500,
                                            "model": "mlp"})
+    s.call("POST", "/api/v1/alert-rules", {"name": "mlp-confidence", "metric": "prediction_drift", "threshold": 50,
+                                           "model": "mlp", "feature": "output:logits:top_score"})
     deadline = time.monotonic() + 10
     while not any(a["state"] == "firing" for a in s.call("GET", "/api/v1/alerts")):
         assert time.monotonic() < deadline, "the error-rate alert did not fire"
         time.sleep(0.2)
-    return Fleet(s, credentials, packages, deployment["id"], canary)
+    return Fleet(s, credentials, packages, baselines, deployment["id"], canary)
 
 
 # --- the browser -----------------------------------------------------------------------------------
 
-# Pixels of a chart's canvas that are coloured (not white, black or grey): series lines, not only axes.
-# Read from a copy, so that the chart's own canvas is never read back (Chrome warns when one is, often).
-COLOURED_PIXELS = """canvas => {
+# Per chart canvas: its size, the width of the chart and of the box it sits in, and how many of its pixels
+# are coloured (not white, black or grey: series lines, not only axes). All read in one turn of the page's
+# event loop, so that an auto-refresh cannot swap the charts between two readings; the pixels from a copy,
+# so that the chart's own canvas is never read back (Chrome warns when one is, often).
+CHARTS = """canvases => canvases.map(canvas => {
   const copy = document.createElement("canvas");
   copy.width = canvas.width;
   copy.height = canvas.height;
   const ctx = copy.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(canvas, 0, 0);
   const d = ctx.getImageData(0, 0, copy.width, copy.height).data;
-  let n = 0;
+  let coloured = 0;
   for (let i = 0; i < d.length; i += 4) {
-    if (d[i + 3] > 0 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) n++;
+    if (d[i + 3] > 0 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) coloured++;
   }
-  return n;
-}"""
+  const { width, height } = canvas.getBoundingClientRect();
+  return { width, height, coloured, chart: canvas.closest(".u-wrap").getBoundingClientRect().width,
+    box: canvas.closest(".plot").clientWidth };
+})"""
 
 
 HIDE_TAB = """() => {
@@ -282,21 +344,17 @@ class Console:
             self.problems.append(f"console {msg.type}: {msg.text}")
 
 
-# A chart's width and the width of the box it sits in.
-CHART_AND_BOX = "c => [c.closest('.u-wrap').getBoundingClientRect().width, c.closest('.plot').clientWidth]"
-
-
-def expect_charts(page: Any, at_least: int) -> None:
-    """At least this many charts, each as wide as its box and with its series drawn."""
+def expect_charts(page: Any, at_least: int, series_pixels: int = 100) -> None:
+    """At least this many charts, each as wide as its box and with its series drawn (this many coloured
+    pixels: a line, or a lone sample's dot)."""
     canvases = page.locator(".plot .uplot canvas")
     canvases.nth(at_least - 1).wait_for()
-    for i in range(canvases.count()):
-        canvas = canvases.nth(i)
-        box = canvas.bounding_box()
-        assert box is not None and box["width"] > 200 and box["height"] > 100, box
-        chart_width, box_width = canvas.evaluate(CHART_AND_BOX)
-        assert abs(chart_width - box_width) <= 2, (chart_width, box_width)
-        assert canvas.evaluate(COLOURED_PIXELS) > 100, f"chart {i} draws no series"
+    charts = canvases.evaluate_all(CHARTS)
+    assert len(charts) >= at_least, charts
+    for i, c in enumerate(charts):
+        assert c["width"] > 200 and c["height"] > 100, (i, c)
+        assert abs(c["chart"] - c["box"]) <= 2, (i, c)
+        assert c["coloured"] > series_pixels, f"chart {i} draws no series: {c}"
 
 
 def go(page: Any, route: str, heading: str) -> None:
@@ -315,9 +373,38 @@ def shoot(page: Any, folder: Path, name: str) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
+def shoot_part(part: Any, folder: Path, name: str) -> None:
+    """A screenshot of one part of the page, without the sticky header drawn over its top."""
+    part.screenshot(path=str(folder / f"{name}.png"), style="header.top { position: static; }")
+
+
+def panel(page: Any, title: str) -> Any:
+    """The page's section with this heading."""
+    return page.locator("section.panel", has=page.locator("h2", has_text=title))
+
+
+# Per chart on the page: the seconds its time axis spans, from the times its screen-reader text names
+# (read from uPlot's x scale once the chart is drawn).
+CHART_SPANS = """ps => ps.map(p => {
+  const [from, to] = p.querySelectorAll("time");
+  return (Date.parse(to.dateTime) - Date.parse(from.dateTime)) / 1000;
+})"""
+
+# The heights of a histogram bin's two bars: the reference's and the window's.
+BAR_HEIGHTS = "bin => [...bin.querySelectorAll('.bar')].map(b => b.getBoundingClientRect().height)"
+
+
+def expect_histogram(histogram: Any, bins: int) -> None:
+    """A histogram comparison with this many bins, drawn: some bars of both kinds have a height."""
+    expect(histogram.locator(".hist-bin")).to_have_count(bins)
+    heights = histogram.locator(".hist-bin").evaluate_all(f"bins => bins.map({BAR_HEIGHTS})")
+    assert max(r for r, _ in heights) > 10 and max(w for _, w in heights) > 10, heights
+
+
 def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet, tmp_path: Path) -> None:
     s = fleet.server
     shots = screenshot_dir(tmp_path)
+    bins = {f.key: f.bins for baseline in fleet.baselines.values() for f in baseline.features}  # the same in each
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         try:
@@ -345,6 +432,9 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
             rollout = page.locator(".item", has_text="mlp 1.1.0 → factory-a")
             assert "1 of 4 updated · wave 1 / 2" in rollout.inner_text()
             assert page.locator(".item.bad", has_text="classifier-errors").count() == 1
+            drifting = panel(page, "Needs attention").locator("div", has=page.locator("h3", has_text="Drift"))
+            drifting_device = drifting.locator(f".item.bad:has(a[href='#device/{DRIFTING}'])").first
+            assert "significant drift" in drifting_device.inner_text()
             expect_charts(page, 2)
             shoot(page, shots, "overview")
 
@@ -373,18 +463,48 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
             expect(page.locator(".chart .no-data")).to_have_count(2)
             assert page.locator(".no-data").first.inner_text() == "no data yet"
 
-            # A device: its models, agent report, and a traffic and a latency chart per model.
+            # A device: its models, agent report in units people read, and a traffic and a latency chart per model.
             go(page, f"#device/{SICK}", SICK)
             text = page.locator("main").inner_text()
-            assert "classifier" in text and "mlp" in text and "memory rss mb" in text
+            assert "classifier" in text and "mlp" in text
+            agent = panel(page, "Agent").inner_text()
+            for shown in ("85 MiB of 2 GiB (4.1 %)", "340 KiB", "oldest queued age\n45 s", "3 h 12 min"):
+                assert shown in agent, (shown, agent)
             assert "error rate" in page.locator(".callout").inner_text()
-            assert page.locator(".series-title").all_inner_texts() == ["classifier", "mlp"]
-            expect_charts(page, 4)
+            assert panel(page, "Performance").locator(".series-title").all_inner_texts() == ["classifier", "mlp"]
+            # Per model input and prediction drift, traffic and latency; but SICK is the canary: the mlp
+            # version new on it has no closed drift bucket yet, so its drift charts say "no data yet".
+            expect_charts(page, 6)
             shoot(page, shots, "device")
             page.set_viewport_size({"width": 800, "height": 900})  # the charts follow their boxes
             page.wait_for_timeout(200)
-            expect_charts(page, 4)
+            expect_charts(page, 6)
             page.set_viewport_size({"width": 1366, "height": 900})
+
+            # A drifting device: per model, its PSI over time, and its worst input and prediction feature
+            # against the reference, mass moved to the outer bins.
+            go(page, f"#device/{DRIFTING}", DRIFTING)
+            drift = panel(page, "Drift")
+            statuses = drift.locator(".drift-status")
+            expect(statuses).to_have_count(2)
+            assert all("significant drift" in t for t in statuses.all_inner_texts()), statuses.all_inner_texts()
+            histograms = drift.locator(".hist")
+            expect(histograms).to_have_count(4)
+            for i in range(4):
+                expect_histogram(histograms.nth(i), bins[histograms.nth(i).locator("figcaption code").inner_text()])
+                reference, window = histograms.nth(i).locator(".hist-bin").first.evaluate(BAR_HEIGHTS)
+                assert window > 2 * reference, (i, reference, window)
+            expect_charts(page, 8)
+            shoot_part(drift, shots, "device-drift")
+
+            # One heartbeat from a silent device: its charts hold one sample each, on a span of minutes, not years.
+            _heartbeat(s, BENCH, fleet.credentials[BENCH], 1, {"mlp": ("1.0.0", fleet.packages["mlp-1.0.0"])},
+                       {(BENCH, "mlp"): (0, 0)}, fleet.baselines)
+            go(page, f"#device/{BENCH}", BENCH)
+            expect_charts(page, 2, series_pixels=40)
+            spans = page.locator(".chart .sr-only").evaluate_all(CHART_SPANS)
+            assert len(spans) == 2 and all(0 < span < 86400 for span in spans), spans
+            shoot(page, shots, "device-single-sample")
 
             # Models: the problem model highlighted; a model's versions, lineage chain and charts.
             go(page, "#models", "Models")
@@ -398,9 +518,38 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
             assert fleet.packages["mlp-1.1.0"][:12] in chain.nth(2).inner_text()
             assert f"#{fleet.deployment}" in chain.nth(3).inner_text()
             assert fleet.canary in chain.nth(4).inner_text()
-            assert "staging" in page.locator(".table-wrap table").inner_text()
-            expect_charts(page, 2)
+            assert "staging" in panel(page, "Versions").locator("table").inner_text()
+            expect_charts(page, 4)  # input and prediction drift, traffic and latency
             shoot(page, shots, "model")
+
+            # The model's drift: the production version, features worst first, the worst one's histogram
+            # against the baseline, devices worst first; another feature is picked without leaving the spot.
+            drift = panel(page, "Drift")
+            assert drift.locator("#drift-version").input_value() == "1.0.0"
+            assert "PSI" in drift.locator(".drift-status").inner_text()
+            features = drift.locator(".table-wrap table").first.locator("tbody tr")
+            scores = [float(v) for v in features.locator("td.num:nth-of-type(1)").all_inner_texts()]
+            assert scores == sorted(scores, reverse=True) and len(scores) == 10, scores
+            worst_key = features.first.locator("th").inner_text()
+            histogram = drift.locator(".hist")
+            assert worst_key in histogram.locator("figcaption").inner_text()
+            expect_histogram(histogram, bins[worst_key])
+            devices = drift.locator(".table-wrap table").nth(1).locator("tbody tr")
+            assert devices.first.locator("th").inner_text() == DRIFTING
+            second_key = features.nth(1).locator("th").inner_text()
+            features.nth(1).locator("a").click()
+            expect(histogram.locator("figcaption")).to_contain_text(second_key)
+            assert page.evaluate("window.scrollY") > 0  # the same page: it stays where it was
+            expect(drift.locator("tr.selected th")).to_have_text(second_key)
+            shoot_part(drift, shots, "model-drift")
+
+            # The last hour pinned as the reference, then unpinned: back to the package baseline.
+            drift.locator("button", has_text="Pin the last 1 h as reference").click()
+            page.click("#confirm-ok")
+            expect(drift.locator(".drift-reference")).to_contain_text("a pinned window")
+            drift.locator("button", has_text="Unpin").click()
+            page.click("#confirm-ok")
+            expect(drift.locator(".drift-reference")).to_contain_text("the package baseline")
 
             # Deployments: the list, then pause and resume with confirmation.
             go(page, "#deployments", "Deployments")
@@ -426,7 +575,10 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
             first = page.locator(".table-wrap table").first.locator("tbody tr").first
             assert "firing" in first.inner_text() and "classifier-errors" in first.inner_text()
             assert re.search(r"retrying|gave up|pending", first.inner_text())
-            assert page.locator(".table-wrap table").nth(1).locator("tbody tr").count() == 2
+            rules = page.locator(".table-wrap table").nth(1).locator("tbody tr")
+            assert rules.count() == 3
+            assert "prediction drift (PSI) of output:logits:top_score > 50.00 over 5 min" in \
+                rules.filter(has_text="mlp-confidence").inner_text()
             shoot(page, shots, "alerts")
 
             # Auto-refresh: the view is read again within the 5 s period, but not while the tab is hidden.
@@ -459,4 +611,5 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
             assert console.problems == []
         finally:
             browser.close()
-    print(f"\nscreenshots in {shots}: overview.png device.png (and devices, model, deployment, alerts)")
+    print(f"\nscreenshots in {shots}: overview.png device.png device-drift.png model-drift.png (and devices, model, "
+          "device-single-sample, deployment, alerts)")

@@ -114,6 +114,11 @@ def test_a_shifted_device_drifts_and_the_others_do_not(server: TestClient, packa
     assert len(feature["labels"]) == len(feature["reference"]) == len(feature["window"])
     assert population["series"] and population["series"][-1]["input_psi"] > 1.0
     assert population["series"][-1]["median_input_psi"] is not None
+    assert population["bucket_s"] == BUCKET_S
+    continuous = next(f for f in population["features"] if f["statistic"] == "column")
+    assert len(continuous["edges"]) + 1 == len(continuous["labels"]) and continuous["categories"] == []
+    classes = next(f for f in population["features"] if f["statistic"] == "predicted_class")
+    assert len(classes["categories"]) + 1 == len(classes["labels"]) and classes["edges"] == []
 
 
 def test_counts_are_cumulative_so_a_lost_heartbeat_loses_nothing_and_a_new_epoch_restarts(
@@ -207,6 +212,12 @@ def test_a_pinned_window_becomes_the_reference(server: TestClient, package: Path
     assert drift(server)["reference"]["kind"] == "baseline"
     r = server.put("/api/v1/models/detector/versions/1.0.0/drift-reference", json={"start": 1.0, "end": 2.0})
     assert r.status_code == 400 and "no drift counts" in r.text
+    cam.count(shifted=True)
+    cam.beat()  # an open bucket: the last hour by server time includes it
+    r = server.put("/api/v1/models/detector/versions/1.0.0/drift-reference", json={"last_s": 3600})
+    assert r.status_code == 200 and r.json()["samples"] == drift(server, window_s=3600)["samples"], r.text
+    r = server.put("/api/v1/models/detector/versions/1.0.0/drift-reference", json={"last_s": 60, "start": 1.0})
+    assert r.status_code == 400 and "either last_s or start" in r.text
 
 
 def test_input_drift_fires_for_the_shifted_device_and_resolves(server: TestClient, package: Path) -> None:
@@ -269,6 +280,16 @@ def test_overview_lists_drifting_models_and_devices(server: TestClient, package:
         server.clock.advance(BUCKET_S)  # type: ignore[attr-defined]
     drifting = server.get("/api/v1/overview").json()["drifting"]
     assert any(d["device"] == "cam-2" and d["input_psi"] > 0.25 for d in drifting), drifting
+    (summary,) = [d for d in drifting if d["device"] is None]
+    assert summary["model"] == "detector" and summary["devices"] == 1 and summary["version"] == "1.0.0"
+
+
+def test_the_series_ends_with_the_open_buckets_scored_now(server: TestClient, package: Path) -> None:
+    (cam,) = setup_fleet(server, package, ("cam-1",))
+    cam.count(shifted=True)
+    cam.beat()  # one open bucket, nothing stored yet
+    series = drift(server)["series"]
+    assert len(series) == 1 and series[0]["t"] == server.clock.now and series[0]["input_psi"] > 1.0  # type: ignore[attr-defined]
 
 
 def test_old_buckets_fold_per_span_exactly_and_expire(server: TestClient, package: Path) -> None:

@@ -81,7 +81,7 @@ def drift_report(session: Session, references: References, config: ServerConfig,
     scope = scope_devices(session, device, fleet)
     version, package_id = resolve_version(session, model, version, list(scope) if scope is not None else None)
     reference = references.get_many(session, [package_id]).get(package_id) if package_id else None
-    per_device, refused, names = _window_counts(session, model, package_id, scope, now - window_s)
+    per_device, open_buckets, refused, names = _window_counts(session, model, package_id, scope, now - window_s)
     merged: list[list[int]] | None = None
     for counts in per_device.values():
         merged = add_counts(merged, counts) if merged is None or _same_shape(merged, counts) else merged
@@ -94,17 +94,19 @@ def drift_report(session: Session, references: References, config: ServerConfig,
         overall = worst(reference.features, {k: s[0] for k, s in scores.items()})
         features = [schemas.DriftFeatureOut(key=f.key, side=f.side, tensor=f.tensor, statistic=f.statistic,  # type: ignore[arg-type]
                                             index=f.index if f.index >= 0 else None, labels=bin_labels(f),
+                                            edges=list(f.edges), categories=list(f.categories),
                                             reference=list(ref), window=list(map(int, counts)),
                                             psi=scores[f.key][0], js=scores[f.key][1])
                     for f, ref, counts in zip(reference.features, reference.counts, window)]
     status, message = _status(reference, samples, config, package_id)
     return schemas.DriftOut(
         model=model, version=version, package_id=package_id, device=device, fleet=fleet, window_s=window_s,
-        status=status, message=message, reference=reference_out(reference), samples=samples,
+        bucket_s=config.drift_bucket_s, status=status, message=message, reference=reference_out(reference), samples=samples,
         input_psi=overall.input_psi if overall else None, prediction_psi=overall.prediction_psi if overall else None,
         input_feature=overall.input_feature if overall else None,
         prediction_feature=overall.prediction_feature if overall else None,
-        features=features, series=_series(session, model, package_id, scope, now, range_s),
+        features=features,
+        series=_series(session, model, package_id, scope, now, range_s) + _open_point(open_buckets, reference, now, config),
         devices=_devices(per_device, names, reference), refused=refused)
 
 
@@ -113,11 +115,14 @@ def _same_shape(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
 
 
 def _window_counts(session: Session, model: str, package_id: str | None, scope: dict[int, tuple[str, str]] | None,
-                   since: float) -> tuple[dict[int, list[list[int]]], int, dict[int, tuple[str, str]]]:
-    """Per device: its counts in the window (closed buckets + the open one); refusals in scope; names."""
+                   since: float) -> tuple[dict[int, list[list[int]]], dict[int, list[list[int]]], int,
+                                          dict[int, tuple[str, str]]]:
+    """Per device: its counts in the window (closed buckets + the open one) and its open bucket alone;
+    refusals in scope; device names."""
     per_device: dict[int, list[list[int]]] = {}
+    open_buckets: dict[int, list[list[int]]] = {}
     if package_id is None:
-        return per_device, 0, {}
+        return per_device, open_buckets, 0, {}
     stmt = select(DriftSample.device_id, DriftSample.counts).where(
         DriftSample.model_name == model, DriftSample.package_id == package_id, DriftSample.t > since)
     open_stmt = select(Device.id, Device.name, Fleet.name, Device.drift_state).join(
@@ -136,13 +141,14 @@ def _window_counts(session: Session, model: str, package_id: str | None, scope: 
         refused += int(entry.get("refused", 0))
         if entry.get("package_id") == package_id and entry.get("pending"):
             _merge_into(per_device, int(device_id), entry["pending"])
+            open_buckets[int(device_id)] = entry["pending"]
             names[int(device_id)] = (name, fleet)
     missing = [d for d in per_device if d not in names]
     if missing:
         for device_id, name, fleet in session.execute(select(Device.id, Device.name, Fleet.name).join(
                 Fleet, Device.fleet_id == Fleet.id).where(Device.id.in_(missing))):
             names[int(device_id)] = (name, fleet)
-    return per_device, refused, names
+    return per_device, open_buckets, refused, names
 
 
 def _merge_into(per_device: dict[int, list[list[int]]], device_id: int, counts: list[list[int]]) -> None:
@@ -197,6 +203,24 @@ def _series(session: Session, model: str, package_id: str | None, scope: dict[in
             median_input_psi=statistics.median(b["input"].values()) if b["input"] else None,
             median_prediction_psi=statistics.median(b["prediction"].values()) if b["prediction"] else None))
     return points
+
+
+def _open_point(open_buckets: dict[int, list[list[int]]], reference: Reference | None, now: float,
+                config: ServerConfig) -> list[schemas.DriftPointOut]:
+    """The series' live end: the devices' open buckets that already hold enough samples, scored now."""
+    if reference is None:
+        return []
+    scored = [worst(reference.features, {k: v[0] for k, v in reference.scores(c).items()})
+              for c in open_buckets.values() if reference.fits(c) and samples_of(c) >= config.drift_min_samples]
+    if not scored:
+        return []
+    inputs = [w.input_psi for w in scored if w.input_psi is not None]
+    outputs = [w.prediction_psi for w in scored if w.prediction_psi is not None]
+    return [schemas.DriftPointOut(
+        t=now, samples=sum(samples_of(c) for c in open_buckets.values()),
+        input_psi=max(inputs, default=None), prediction_psi=max(outputs, default=None),
+        median_input_psi=statistics.median(inputs) if inputs else None,
+        median_prediction_psi=statistics.median(outputs) if outputs else None)]
 
 
 def _status(reference: Reference | None, samples: int, config: ServerConfig,

@@ -384,6 +384,8 @@ class DriftFeatureOut(BaseModel):
     statistic: str  # channel_mean | channel_std | column | sample_mean | sample_std | predicted_class | top_score | category
     index: int | None  # channel or column
     labels: list[str]  # one per bin
+    edges: list[float] = []  # continuous features: the inner bin edges (bins = len + 1)
+    categories: list[int] = []  # categorical features: the values with a bin of their own (+1 "other")
     reference: list[int]  # counts per bin: the package baseline, or the pinned window
     window: list[int]  # counts per bin over the window, merged over the devices in scope
     psi: float | None  # None: no data in the window (or no reference)
@@ -425,6 +427,7 @@ class DriftOut(BaseModel):
     device: str | None
     fleet: str | None
     window_s: float
+    bucket_s: float  # a device's counts close into a stored bucket after this long (one point of the series)
     # ok | no_baseline (the package carries none: drift is unknown, never zero) | no_data | few_samples
     status: Literal["ok", "no_baseline", "no_data", "few_samples"]
     message: str  # one line for humans about the status
@@ -441,8 +444,26 @@ class DriftOut(BaseModel):
 
 
 class DriftPinIn(_Body):
-    start: float = Field(ge=0)  # unix seconds: the window whose counts become the reference
-    end: float = Field(gt=0)
+    """The window whose counts become the reference: ``last_s`` seconds up to now (server time, open
+    buckets included), or ``start`` and ``end`` in unix seconds (stored buckets only)."""
+
+    last_s: float | None = Field(None, gt=0, le=90 * 86400)
+    start: float | None = Field(None, ge=0)
+    end: float | None = Field(None, gt=0)
+
+
+class DriftingOut(BaseModel):
+    """A model version, or one device running it, whose latest drift bucket is past drift_attention_psi."""
+
+    model: str
+    version: str | None
+    device: str | None  # None: the model's summary over its drifting devices
+    devices: int  # drifting devices (1 for a device entry)
+    input_psi: float | None  # None: no input feature scored (never shown as 0)
+    prediction_psi: float | None
+    feature: str | None  # the feature with the largest PSI
+    samples: int  # behind the device's latest bucket (summed over devices for a model)
+    reason: str
 
 
 class OverviewOut(BaseModel):
@@ -455,4 +476,4 @@ class OverviewOut(BaseModel):
     active_deployments: list[DeploymentOut]
     firing_alerts: list[AlertOut]
     captures: int
-    drifting: list[dict[str, Any]] = []  # model, version, device, input_psi, prediction_psi, feature
+    drifting: list[DriftingOut] = []  # drifting models first, then devices, worst first

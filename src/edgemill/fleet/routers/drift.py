@@ -9,7 +9,7 @@ from sqlalchemy import select
 from ...errors import UserError
 from .. import schemas
 from ..auth import require_operator
-from ..db.tables import DriftReference, DriftSample
+from ..db.tables import Device, DriftReference, DriftSample
 from ..drift_refs import add_counts, samples_of
 from ..drift_view import reference_out, drift_report
 from ..state import server_state
@@ -40,12 +40,23 @@ def drift(request: Request, model: str, version: str | None = None, device: str 
             responses=ERRORS)
 def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Request,
                   operator: str = Depends(require_operator)) -> schemas.DriftReferenceOut:
-    """Make the counts every device reported for this version between ``start`` and ``end`` the reference
-    drift is measured against (instead of the package baseline), e.g. a week the operator knows was good.
-    Buckets closed from now on are scored against it; DELETE goes back to the baseline."""
+    """Make the counts every device reported for this version in a window the reference drift is measured
+    against (instead of the package baseline), e.g. a week the operator knows was good: ``last_s`` seconds
+    up to now (the devices' open buckets included), or ``start``..``end`` (stored buckets). Buckets closed
+    from now on are scored against it; DELETE goes back to the baseline."""
     state = server_state(request)
-    if body.end <= body.start:
-        raise UserError("the window ends before it starts", value=f"{body.start}..{body.end}", field="end",
+    now = state.clock()
+    if body.last_s is not None:
+        if body.start is not None or body.end is not None:
+            raise UserError("give either last_s or start and end, not both", value=body.last_s, field="last_s",
+                            fix='send {"last_s": 3600} or {"start": T0, "end": T1}')
+        start, end = now - body.last_s, now
+    elif body.start is None or body.end is None:
+        raise UserError("no window to pin", field="start", fix='send {"last_s": 3600} or {"start": T0, "end": T1}')
+    else:
+        start, end = body.start, body.end
+    if end <= start:
+        raise UserError("the window ends before it starts", value=f"{start}..{end}", field="end",
                         fix="send start < end (unix seconds)")
     with state.db.session() as session:
         row = get_version(session, name, version)
@@ -55,19 +66,24 @@ def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Re
                             value=version, field="version", fix="recompile the model (its package then carries a "
                             "baseline) and deploy that version")
         merged = None
-        for (counts,) in session.execute(select(DriftSample.counts).where(
-                DriftSample.package_id == row.package_id, DriftSample.t > body.start, DriftSample.t <= body.end)):
+        stored = session.execute(select(DriftSample.counts).where(
+            DriftSample.package_id == row.package_id, DriftSample.t > start, DriftSample.t <= end)).scalars().all()
+        pending = [entry["pending"] for (state_,) in session.execute(
+                       select(Device.drift_state).where(Device.drift_state.is_not(None)))
+                   for entry in (state_ or {}).values()
+                   if entry.get("package_id") == row.package_id and entry.get("pending")] if body.last_s else []
+        for counts in [*stored, *pending]:
             if reference.fits(counts):
                 merged = add_counts(merged, counts)
         if merged is None or samples_of(merged) == 0:
-            raise UserError("no drift counts of this version in that window", value=f"{body.start}..{body.end}",
+            raise UserError("no drift counts of this version in that window", value=f"{start}..{end}",
                             field="start", fix="pick a window in which devices ran this version (GET /api/v1/drift "
                             "shows its series); counts are stored once a device's bucket closes")
         pin = session.get(DriftReference, row.package_id)
         if pin is None:
             pin = DriftReference(package_id=row.package_id)
             session.add(pin)
-        pin.start, pin.end, pin.samples, pin.counts = body.start, body.end, samples_of(merged), merged
+        pin.start, pin.end, pin.samples, pin.counts = start, end, samples_of(merged), merged
         pin.created_at, pin.created_by = state.clock(), operator
         session.flush()
     state.heartbeats.references.forget(row.package_id)

@@ -57,7 +57,7 @@ def overview(request: Request, _: str = Depends(require_operator)) -> schemas.Ov
 DRIFTING_SHOWN = 50
 
 
-def _drifting(session: Session, now: float, config: ServerConfig) -> list[dict[str, Any]]:
+def _drifting(session: Session, now: float, config: ServerConfig) -> list[schemas.DriftingOut]:
     """Models whose devices drift, then the devices: per device and model, its latest closed drift bucket
     (within three buckets' time) with an input or prediction PSI above ``drift_attention_psi``."""
     since = now - max(3 * config.drift_bucket_s, PROBLEM_WINDOW_S)
@@ -69,28 +69,31 @@ def _drifting(session: Session, now: float, config: ServerConfig) -> list[dict[s
         if key not in latest or row.t > latest[key].t:
             latest[key] = row
     limit = config.drift_attention_psi
-    hot = [r for r in latest.values() if max(r.input_psi or 0.0, r.prediction_psi or 0.0) > limit]
+
+    def worst_psi(r: Any) -> float:
+        return max(r.input_psi or 0.0, r.prediction_psi or 0.0)
+
+    hot = sorted((r for r in latest.values() if worst_psi(r) > limit), key=lambda r: -worst_psi(r))
     if not hot:
         return []
     names = dict(session.execute(select(Device.id, Device.name).where(Device.id.in_({r.device_id for r in hot}))).all())
     versions = dict(session.execute(select(ModelVersion.package_id, ModelVersion.version)
                                     .where(ModelVersion.package_id.in_({r.package_id for r in hot}))).all())
-    devices = []
-    for r in sorted(hot, key=lambda r: -max(r.input_psi or 0.0, r.prediction_psi or 0.0)):
-        scores = r.scores or {}
-        feature = max(scores, key=scores.__getitem__) if scores else None
-        devices.append({"model": r.model_name, "version": versions.get(r.package_id), "device": names.get(r.device_id),
-                        "input_psi": r.input_psi, "prediction_psi": r.prediction_psi, "feature": feature,
-                        "samples": int(r.samples), "reason": f"PSI {max(r.input_psi or 0.0, r.prediction_psi or 0.0):.2f} "
-                                                          f"> {limit:g} in its latest {int(r.samples):,} samples"})
-    models: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
+    devices = [schemas.DriftingOut(
+        model=r.model_name, version=versions.get(r.package_id), device=names.get(r.device_id), devices=1,
+        input_psi=r.input_psi, prediction_psi=r.prediction_psi,
+        feature=max(r.scores, key=r.scores.__getitem__) if r.scores else None, samples=int(r.samples),
+        reason=f"PSI {worst_psi(r):.2f} > {limit:g} in its latest {int(r.samples):,} samples") for r in hot]
+    models: dict[tuple[str, str | None], list[schemas.DriftingOut]] = defaultdict(list)
     for d in devices:
-        models[(d["model"], d["version"])].append(d)
-    summary = [{"model": model, "version": version, "device": None, "devices": len(ds),
-                "input_psi": max((d["input_psi"] or 0.0 for d in ds), default=None),
-                "prediction_psi": max((d["prediction_psi"] or 0.0 for d in ds), default=None),
-                "feature": ds[0]["feature"], "reason": f"{len(ds)} device(s) drifting (PSI > {limit:g})"}
-               for (model, version), ds in sorted(models.items(), key=lambda kv: kv[0][0])]
+        models[(d.model, d.version)].append(d)
+    summary = [schemas.DriftingOut(
+        model=model, version=version, device=None, devices=len(ds),
+        input_psi=max((d.input_psi for d in ds if d.input_psi is not None), default=None),
+        prediction_psi=max((d.prediction_psi for d in ds if d.prediction_psi is not None), default=None),
+        feature=ds[0].feature, samples=sum(d.samples for d in ds),
+        reason=f"{len(ds)} device(s) drifting (PSI > {limit:g})")
+        for (model, version), ds in sorted(models.items(), key=lambda kv: kv[0][0])]
     return summary + devices[:DRIFTING_SHOWN]
 
 

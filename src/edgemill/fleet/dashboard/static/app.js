@@ -29,6 +29,7 @@ const ROUTES = {
 const state = {
   renderSeq: 0,  // a render that a newer one overtook drops its result
   inFlight: false,
+  page: null,  // the route's name and argument last rendered, without its query
 };
 
 // --- errors, sign-in, confirmation -------------------------------------------------------------------
@@ -124,11 +125,14 @@ function parseRoute() {
     query: new URLSearchParams(query || "") };
 }
 
+const pageOf = (route) => `${route.name}/${route.arg ?? ""}`;
+
 async function render({ quiet = false } = {}) {
   if (!session.key) { showLogin(); return; }
   const seq = ++state.renderSeq;
   const route = parseRoute();
   const spec = ROUTES[route.name];
+  state.page = pageOf(route);
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (a.dataset.nav === spec.nav) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
@@ -188,8 +192,10 @@ function start() {
   window.addEventListener("hashchange", () => {
     const key = takeKeyFromHash();
     if (key) { signIn(key); return; }
-    window.scrollTo(0, 0);
-    render();
+    // Another page opens at its top; the same page with other choices (a filter, a feature) stays in place.
+    const samePage = pageOf(parseRoute()) === state.page;
+    if (!samePage) window.scrollTo(0, 0);
+    render({ quiet: samePage });
   });
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) $("refresh").textContent = "refresh paused";

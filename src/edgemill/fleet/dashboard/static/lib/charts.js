@@ -13,9 +13,30 @@ const live = [];  // {u, ro} of the charts on the page
 
 const PALETTE = ["--c1", "--c2", "--c3", "--c4", "--c5", "--c6"];
 
-/** A time chart: x in unix seconds, lines [{label, values, scale, fmt, color?, fill?}] on one or two
- * y scales (the second drawn on the right). Shows "no data yet" when no line has a value. */
-export function chart(ctx, title, x, lines, height = 200) {
+const MIN_SPAN_S = 600;
+
+/** The times a chart shows: its samples' own span (uPlot's x data is sorted), widened about its middle to
+ * at least MIN_SPAN_S. Read from the data, not from the range uPlot proposes: around a lone sample it
+ * proposes 86,400,000 time units, years when the unit is a second. (The charts do not zoom.) */
+function timeRange(u) {
+  const x = u.data[0];
+  const first = x[0];
+  const last = x[x.length - 1];
+  if (last - first >= MIN_SPAN_S) return [first, last];
+  const middle = (first + last) / 2;
+  return [middle - MIN_SPAN_S / 2, middle + MIN_SPAN_S / 2];
+}
+
+const timeTag = (s) => {
+  const d = new Date(s * 1000);
+  return h("time", { datetime: d.toISOString() }, d.toLocaleTimeString());
+};
+
+/** A time chart: x in unix seconds, lines [{label, values, scale, fmt, axisFmt?, color?, fill?, dash?}] on one
+ * or two y scales (the second drawn on the right). Shows "no data yet" when no line has a value.
+ * Options: height; floor, the least top of the first scale (so that its guides show); guides, horizontal
+ * lines [{value, label, color}] on the first scale. */
+export function chart(ctx, title, x, lines, { height = 200, floor = 0, guides = [] } = {}) {
   const box = h("figure", { class: "chart" }, h("figcaption", {}, title));
   const hasData = x.length > 0 && lines.some((l) => l.values.some((v) => v != null));
   if (!hasData) {
@@ -23,17 +44,55 @@ export function chart(ctx, title, x, lines, height = 200) {
     return box;
   }
   const plot = h("div", { class: "plot" });
-  // The canvas says nothing to a screen reader: the latest values do.
+  // The canvas says nothing to a screen reader: the times it spans (once drawn) and the latest values do.
+  const span = h("span");
   const latest = lines.map((l) => {
     const last = [...l.values].reverse().find((v) => v != null);
     return `${l.label} ${last == null ? "none" : l.fmt(last)}`;
   });
-  box.append(plot, h("p", { class: "sr-only" }, `Latest: ${latest.join("; ")}.`));
-  ctx.charts.push({ el: plot, x, lines, height });
+  box.append(plot, h("p", { class: "sr-only" }, span, `Latest: ${latest.join("; ")}.`));
+  ctx.charts.push({ el: plot, span, x, lines, height, floor, guides });
   return box;
 }
 
-function drawChart({ el, x, lines, height }) {
+/** A y range from zero (every value charted is a count, a rate, a latency or a PSI: never negative) to a
+ * little above the largest value, and at least to floor; all zeros get a range of their own. */
+const yRange = (floor) => (u, min, max) => [0, Math.max(max > 0 ? max * 1.15 : floor || 1, floor)];
+
+const GUIDE_FONT_PX = 11;
+
+/** Dashed horizontal lines with a label at their right end, under the series. On a tall scale the lines
+ * come close: from the top down, a label that would overlap the one above it is left out. */
+function drawGuides(guides, scale, colorOf) {
+  return (u) => {
+    const c = u.ctx;
+    const px = devicePixelRatio;
+    const { left, width } = u.bbox;
+    c.save();
+    c.lineWidth = px;
+    c.setLineDash([6 * px, 4 * px]);
+    c.font = `${GUIDE_FONT_PX * px}px system-ui, sans-serif`;
+    c.textAlign = "right";
+    c.textBaseline = "bottom";
+    let labelBottom = -Infinity;
+    for (const g of [...guides].sort((a, b) => b.value - a.value)) {
+      const y = Math.round(u.valToPos(g.value, scale, true));
+      c.strokeStyle = c.fillStyle = colorOf(g.color);
+      c.beginPath();
+      c.moveTo(left, y);
+      c.lineTo(left + width, y);
+      c.stroke();
+      const bottom = y - 2 * px;
+      if (bottom - GUIDE_FONT_PX * px >= labelBottom) {
+        c.fillText(g.label, left + width - 4 * px, bottom);
+        labelBottom = bottom;
+      }
+    }
+    c.restore();
+  };
+}
+
+function drawChart({ el, span, x, lines, height, floor, guides }) {
   const css = getComputedStyle(document.documentElement);
   const v = (name) => css.getPropertyValue(name).trim();
   const scales = [...new Set(lines.map((l) => l.scale))];
@@ -48,13 +107,16 @@ function drawChart({ el, x, lines, height }) {
     width: Math.max(el.clientWidth, 200),
     height,
     cursor: { drag: { x: false, y: false } },
-    scales: Object.fromEntries(scales.map((s) => [s, { range: (u, min, max) => [0, max > 0 ? max * 1.15 : 1] }])),
+    scales: {
+      x: { time: true, range: timeRange },
+      ...Object.fromEntries(scales.map((s, i) => [s, { range: yRange(i === 0 ? floor : 0) }])),
+    },
     series: [{ label: "time" }, ...lines.map((l, i) => {
       const color = l.color ? v(l.color) : v(PALETTE[i % PALETTE.length]);
       return {
-        label: l.label, scale: l.scale, stroke: color, width: 2, spanGaps: true,
+        label: l.label, scale: l.scale, stroke: color, width: 2, spanGaps: true, dash: l.dash ? [6, 4] : undefined,
         fill: l.fill ? `${color}22` : undefined,
-        points: { show: x.length < 4, size: 5 },
+        points: x.length === 1 ? { show: true, size: 9, fill: color } : { show: x.length < 4, size: 5 },
         value: (u, val) => (val == null ? "–" : l.fmt(val)),
       };
     })],
@@ -64,6 +126,12 @@ function drawChart({ el, x, lines, height }) {
       ...(scales[1] ? [{ ...axis, scale: scales[1], side: 1, size, grid: { show: false },
         values: (u, ticks) => ticks.map((t) => fmtOf(scales[1])(t)) }] : []),
     ],
+    hooks: {
+      setScale: [(u, key) => {
+        if (key === "x") span.replaceChildren("From ", timeTag(u.scales.x.min), " to ", timeTag(u.scales.x.max), ". ");
+      }],
+      drawAxes: guides.length ? [drawGuides(guides, scales[0], v)] : [],
+    },
   };
   const u = new uPlot(opts, [x, ...lines.map((l) => l.values)], el);
   const ro = new ResizeObserver(() => {

@@ -70,30 +70,47 @@ export const axisMs = (v) => `${Number(v.toPrecision(3))} ms`;
 export const axisPct = (r) => `${Number((r * 100).toPrecision(3))} %`;
 export const short = (id, n = 12) => (id ? h("code", { title: id }, id.length > n ? `${id.slice(0, n)}…` : id) : "–");
 
-/** Seconds as people say them: 45 s, 5 min, 1 h, 2 d (rounded down to one unit when exact). */
+const DURATION_UNITS = [["d", 86400], ["h", 3600], ["min", 60], ["s", 1]];
+
+/** Seconds as people say them, in at most two units: 0.5 s, 45 s, 5 min, 3 h 12 min, 2 d 4 h. */
 export function duration(s) {
-  for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
-    if (s >= size && s % size === 0) return `${s / size} ${unit}`;
-  }
-  return `${num(s)} s`;
+  if (s == null) return "–";
+  if (s < 10) return `${Number(s.toFixed(1))} s`;
+  let rest = Math.round(s);
+  const parts = DURATION_UNITS.map(([unit, size]) => {
+    const n = Math.floor(rest / size);
+    rest -= n * size;
+    return [n, unit];
+  });
+  const first = parts.findIndex(([n]) => n > 0);
+  return parts.slice(first, first + 2).filter(([n]) => n > 0).map(([n, unit]) => `${n} ${unit}`).join(" ");
 }
 
+const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+/** A byte count in binary units, with one decimal below ten: 512 B, 340 KiB, 1.2 GiB. */
 export function bytes(n) {
   if (n == null) return "–";
-  const units = ["B", "KiB", "MiB", "GiB"];
   let i = 0;
-  for (; n >= 1024 && i < units.length - 1; i++) n /= 1024;
-  return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+  for (; n >= 1024 && i < BYTE_UNITS.length - 1; i++) n /= 1024;
+  return `${Number(n.toFixed(i && n < 10 ? 1 : 0))} ${BYTE_UNITS[i]}`;
 }
+
+// Population stability index: under 0.1 stable, 0.1 to 0.25 moderate, above 0.25 significant.
+export const PSI_MODERATE = 0.1;
+export const PSI_SIGNIFICANT = 0.25;
+export const psi = (v) => (v == null ? "–" : v.toFixed(v < 1 ? 3 : 2));
+export const psiTone = (v) => (v == null ? "" : v >= PSI_SIGNIFICANT ? "bad" : v >= PSI_MODERATE ? "warn" : "");
+export const psiWord = (v) => (v == null ? "unknown"
+  : v >= PSI_SIGNIFICANT ? "significant" : v >= PSI_MODERATE ? "moderate" : "stable");
 
 export const METRICS = { error_rate: "error rate", p95_latency_ms: "p95 latency", offline_devices: "offline devices",
-  failed_deployments: "failed deployments", requests_per_min: "requests / min" };
+  failed_deployments: "failed deployments", requests_per_min: "requests / min", input_drift: "input drift (PSI)",
+  prediction_drift: "prediction drift (PSI)" };
 
-export function metricValue(metric, v) {
-  if (metric === "error_rate") return pct(v);
-  if (metric === "p95_latency_ms") return ms(v);
-  return num(v);
-}
+const METRIC_FORMATS = { error_rate: pct, p95_latency_ms: ms, input_drift: psi, prediction_drift: psi };
+
+export const metricValue = (metric, v) => (METRIC_FORMATS[metric] || num)(v);
 
 export function plain(v) {
   if (v == null) return "–";

@@ -29,7 +29,8 @@ export async function viewAlerts() {
     .filter(Boolean).join(", ") || "whole fleet";
   const ruleRows = rules.map((r) => h("tr", {},
     h("th", { scope: "row" }, r.name),
-    h("td", {}, `${METRICS[r.metric] || r.metric} ${r.op} ${metricValue(r.metric, r.threshold)} over ${duration(r.window_s)}`),
+    h("td", {}, METRICS[r.metric] || r.metric, r.feature ? [" of ", h("code", {}, r.feature)] : null,
+      ` ${r.op} ${metricValue(r.metric, r.threshold)} over ${duration(r.window_s)}`),
     h("td", {}, scope(r)),
     h("td", { class: "small" }, r.webhook_url ?? h("span", { class: "muted" }, "none")),
     h("td", {}, when(r.created_at))));

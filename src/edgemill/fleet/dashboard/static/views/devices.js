@@ -1,9 +1,12 @@
-/* Devices: the list with filters, and one device with its models, agent report and charts. */
+/* Devices: the list with filters, and one device with its models, agent report, drift and charts. */
 
-import { chip, deviceLink, dl, enc, h, link, modelLink, num, plain, section, short, table, when } from "../lib/dom.js";
+import { bytes, chip, deviceLink, dl, duration, empty, enc, h, link, modelLink, num, parseTime, pct, plain, section, short,
+  table, when } from "../lib/dom.js";
 import { api, apiPage } from "../lib/api.js";
 import { WINDOW, perSeriesCharts } from "../lib/charts.js";
 import { STATUSES, deviceTone, problemList } from "./common.js";
+import { byPsi, driftPath, driftStatus, featureHistogram, featureTable, hint, psiCharts, referenceLine, refusedNote }
+  from "./drift.js";
 
 const PAGE = 500;  // devices per page (the server's default; it allows up to 5,000)
 
@@ -62,7 +65,8 @@ export async function viewDevice(route, ctx) {
   const name = route.arg;
   const [dev, series] = await Promise.all([
     api(`/devices/${enc(name)}`), api(`/metrics/series?device=${enc(name)}&${WINDOW}`)]);
-  const agent = agentPairs(dev.agent || {});
+  const drifts = await Promise.all(dev.models.map((m) => modelDriftOrWhyNot(m, dev.name)));
+  const agent = agentPairs(dev.agent || {}, parseTime(dev.last_seen_at));
   const tags = Object.entries(dev.tags || {});
   document.title = `${dev.name} · edgemill fleet`;
 
@@ -78,21 +82,66 @@ export async function viewDevice(route, ctx) {
       "No model loaded.")),
       section("Agent", dl([...agent,
         ["tags", tags.length ? h("span", { class: "chips" }, tags.map(([k, v]) => chip(`${k}=${v}`, "tag"))) : "none"]]))),
+    dev.models.length ? section("Drift", hint(), drifts.map((d) => modelDrift(ctx, d))) : null,
     section("Performance, last hour", perSeriesCharts(ctx, series, "This device has sent no metrics in the last hour.")));
 }
 
-/** The agent's last report, one level flattened: {memory: {rss_mb: 80}} shows as "memory rss mb". */
-function agentPairs(agent) {
+const WORST_FEATURES = 5;
+
+/** The drift of a model the device runs; {model, version, unknown} where the registry does not know that
+ * model or version (a device may run a package that was never uploaded), so that the page still shows. */
+function modelDriftOrWhyNot(m, device) {
+  return api(driftPath(m.name, m.version, device)).catch((err) => {
+    if (err.status !== 404) throw err;
+    return { model: m.name, version: m.version, unknown: err.message };
+  });
+}
+
+/** One model's drift on this device: status, PSI over time, its worst features and the worst input and
+ * prediction feature against their reference. */
+function modelDrift(ctx, d) {
+  const title = h("h3", { class: "series-title" }, `${d.model} ${d.version ?? ""}`);
+  if (d.unknown) return h("div", { class: "series" }, title, empty(`No drift: ${d.unknown}.`));
+  const head = [title, driftStatus(d), refusedNote(d)];
+  if (d.status === "no_baseline") return h("div", { class: "series" }, head);
+  const worst = [d.input_feature, d.prediction_feature]
+    .map((key) => d.features.find((f) => f.key === key)).filter(Boolean);
+  return h("div", { class: "series" }, head, referenceLine(d), psiCharts(ctx, d),
+    worst.length ? h("div", { class: "charts" }, worst.map((f) => featureHistogram(f, d))) : null,
+    h("h4", {}, "Worst features"), featureTable(byPsi(d.features).slice(0, WORST_FEATURES)));
+}
+
+const UNITS = [[/_bytes$/, bytes], [/_s$/, duration]];
+
+/** A reported value as [label, text]: a number in the unit its key ends with (a duration's label drops the
+ * "s": "oldest_queued_age_s" reads "oldest queued age  45 s"). */
+function reported(key, value) {
+  const unit = typeof value === "number" ? UNITS.find(([suffix]) => suffix.test(key)) : null;
+  const text = unit ? unit[1](value) : typeof value === "number" ? num(value) : plain(value);
+  return [key.replace(/_s$/, "").replace(/_/g, " "), text];
+}
+
+/** Memory the models use against the agent's budget: "340 MiB of 1 GiB (33 %)". */
+function memoryPair({ used_bytes: used, budget_bytes: budget }) {
+  return ["memory", budget ? `${bytes(used)} of ${bytes(budget)} (${pct(used / budget)})` : bytes(used)];
+}
+
+/** The agent's last report, one level flattened ({capture: {queued_bytes: 1024}} shows as "capture queued
+ * bytes 1 KiB"), with its start as a time and its uptime at the last heartbeat. */
+function agentPairs(agent, lastSeen) {
   const label = (k) => k.replace(/_/g, " ");
   const pairs = [];
   for (const [k, v] of Object.entries(agent)) {
-    if (k === "started_at" && typeof v === "number") pairs.push(["agent started", when(new Date(v * 1000).toISOString())]);
-    else if (Array.isArray(v)) pairs.push([label(k), v.length ? `${v.length}` : "none"]);
-    else if (v && typeof v === "object") {
-      const inner = Object.entries(v);
-      if (!inner.length) continue;
-      for (const [ik, iv] of inner) pairs.push([`${label(k)} ${label(ik)}`, plain(iv)]);
-    } else pairs.push([label(k), plain(v)]);
+    if (k === "started_at" && typeof v === "number") {
+      const started = new Date(v * 1000);
+      pairs.push(["agent started", when(started.toISOString())]);
+      if (lastSeen) pairs.push(["agent uptime", duration((lastSeen - started) / 1000)]);
+    } else if (k === "memory" && v && v.used_bytes != null) {
+      const rest = Object.entries(v).filter(([ik]) => ik !== "used_bytes" && ik !== "budget_bytes");
+      pairs.push(memoryPair(v), ...rest.map(([ik, iv]) => reported(`${k}_${ik}`, iv)));
+    } else if (Array.isArray(v)) pairs.push([label(k), v.length ? `${v.length}` : "none"]);
+    else if (v && typeof v === "object") pairs.push(...Object.entries(v).map(([ik, iv]) => reported(`${k}_${ik}`, iv)));
+    else pairs.push(reported(k, v));
   }
   return pairs;
 }

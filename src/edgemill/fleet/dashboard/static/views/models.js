@@ -1,8 +1,11 @@
-/* Models: the list, and one model with its versions, lineage and charts. */
+/* Models: the list, and one model with its versions, lineage, drift and charts. */
 
-import { bytes, chip, deploymentLink, deviceLink, empty, enc, h, modelLink, ms, num, parseTime, pct, plain, section, short, table, when } from "../lib/dom.js";
+import { bytes, chip, deploymentLink, deviceLink, duration, empty, enc, h, link, modelLink, ms, num, parseTime, pct, plain,
+  section, short, table, when } from "../lib/dom.js";
 import { api } from "../lib/api.js";
 import { WINDOW, perSeriesCharts } from "../lib/charts.js";
+import { byPsi, deviceTable, driftPath, driftStatus, featureHistogram, featureTable, hint, psiCharts, referenceLine,
+  refusedNote } from "./drift.js";
 
 export async function viewModels() {
   const [models, ov] = await Promise.all([api("/models"), api("/overview")]);
@@ -29,8 +32,11 @@ export async function viewModel(route, ctx) {
     api(`/models/${enc(name)}`), api(`/metrics/series?model=${enc(name)}&${WINDOW}`)]);
   const versions = [...model.version_list].sort((a, b) => parseTime(b.created_at) - parseTime(a.created_at));
   const shown = versions.slice(0, LINEAGE_LIMIT);
-  const lineages = await Promise.all(shown.map((v) =>
-    api(`/models/${enc(name)}/versions/${enc(v.version)}/lineage`)));
+  // Drift of the version asked for, else of the one in production, else of the newest.
+  const driftVersion = route.query.get("version") || model.production_version || model.latest_version;
+  const [drift, ...lineages] = await Promise.all([
+    driftVersion ? api(driftPath(name, driftVersion)) : null,
+    ...shown.map((v) => api(`/models/${enc(name)}/versions/${enc(v.version)}/lineage`))]);
   document.title = `${model.name} · edgemill fleet`;
 
   const rows = versions.map((v) => h("tr", {},
@@ -47,7 +53,66 @@ export async function viewModel(route, ctx) {
       rows, "No versions.")),
     section("Lineage", lineages.map((l, i) => lineageChain(l, shown[i])),
       versions.length > shown.length ? empty(`Lineage of the ${versions.length - shown.length} older versions is not shown.`) : null),
+    drift ? driftSection(ctx, model.name, versions, drift, route.query) : null,
     section("Performance, last hour", perSeriesCharts(ctx, series, "No metrics for this model in the last hour.")));
+}
+
+const FEATURES_SHOWN = 10;
+
+/** The model page's address with these choices (drift version, selected feature, all features). */
+function modelHref(name, choices) {
+  const q = new URLSearchParams(Object.entries(choices).filter(([, v]) => v));
+  const query = q.toString();
+  return `#model/${enc(name)}${query ? `?${query}` : ""}`;
+}
+
+function driftSection(ctx, name, versions, d, query) {
+  const choices = { version: d.version, feature: query.get("feature"), features: query.get("features") };
+  const href = (change) => modelHref(name, { ...choices, ...change });
+  const picker = h("div", { class: "filters" },
+    h("label", { for: "drift-version" }, "Version"),
+    h("select", { id: "drift-version",
+      onchange: (e) => { location.hash = href({ version: e.target.value, feature: null }); } },
+      versions.map((v) => h("option", { value: v.version, selected: v.version === d.version },
+        v.stage === "none" ? v.version : `${v.version} (${v.stage})`))));
+  if (d.status === "no_baseline") return section("Drift", picker, driftStatus(d), hint());
+
+  const features = byPsi(d.features);
+  const selected = features.find((f) => f.key === choices.feature) ?? features[0];
+  const all = choices.features === "all";
+  const more = features.length > FEATURES_SHOWN
+    ? h("p", { class: "small more" }, link(href({ features: all ? null : "all" }),
+      all ? `only the worst ${FEATURES_SHOWN}` : `all ${features.length} features`))
+    : null;
+  return section("Drift", picker, driftStatus(d), referenceLine(d, ...pinActions(ctx, name, d)), refusedNote(d), hint(),
+    psiCharts(ctx, d),
+    h("div", { class: "cols" },
+      h("div", {}, h("h3", {}, "Features, worst first"),
+        featureTable(all ? features : features.slice(0, FEATURES_SHOWN),
+          { selected: selected?.key, hrefOf: (key) => href({ feature: key }) }), more),
+      selected ? h("div", {}, h("h3", {}, "Feature against its reference"), featureHistogram(selected, d)) : null),
+    h("h3", {}, "Devices, worst first"), deviceTable(d));
+}
+
+/** Pin the last window's counts as this version's reference; unpin a pinned one. */
+function pinActions(ctx, name, d) {
+  const path = `/models/${enc(name)}/versions/${enc(d.version)}/drift-reference`;
+  const window = duration(d.window_s);
+  const pin = h("button", {
+    type: "button", class: "secondary", disabled: !d.samples,
+    onclick: (e) => ctx.confirmThen(e.currentTarget, `Pin the last ${window} as the reference?`,
+      `Drift of ${name} ${d.version} is then measured against what its devices saw in the last ${window}, `
+        + "not against the package baseline.", "Pin",
+      () => api(path, { method: "PUT", body: { last_s: d.window_s } })),
+  }, `Pin the last ${window} as reference`);
+  if (d.reference?.kind !== "pinned") return [pin];
+  const unpin = h("button", {
+    type: "button", class: "secondary",
+    onclick: (e) => ctx.confirmThen(e.currentTarget, "Unpin the reference?",
+      `Drift of ${name} ${d.version} is measured against the package baseline again.`, "Unpin",
+      () => api(path, { method: "DELETE" })),
+  }, "Unpin");
+  return [pin, unpin];
 }
 
 function accuracyText(acc) {

@@ -1,9 +1,25 @@
 /* Overview: fleet health, what needs attention, rollouts, alerts, traffic. */
 
-import { axisMs, chip, deploymentLink, deviceLink, empty, h, link, metricValue, modelLink, ms, num, pct, section, when } from "../lib/dom.js";
+import { axisMs, chip, deploymentLink, deviceLink, empty, enc, h, link, metricValue, modelLink, ms, num, pct, psi, psiTone,
+  psiWord, section, when } from "../lib/dom.js";
 import { api } from "../lib/api.js";
 import { WINDOW, align, chart, seriesLabel, trafficChart } from "../lib/charts.js";
 import { STATUSES, deviceTone, legend, problemList, rolloutProgress, stackedBar } from "./common.js";
+import { worstPsi } from "./drift.js";
+
+/** One OverviewOut.drifting entry: a model version drifting as a whole, or on one device. */
+function driftingItem(d) {
+  const worst = worstPsi(d.input_psi, d.prediction_psi);
+  const modelPage = `#model/${enc(d.model)}${d.version ? `?version=${enc(d.version)}` : ""}`;
+  const scores = [d.input_psi != null && `input PSI ${psi(d.input_psi)}`,
+    d.prediction_psi != null && `prediction PSI ${psi(d.prediction_psi)}`].filter(Boolean).join(" · ");
+  return h("li", { class: `item ${psiTone(worst) || "warn"}` },
+    h("div", { class: "item-head" },
+      h("span", {}, link(modelPage, [d.model, " ", d.version ?? ""]), d.device ? [" on ", deviceLink(d.device)] : null),
+      chip(`${psiWord(worst)} drift`, psiTone(worst) || "warn")),
+    h("p", { class: "small" }, scores, d.feature ? [" · worst feature ", h("code", {}, d.feature)] : null),
+    d.reason ? h("p", { class: "small muted" }, d.reason) : null);
+}
 
 export async function viewOverview(route, ctx) {
   const [ov, series] = await Promise.all([api("/overview"), api(`/metrics/series?${WINDOW}`)]);
@@ -38,7 +54,9 @@ export async function viewOverview(route, ctx) {
     h("div", {}, h("h3", {}, "Devices"),
       problemDevices.length ? h("ul", { class: "items" }, problemDevices) : empty("All devices healthy."), moreDevices),
     h("div", {}, h("h3", {}, "Models"),
-      problemModels.length ? h("ul", { class: "items" }, problemModels) : empty("All models healthy."))));
+      problemModels.length ? h("ul", { class: "items" }, problemModels) : empty("All models healthy.")),
+    h("div", {}, h("h3", {}, "Drift"),
+      ov.drifting.length ? h("ul", { class: "items" }, ov.drifting.map(driftingItem)) : empty("No drift reported."))));
 
   const rollouts = section("Active rollouts", ov.active_deployments.length
     ? h("ul", { class: "items" }, ov.active_deployments.map((dep) => h("li", { class: "item" },
