@@ -5,6 +5,7 @@ the input_drift / prediction_drift alerts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,23 @@ def test_old_buckets_fold_per_span_exactly_and_expire(server: TestClient, packag
     fold_drift(state.db, later + 100 * 86400, config)
     with state.db.session() as session:
         assert session.scalars(select(DriftSample)).all() == []
+
+
+def test_the_vectorised_psi_of_a_bucket_equals_the_per_feature_one(package: Path) -> None:
+    import numpy as np
+
+    from edgemill.fleet.drift_refs import Reference
+    from edgemill.monitoring.drift import psi
+
+    baseline = edgemill.runtime.load(package).baseline
+    assert baseline is not None
+    features = list(baseline.features)
+    features[1] = replace(features[1], baseline=(0,) * features[1].bins)  # a feature the baseline never saw
+    reference = Reference("p", "baseline", "b", tuple(features), tuple(f.baseline for f in features), "x", False, 1)
+    rng = np.random.default_rng(0)
+    counts = [rng.integers(0, 50, f.bins).tolist() for f in features]
+    counts[2] = [0] * features[2].bins  # nothing counted
+    vectorised = reference.psis(counts)
+    for f, c in zip(features, counts):
+        expected = psi(f.baseline, c)
+        assert vectorised[f.key] == (None if expected is None else pytest.approx(expected, rel=1e-9)), f.key

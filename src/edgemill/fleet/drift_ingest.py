@@ -96,7 +96,7 @@ def _close(model: str, entry: dict[str, Any], reference: Reference | None, now: 
         return
     psis: dict[str, float | None] = {}
     if reference is not None and reference.fits(counts):
-        psis = {key: scores[0] for key, scores in reference.scores(counts).items()}
+        psis = reference.psis(counts)
     w = worst(reference.features, psis) if reference is not None and psis else None
     out.rows.append({"model_name": model, "package_id": entry["package_id"], "t": now,
                      "span_s": max(0.0, now - float(entry.get("since", now))), "samples": samples_of(counts),

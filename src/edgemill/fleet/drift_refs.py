@@ -8,22 +8,26 @@ its devices' counts are still stored, and drift for it shows "no baseline", neve
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..monitoring.drift import js_distance, psi
+from ..monitoring.drift import SMOOTHING, js_distance, psi
 from ..monitoring.features import Feature
 from .db.tables import DriftReference, ModelVersion
 
 CACHED_PACKAGES = 4096
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reference:
     package_id: str
     kind: str  # "baseline" or "pinned"
@@ -43,6 +47,40 @@ class Reference:
     def scores(self, counts: Sequence[Sequence[int]]) -> dict[str, tuple[float | None, float | None]]:
         """PSI and JS distance of ``counts`` against this reference, per feature key."""
         return {f.key: (psi(ref, c), js_distance(ref, c)) for f, ref, c in zip(self.features, self.counts, counts)}
+
+    def psis(self, counts: Sequence[Sequence[int]]) -> dict[str, float | None]:
+        """PSI of ``counts`` (which must :meth:`fit`) per feature key, every feature in one vectorised pass:
+        what closing a bucket costs on the heartbeat path (equal to ``monitoring.drift.psi`` per feature)."""
+        actual = np.fromiter(itertools.chain.from_iterable(counts), dtype=np.float64, count=self._starts[-1])
+        totals = np.add.reduceat(actual, self._starts[:-1])
+        a = _smoothed(actual, totals, self._sizes, self._starts)
+        terms = np.add.reduceat((a - self._expected) * np.log(a / self._expected), self._starts[:-1])
+        usable = (totals > 0) & self._has_reference
+        return {f.key: float(t) if ok else None for f, t, ok in zip(self.features, terms, usable)}
+
+    @cached_property
+    def _sizes(self) -> np.ndarray:
+        return np.array([f.bins for f in self.features], dtype=np.int64)
+
+    @cached_property
+    def _starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
+
+    @cached_property
+    def _has_reference(self) -> np.ndarray:
+        return np.array([sum(c) > 0 for c in self.counts])
+
+    @cached_property
+    def _expected(self) -> np.ndarray:
+        flat = np.fromiter(itertools.chain.from_iterable(self.counts), dtype=np.float64, count=int(self._starts[-1]))
+        return _smoothed(flat, np.add.reduceat(flat, self._starts[:-1]), self._sizes, self._starts)
+
+
+def _smoothed(flat: np.ndarray, totals: np.ndarray, sizes: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per feature: proportions, empty bins raised to SMOOTHING, renormalised (as ``drift.proportions``)."""
+    p = flat / np.repeat(np.where(totals > 0, totals, 1.0), sizes)
+    p = np.maximum(p, SMOOTHING)
+    return p / np.repeat(np.add.reduceat(p, starts[:-1]), sizes)
 
 
 @dataclass(frozen=True)

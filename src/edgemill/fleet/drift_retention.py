@@ -94,7 +94,7 @@ def _row(key: tuple[int, str, str, float], value: dict[str, Any], reference: Any
     counts = value["counts"]
     psis: dict[str, float | None] = {}
     if reference is not None and reference.fits(counts):
-        psis = {k: s[0] for k, s in reference.scores(counts).items()}
+        psis = reference.psis(counts)
     w = worst(reference.features, psis) if psis else None
     return {"device_id": device_id, "model_name": model, "package_id": package_id, "t": end,
             "span_s": value["span_s"], "samples": samples_of(counts), "counts": counts,

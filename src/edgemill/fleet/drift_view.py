@@ -164,8 +164,7 @@ def _devices(per_device: dict[int, list[list[int]]], names: dict[int, tuple[str,
     out = []
     for device_id, counts in per_device.items():
         name, fleet = names.get(device_id, ("?", "?"))
-        w = (worst(reference.features, {k: s[0] for k, s in reference.scores(counts).items()})
-             if reference is not None and reference.fits(counts) else None)
+        w = worst(reference.features, reference.psis(counts)) if reference is not None and reference.fits(counts) else None
         out.append(schemas.DriftDeviceOut(device=name, fleet=fleet, samples=samples_of(counts),
                                           input_psi=w.input_psi if w else None,
                                           prediction_psi=w.prediction_psi if w else None,
@@ -210,7 +209,7 @@ def _open_point(open_buckets: dict[int, list[list[int]]], reference: Reference |
     """The series' live end: the devices' open buckets that already hold enough samples, scored now."""
     if reference is None:
         return []
-    scored = [worst(reference.features, {k: v[0] for k, v in reference.scores(c).items()})
+    scored = [worst(reference.features, reference.psis(c))
               for c in open_buckets.values() if reference.fits(c) and samples_of(c) >= config.drift_min_samples]
     if not scored:
         return []
