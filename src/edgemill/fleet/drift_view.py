@@ -22,6 +22,7 @@ from ..monitoring.features import bin_labels
 from . import schemas
 from .config import ServerConfig
 from .db.tables import Device, DeviceModel, DriftSample, Fleet, Model, ModelVersion
+from .drift_ingest import open_counts
 from .drift_refs import Reference, References, add_counts, samples_of, worst
 from .views import ts
 
@@ -139,9 +140,10 @@ def _window_counts(session: Session, model: str, package_id: str | None, scope: 
         if not entry:
             continue
         refused += int(entry.get("refused", 0))
-        if entry.get("package_id") == package_id and entry.get("pending"):
-            _merge_into(per_device, int(device_id), entry["pending"])
-            open_buckets[int(device_id)] = entry["pending"]
+        pending = open_counts(entry) if entry.get("package_id") == package_id else None
+        if pending:
+            _merge_into(per_device, int(device_id), pending)
+            open_buckets[int(device_id)] = pending
             names[int(device_id)] = (name, fleet)
     missing = [d for d in per_device if d not in names]
     if missing:

@@ -10,6 +10,7 @@ from ...errors import UserError
 from .. import schemas
 from ..auth import require_operator
 from ..db.tables import Device, DriftReference, DriftSample
+from ..drift_ingest import open_counts
 from ..drift_refs import add_counts, samples_of
 from ..drift_view import reference_out, drift_report
 from ..state import server_state
@@ -68,7 +69,7 @@ def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Re
         merged = None
         stored = session.execute(select(DriftSample.counts).where(
             DriftSample.package_id == row.package_id, DriftSample.t > start, DriftSample.t <= end)).scalars().all()
-        pending = [entry["pending"] for (state_,) in session.execute(
+        pending = [open_counts(entry) or [] for (state_,) in session.execute(
                        select(Device.drift_state).where(Device.drift_state.is_not(None)))
                    for entry in (state_ or {}).values()
                    if entry.get("package_id") == row.package_id and entry.get("pending")] if body.last_s else []
