@@ -51,12 +51,33 @@ class Reference:
     def psis(self, counts: Sequence[Sequence[int]]) -> dict[str, float | None]:
         """PSI of ``counts`` (which must :meth:`fit`) per feature key, every feature in one vectorised pass:
         what closing a bucket costs on the heartbeat path (equal to ``monitoring.drift.psi`` per feature)."""
-        actual = np.fromiter(itertools.chain.from_iterable(counts), dtype=np.float64, count=self._starts[-1])
-        totals = np.add.reduceat(actual, self._starts[:-1])
+        row = np.fromiter(itertools.chain.from_iterable(counts), dtype=np.float64, count=int(self._starts[-1]))
+        terms = self.psi_matrix(row[None, :])[0]
+        return {f.key: None if np.isnan(t) else float(t) for f, t in zip(self.features, terms)}
+
+    def psi_matrix(self, rows: np.ndarray) -> np.ndarray:
+        """PSI per row (a device's counts, flat in feature order) and feature: ``[rows, features]``, NaN
+        where the row counted nothing for the feature or the reference has nothing."""
+        actual = np.asarray(rows, dtype=np.float64)
+        totals = np.add.reduceat(actual, self._starts[:-1], axis=1)
         a = _smoothed(actual, totals, self._sizes, self._starts)
-        terms = np.add.reduceat((a - self._expected) * np.log(a / self._expected), self._starts[:-1])
-        usable = (totals > 0) & self._has_reference
-        return {f.key: float(t) if ok else None for f, t, ok in zip(self.features, terms, usable)}
+        terms = np.add.reduceat((a - self._expected) * np.log(a / self._expected), self._starts[:-1], axis=1)
+        return np.where((totals > 0) & self._has_reference, terms, np.nan)
+
+    def worst_of_matrix(self, psis: np.ndarray) -> list[Worst]:
+        """:func:`worst` for each row of :meth:`psi_matrix`."""
+        keys = [f.key for f in self.features]
+        out = []
+        for side in ("input", "output"):
+            mask = np.array([f.side == side for f in self.features])
+            if not mask.any():
+                out.append([(None, None)] * len(psis))
+                continue
+            part = np.where(mask, psis, np.nan)
+            empty = np.isnan(part).all(axis=1)
+            best = np.argmax(np.where(np.isnan(part), -np.inf, part), axis=1)
+            out.append([(None, None) if e else (float(part[i, b]), keys[b]) for i, (e, b) in enumerate(zip(empty, best))])
+        return [Worst(i[0], i[1], o[0], o[1]) for i, o in zip(*out)]
 
     @cached_property
     def _sizes(self) -> np.ndarray:
@@ -73,14 +94,15 @@ class Reference:
     @cached_property
     def _expected(self) -> np.ndarray:
         flat = np.fromiter(itertools.chain.from_iterable(self.counts), dtype=np.float64, count=int(self._starts[-1]))
-        return _smoothed(flat, np.add.reduceat(flat, self._starts[:-1]), self._sizes, self._starts)
+        return _smoothed(flat, np.add.reduceat(flat, self._starts[:-1], axis=-1), self._sizes, self._starts)
 
 
 def _smoothed(flat: np.ndarray, totals: np.ndarray, sizes: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Per feature: proportions, empty bins raised to SMOOTHING, renormalised (as ``drift.proportions``)."""
-    p = flat / np.repeat(np.where(totals > 0, totals, 1.0), sizes)
+    """Per feature (along the last axis): proportions, empty bins raised to SMOOTHING, renormalised (as
+    ``drift.proportions``)."""
+    p = flat / np.repeat(np.where(totals > 0, totals, 1.0), sizes, axis=-1)
     p = np.maximum(p, SMOOTHING)
-    return p / np.repeat(np.add.reduceat(p, starts[:-1]), sizes)
+    return p / np.repeat(np.add.reduceat(p, starts[:-1], axis=-1), sizes, axis=-1)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ large fleet is one narrow query.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -126,7 +128,11 @@ def _window_counts(session: Session, model: str, package_id: str | None, scope: 
         return per_device, open_buckets, 0, {}
     stmt = select(DriftSample.device_id, DriftSample.counts).where(
         DriftSample.model_name == model, DriftSample.package_id == package_id, DriftSample.t > since)
-    open_stmt = select(Device.id, Device.name, Fleet.name, Device.drift_state).join(
+    # Only this model's open bucket, read out of each device's state by the database (JSON path): a
+    # fleet view of thousands of devices parses their open buckets, not every model's counters.
+    open_stmt = select(Device.id, Device.name, Fleet.name, Device.drift_state[(model, "package_id")].as_string(),
+                       Device.drift_state[(model, "pending")], Device.drift_state[(model, "sizes")],
+                       Device.drift_state[(model, "refused")]).join(
         Fleet, Device.fleet_id == Fleet.id).where(Device.drift_state.is_not(None))
     if scope is not None:
         stmt = stmt.where(DriftSample.device_id.in_(list(scope)))
@@ -135,12 +141,9 @@ def _window_counts(session: Session, model: str, package_id: str | None, scope: 
         _merge_into(per_device, int(device_id), counts)
     refused = 0
     names: dict[int, tuple[str, str]] = dict(scope or {})
-    for device_id, name, fleet, state in session.execute(open_stmt):
-        entry = (state or {}).get(model)
-        if not entry:
-            continue
-        refused += int(entry.get("refused", 0))
-        pending = open_counts(entry) if entry.get("package_id") == package_id else None
+    for device_id, name, fleet, entry_package, pending_flat, sizes, refusals in session.execute(open_stmt):
+        refused += int(refusals or 0)
+        pending = (open_counts({"pending": pending_flat, "sizes": sizes}) if entry_package == package_id else None)
         if pending:
             _merge_into(per_device, int(device_id), pending)
             open_buckets[int(device_id)] = pending
@@ -163,11 +166,18 @@ def _merge_into(per_device: dict[int, list[list[int]]], device_id: int, counts: 
 
 def _devices(per_device: dict[int, list[list[int]]], names: dict[int, tuple[str, str]],
              reference: Reference | None) -> list[schemas.DriftDeviceOut]:
+    """Every device in scope scored in one matrix pass (thousands of devices in a fleet view), worst first."""
+    ids = list(per_device)
+    fitting = [d for d in ids if reference is not None and reference.fits(per_device[d])]
+    worsts: dict[int, Any] = {}
+    if reference is not None and fitting:
+        rows = np.array([list(itertools.chain.from_iterable(per_device[d])) for d in fitting], dtype=np.float64)
+        worsts = dict(zip(fitting, reference.worst_of_matrix(reference.psi_matrix(rows))))
     out = []
-    for device_id, counts in per_device.items():
+    for device_id in ids:
         name, fleet = names.get(device_id, ("?", "?"))
-        w = worst(reference.features, reference.psis(counts)) if reference is not None and reference.fits(counts) else None
-        out.append(schemas.DriftDeviceOut(device=name, fleet=fleet, samples=samples_of(counts),
+        w = worsts.get(device_id)
+        out.append(schemas.DriftDeviceOut(device=name, fleet=fleet, samples=samples_of(per_device[device_id]),
                                           input_psi=w.input_psi if w else None,
                                           prediction_psi=w.prediction_psi if w else None,
                                           input_feature=w.input_feature if w else None,
