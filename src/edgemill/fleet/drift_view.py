@@ -13,6 +13,7 @@ import itertools
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from . import schemas
 from .config import ServerConfig
 from .db.tables import Device, DeviceModel, DriftSample, Fleet, Model, ModelVersion
 from .drift_ingest import open_counts
-from .drift_refs import Reference, References, add_counts, samples_of, worst
+from .drift_refs import Reference, References, samples_of, worst
 from .views import ts
 
 SERIES_POINTS = 96
@@ -84,10 +85,9 @@ def drift_report(session: Session, references: References, config: ServerConfig,
     scope = scope_devices(session, device, fleet)
     version, package_id = resolve_version(session, model, version, list(scope) if scope is not None else None)
     reference = references.get_many(session, [package_id]).get(package_id) if package_id else None
-    per_device, open_buckets, refused, names = _window_counts(session, model, package_id, scope, now - window_s)
-    merged: list[list[int]] | None = None
-    for counts in per_device.values():
-        merged = add_counts(merged, counts) if merged is None or _same_shape(merged, counts) else merged
+    sizes = [f.bins for f in reference.features] if reference is not None else None
+    counted = _window_counts(session, model, package_id, scope, device, fleet, now - window_s, sizes)
+    merged = _nest(np.sum(list(counted.per_device.values()), axis=0), counted.sizes) if counted.per_device else None
     samples = samples_of(merged) if merged else 0
     features: list[schemas.DriftFeatureOut] = []
     overall = None
@@ -109,23 +109,61 @@ def drift_report(session: Session, references: References, config: ServerConfig,
         input_feature=overall.input_feature if overall else None,
         prediction_feature=overall.prediction_feature if overall else None,
         features=features,
-        series=_series(session, model, package_id, scope, now, range_s) + _open_point(open_buckets, reference, now, config),
-        devices=_devices(per_device, names, reference), refused=refused)
+        series=(_series(session, model, package_id, device, fleet, now, range_s)
+                + _open_point(counted.open_buckets, reference, now, config)),
+        devices=_devices(counted, reference), refused=counted.refused)
 
 
-def _same_shape(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> bool:
-    return len(a) == len(b) and all(len(x) == len(y) for x, y in zip(a, b))
+@dataclass
+class WindowCounts:
+    per_device: dict[int, np.ndarray]  # device id -> its counts in the window, flat in feature order
+    sizes: list[int]  # bins per feature of those counts
+    open_buckets: dict[int, list[list[int]]]  # device id -> its open bucket alone
+    refused: int
+    names: dict[int, tuple[str, str]]  # device id -> (name, fleet)
+
+
+def _nest(flat: np.ndarray, sizes: list[int]) -> list[list[int]]:
+    bounds = np.cumsum([0] + list(sizes))
+    values = flat.astype(np.int64).tolist()
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _scope_filter(column: Any, device: str | None, fleet: str | None) -> Any:
+    """SQL for "the device id in ``column`` is in scope" (None: every device)."""
+    if device is None and fleet is None:
+        return None
+    ids = select(Device.id).join(Fleet, Device.fleet_id == Fleet.id)
+    if device is not None:
+        ids = ids.where(Device.name == device)
+    if fleet is not None:
+        ids = ids.where(Fleet.name == fleet)
+    return column.in_(ids.scalar_subquery())
 
 
 def _window_counts(session: Session, model: str, package_id: str | None, scope: dict[int, tuple[str, str]] | None,
-                   since: float) -> tuple[dict[int, list[list[int]]], dict[int, list[list[int]]], int,
-                                          dict[int, tuple[str, str]]]:
-    """Per device: its counts in the window (closed buckets + the open one) and its open bucket alone;
-    refusals in scope; device names."""
-    per_device: dict[int, list[list[int]]] = {}
+                   device: str | None, fleet: str | None, since: float, sizes: list[int] | None) -> WindowCounts:
+    """Per device: its counts in the window (closed buckets + the open one; flat, in feature order) and
+    its open bucket alone; refusals in scope; device names. Counts of another shape than ``sizes`` (the
+    reference's; without one, the first seen) are left out: they cannot merge."""
+    per_device: dict[int, np.ndarray] = {}
     open_buckets: dict[int, list[list[int]]] = {}
     if package_id is None:
-        return per_device, open_buckets, 0, {}
+        return WindowCounts(per_device, [], open_buckets, 0, {})
+    expected = list(sizes) if sizes is not None else None
+    total = sum(expected) if expected is not None else None
+
+    def add(device_id: int, counts: list[list[int]]) -> None:
+        nonlocal expected, total
+        shape = [len(c) for c in counts]
+        if expected is None:
+            expected, total = shape, sum(shape)
+        if shape != expected:
+            return
+        flat = np.fromiter(itertools.chain.from_iterable(counts), dtype=np.int64, count=total)
+        have = per_device.get(device_id)
+        per_device[device_id] = flat if have is None else have + flat
+
     stmt = select(DriftSample.device_id, DriftSample.counts).where(
         DriftSample.model_name == model, DriftSample.package_id == package_id, DriftSample.t > since)
     # Only this model's open bucket, read out of each device's state by the database (JSON path): a
@@ -134,50 +172,42 @@ def _window_counts(session: Session, model: str, package_id: str | None, scope: 
                        Device.drift_state[(model, "pending")], Device.drift_state[(model, "sizes")],
                        Device.drift_state[(model, "refused")]).join(
         Fleet, Device.fleet_id == Fleet.id).where(Device.drift_state.is_not(None))
-    if scope is not None:
-        stmt = stmt.where(DriftSample.device_id.in_(list(scope)))
-        open_stmt = open_stmt.where(Device.id.in_(list(scope)))
+    in_scope = _scope_filter(DriftSample.device_id, device, fleet)
+    if in_scope is not None:
+        stmt = stmt.where(in_scope)
+        open_stmt = open_stmt.where(_scope_filter(Device.id, device, fleet))
     for device_id, counts in session.execute(stmt):
-        _merge_into(per_device, int(device_id), counts)
+        add(int(device_id), counts)
     refused = 0
     names: dict[int, tuple[str, str]] = dict(scope or {})
-    for device_id, name, fleet, entry_package, pending_flat, sizes, refusals in session.execute(open_stmt):
+    for device_id, name, fleet_name, entry_package, pending_flat, pending_sizes, refusals in session.execute(open_stmt):
         refused += int(refusals or 0)
-        pending = (open_counts({"pending": pending_flat, "sizes": sizes}) if entry_package == package_id else None)
+        pending = (open_counts({"pending": pending_flat, "sizes": pending_sizes}) if entry_package == package_id
+                   else None)
         if pending:
-            _merge_into(per_device, int(device_id), pending)
+            add(int(device_id), pending)
             open_buckets[int(device_id)] = pending
-            names[int(device_id)] = (name, fleet)
+            names[int(device_id)] = (name, fleet_name)
     missing = [d for d in per_device if d not in names]
     if missing:
-        for device_id, name, fleet in session.execute(select(Device.id, Device.name, Fleet.name).join(
+        for device_id, name, fleet_name in session.execute(select(Device.id, Device.name, Fleet.name).join(
                 Fleet, Device.fleet_id == Fleet.id).where(Device.id.in_(missing))):
-            names[int(device_id)] = (name, fleet)
-    return per_device, open_buckets, refused, names
+            names[int(device_id)] = (name, fleet_name)
+    return WindowCounts(per_device, expected or [], open_buckets, refused, names)
 
 
-def _merge_into(per_device: dict[int, list[list[int]]], device_id: int, counts: list[list[int]]) -> None:
-    have = per_device.get(device_id)
-    if have is None:
-        per_device[device_id] = [list(map(int, c)) for c in counts]
-    elif _same_shape(have, counts):
-        per_device[device_id] = add_counts(have, counts)
-
-
-def _devices(per_device: dict[int, list[list[int]]], names: dict[int, tuple[str, str]],
-             reference: Reference | None) -> list[schemas.DriftDeviceOut]:
+def _devices(counted: WindowCounts, reference: Reference | None) -> list[schemas.DriftDeviceOut]:
     """Every device in scope scored in one matrix pass (thousands of devices in a fleet view), worst first."""
-    ids = list(per_device)
-    fitting = [d for d in ids if reference is not None and reference.fits(per_device[d])]
-    worsts: dict[int, Any] = {}
-    if reference is not None and fitting:
-        rows = np.array([list(itertools.chain.from_iterable(per_device[d])) for d in fitting], dtype=np.float64)
-        worsts = dict(zip(fitting, reference.worst_of_matrix(reference.psi_matrix(rows))))
+    ids = list(counted.per_device)
+    worsts: list[Any] = [None] * len(ids)
+    if reference is not None and ids and counted.sizes == [f.bins for f in reference.features]:
+        rows = np.stack([counted.per_device[d] for d in ids])
+        worsts = reference.worst_of_matrix(reference.psi_matrix(rows))
     out = []
-    for device_id in ids:
-        name, fleet = names.get(device_id, ("?", "?"))
-        w = worsts.get(device_id)
-        out.append(schemas.DriftDeviceOut(device=name, fleet=fleet, samples=samples_of(per_device[device_id]),
+    for device_id, w in zip(ids, worsts):
+        name, fleet = counted.names.get(device_id, ("?", "?"))
+        samples = int(np.add.reduceat(counted.per_device[device_id], np.cumsum([0] + counted.sizes[:-1])).max())
+        out.append(schemas.DriftDeviceOut(device=name, fleet=fleet, samples=samples,
                                           input_psi=w.input_psi if w else None,
                                           prediction_psi=w.prediction_psi if w else None,
                                           input_feature=w.input_feature if w else None,
@@ -186,7 +216,7 @@ def _devices(per_device: dict[int, list[list[int]]], names: dict[int, tuple[str,
     return out[:DEVICES_SHOWN]
 
 
-def _series(session: Session, model: str, package_id: str | None, scope: dict[int, tuple[str, str]] | None,
+def _series(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | None,
             now: float, range_s: float) -> list[schemas.DriftPointOut]:
     """Per time bin: the worst and the median device's bucket PSI (read from the stored scores)."""
     if package_id is None:
@@ -196,8 +226,9 @@ def _series(session: Session, model: str, package_id: str | None, scope: dict[in
     stmt = select(DriftSample.t, DriftSample.device_id, DriftSample.samples, DriftSample.input_psi,
                   DriftSample.prediction_psi).where(DriftSample.model_name == model,
                                                     DriftSample.package_id == package_id, DriftSample.t > start)
-    if scope is not None:
-        stmt = stmt.where(DriftSample.device_id.in_(list(scope)))
+    in_scope = _scope_filter(DriftSample.device_id, device, fleet)
+    if in_scope is not None:
+        stmt = stmt.where(in_scope)
     bins: dict[int, dict[str, Any]] = defaultdict(lambda: {"samples": 0, "input": {}, "prediction": {}})
     for t, device_id, samples, input_psi, prediction_psi in session.execute(stmt):
         b = bins[min(SERIES_POINTS - 1, int((t - start) // width))]
