@@ -30,3 +30,22 @@ def test_a_small_simulated_fleet_heartbeats_and_converges_on_a_rollout(tmp_path:
     rollout = result["rollout"]
     assert (rollout["state"], rollout["waves"], rollout["devices_updated"]) == ("succeeded", 3, 40)
     assert 0 <= rollout["converged_after_last_release_s"] <= rollout["total_s"]
+
+
+def test_simulated_devices_send_drift_histograms_the_server_stores(tmp_path: Path) -> None:
+    """Every device reports its model's drift counts (over the package baseline's bins, a new epoch on a
+    restart); the server accepts them all, closes buckets in the window and scores the fleet."""
+    out = tmp_path / "sim.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_sim.py"), "--devices", "12", "--interval", "1",
+                          "--long-poll", "0.5", "--duration", "4", "--model", "--drift-bucket-s", "1",
+                          "--drift-min-samples", "5", "--drift-shifted", "0.25", "--restart-rate", "0.05",
+                          "--json", str(out)],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["drift"] is True and result["errors"] == {} and result["heartbeats"] >= 12
+    assert result["drift_features"] == 34  # 32 of the model's input columns, the predicted class, the top score
+    assert result["drift_buckets_stored"] > 0
+    assert 0 < result["drift_bytes_per_model"]["mean"] < result["heartbeat_bytes"]["mean"]
+    view = result["drift_view"]
+    assert view["status"] == "ok" and view["refused"] == 0 and view["devices_scored"] == 12, view
