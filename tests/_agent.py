@@ -132,3 +132,21 @@ def stop_all(agents: Iterable[AgentProcess]) -> None:
             agent.__exit__(None, None, None)
         except Exception:  # noqa: BLE001 - stop the others regardless
             pass
+
+
+def fleet_agent(tmp: Path, name: str, server_url: str, token: str, public_key: Path, heartbeat_s: float = 0.5,
+                long_poll_s: float = 2, **sections: dict[str, Any]) -> AgentProcess:
+    """An agent of fleet "cams" that registers with ``token`` and heartbeats to ``server_url`` (its home
+    is ``tmp / name``); ``sections`` add or replace config sections (e.g. ``capture={...}``)."""
+    home = tmp / name
+    home.mkdir()
+    (home / "token").write_text(token + "\n")
+    config = write_config(home / "agent.toml", {
+        "device": {"name": name, "fleet": "cams"},
+        "listen": {"address": f"127.0.0.1:{free_port()}", "metrics_address": ""},
+        "models": {"directory": "models", "trusted_keys": [str(public_key)]},
+        "server": {"url": server_url, "token_file": "token", "heartbeat_interval_s": heartbeat_s,
+                   "long_poll_s": long_poll_s, "request_timeout_s": 10, "max_backoff_s": 2},
+        **sections,
+    })
+    return AgentProcess(config)

@@ -26,7 +26,7 @@ from edgemill.client import AgentClient  # noqa: E402
 from edgemill.demo import zoo  # noqa: E402
 from edgemill.package import sign_package  # noqa: E402
 
-from ._agent import AgentProcess, free_port, stop_all, wait_for, write_config  # noqa: E402
+from ._agent import AgentProcess, fleet_agent, stop_all, wait_for  # noqa: E402
 from ._fleet import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -105,20 +105,6 @@ def webhooks() -> Iterator[Webhooks]:
     hooks.http.shutdown()
 
 
-def _agent(tmp: Path, name: str, server_url: str, token: str, public_key: Path) -> AgentProcess:
-    home = tmp / name
-    home.mkdir()
-    (home / "token").write_text(token + "\n")
-    config = write_config(home / "agent.toml", {
-        "device": {"name": name, "fleet": "cams"},
-        "listen": {"address": f"127.0.0.1:{free_port()}", "metrics_address": ""},
-        "models": {"directory": "models", "trusted_keys": [str(public_key)]},
-        "server": {"url": server_url, "token_file": "token", "heartbeat_interval_s": 0.3, "long_poll_s": 1,
-                   "request_timeout_s": 10, "max_backoff_s": 2},
-    })
-    return AgentProcess(config)
-
-
 class Traffic:
     """Every device serves a batch of each model per round; what each device gets can be changed."""
 
@@ -165,7 +151,8 @@ def test_input_drift_fires_for_the_shifted_device_resolves_and_prediction_drift_
         try:
             for name in DEVICES:
                 token = api.request("POST", "/api/v1/fleets/cams/registration-tokens", body={})["token"]
-                agents[name] = _agent(tmp_path, name, server.url, token, keypair[1]).start()
+                agents[name] = fleet_agent(tmp_path, name, server.url, token, keypair[1], heartbeat_s=0.3,
+                                            long_poll_s=1).start()
             for model in ("camera", "sorter"):
                 api.request("POST", "/api/v1/deployments", body={
                     "model": model, "version": "1.0.0", "fleet": "cams",

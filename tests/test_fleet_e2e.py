@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 from edgemill.client import AgentClient, AgentError  # noqa: E402
 from edgemill.errors import VerificationError  # noqa: E402
 
-from ._agent import AgentProcess, free_port, stop_all, wait_for, write_config  # noqa: E402
+from ._agent import AgentProcess, fleet_agent, stop_all, wait_for  # noqa: E402
 from ._fleet import ServerProcess, build_model_package, postgres_url, tampered_copy  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -31,21 +31,6 @@ def versions(keypair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactor
     return {"1.0.0": build_model_package(out, "detector", "1.0.0", 64, keypair[0]),
             "2.0.0": build_model_package(out, "detector", "2.0.0", 32, keypair[0]),
             "3.0.0": build_model_package(out, "detector", "3.0.0", 64, keypair[0], seed=3)}
-
-
-def _agent(tmp: Path, name: str, server_url: str, token: str, public_key: Path) -> AgentProcess:
-    home = tmp / name
-    home.mkdir()
-    (home / "token").write_text(token + "\n")
-    config = write_config(home / "agent.toml", {
-        "device": {"name": name, "fleet": "cams"},
-        "listen": {"address": f"127.0.0.1:{free_port()}", "metrics_address": ""},
-        "models": {"directory": "models", "trusted_keys": [str(public_key)]},
-        "capture": {"directory": "captures", "store": "server", "upload_interval_s": 0.2},
-        "server": {"url": server_url, "token_file": "token", "heartbeat_interval_s": 0.5, "long_poll_s": 2,
-                   "request_timeout_s": 10, "max_backoff_s": 2},
-    })
-    return AgentProcess(config)
 
 
 def _versions_served(agents: dict[str, AgentProcess]) -> dict[str, str | None]:
@@ -79,7 +64,8 @@ def test_three_agents_converge_roll_back_a_bad_canary_and_refuse_tampering(
         assert refused.value.reason.value == "file_modified"
         api.request("POST", "/api/v1/fleets", body={"name": "cams"})
         token = api.request("POST", "/api/v1/fleets/cams/registration-tokens", body={"uses": 3})["token"]
-        agents = {name: _agent(tmp_path, name, server.url, token, keypair[1]) for name in DEVICES}
+        agents = {name: fleet_agent(tmp_path, name, server.url, token, keypair[1],
+                                   capture={"directory": "captures", "store": "server", "upload_interval_s": 0.2}) for name in DEVICES}
         try:
             for agent in agents.values():
                 agent.start()
