@@ -198,8 +198,11 @@ async def scrape_writer(session: aiohttp.ClientSession, url: str) -> dict[str, d
     return out
 
 
-def writer_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float | None]:
-    """What the server's heartbeat writer did in the window: mean batch, mean write time, queue waits."""
+def writer_summary(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                   window_s: float) -> dict[str, float | None]:
+    """What the server's heartbeat writer did in the window: mean batch, mean write time, queue waits, and
+    its busy share (seconds spent writing per second: it writes one batch at a time, so near 1 it is the
+    bottleneck and heartbeats queue)."""
     def delta(name: str, key: str) -> float:
         return after[name].get(key, 0.0) - before[name].get(key, 0.0)
 
@@ -216,7 +219,8 @@ def writer_summary(before: dict[str, dict[str, float]], after: dict[str, dict[st
     return {"writes": batches,
             "mean_batch": round(delta(WRITER_METRICS[2], "sum") / batches, 1) if batches else None,
             "mean_write_ms": round(delta(WRITER_METRICS[1], "sum") / batches * 1000, 1) if batches else None,
-            "queue_wait_p99_ms_at_most": queue_ms * 1000 if queue_ms is not None else None}
+            "queue_wait_p99_ms_at_most": queue_ms * 1000 if queue_ms is not None else None,
+            "busy_share": round(delta(WRITER_METRICS[1], "sum") / window_s, 2) if window_s > 0 else None}
 
 
 # --- the simulated agent ---------------------------------------------------------------------
@@ -318,7 +322,8 @@ class SimDevice:
         """The agent restarted: every counter starts again from zero, drift under a new epoch."""
         self.requests = self.errors = 0
         if self.drift is not None:
-            self.drift = DriftCounters(self.drift.model, f"{rng.getrandbits(48):012x}", np.zeros_like(self.drift.counts))
+            self.drift = DriftCounters(self.drift.model, f"{rng.getrandbits(48):012x}",
+                                       np.zeros_like(self.drift.counts))
 
     def report(self, rng: random.Random, interval: float, draw: np.random.Generator | None = None) -> dict:  # type: ignore[type-arg]
         served = rng.randint(int(2 * interval), int(8 * interval))  # 2–8 requests a second
@@ -526,14 +531,15 @@ async def simulate(args: argparse.Namespace, url: str, api_key: str, server_pid:
             "db_bytes_per_device_day": round((size1 - size0) / args.devices * 86400 / window),
             "db_bytes_per_device_day_by_table": {t: round((tables1[t] - tables0[t]) / args.devices * 86400 / window)
                                                  for t in tables1} or None,
-            "server_heartbeat_writer": writer_summary(writer0, writer1),
+            "server_heartbeat_writer": writer_summary(writer0, writer1, window),
             "heartbeat_bytes": {"mean": round(statistics.fmean(stats.body_bytes)) if stats.body_bytes else None,
                                 "max": max(stats.body_bytes, default=None)},
             "drift_bytes_per_model": {"mean": round(statistics.fmean(stats.drift_bytes)) if stats.drift_bytes else None,
                                       "p50": percentile(stats.drift_bytes, 50) if stats.drift_bytes else None,
                                       "max": max(stats.drift_bytes, default=None)},
             "drift_buckets_stored": (rows1 - rows0) if rows0 is not None and rows1 is not None else None,
-            "drift_buckets_per_s": round((rows1 - rows0) / window, 1) if rows0 is not None and rows1 is not None else None,
+            "drift_buckets_per_s": (round((rows1 - rows0) / window, 1)
+                                    if rows0 is not None and rows1 is not None else None),
             "errors": dict(stats.errors), "dropped": stats.dropped, "restarts": stats.restarts})
         if result["drift"]:
             result["drift_view"] = await drift_view(api, fleet, devices)
@@ -630,9 +636,11 @@ def main() -> int:
     parser.add_argument("--server", default=None, help="use a running server (URL) instead of starting one")
     parser.add_argument("--api-key", default=os.environ.get("EDGEMILL_API_KEY"))
     parser.add_argument("--rollout", action="store_true", help="deploy v1 first, then time a rollout of v2")
-    parser.add_argument("--model", action="store_true", help="every device runs v1 (deployed before the run), no rollout")
+    parser.add_argument("--model", action="store_true",
+                        help="every device runs v1 (deployed before the run), no rollout")
     parser.add_argument("--model-features", type=int, default=32,
-                        help="input columns of the simulated MLP (its baseline watches up to 32, plus 2 output features)")
+                        help="input columns of the simulated MLP (its baseline watches up to 32 of them, plus "
+                             "2 output features)")
     parser.add_argument("--no-drift", dest="drift", action="store_false",
                         help="send no drift histograms (to compare with a run that does)")
     parser.add_argument("--drift-shifted", type=float, default=0.01,

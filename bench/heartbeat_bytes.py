@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT / "src"))
 TARGET_BYTES = 4096  # issue 15: at most 4 KiB per model with 32 monitored features
 
 
-def drift_entry_bytes(folder: Path, name: str, features: int, classes: int, samples: int, chunk: int = 8192) -> dict:  # type: ignore[type-arg]
+def drift_entry_bytes(folder: Path, name: str, features: int, classes: int, samples: int,  # type: ignore[type-arg]
+                      chunk: int = 8192) -> dict:
     import onnx
 
     import edgemill
