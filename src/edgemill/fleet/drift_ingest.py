@@ -23,7 +23,7 @@ import numpy as np
 
 from . import schemas
 from .config import ServerConfig
-from .drift_refs import Reference, samples_of, worst
+from .drift_refs import Reference, samples_of, split_by_sizes, worst
 
 DRIFT_MAX_BUCKET_S = 86400.0  # a bucket of a quiet device closes after this however few samples it holds
 
@@ -50,10 +50,9 @@ def fold(state: dict[str, Any] | None, hb: schemas.HeartbeatIn, references: dict
         if reference is not None and (report.bins != reference.bins or not reference.fits(report.counts)):
             entry = dict(entry or {})
             entry["refused"] = int(entry.get("refused", 0)) + 1
-            entry["refused_reason"] = (f"bins {report.bins} do not match the package baseline's {reference.bins}"
-                                       if report.bins != reference.bins else "the counts do not have the baseline's shape")
-            out.problems.append(f"model {report.model}: drift histograms refused ({entry['refused']} so far): "
-                                f"{entry['refused_reason']}")
+            reason = (f"bins {report.bins} do not match the package baseline's {reference.bins}"
+                      if report.bins != reference.bins else "the counts do not have the baseline's shape")
+            out.problems.append(f"model {report.model}: drift histograms refused ({entry['refused']} so far): {reason}")
             out.state[report.model] = entry
             continue
         out.state[report.model] = _fold_one(entry, report, reference, now, config, out)
@@ -85,13 +84,13 @@ def _fold_one(entry: dict[str, Any] | None, report: schemas.DriftCountsIn, refer
     open_bucket = delta if pending is None else np.asarray(pending, dtype=np.int64) + delta
     starts = np.cumsum([0] + sizes[:-1])
     samples = int(np.add.reduceat(open_bucket, starts).max()) if sizes else 0
-    entry.update(package_id=report.package_id, epoch=report.epoch, bins=report.bins, sizes=sizes,
-                 totals=totals.tolist(), pending=open_bucket.tolist(), since=since, samples=samples)
+    entry.update(package_id=report.package_id, epoch=report.epoch, sizes=sizes, totals=totals.tolist(),
+                 pending=open_bucket.tolist(), since=since)
     span = now - since
     if samples and ((span >= config.drift_bucket_s and samples >= config.drift_min_samples)
                     or span >= DRIFT_MAX_BUCKET_S):
         _close(report.model, entry, reference, now, out)
-        entry.update(pending=None, since=now, samples=0)
+        entry.update(pending=None, since=now)
     elif not samples and span >= DRIFT_MAX_BUCKET_S:
         entry["since"] = now
     return entry
@@ -100,23 +99,21 @@ def _fold_one(entry: dict[str, Any] | None, report: schemas.DriftCountsIn, refer
 def open_counts(entry: dict[str, Any]) -> list[list[int]] | None:
     """An entry's open bucket as counts per feature (None: nothing open)."""
     pending, sizes = entry.get("pending"), entry.get("sizes")
-    if not pending or not sizes:
-        return None
-    bounds = np.cumsum([0] + list(sizes))
-    return [pending[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return split_by_sizes(pending, sizes) if pending and sizes else None
 
 
 def _close(model: str, entry: dict[str, Any], reference: Reference | None, now: float, out: Folded) -> None:
     """Turn the entry's open bucket into a row (nothing when it holds no samples)."""
     counts = open_counts(entry)
-    if not counts or not samples_of(counts):
+    samples = samples_of(counts) if counts else 0
+    if not samples:
         return
     psis: dict[str, float | None] = {}
     if reference is not None and reference.fits(counts):
         psis = reference.psis(counts)
     w = worst(reference.features, psis) if reference is not None and psis else None
     out.rows.append({"model_name": model, "package_id": entry["package_id"], "t": now,
-                     "span_s": max(0.0, now - float(entry.get("since", now))), "samples": samples_of(counts),
+                     "span_s": max(0.0, now - float(entry.get("since", now))), "samples": samples,
                      "counts": counts, "input_psi": w.input_psi if w else None,
                      "prediction_psi": w.prediction_psi if w else None,
                      "scores": {k: round(v, 5) for k, v in psis.items() if v is not None} or None})

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -133,6 +134,13 @@ def samples_of(counts: Sequence[Sequence[int]]) -> int:
     return max((int(sum(c)) for c in counts), default=0)
 
 
+def split_by_sizes(flat: Sequence[int], sizes: Sequence[int]) -> list[list[int]]:
+    """Flat counts (features in order) back into one list per feature of ``sizes`` bins each."""
+    values = flat.tolist() if isinstance(flat, np.ndarray) else list(flat)
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def add_counts(a: Sequence[Sequence[int]] | None, b: Sequence[Sequence[int]]) -> list[list[int]]:
     """Bin-wise sum (``a`` None: a copy of ``b``); the shapes must agree."""
     if a is None:
@@ -156,8 +164,6 @@ def pinned(base: Reference, pin: DriftReference) -> Reference:
 
 class References:
     def __init__(self, ttl_s: float = 10.0, clock: Callable[[], float] | None = None) -> None:
-        import time
-
         self._ttl_s = ttl_s
         self._clock = clock or time.monotonic
         self._baselines: OrderedDict[str, tuple[float, Reference | None]] = OrderedDict()  # + expiry for None

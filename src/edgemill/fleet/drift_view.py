@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +25,15 @@ from . import schemas
 from .config import ServerConfig
 from .db.tables import Device, DeviceModel, DriftSample, Fleet, Model, ModelVersion
 from .drift_ingest import open_counts
-from .drift_refs import Reference, References, samples_of, worst
+from .drift_refs import Reference, References, samples_of, split_by_sizes, worst
 from .views import ts
 
 SERIES_POINTS = 96
 DEVICES_SHOWN = 200
 
 
-def resolve_version(session: Session, model: str, version: str | None,
-                    device_ids: Sequence[int] | None) -> tuple[str | None, str | None]:
+def resolve_version(session: Session, model: str, version: str | None, device: str | None = None,
+                    fleet: str | None = None) -> tuple[str | None, str | None]:
     """(version, package id) to report on: the one named, else the one most devices in scope run now,
     else the newest uploaded. A model the registry does not know is a 404."""
     model_row = session.scalar(select(Model).where(Model.name == model))
@@ -50,8 +49,9 @@ def resolve_version(session: Session, model: str, version: str | None,
         raise NotFoundError(f"model {model!r} has no such version", value=version, field="version",
                             fix=f"use one of: {', '.join(sorted(versions.values())) or 'none'}")
     running = select(DeviceModel.package_id, func.count()).where(DeviceModel.model_name == model)
-    if device_ids is not None:
-        running = running.where(DeviceModel.device_id.in_(device_ids))
+    in_scope = _scope_filter(DeviceModel.device_id, device, fleet)
+    if in_scope is not None:
+        running = running.where(in_scope)
     counted = sorted(session.execute(running.group_by(DeviceModel.package_id)), key=lambda r: -r[1])
     if counted:
         package_id = counted[0][0]
@@ -61,33 +61,26 @@ def resolve_version(session: Session, model: str, version: str | None,
     return (newest.version, newest.package_id) if newest is not None else (None, None)
 
 
-def scope_devices(session: Session, device: str | None, fleet: str | None) -> dict[int, tuple[str, str]] | None:
-    """Device id → (name, fleet) in scope; None for every device."""
-    if device is None and fleet is None:
-        return None
-    stmt = select(Device.id, Device.name, Fleet.name).join(Fleet, Device.fleet_id == Fleet.id)
+def check_scope(session: Session, device: str | None, fleet: str | None) -> None:
+    """A 404 naming the device or fleet of the scope that does not exist."""
     if device is not None:
-        stmt = stmt.where(Device.name == device)
-    if fleet is not None:
-        stmt = stmt.where(Fleet.name == fleet)
-    found = {int(i): (n, f) for i, n, f in session.execute(stmt)}
-    if not found and device is not None:
-        raise NotFoundError("no device with that name" + (f" in fleet {fleet!r}" if fleet else ""), value=device,
-                            field="device", fix="name a registered device (GET /api/v1/devices)")
-    if not found and session.scalar(select(Fleet.id).where(Fleet.name == fleet)) is None:
+        stmt = select(Device.id).join(Fleet, Device.fleet_id == Fleet.id).where(Device.name == device)
+        if session.scalar(stmt.where(Fleet.name == fleet) if fleet is not None else stmt) is None:
+            raise NotFoundError("no device with that name" + (f" in fleet {fleet!r}" if fleet else ""), value=device,
+                                field="device", fix="name a registered device (GET /api/v1/devices)")
+    elif fleet is not None and session.scalar(select(Fleet.id).where(Fleet.name == fleet)) is None:
         raise NotFoundError("no fleet with that name", value=fleet, field="fleet", fix="GET /api/v1/fleets lists them")
-    return found
 
 
 def drift_report(session: Session, references: References, config: ServerConfig, now: float, model: str,
                  version: str | None = None, device: str | None = None, fleet: str | None = None,
                  window_s: float = 3600.0, range_s: float = 86400.0) -> schemas.DriftOut:
-    scope = scope_devices(session, device, fleet)
-    version, package_id = resolve_version(session, model, version, list(scope) if scope is not None else None)
+    check_scope(session, device, fleet)
+    version, package_id = resolve_version(session, model, version, device, fleet)
     reference = references.get_many(session, [package_id]).get(package_id) if package_id else None
     sizes = [f.bins for f in reference.features] if reference is not None else None
-    counted = _window_counts(session, model, package_id, scope, device, fleet, now - window_s, sizes)
-    merged = _nest(np.sum(list(counted.per_device.values()), axis=0), counted.sizes) if counted.per_device else None
+    counted = _window_counts(session, model, package_id, device, fleet, now - window_s, sizes)
+    merged = split_by_sizes(np.sum(list(counted.per_device.values()), axis=0), counted.sizes) if counted.per_device else None
     samples = samples_of(merged) if merged else 0
     features: list[schemas.DriftFeatureOut] = []
     overall = None
@@ -123,12 +116,6 @@ class WindowCounts:
     names: dict[int, tuple[str, str]]  # device id -> (name, fleet)
 
 
-def _nest(flat: np.ndarray, sizes: list[int]) -> list[list[int]]:
-    bounds = np.cumsum([0] + list(sizes))
-    values = flat.astype(np.int64).tolist()
-    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 def _scope_filter(column: Any, device: str | None, fleet: str | None) -> Any:
     """SQL for "the device id in ``column`` is in scope" (None: every device)."""
     if device is None and fleet is None:
@@ -141,8 +128,8 @@ def _scope_filter(column: Any, device: str | None, fleet: str | None) -> Any:
     return column.in_(ids.scalar_subquery())
 
 
-def _window_counts(session: Session, model: str, package_id: str | None, scope: dict[int, tuple[str, str]] | None,
-                   device: str | None, fleet: str | None, since: float, sizes: list[int] | None) -> WindowCounts:
+def _window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | None,
+                   since: float, sizes: list[int] | None) -> WindowCounts:
     """Per device: its counts in the window (closed buckets + the open one; flat, in feature order) and
     its open bucket alone; refusals in scope; device names. Counts of another shape than ``sizes`` (the
     reference's; without one, the first seen) are left out: they cannot merge."""
@@ -179,7 +166,7 @@ def _window_counts(session: Session, model: str, package_id: str | None, scope: 
     for device_id, counts in session.execute(stmt):
         add(int(device_id), counts)
     refused = 0
-    names: dict[int, tuple[str, str]] = dict(scope or {})
+    names: dict[int, tuple[str, str]] = {}
     for device_id, name, fleet_name, entry_package, pending_flat, pending_sizes, refusals in session.execute(open_stmt):
         refused += int(refusals or 0)
         pending = (open_counts({"pending": pending_flat, "sizes": pending_sizes}) if entry_package == package_id
