@@ -25,7 +25,7 @@ def rule_of(row: AlertRule) -> Rule:
 
 
 def gather(session: Session, now: float, window_s: float, config: ServerConfig,
-           drift_window_s: float | None = None, drift_scores: bool = False) -> tuple[list[Sample], FleetFacts]:
+           drift_window_s: float | None = None) -> tuple[list[Sample], FleetFacts]:
     devices = session.scalars(select(Device)).all()
     fleet_of = {d.id: d.fleet.name for d in devices}
     offline: dict[str, int] = {}
@@ -39,29 +39,22 @@ def gather(session: Session, now: float, window_s: float, config: ServerConfig,
     rows = session.scalars(select(MetricSample).where(MetricSample.t > now - window_s)).all()
     samples = [Sample(t=r.t, device=names.get(r.device_id, "?"), fleet=fleet_of.get(r.device_id, "?"), model=r.model_name,
                       requests=r.requests, errors=r.errors, p95_ms=r.p95_ms) for r in rows]
-    drift = _drift_readings(session, now, drift_window_s, drift_scores, names, fleet_of) if drift_window_s else []
+    drift = _drift_readings(session, now, drift_window_s, names, fleet_of) if drift_window_s else []
     facts = FleetFacts(offline_devices=offline, failed_deployments=failed,
                        device_fleet={d.name: d.fleet.name for d in devices}, drift=drift)
     return samples, facts
 
 
-def _drift_readings(session: Session, now: float, window_s: float, with_scores: bool, names: dict[int, str],
+def _drift_readings(session: Session, now: float, window_s: float, names: dict[int, str],
                     fleet_of: dict[int, str]) -> list[DriftReading]:
-    """The drift buckets closed in the window, scalars only (the per-feature scores when a rule names one)."""
-    columns = [DriftSample.t, DriftSample.device_id, DriftSample.model_name, DriftSample.samples,
-               DriftSample.input_psi, DriftSample.prediction_psi] + ([DriftSample.scores] if with_scores else [])
+    """The drift buckets closed in the window: their PSIs and per-feature scores, not their counts."""
     readings = []
-    for row in session.execute(select(*columns).where(DriftSample.t > now - window_s)):
-        scores = row[6] if with_scores else None
-        input_feature = prediction_feature = None
-        if scores:
-            inputs = {k: v for k, v in scores.items() if k.startswith("input:")}
-            outputs = {k: v for k, v in scores.items() if k.startswith("output:")}
-            input_feature = max(inputs, key=inputs.__getitem__) if inputs else None
-            prediction_feature = max(outputs, key=outputs.__getitem__) if outputs else None
+    for row in session.execute(select(DriftSample.t, DriftSample.device_id, DriftSample.model_name, DriftSample.samples,
+                                      DriftSample.input_psi, DriftSample.prediction_psi, DriftSample.scores)
+                               .where(DriftSample.t > now - window_s)):
         readings.append(DriftReading(t=row[0], device=names.get(row[1], "?"), fleet=fleet_of.get(row[1], "?"),
                                      model=row[2], samples=int(row[3]), input_psi=row[4], prediction_psi=row[5],
-                                     scores=scores, input_feature=input_feature, prediction_feature=prediction_feature))
+                                     scores=row[6]))
     return readings
 
 
@@ -83,8 +76,7 @@ def evaluate_all(db, now: float, config: ServerConfig) -> int:  # type: ignore[n
             return 0
         drift_rules = [r for r in rules if r.metric in DRIFT_METRICS]
         samples, facts = gather(session, now, max(r.window_s for r in rules), config,
-                                drift_window_s=max((r.window_s for r in drift_rules), default=None),
-                                drift_scores=bool(drift_rules))
+                                drift_window_s=max((r.window_s for r in drift_rules), default=None))
     changed = 0
     for rule_row in rules:
         ev = evaluate(rule_of(rule_row), samples, facts, now)

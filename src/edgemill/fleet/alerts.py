@@ -39,8 +39,11 @@ class DriftReading:
     input_psi: float | None  # the largest over input features (None: no reference)
     prediction_psi: float | None
     scores: Mapping[str, float] | None = None  # feature key -> PSI
-    input_feature: str | None = None
-    prediction_feature: str | None = None
+
+    def worst_feature(self, side: str) -> str | None:
+        """The feature of ``side`` ("input" or "output") with the largest PSI in this bucket."""
+        mine = {k: v for k, v in (self.scores or {}).items() if k.startswith(side + ":")}
+        return max(mine, key=mine.__getitem__) if mine else None
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,7 @@ def _evidence(rule: Rule, scoped: list[Any]) -> str:
         top = _worst_drift(rule, scoped)
         if top is None:
             return ""
-        feature = rule.feature or (top.input_feature if rule.metric == "input_drift" else top.prediction_feature)
+        feature = rule.feature or top.worst_feature("input" if rule.metric == "input_drift" else "output")
         text = (f" (PSI on device '{top.device}'" + (f", feature {feature}" if feature else "")
                 + f", its latest {top.samples:,} samples; {len(scoped):,} device(s) judged over {_fmt(rule.window_s)} s)")
         return text + (f": {PREDICTION_DRIFT_HINT}" if rule.metric == "prediction_drift" else "")
