@@ -17,58 +17,40 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
 
 from .config import ServerConfig
 from .db import Database
-from .db.tables import DriftSample, RetentionMark
+from .db.tables import DriftSample
 from .drift_refs import References, add_counts, samples_of, worst
-from .retention import FOLD_SPANS_PER_TX, MAX_FOLD_TRANSACTIONS, fold_cutoff
+from .retention import fold_cutoff, fold_spans
 
 DRIFT_MARK = "drift_rollups"
 log = logging.getLogger("edgemill.server")
 
 
-class _LostRace(Exception):
-    """Another replica moved the watermark first; this transaction is rolled back."""
-
-
 def fold_drift(db: Database, now: float, config: ServerConfig) -> tuple[int, int]:
     """Fold old buckets; returns (buckets folded, folded buckets written)."""
-    cutoff = fold_cutoff(now, config)
     span = config.metrics_rollup_s
     references = References(config.drift_reference_ttl_s)
-    folded = written = 0
-    for _ in range(MAX_FOLD_TRANSACTIONS):
-        try:
-            with db.session() as session:
-                mark = session.scalar(select(RetentionMark.watermark).where(RetentionMark.name == DRIFT_MARK))
-                if mark is None:
-                    oldest = session.scalar(select(func.min(DriftSample.t)))
-                    start = cutoff if oldest is None else min(cutoff, (math.ceil(oldest / span) - 1) * span)
-                    session.execute(insert(RetentionMark).values(name=DRIFT_MARK, watermark=start))
-                    continue
-                if mark >= cutoff:
-                    break
-                upto = min(cutoff, mark + FOLD_SPANS_PER_TX * span)
-                if not session.execute(update(RetentionMark).where(RetentionMark.name == DRIFT_MARK,
-                                                                   RetentionMark.watermark == mark)
-                                       .values(watermark=upto)).rowcount:
-                    raise _LostRace
-                rows = session.execute(select(DriftSample.device_id, DriftSample.model_name, DriftSample.package_id,
-                                              DriftSample.t, DriftSample.span_s, DriftSample.counts)
-                                       .where(DriftSample.t > mark, DriftSample.t <= upto)).all()
-                merged = _merge(rows, span)
-                session.execute(delete(DriftSample).where(DriftSample.t > mark, DriftSample.t <= upto))
-                if merged:
-                    refs = references.get_many(session, {key[2] for key in merged})
-                    session.execute(insert(DriftSample), [_row(key, value, refs.get(key[2]))
-                                                          for key, value in merged.items()])
-            folded += len(rows)
-            written += len(merged)
-        except (_LostRace, IntegrityError):
-            continue
+
+    def first_start(session: Session) -> float | None:  # the start of the oldest bucket's (right-closed) span
+        oldest = session.scalar(select(func.min(DriftSample.t)))
+        return None if oldest is None else (math.ceil(oldest / span) - 1) * span
+
+    def fold(session: Session, mark: float, upto: float) -> tuple[int, int]:
+        rows = session.execute(select(DriftSample.device_id, DriftSample.model_name, DriftSample.package_id,
+                                      DriftSample.t, DriftSample.span_s, DriftSample.counts)
+                               .where(DriftSample.t > mark, DriftSample.t <= upto)).all()
+        merged = _merge(rows, span)
+        session.execute(delete(DriftSample).where(DriftSample.t > mark, DriftSample.t <= upto))
+        if merged:
+            refs = references.get_many(session, {key[2] for key in merged})
+            session.execute(insert(DriftSample), [_row(key, value, refs.get(key[2])) for key, value in merged.items()])
+        return len(rows), len(merged)
+
+    folded, written = fold_spans(db, DRIFT_MARK, fold_cutoff(now, config), span, first_start, fold)
     with db.session() as session:
         expired = session.execute(delete(DriftSample).where(
             DriftSample.t < now - config.metrics_rollup_retention_s)).rowcount or 0

@@ -19,6 +19,7 @@ captures), so a backlog drains over several ticks instead of holding one long tr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Float, and_, case, cast, delete, func, insert, literal, select, update
@@ -71,33 +72,53 @@ def fold_cutoff(now: float, config: ServerConfig) -> float:
     return (now - config.metrics_retention_s) // span * span
 
 
-def fold_samples(db: Database, now: float, config: ServerConfig, done: RetentionPass | None = None) -> RetentionPass:
-    done = done if done is not None else RetentionPass()
-    cutoff = fold_cutoff(now, config)
-    span = config.metrics_rollup_s
+def fold_spans(db: Database, mark_name: str, cutoff: float, span: float,
+               first_start: Callable[[Session], float | None],
+               fold: Callable[[Session, float, float], tuple[int, int]]) -> tuple[int, int]:
+    """Move the watermark ``mark_name`` towards ``cutoff``, up to FOLD_SPANS_PER_TX spans per transaction,
+    calling ``fold(session, mark, upto)`` (returns rows folded, rows written) inside each move's own
+    transaction: the conditional UPDATE makes one replica the owner of each move. The first pass starts
+    the mark at ``first_start(session)`` (None: nothing to fold, start at the cutoff). Returns the sums."""
+    folded = written = 0
     for _ in range(MAX_FOLD_TRANSACTIONS):
         try:
             with db.session() as session:
-                mark = session.scalar(select(RetentionMark.watermark).where(RetentionMark.name == ROLLUP_MARK))
-                if mark is None:  # the first pass: start at the oldest sample's span
-                    oldest = session.scalar(select(func.min(MetricSample.t)))
-                    start = cutoff if oldest is None else min(cutoff, oldest // span * span)
-                    session.execute(insert(RetentionMark).values(name=ROLLUP_MARK, watermark=start))
+                mark = session.scalar(select(RetentionMark.watermark).where(RetentionMark.name == mark_name))
+                if mark is None:
+                    start = first_start(session)
+                    session.execute(insert(RetentionMark).values(
+                        name=mark_name, watermark=cutoff if start is None else min(cutoff, start)))
                     continue
                 if mark >= cutoff:
-                    return done
+                    break
                 upto = min(cutoff, mark + FOLD_SPANS_PER_TX * span)
-                moved = session.execute(update(RetentionMark).where(RetentionMark.name == ROLLUP_MARK,
-                                                                    RetentionMark.watermark == mark)
-                                        .values(watermark=upto)).rowcount
-                if not moved:
+                if not session.execute(update(RetentionMark).where(RetentionMark.name == mark_name,
+                                                                   RetentionMark.watermark == mark)
+                                       .values(watermark=upto)).rowcount:
                     raise _LostRace
-                written = _fold(session, mark, upto, span)
-                folded = session.execute(delete(MetricSample).where(MetricSample.t < upto)).rowcount or 0
-            done.rollups_written += written
-            done.samples_folded += folded
+                moved, wrote = fold(session, mark, upto)
+            folded += moved
+            written += wrote
         except (_LostRace, IntegrityError):
             continue  # another replica created the mark or folded this span first: read it again
+    return folded, written
+
+
+def fold_samples(db: Database, now: float, config: ServerConfig, done: RetentionPass | None = None) -> RetentionPass:
+    done = done if done is not None else RetentionPass()
+    span = config.metrics_rollup_s
+
+    def first_start(session: Session) -> float | None:  # the oldest sample's span
+        oldest = session.scalar(select(func.min(MetricSample.t)))
+        return None if oldest is None else oldest // span * span
+
+    def fold(session: Session, mark: float, upto: float) -> tuple[int, int]:
+        written = _fold(session, mark, upto, span)
+        return session.execute(delete(MetricSample).where(MetricSample.t < upto)).rowcount or 0, written
+
+    folded, written = fold_spans(db, ROLLUP_MARK, fold_cutoff(now, config), span, first_start, fold)
+    done.samples_folded += folded
+    done.rollups_written += written
     return done
 
 
