@@ -79,8 +79,8 @@ def drift_report(session: Session, references: References, config: ServerConfig,
     version, package_id = resolve_version(session, model, version, device, fleet)
     reference = references.get_many(session, [package_id]).get(package_id) if package_id else None
     sizes = [f.bins for f in reference.features] if reference is not None else None
-    counted = _window_counts(session, model, package_id, device, fleet, now - window_s, sizes)
-    merged = split_by_sizes(np.sum(list(counted.per_device.values()), axis=0), counted.sizes) if counted.per_device else None
+    counted = window_counts(session, model, package_id, device, fleet, now - window_s, sizes)
+    merged = counted.merged()
     samples = samples_of(merged) if merged else 0
     features: list[schemas.DriftFeatureOut] = []
     overall = None
@@ -115,6 +115,12 @@ class WindowCounts:
     refused: int
     names: dict[int, tuple[str, str]]  # device id -> (name, fleet)
 
+    def merged(self) -> list[list[int]] | None:
+        """Every device's counts summed (exact: same bins), per feature; None when nothing was counted."""
+        if not self.per_device:
+            return None
+        return split_by_sizes(np.sum(list(self.per_device.values()), axis=0), self.sizes)
+
 
 def _scope_filter(column: Any, device: str | None, fleet: str | None) -> Any:
     """SQL for "the device id in ``column`` is in scope" (None: every device)."""
@@ -128,11 +134,12 @@ def _scope_filter(column: Any, device: str | None, fleet: str | None) -> Any:
     return column.in_(ids.scalar_subquery())
 
 
-def _window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | None,
-                   since: float, sizes: list[int] | None) -> WindowCounts:
+def window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | None,
+                  since: float, sizes: list[int] | None, until: float | None = None) -> WindowCounts:
     """Per device: its counts in the window (closed buckets + the open one; flat, in feature order) and
     its open bucket alone; refusals in scope; device names. Counts of another shape than ``sizes`` (the
-    reference's; without one, the first seen) are left out: they cannot merge."""
+    reference's; without one, the first seen) are left out: they cannot merge. With ``until``, a past
+    window: the stored buckets that ended in it, no open ones."""
     per_device: dict[int, np.ndarray] = {}
     open_buckets: dict[int, list[list[int]]] = {}
     if package_id is None:
@@ -153,6 +160,8 @@ def _window_counts(session: Session, model: str, package_id: str | None, device:
 
     stmt = select(DriftSample.device_id, DriftSample.counts).where(
         DriftSample.model_name == model, DriftSample.package_id == package_id, DriftSample.t > since)
+    if until is not None:
+        stmt = stmt.where(DriftSample.t <= until)
     # Only this model's open bucket, read out of each device's state by the database (JSON path): a
     # fleet view of thousands of devices parses their open buckets, not every model's counters.
     open_stmt = select(Device.id, Device.name, Fleet.name, Device.drift_state[(model, "package_id")].as_string(),
@@ -167,7 +176,8 @@ def _window_counts(session: Session, model: str, package_id: str | None, device:
         add(int(device_id), counts)
     refused = 0
     names: dict[int, tuple[str, str]] = {}
-    for device_id, name, fleet_name, entry_package, pending_flat, pending_sizes, refusals in session.execute(open_stmt):
+    for device_id, name, fleet_name, entry_package, pending_flat, pending_sizes, refusals in (
+            session.execute(open_stmt) if until is None else ()):
         refused += int(refusals or 0)
         pending = (open_counts({"pending": pending_flat, "sizes": pending_sizes}) if entry_package == package_id
                    else None)

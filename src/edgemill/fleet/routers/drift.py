@@ -4,15 +4,13 @@ reference itself (the package baseline, or a window the operator pins)."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import select
 
 from ...errors import UserError
 from .. import schemas
 from ..auth import require_operator
-from ..db.tables import Device, DriftReference, DriftSample
-from ..drift_ingest import open_counts
-from ..drift_refs import add_counts, samples_of
-from ..drift_view import reference_out, drift_report
+from ..db.tables import DriftReference
+from ..drift_refs import samples_of
+from ..drift_view import drift_report, reference_out, window_counts
 from ..state import server_state
 from .common import get_version
 
@@ -66,16 +64,8 @@ def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Re
             raise UserError("this version has no baseline, so its devices' counts cannot be scored against a window",
                             value=version, field="version", fix="recompile the model (its package then carries a "
                             "baseline) and deploy that version")
-        merged = None
-        stored = session.execute(select(DriftSample.counts).where(
-            DriftSample.package_id == row.package_id, DriftSample.t > start, DriftSample.t <= end)).scalars().all()
-        pending = [open_counts(entry) or [] for (state_,) in session.execute(
-                       select(Device.drift_state).where(Device.drift_state.is_not(None)))
-                   for entry in (state_ or {}).values()
-                   if entry.get("package_id") == row.package_id and entry.get("pending")] if body.last_s else []
-        for counts in [*stored, *pending]:
-            if reference.fits(counts):
-                merged = add_counts(merged, counts)
+        merged = window_counts(session, name, row.package_id, None, None, start, [f.bins for f in reference.features],
+                               until=None if body.last_s else end).merged()  # last_s: the open buckets too
         if merged is None or samples_of(merged) == 0:
             raise UserError("no drift counts of this version in that window", value=f"{start}..{end}",
                             field="start", fix="pick a window in which devices ran this version (GET /api/v1/drift "
