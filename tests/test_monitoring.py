@@ -138,7 +138,7 @@ def test_totals_count_every_observed_sample_whatever_the_batching() -> None:
     assert window.window_counts()[f.key].sum() == 0 and sum(window.totals()[f.key]) == 300
 
 
-def test_a_large_input_is_reduced_at_once_and_never_held() -> None:
+def test_a_large_input_is_copied_at_once_and_never_held() -> None:
     clock = FakeClock()
     rng = np.random.default_rng(4)
     feeds = [{"img": rng.uniform(0, 1, (2, 3, 64, 64)).astype(np.float32)} for _ in range(10)]
@@ -150,6 +150,41 @@ def test_a_large_input_is_reduced_at_once_and_never_held() -> None:
     counts = window.window_counts()
     mean0 = [f for f in features if f.key == "input:img:channel_mean:0"][0]
     assert counts[mean0.key].sum() == 1 and counts[mean0.key][-1] == 1  # the bright frame, not the zeros
+
+
+@pytest.mark.parametrize("dtype,layout", [("float32", "nchw"), ("uint8", "nhwc")])
+def test_frames_counted_on_the_device_bin_as_the_baseline_would_whatever_their_batching(dtype: str, layout: str) -> None:
+    """The device keeps each frame's pixel grid in a reused block and takes the statistics in batches; the
+    counts equal binning every frame's statistics at once (the compile-time path), across block refills,
+    a frame size change (another block) and batches of several frames."""
+    rng = np.random.default_rng(5)
+    shape = (3, 96, 80) if layout == "nchw" else (96, 80, 3)
+    frames = [(rng.random((int(rng.integers(1, 4)), *shape)) * 255).astype(dtype) for _ in range(40)]
+    other = (rng.random((2, *(s * 2 if s > 3 else s for s in shape))) * 255).astype(dtype)
+    feeds = [{"img": f} for f in frames[:10]]
+    features = build_features([("img", dtype, [None, *shape])], [], feeds, [])
+    assert {f.statistic for f in features} == {"channel_mean", "channel_std"}
+    window = FeatureWindow(features, flush_rows=10_000, flush_bytes=40_000)  # a block holds a few frames
+    for frame in frames[:20] + [other] + frames[20:]:
+        window.observe({"img": frame}, {})
+    totals = window.totals()
+    everything = frames + [other]
+    for f in features:
+        expected = sum(f.count(per_sample(f.statistic, frame, f.layout)[:, f.index]) for frame in everything)
+        assert totals[f.key] == expected.tolist(), f.key
+    assert sum(totals[features[0].key]) == sum(len(frame) for frame in everything)
+
+
+def test_pending_frames_are_bounded_by_flush_bytes_not_only_by_rows() -> None:
+    rng = np.random.default_rng(6)
+    frames = [rng.random((1, 3, 224, 224)).astype(np.float32) for _ in range(5)]
+    features = build_features([("img", "float32", [None, 3, 224, 224])], [], [{"img": f} for f in frames], [])
+    window = FeatureWindow(features, flush_rows=10_000, flush_bytes=3 * 3 * 32 * 32 * 4)  # three grids
+    for frame in frames[:3]:
+        window.observe({"img": frame}, {})
+    assert window.samples == 3  # the third filled the budget: counted without anyone reading
+    window.observe({"img": frames[3]}, {})
+    assert window.samples == 3 and sum(window.totals()[features[0].key]) == 4
 
 
 # --- the baseline in the package ----------------------------------------------------------------------

@@ -19,7 +19,9 @@ to uniform over its bins and a shift shows up as mass moving to the edges.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -148,26 +150,36 @@ def per_sample(feature_statistic: str, array: np.ndarray, layout: str = "") -> n
 
 
 def image_grid(a: np.ndarray, layout: str) -> np.ndarray:
-    """The pixels an image's channel statistics are computed on, as a contiguous float32 array: a regular
-    grid of at most ~GRID_PIXELS per channel (brightness and contrast of a frame need no more; a 224x224
-    frame is read at every 7th row and column). Gridding a grid changes nothing, so the device may grid
-    once for both statistics."""
+    """The pixels an image's channel statistics are computed on (``grid_view``), as a contiguous float32
+    array."""
+    return np.ascontiguousarray(grid_view(a, layout), dtype=np.float32)
+
+
+def grid_view(a: np.ndarray, layout: str) -> np.ndarray:
+    """A regular grid of at most ~GRID_PIXELS pixels per channel of an image batch, as a strided view (no
+    copy): brightness and contrast of a frame need no more; a 224x224 frame is read at every 7th row and
+    column."""
+    return a[_grid_index(a.shape, layout)]
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_index(shape: tuple[int, ...], layout: str) -> tuple[slice, ...]:
+    """The slices of ``grid_view`` for one shape (worked out once: the Predict path sees few shapes)."""
     h_axis, w_axis = (2, 3) if layout == "nchw" else (1, 2)
-    step = max(1, int(np.ceil(np.sqrt(a.shape[h_axis] * a.shape[w_axis] / GRID_PIXELS))))
-    if step > 1:
-        a = a[:, :, ::step, ::step] if layout == "nchw" else a[:, ::step, ::step, :]
-    return np.ascontiguousarray(a, dtype=np.float32)
+    step = max(1, math.ceil(math.sqrt(shape[h_axis] * shape[w_axis] / GRID_PIXELS)))
+    every, grid = slice(None), slice(None, None, step)
+    return (every, every, grid, grid) if layout == "nchw" else (every, grid, grid, every)
 
 
 def channel_stats(grid: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """Per sample and channel, the mean and the standard deviation of a gridded image (``image_grid``),
-    both ``[N, C]``, in one pass over it (float64 sums: no loss on 8-bit or float pixels)."""
+    both ``[N, C]``: one pass for the sums and one for the sums of squares, both accumulated in float64
+    (no loss on 8-bit or float pixels) without a float64 copy of the pixels."""
     n = grid.shape[0]
     x = grid.reshape(n, grid.shape[1], -1) if layout == "nchw" else grid.reshape(n, -1, grid.shape[-1]).transpose(0, 2, 1)
-    x = x.astype(np.float64)
-    mean = x.mean(axis=2)
-    variance = np.maximum((x * x).mean(axis=2) - mean * mean, 0.0)
-    return mean, np.sqrt(variance)
+    mean = x.mean(axis=2, dtype=np.float64)
+    squares = np.einsum("ncp,ncp->nc", x, x, dtype=np.float64) / max(x.shape[2], 1)
+    return mean, np.sqrt(np.maximum(squares - mean * mean, 0.0))
 
 
 def _top_score(rows: np.ndarray) -> np.ndarray:

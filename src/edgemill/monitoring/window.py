@@ -1,10 +1,11 @@
 """Histograms of one loaded model's features over a sliding window, counted on the device.
 
-The Predict path only keeps what it needs: a copy of each small watched tensor (a tabular row, a
-classifier's scores) or, for a large one (an image), its per-sample channel statistics, computed at once
-so no reference to a caller's buffer is held. Binning happens in batches, when the pending rows pass
-``flush_rows`` or when someone reads the counts (a heartbeat, a metrics scrape): vectorised over many
-rows, it costs little per call.
+The Predict path only copies what it needs into buffers allocated once and reused: each small watched
+tensor as it came (a tabular row, a classifier's scores) and, of a large image, the regular grid of
+pixels its channel statistics are taken on (``features.grid_view``); no reference to a caller's buffer
+is held. Statistics and binning happen in batches, when the pending rows pass ``flush_rows``, a buffer
+passes ``flush_bytes`` or someone reads the counts (a heartbeat, a metrics scrape): vectorised over many
+rows, they cost little per call.
 
 Counts go to two places: ``totals()``, cumulative since the window was made (a heartbeat sends them
 under the window's ``epoch``, like Prometheus counters: a lost heartbeat loses nothing, and the server
@@ -14,6 +15,7 @@ of ``slots`` time slots covering ``window_s`` seconds, for the device's own drif
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -22,14 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from .drift import js_distance, psi
-from .features import Feature, bins_digest, channel_stats, image_grid, per_sample
+from .features import Feature, bins_digest, channel_stats, grid_view, per_sample
 
+_FLOAT32 = np.dtype(np.float32)
 SMALL_TENSOR = 4096  # elements per call below which a tensor is copied and reduced later, in a batch
 
 
 class FeatureWindow:
     def __init__(self, features: Sequence[Feature], window_s: float = 600.0, slots: int = 10,
-                 flush_rows: int = 512, clock: Callable[[], float] = time.monotonic) -> None:
+                 flush_rows: int = 512, flush_bytes: int = 2 << 20, clock: Callable[[], float] = time.monotonic) -> None:
         if slots < 1 or window_s <= 0:
             raise ValueError(f"need slots >= 1 and window_s > 0, got {slots}, {window_s}")
         self.features = list(features)
@@ -42,19 +45,22 @@ class FeatureWindow:
         self.bins_digest = bins_digest(self.features)  # what the counts are over (the server checks it)
         self._offsets = np.cumsum([0] + [f.bins for f in self.features])
         self._flush_rows = flush_rows
+        self._flush_bytes = flush_bytes
         self._lock = threading.Lock()
         # What each call keeps, per (side, tensor): "raw" copies or reduced per-sample statistic groups.
         self._groups: dict[tuple[str, str], list[tuple[int, Feature]]] = {}
         for i, f in enumerate(self.features):
             self._groups.setdefault((f.side, f.tensor), []).append((i, f))
-        self._pending: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in self._groups}
-        self._pending_stats: dict[tuple[str, str, str], list[np.ndarray]] = {}
+        budget = max(1, flush_bytes)
+        self._raw: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in self._groups}  # small tensors' copies
+        self._grids = {k: _RowBuffer(budget, flush_rows) for k in self._groups}  # images' pixel grids
+        self._pending_stats: dict[tuple[str, str, str], list[np.ndarray]] = {}  # other large tensors, reduced
         self._pending_rows = 0
         self.samples = 0  # counted so far (for "not enough data yet")
 
     # --- Predict path ---------------------------------------------------------------------------------
     def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-        rows = 0
+        rows, full = 0, False
         with self._lock:
             for (side, tensor), members in self._groups.items():
                 array = (inputs if side == "input" else outputs).get(tensor)
@@ -63,19 +69,17 @@ class FeatureWindow:
                 a = np.asarray(array)
                 rows = max(rows, a.shape[0] if a.ndim else 1)
                 if a.size <= SMALL_TENSOR:
-                    self._pending[(side, tensor)].append(a.copy())
+                    self._raw[(side, tensor)].append(a.copy())
                     continue
                 layout = members[0][1].layout
-                statistics = {f.statistic for _, f in members}
-                if layout:  # an image: grid it once, both channel statistics in one pass
-                    mean, std = channel_stats(image_grid(a, layout), layout)
-                    values = {"channel_mean": mean, "channel_std": std}
-                else:
-                    values = {statistic: np.atleast_1d(per_sample(statistic, a)) for statistic in statistics}
-                for statistic in statistics:
-                    self._pending_stats.setdefault((side, tensor, statistic), []).append(values[statistic])
+                if layout:  # an image: keep its grid (a strided read); the statistics are taken in the batch
+                    full = self._grids[(side, tensor)].add(grid_view(a, layout), _FLOAT32) or full
+                    continue
+                for statistic in {f.statistic for _, f in members}:
+                    self._pending_stats.setdefault((side, tensor, statistic), []).append(
+                        np.atleast_1d(per_sample(statistic, a)))
             self._pending_rows += rows
-            if self._pending_rows >= self._flush_rows:
+            if full or self._pending_rows >= self._flush_rows:
                 self._flush_locked()
 
     # --- readers ----------------------------------------------------------------------------------------
@@ -113,9 +117,13 @@ class FeatureWindow:
             return
         counts = np.zeros_like(self._total)
         for (side, tensor), members in self._groups.items():
-            raw = self._pending[(side, tensor)]
+            raw = self._raw[(side, tensor)]
             batches = _batches(raw)
             raw.clear()
+            for grid in self._grids[(side, tensor)].take():  # both channel statistics of every pending frame
+                mean, std = channel_stats(grid, members[0][1].layout)
+                self._pending_stats.setdefault((side, tensor, "channel_mean"), []).append(mean)
+                self._pending_stats.setdefault((side, tensor, "channel_std"), []).append(std)
             cache: dict[str, np.ndarray] = {}
             for i, f in members:
                 if f.statistic not in cache:
@@ -152,8 +160,50 @@ class FeatureWindow:
                 self._ring[slot] = 0
 
 
+class _RowBuffer:
+    """Rows kept for the next batch, copied on the Predict path into one block allocated once and reused
+    (no allocation per call and no joining at the flush) while their per-row shape and dtype stay the
+    same; rows of another shape (a dynamic axis) are kept as copies beside it. Holds at most about
+    ``budget`` bytes: ``add`` says when it is full and the window must flush."""
+
+    def __init__(self, budget: int, max_rows: int) -> None:
+        self._budget = budget
+        self._max_rows = max(1, max_rows)
+        self._block: np.ndarray | None = None
+        self._used = 0  # rows of the block holding data
+        self._row_bytes = 0  # of the block
+        self._others: list[np.ndarray] = []
+        self._bytes = 0  # held in all: the block's used rows and the others
+
+    def add(self, rows: np.ndarray, dtype: np.dtype) -> bool:
+        """Copy ``rows`` (axis 0: samples; any strides) in as ``dtype``; True once the buffer is full."""
+        n, used, block = rows.shape[0], self._used, self._block
+        if block is not None and used + n <= len(block) and block.shape[1:] == rows.shape[1:] and block.dtype == dtype:
+            block[used:used + n] = rows  # the fast path: same shape as the calls before
+            self._used = used = used + n
+            self._bytes += n * self._row_bytes
+            return used >= len(block) or self._bytes >= self._budget
+        row_bytes = math.prod(rows.shape[1:]) * dtype.itemsize
+        if used == 0:  # (re)shape the block for what comes now
+            capacity = max(1, min(self._max_rows, self._budget // max(1, row_bytes)))
+            self._block, self._row_bytes = np.empty((capacity, *rows.shape[1:]), dtype=dtype), row_bytes
+            if n <= capacity:
+                return self.add(rows, dtype)
+        self._others.append(np.array(rows, dtype=dtype))
+        self._bytes += n * row_bytes
+        return self._bytes >= self._budget
+
+    def take(self) -> list[np.ndarray]:
+        """Everything kept, as few arrays as the shapes allow, and empty again. The block's part is a view:
+        use it before the next ``add``."""
+        out = [self._block[:self._used]] if self._block is not None and self._used else []
+        out += _batches(self._others)
+        self._used, self._others, self._bytes = 0, [], 0
+        return out
+
+
 def _batches(arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Pending copies joined into as few batches as their shapes allow (a dynamic axis gives several)."""
+    """Copies joined into as few batches as their shapes allow (a dynamic axis gives several)."""
     groups: dict[tuple[int, ...], list[np.ndarray]] = {}
     for a in arrays:
         a = a if a.ndim else a.reshape(1)
