@@ -17,7 +17,7 @@ import pytest
 import edgemill
 import edgemill.runtime as rt
 from edgemill.agent import sysv_shm
-from edgemill.agent.capture.record import CaptureRecord, object_key
+from edgemill.captures.record import CaptureRecord, object_key
 from edgemill.agent.edge_manager_config import DEFAULT_SOCKET, load_edge_manager_config
 from edgemill.demo import zoo
 from edgemill.errors import ConfigError, SharedMemoryError

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 import edgemill
 from edgemill.agent.capture import CaptureRecord, CaptureService
-from edgemill.agent.capture.store import ServerStore
+from edgemill.agent.capture.server_store import ServerStore
 from edgemill.agent.config import AgentConfig, ModelsConfig, config_from_dict, load_config
 from edgemill.agent.daemon import Agent
 from edgemill.agent.models import ModelManager, health_check

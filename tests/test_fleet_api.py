@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from edgemill.agent.capture.record import CaptureRecord  # noqa: E402
+from edgemill.captures.record import CaptureRecord  # noqa: E402
 from edgemill.fleet.app import create_app  # noqa: E402
 from edgemill.fleet.config import ServerConfig  # noqa: E402
 from edgemill.fleet.reconciler import tick  # noqa: E402

@@ -29,7 +29,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from edgemill.agent.capture.record import MAGIC, CaptureRecord  # noqa: E402
+from edgemill.captures.record import MAGIC, CaptureRecord  # noqa: E402
 from edgemill.agent.config import ModelsConfig  # noqa: E402
 from edgemill.agent.models import ModelManager  # noqa: E402
 from edgemill.client import AgentClient  # noqa: E402

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from .. import __version__
 from .capture import CaptureService
-from .capture.store import ServerStore
+from .capture.server_store import ServerStore
 from .config import AgentConfig
 from .dataplane import DataPlane
 from .grpc.server import build_server

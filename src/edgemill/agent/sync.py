@@ -31,7 +31,7 @@ from ..errors import EdgemillError, ModelNotFoundError, VerificationError, first
 from ..package.layout import MANIFEST
 from ..package.manifest import package_id
 from ..package.reader import open_package
-from .capture.store import fsync_dir
+from ..captures.store import fsync_dir
 from .capture.uploader import backoff_delay
 from .config import AgentConfig
 from .models import ModelManager, health_check

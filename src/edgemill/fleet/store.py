@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..agent.capture.store import ObjectStore, open_store
+from ..captures.store import ObjectStore, open_store
 
 
 class ServerStore:

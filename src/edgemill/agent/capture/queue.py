@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import ResourceExhaustedError, UserError
-from .record import SUFFIX, CaptureExistsError, CaptureFormatError, object_key, read_header
-from .store import fsync_dir
+from ...captures.record import SUFFIX, CaptureExistsError, CaptureFormatError, object_key, read_header
+from ...captures.store import fsync_dir
 
 UPLOADED_LOG = "uploaded.log"
 UPLOADED_REMEMBERED = 100_000  # ids whose upload status() still knows, and that are refused as duplicates

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from ...errors import ResourceExhaustedError, UserError
 from ..config import CaptureConfig
 from .queue import CaptureStatus, DiskFullError, DiskQueue
-from .record import CaptureRecord, check_capture_id
-from .store import ObjectStore, open_store
+from ...captures.record import CaptureRecord, check_capture_id
+from ...captures.store import ObjectStore, open_store
 from .uploader import Uploader
 
 log = logging.getLogger(__name__)

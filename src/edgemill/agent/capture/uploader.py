@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ...errors import first_line
 from .queue import DiskQueue, Pending
-from .record import SUFFIX, CaptureRecord
-from .store import ObjectStore
+from ...captures.record import SUFFIX, CaptureRecord
+from ...captures.store import ObjectStore
 
 log = logging.getLogger(__name__)
 

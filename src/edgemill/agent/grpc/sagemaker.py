@@ -24,7 +24,7 @@ from ...errors import (BackendError, EdgemillError, FileNotFound, InputMismatchE
                        ModelFormatError, UnknownTargetError, UserError, VerificationError)
 from ...tensors import TensorSpec
 from .. import protos, sysv_shm
-from ..capture.record import CaptureExistsError, check_capture_id
+from ...captures.record import CaptureExistsError, check_capture_id
 from ..dataplane import DataPlane, ModelView
 from ..wire import check_shape, tensor_bytes, tensor_from_bytes
 from .status import bounded, translate_errors

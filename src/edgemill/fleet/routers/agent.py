@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ...agent.capture.record import CaptureFormatError, check_capture_id, object_key, read_header
+from ...captures.record import CaptureFormatError, check_capture_id, object_key, read_header
 from ...errors import (AuthenticationError, ConflictError, NotFoundError, PayloadTooLargeError,
                        PermissionDeniedError, RateLimitedError, UserError)
 from .. import schemas

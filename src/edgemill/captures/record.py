@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import UserError
+from ..errors import UserError
 
 MAGIC = b"EMC1"
 SUFFIX = ".emc"
