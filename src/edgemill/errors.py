@@ -96,6 +96,10 @@ class OptionError(UserError):
     """A compile/run option with a bad value."""
 
 
+class LabelError(UserError):
+    """A label that cannot judge its capture's answer (wrong kind, out of range, wrong count)."""
+
+
 class InputMismatchError(UserError):
     """Tensors given to a model do not match its inputs (name, dtype, shape)."""
 
@@ -232,6 +236,7 @@ STATUS_TABLE: dict[type[EdgemillError], Status] = {
     UnknownTargetError: Status(1, 400, "INVALID_ARGUMENT"),
     OptionError: Status(1, 400, "INVALID_ARGUMENT"),
     InputMismatchError: Status(1, 400, "INVALID_ARGUMENT"),
+    LabelError: Status(1, 422, "INVALID_ARGUMENT"),
     AccuracyCheckError: Status(1, 422, "FAILED_PRECONDITION"),
     KeyFileError: Status(1, 400, "INVALID_ARGUMENT"),
     MissingDependencyError: Status(1, 501, "UNIMPLEMENTED"),

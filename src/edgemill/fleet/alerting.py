@@ -10,9 +10,9 @@ import random
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .alerts import DRIFT_METRICS, DriftReading, FleetFacts, Rule, Sample, evaluate, transition
+from .alerts import DRIFT_METRICS, DriftReading, FleetFacts, LabeledReading, Rule, Sample, evaluate, transition
 from .config import ServerConfig
-from .db.tables import Alert, AlertRule, Device, DriftSample, MetricSample, WebhookDelivery
+from .db.tables import Alert, AlertRule, Capture, Device, DriftSample, MetricSample, WebhookDelivery
 from .views import device_status
 from .webhooks import MAX_ATTEMPTS, backoff_s, deliver, payload_for
 
@@ -21,11 +21,11 @@ log = logging.getLogger("edgemill.server")
 
 def rule_of(row: AlertRule) -> Rule:
     return Rule(name=row.name, metric=row.metric, op=row.op, threshold=row.threshold, window_s=row.window_s,
-                model=row.model, device=row.device, fleet=row.fleet, feature=row.feature)
+                model=row.model, device=row.device, fleet=row.fleet, feature=row.feature, min_samples=row.min_samples)
 
 
 def gather(session: Session, now: float, window_s: float, config: ServerConfig,
-           drift_window_s: float | None = None) -> tuple[list[Sample], FleetFacts]:
+           drift_window_s: float | None = None, labeled_window_s: float | None = None) -> tuple[list[Sample], FleetFacts]:
     devices = session.scalars(select(Device)).all()
     fleet_of = {d.id: d.fleet.name for d in devices}
     offline: dict[str, int] = {}
@@ -40,8 +40,9 @@ def gather(session: Session, now: float, window_s: float, config: ServerConfig,
     samples = [Sample(t=r.t, device=names.get(r.device_id, "?"), fleet=fleet_of.get(r.device_id, "?"), model=r.model_name,
                       requests=r.requests, errors=r.errors, p95_ms=r.p95_ms) for r in rows]
     drift = _drift_readings(session, now, drift_window_s, names, fleet_of) if drift_window_s else []
+    labeled = _labeled_readings(session, now, labeled_window_s, names, fleet_of) if labeled_window_s else []
     facts = FleetFacts(offline_devices=offline, failed_deployments=failed,
-                       device_fleet={d.name: d.fleet.name for d in devices}, drift=drift)
+                       device_fleet={d.name: d.fleet.name for d in devices}, drift=drift, labeled=labeled)
     return samples, facts
 
 
@@ -55,6 +56,21 @@ def _drift_readings(session: Session, now: float, window_s: float, names: dict[i
         readings.append(DriftReading(t=row[0], device=names.get(row[1], "?"), fleet=fleet_of.get(row[1], "?"),
                                      model=row[2], samples=int(row[3]), input_psi=row[4], prediction_psi=row[5],
                                      scores=row[6]))
+    return readings
+
+
+def _labeled_readings(session: Session, now: float, window_s: float, names: dict[int, str],
+                      fleet_of: dict[int, str]) -> list[LabeledReading]:
+    """The labeled classifier captures whose predictions fall in the window: how many samples each holds
+    and how many the model got right."""
+    readings = []
+    for t, device_id, model, prediction, label in session.execute(
+            select(Capture.created_unix, Capture.device_id, Capture.model_name, Capture.prediction, Capture.label)
+            .where(Capture.created_unix > now - window_s, Capture.label.is_not(None),
+                   Capture.task == "classification")):
+        pairs = list(zip(prediction or [], label or []))
+        readings.append(LabeledReading(t=float(t), device=names.get(device_id, "?"), fleet=fleet_of.get(device_id, "?"),
+                                       model=model, samples=len(pairs), correct=sum(1 for p, y in pairs if p == y)))
     return readings
 
 
@@ -75,8 +91,10 @@ def evaluate_all(db, now: float, config: ServerConfig) -> int:  # type: ignore[n
         if not rules:
             return 0
         drift_rules = [r for r in rules if r.metric in DRIFT_METRICS]
+        accuracy_rules = [r for r in rules if r.metric == "accuracy"]
         samples, facts = gather(session, now, max(r.window_s for r in rules), config,
-                                drift_window_s=max((r.window_s for r in drift_rules), default=None))
+                                drift_window_s=max((r.window_s for r in drift_rules), default=None),
+                                labeled_window_s=max((r.window_s for r in accuracy_rules), default=None))
     changed = 0
     for rule_row in rules:
         ev = evaluate(rule_of(rule_row), samples, facts, now)

@@ -47,6 +47,18 @@ class DriftReading:
 
 
 @dataclass(frozen=True)
+class LabeledReading:
+    """One labeled classifier capture: when its prediction was made, its samples and how many were right."""
+
+    t: float
+    device: str
+    fleet: str
+    model: str
+    samples: int
+    correct: int
+
+
+@dataclass(frozen=True)
 class FleetFacts:
     """State facts at `now`. A fleet missing from a count mapping has zero of that count."""
 
@@ -54,6 +66,7 @@ class FleetFacts:
     failed_deployments: Mapping[str, int]  # fleet -> devices whose last deployment apply failed
     device_fleet: Mapping[str, str]  # device -> fleet
     drift: Sequence[DriftReading] = ()  # closed drift buckets, newest rule window's worth
+    labeled: Sequence[LabeledReading] = ()  # labeled classifier captures, newest accuracy rule window's worth
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class Rule:
     device: str | None = None
     fleet: str | None = None
     feature: str | None = None  # drift metrics: this feature's PSI instead of the largest
+    min_samples: int | None = None  # accuracy: labeled samples needed in the window before it judges
 
 
 @dataclass(frozen=True)
@@ -92,12 +106,15 @@ OPS: Mapping[str, Callable[[float, float], bool]] = {
 WINDOW_METRICS = frozenset({"error_rate", "p95_latency_ms", "requests_per_min"})
 STATE_METRICS = frozenset({"offline_devices", "failed_deployments"})
 DRIFT_METRICS = frozenset({"input_drift", "prediction_drift"})
-METRICS = WINDOW_METRICS | STATE_METRICS | DRIFT_METRICS
+LABEL_METRICS = frozenset({"accuracy"})
+METRICS = WINDOW_METRICS | STATE_METRICS | DRIFT_METRICS | LABEL_METRICS
+DEFAULT_MIN_LABELED = 30  # an accuracy rule without min_samples judges from this many labeled samples
+ACCURACY_HINT = "measured on the labeled captures: label more to narrow it"
 PREDICTION_DRIFT_HINT = ("the model's answers have shifted; without labels this is the early warning that its "
                          "accuracy may be falling")
 
 
-def _in_scope(rule: Rule, sample: Sample | DriftReading, facts: FleetFacts, now: float) -> bool:
+def _in_scope(rule: Rule, sample: Sample | DriftReading | LabeledReading, facts: FleetFacts, now: float) -> bool:
     # (now - window, now]: a sample exactly one window old describes the interval before the window.
     if not now - rule.window_s < sample.t <= now:
         return False
@@ -187,6 +204,12 @@ def _measure(rule: Rule, samples: Sequence[Sample], facts: FleetFacts,
         readings = _latest_drift(rule, facts, now)
         top = _worst_drift(rule, readings)
         return (_drift_value(rule, top) if top is not None else None), readings
+    if rule.metric in LABEL_METRICS:
+        labeled = [r for r in facts.labeled if _in_scope(rule, r, facts, now)]
+        samples = sum(r.samples for r in labeled)
+        if not samples or samples < (rule.min_samples or DEFAULT_MIN_LABELED):
+            return None, labeled  # too few labels to judge: no data, which never fires nor resolves
+        return sum(r.correct for r in labeled) / samples, labeled
     if rule.metric in _STATE_COUNTS:
         return _state_count(rule, facts), []
     measure_window = _WINDOW_MEASURES.get(rule.metric)
@@ -234,6 +257,9 @@ def _evidence(rule: Rule, scoped: list[Any]) -> str:
         text = (f" (PSI on device '{top.device}'" + (f", feature {feature}" if feature else "")
                 + f", its latest {top.samples:,} samples; {len(scoped):,} device(s) judged over {_fmt(rule.window_s)} s)")
         return text + (f": {PREDICTION_DRIFT_HINT}" if rule.metric == "prediction_drift" else "")
+    if rule.metric in LABEL_METRICS:
+        return (f" over {_fmt(rule.window_s)} s ({sum(r.samples for r in scoped):,} labeled samples in "
+                f"{len(scoped):,} captures; {ACCURACY_HINT})")
     if rule.metric in ("error_rate", "requests_per_min"):
         return f" over {_fmt(rule.window_s)} s ({sum(s.requests for s in scoped):,} requests)"
     if rule.metric == "p95_latency_ms":
@@ -250,7 +276,11 @@ def evaluate(rule: Rule, samples: Sequence[Sample], facts: FleetFacts, now: floa
     value, scoped = _measure(rule, samples, facts, now)
     condition = f"{rule.op} {_fmt(rule.threshold)}"
     if value is None:
-        window = f" over {_fmt(rule.window_s)} s" if rule.metric in WINDOW_METRICS | DRIFT_METRICS else ""
+        window = f" over {_fmt(rule.window_s)} s" if rule.metric in WINDOW_METRICS | DRIFT_METRICS | LABEL_METRICS else ""
+        if rule.metric in LABEL_METRICS:
+            have = sum(r.samples for r in scoped)
+            return Evaluation(None, False, f"{_subject(rule)} has {have:,} labeled samples{window}, fewer than the "
+                                           f"{rule.min_samples or DEFAULT_MIN_LABELED:,} it needs (alert when {condition})")
         return Evaluation(None, False, f"{_subject(rule)} has no data{window} (alert when {condition})")
     breached = compare(value, rule.threshold)
     shown = f"{_fmt(value)} {condition}" if breached else f"{_fmt(value)}, not {condition}"
@@ -267,7 +297,7 @@ def transition(firing: bool, ev: Evaluation) -> Literal["fire", "resolve", "stay
 
 
 # Every metric is a count, a rate or a latency: none is negative, and an error rate is at most 1.
-_UPPER = {"error_rate": 1.0}
+_UPPER = {"error_rate": 1.0, "accuracy": 1.0}
 
 
 def validate_rule(rule: Rule) -> str | None:
@@ -291,6 +321,10 @@ def validate_rule(rule: Rule) -> str | None:
         return f"input_drift judges input features (input:...), not {rule.feature!r}; use prediction_drift for outputs"
     if rule.feature is not None and rule.metric == "prediction_drift" and not rule.feature.startswith("output:"):
         return f"prediction_drift judges output features (output:...), not {rule.feature!r}"
+    if rule.min_samples is not None and rule.metric not in LABEL_METRICS:
+        return f"min_samples counts labeled samples; only accuracy has them, not {rule.metric}"
+    if rule.min_samples is not None and rule.min_samples < 1:
+        return f"min_samples must be at least 1, not {rule.min_samples}"
     if rule.metric in STATE_METRICS and rule.model is not None:
         # The facts are per fleet, not per model: the model scope would be silently ignored.
         return f"{rule.metric} is counted per fleet and cannot be scoped to a model; drop the model"

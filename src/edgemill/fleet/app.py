@@ -28,7 +28,7 @@ from .gc_policy import CollectorSchedule
 from .observability import AccessLog, ServerMetrics, fleet_gauges
 from .reconciler import run_forever
 from .schemas import ErrorOut
-from .routers import agent, alerts, captures, deployments, drift, fleets, models, overview, system
+from .routers import accuracy, agent, alerts, captures, deployments, drift, fleets, models, overview, system
 from .state import ServerState
 from .store import ServerStore
 
@@ -117,7 +117,7 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
     app.add_middleware(AccessLog, metrics=state.metrics)
     # The device API first: routes are matched in order, and the heartbeat is most of all requests.
     for router in (agent.router, models.router, fleets.router, deployments.router, captures.router, alerts.router,
-                   overview.router, drift.router, system.router):
+                   overview.router, drift.router, accuracy.router, system.router):
         app.include_router(router)
     try:
         from .dashboard import mount

@@ -19,7 +19,7 @@ DeviceStatus = Literal["online", "offline", "degraded", "never_seen"]
 DeploymentState = Literal["rolling", "paused", "succeeded", "rolled_back", "superseded"]
 DeviceRolloutState = Literal["pending", "assigned", "updated", "failed", "rolled_back"]
 AlertMetric = Literal["error_rate", "p95_latency_ms", "offline_devices", "failed_deployments", "requests_per_min",
-                      "input_drift", "prediction_drift"]
+                      "input_drift", "prediction_drift", "accuracy"]
 
 
 INT64_MAX = 2**63 - 1  # the database's BIGINT: counters and sequence numbers
@@ -315,6 +315,9 @@ class DesiredStateOut(BaseModel):
 # --- captures --------------------------------------------------------------------------------
 
 
+LabelValue = int | float | list[int | float]
+
+
 class CaptureOut(BaseModel):
     capture_id: str
     device: str
@@ -322,6 +325,65 @@ class CaptureOut(BaseModel):
     size_bytes: int
     key: str  # where it lies in the object store
     received_at: datetime
+    version: str | None = None  # the model version that answered (None: stored before versions were read)
+    created_at: datetime | None = None  # when the device made the prediction
+    task: Literal["classification", "regression"] | None = None  # None: no answer a label can judge
+    prediction: list[int | float] | None = None  # one per sample: class index or value
+    label: list[int | float] | None = None
+    labeled_by: str | None = None  # the operator key's name
+    labeled_at: datetime | None = None
+    previous_label: list[int | float] | None = None  # what the last change replaced
+
+
+class LabelIn(_Body):
+    # The right answer: a class index for a classifier, a number for a regressor; a list with one per
+    # sample when the capture holds several.
+    label: LabelValue
+
+
+class LabelRowResult(BaseModel):
+    row: int  # 1-based line of the bulk file
+    device: str | None
+    capture_id: str | None
+    status: Literal["labeled", "unchanged", "error"]
+    error: str | None = None
+
+
+class LabelImportOut(BaseModel):
+    applied: bool  # False: nothing was applied, because some row is in error
+    labeled: int
+    unchanged: int
+    errors: int
+    rows: list[LabelRowResult]
+
+
+class AccuracyPoint(BaseModel):
+    t: datetime  # the bucket's start (by prediction time)
+    samples: int
+    value: float  # top-1 accuracy, or MAE for a regressor
+
+
+class AccuracyGroup(BaseModel):
+    name: str  # a device, fleet or version
+    samples: int
+    value: float
+
+
+class AccuracyOut(BaseModel):
+    model: str
+    version: str | None
+    scope: dict[str, str | None]  # fleet, device
+    task: Literal["classification", "regression"] | None  # None: no labeled captures in scope
+    samples: int  # labeled samples the figures rest on
+    captures: int
+    top1: float | None = None  # classification
+    mae: float | None = None  # regression
+    rmse: float | None = None
+    bucket_s: int
+    series: list[AccuracyPoint]
+    by_version: list[AccuracyGroup]
+    by_device: list[AccuracyGroup]
+    by_fleet: list[AccuracyGroup]
 
 
 # --- alerts ----------------------------------------------------------------------------------
@@ -339,6 +401,8 @@ class AlertRuleIn(_Body):
     # input_drift / prediction_drift only: judge this one feature (its key, e.g. "input:image:channel_mean:0")
     # instead of the largest PSI over the model's input (or output) features.
     feature: str | None = Field(None, min_length=1, max_length=256)
+    # accuracy only: the labeled samples in the window the rule needs before it judges (fewer: no data).
+    min_samples: int | None = Field(None, ge=1, le=1_000_000)
     webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
 
 

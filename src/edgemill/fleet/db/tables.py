@@ -242,7 +242,7 @@ class RetentionMark(Base):
 
 class Capture(Base):
     __tablename__ = "captures"
-    __table_args__ = (UniqueConstraint("device_id", "capture_id"),)
+    __table_args__ = (UniqueConstraint("device_id", "capture_id"), Index("ix_captures_model_created", "model_name", "created_unix"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     capture_id: Mapped[str] = mapped_column(String(128))
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
@@ -250,6 +250,17 @@ class Capture(Base):
     store_key: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[float] = mapped_column(Float, index=True)
+    # Read from the record when it arrives (None for captures stored before labels existed):
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_unix: Mapped[float | None] = mapped_column(Float, nullable=True)  # when the device made the prediction
+    task: Mapped[str | None] = mapped_column(String(16), nullable=True)  # captures.answers: classification | regression
+    classes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prediction: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # type: ignore[type-arg]  # one per sample
+    # The operator's label: one right answer per sample, who set it and when, and the value it replaced.
+    label: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # type: ignore[type-arg]
+    labeled_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    labeled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    previous_label: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)  # type: ignore[type-arg]
     device: Mapped[Device] = relationship(lazy="joined")
 
 
@@ -265,6 +276,7 @@ class AlertRule(Base):
     device: Mapped[str | None] = mapped_column(String(128), nullable=True)
     fleet: Mapped[str | None] = mapped_column(String(128), nullable=True)
     feature: Mapped[str | None] = mapped_column(String(256), nullable=True)  # drift metrics: one feature's PSI
+    min_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)  # accuracy: labeled samples needed to judge
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     rev: Mapped[int] = mapped_column(Integer, default=0)  # bumped with each fire/resolve (optimistic concurrency)

@@ -18,7 +18,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ...captures.record import CaptureFormatError, check_capture_id, object_key, read_header
+from ...captures.answers import Answer, answer_of
+from ...captures.record import CaptureFormatError, CaptureRecord, check_capture_id, object_key, read_header
 from ...errors import (AuthenticationError, ConflictError, NotFoundError, PayloadTooLargeError,
                        PermissionDeniedError, RateLimitedError, UserError)
 from .. import schemas
@@ -241,6 +242,15 @@ async def put_capture(capture_id: str, request: Request, response: Response,
     return await run_in_threadpool(_store_capture, state, device_id, capture_id, model, bytes(data), response)
 
 
+def _capture_answer(data: bytes) -> Answer | None:
+    """What the capture's model answered (for live accuracy once it is labeled); None when its outputs
+    hold none a label could judge. The checksum was verified with the header."""
+    try:
+        return answer_of(CaptureRecord.decode(data).outputs)
+    except (CaptureFormatError, UserError, ValueError):
+        return None  # stored and served all the same; it just cannot be scored
+
+
 MAX_UNIX = 253_402_300_800  # 10000-01-01: time.gmtime's range on every platform we run on
 
 
@@ -271,6 +281,7 @@ def _store_capture(state: ServerState, device_id: int, capture_id: str, model: s
                         expected="seconds since 1970, before the year 10000",
                         fix="send the .emc bytes the agent wrote, unchanged")
     key = "captures/" + object_key(device_name, model, float(created), capture_id)
+    answer = _capture_answer(data)
     now = state.clock()
     with state.db.session() as session:
         existing = session.scalar(select(Capture).where(Capture.device_id == device_id, Capture.capture_id == capture_id))
@@ -279,7 +290,10 @@ def _store_capture(state: ServerState, device_id: int, capture_id: str, model: s
         try:
             with state.db.session() as session:
                 session.add(Capture(capture_id=capture_id, device_id=device_id, model_name=model, store_key=key,
-                                    size_bytes=len(data), received_at=now))
+                                    size_bytes=len(data), received_at=now, created_unix=float(created),
+                                    model_version=str(header.get("model_version") or "")[:128] or None,
+                                    task=answer.task if answer else None, classes=answer.classes if answer else None,
+                                    prediction=list(answer.values) if answer else None))
         except IntegrityError:
             existing = True  # type: ignore[assignment]  # a concurrent retry of the same upload won
     if existing is not None:

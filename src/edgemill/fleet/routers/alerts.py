@@ -23,7 +23,7 @@ _RULE_FIX = "pick another name, or delete the old rule first (DELETE /api/v1/ale
 def _rule_out(r: AlertRule) -> schemas.AlertRuleOut:
     return schemas.AlertRuleOut(name=r.name, metric=r.metric, threshold=r.threshold, op=r.op, window_s=r.window_s,  # type: ignore[arg-type]
                                 model=r.model, device=r.device, fleet=r.fleet, feature=r.feature,
-                                webhook_url=r.webhook_url, created_at=ts(r.created_at))  # type: ignore[arg-type]
+                                min_samples=r.min_samples, webhook_url=r.webhook_url, created_at=ts(r.created_at))  # type: ignore[arg-type]
 
 
 @router.post("/alert-rules", response_model=schemas.AlertRuleOut, status_code=201,
@@ -32,10 +32,11 @@ def create_rule(body: schemas.AlertRuleIn, request: Request, _: str = Depends(re
     state = server_state(request)
     row = AlertRule(name=body.name, metric=body.metric, op=body.op, threshold=body.threshold, window_s=body.window_s,
                     model=body.model, device=body.device, fleet=body.fleet, feature=body.feature,
-                    webhook_url=body.webhook_url, created_at=state.clock(), rev=0)
+                    min_samples=body.min_samples, webhook_url=body.webhook_url, created_at=state.clock(), rev=0)
     problem = validate_rule(rule_of(row))
     if problem:
-        field = "feature" if problem.startswith(("feature", "input_drift judges", "prediction_drift judges")) else "threshold"
+        field = ("feature" if problem.startswith(("feature", "input_drift judges", "prediction_drift judges"))
+                 else "min_samples" if problem.startswith("min_samples") else "threshold")
         raise UserError("this alert rule cannot work", value=body.name, field=field, fix=problem)
     try:
         with state.db.session() as session:
