@@ -67,7 +67,8 @@ class ControlPlane:
                              fix="use --server https://HOST:PORT (the server runs with --tls-cert), or unset them")
 
     def request(self, method: str, path: str, body: Any = None, data: bytes | None = None,
-                query: dict[str, Any] | None = None) -> Any:
+                query: dict[str, Any] | None = None, raw: bool = False) -> Any:
+        """The JSON answer (None when empty), or with ``raw`` its bytes as they came."""
         url = self.url + path + (("?" + urllib.parse.urlencode(query, doseq=True)) if query else "")
         headers = {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
         if body is not None:
@@ -78,7 +79,7 @@ class ControlPlane:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._ssl) as response:
-                raw = response.read()
+                payload = response.read()
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
@@ -88,7 +89,9 @@ class ControlPlane:
             reason = getattr(exc, "reason", exc)
             raise UserError("cannot reach the control plane", value=self.url, expected=str(reason),
                             fix="start it with `edgemill server`, or pass --server URL (or set EDGEMILL_SERVER)") from None
-        return json.loads(raw) if raw else None
+        if raw:
+            return payload
+        return json.loads(payload) if payload else None
 
     def _error(self, exc: urllib.error.HTTPError) -> EdgemillError:
         try:

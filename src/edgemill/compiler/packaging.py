@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..captures.dataset import lineage_entries
 from ..package.canonical import canonical_json, sha256_hex
 from ..package.layout import MANIFEST, PARTITION, REPORT
 from ..package.manifest import FileEntry, Manifest
@@ -72,7 +73,7 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
         files=files,
         accuracy={k: v for k, v in accuracy_record.items() if k not in ("outputs", "samples")},
         edgemill_version=__version__,
-        lineage=(f"source:sha256:{ctx.source.sha256}",),
+        lineage=(f"source:sha256:{ctx.source.sha256}", *data_lineage(options)),
     )
     candidates = [{"candidate": b.artifact.candidate.label, "backend": b.artifact.candidate.backend,
                    "precision": b.artifact.candidate.precision, "status": b.record.get("status"), **b.evaluation.to_dict(),
@@ -161,3 +162,10 @@ def _accuracy_record(ctx: CompileContext, candidate: Candidate, ev: gate.Evaluat
     return {"metric": ev.metric, "original": round(ev.original, 6), "value": round(ev.value, 6),
             "drop": float(f"{ev.drop:.4g}"), "allowed": ev.allowed,
             "max_relative_error": float(f"{ev.max_relative_error:.3g}"), **common}
+
+
+def data_lineage(options: Any) -> list[str]:
+    """Where the data the compile checked, calibrated and baselined on came from, when it is an export
+    of captures (``edgemill captures export``): ``validation:captures:MODEL@VERSION:SAMPLES``..."""
+    return [entry for role in ("validation", "calibration", "baseline")
+            for entry in lineage_entries(role, getattr(options, role, None))]

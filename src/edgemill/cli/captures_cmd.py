@@ -1,0 +1,94 @@
+"""`edgemill captures export`: captures from the control plane into a dataset for the next compile."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import UsageError
+from .fleet_cmds import _client, _remote_args
+from .output import emit_json, info
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("captures", help="export captured data (inputs and labels) for the next compile")
+    captures_sub = p.add_subparsers(dest="captures_command", metavar="ACTION", required=True)
+    e = captures_sub.add_parser(
+        "export", parents=[common], help="write captures as a dataset --validation/--calibration/--baseline read",
+        description="Fetch the selected captures from the control plane and write them as one .npz: one array "
+                    "per model input (samples first), labels (classifiers) or targets (regressors) when every "
+                    "capture is labeled, and the capture ids. Compiling with it records the captures' versions in "
+                    "the new package's lineage.")
+    e.add_argument("--model", required=True)
+    e.add_argument("--version", default=None, help="only captures of this model version")
+    e.add_argument("--fleet", default=None)
+    e.add_argument("--device", default=None)
+    e.add_argument("--since", default=None, metavar="WHEN",
+                   help="predictions made since: a duration back from now (30m, 12h, 7d), an ISO date or time "
+                        "(2026-12-01, 2026-12-01T08:00:00Z) or unix seconds")
+    e.add_argument("--labeled-only", action="store_true", help="only labeled captures (their labels are written)")
+    e.add_argument("--limit", type=int, default=None, metavar="N", help="at most the N newest captures")
+    e.add_argument("-o", "--output", required=True, type=Path, metavar="DATASET.npz")
+    _remote_args(e)
+    e.set_defaults(handler=export)
+
+
+def parse_since(text: str | None, now: float | None = None) -> float | None:
+    if text is None:
+        return None
+    now = time.time() if now is None else now
+    value = text.strip()
+    match = _DURATION.fullmatch(value)
+    if match:
+        return now - float(match[1]) * _UNIT_S[match[2]]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError("bad --since", value=text, expected="a duration (30m, 12h, 7d), an ISO date or time, or unix seconds",
+                         fix="e.g. --since 7d or --since 2026-12-01") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def export(args: argparse.Namespace) -> int:
+    from ..captures.export import Selection
+    from ..captures.export import export as run_export
+
+    if args.output.suffix != ".npz":
+        raise UsageError("the dataset is written as .npz", value=str(args.output), fix=f"-o {args.output.with_suffix('.npz')}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("bad --limit", value=args.limit, expected="1 or more", fix="e.g. --limit 1000")
+    selection = Selection(model=args.model, version=args.version, fleet=args.fleet, device=args.device,
+                          since=parse_since(args.since), labeled_only=args.labeled_only, limit=args.limit)
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:  # at most once a second, and the last
+        if args.json:
+            return
+        if done == total or time.monotonic() - last[0] >= 1.0:
+            last[0] = time.monotonic()
+            info(f"  fetched {done:,}/{total:,} captures")
+
+    summary = run_export(_client(args), selection, args.output, progress)
+    if args.json:
+        emit_json(summary.to_dict())
+        return 0
+    versions = ", ".join(f"{v}: {n:,}" for v, n in summary.versions.items())
+    labels = {"labels": "with labels", "targets": "with targets"}.get(summary.labels_written, "without labels")
+    print(f"wrote {args.output}: {summary.samples:,} samples from {summary.captures:,} captures of {args.model} "
+          f"({versions}), {labels}")
+    for note in summary.notes:
+        info(f"note: {note}")
+    print(f"next: edgemill compile MODEL --validation {args.output}")
+    return 0
