@@ -182,3 +182,35 @@ def test_labels_are_checked_against_the_answer() -> None:
             check_label(scores, bad)
     with pytest.raises(UserError, match="no answer"):
         check_label(None, 1)
+
+
+# --- a capture for people -------------------------------------------------------------------------
+
+def test_a_capture_view_draws_images_tables_waveforms_and_the_answer(server: TestClient) -> None:  # noqa: F811
+    import base64
+
+    headers = register(server, "north", "cam-9")
+    rng = np.random.default_rng(8)
+    frame = rng.random((1, 3, 300, 200)).astype(np.float32)  # NCHW float: scaled to 0-255, at most 256 a side
+    record = CaptureRecord(capture_id="v1", model="detector", model_version="1.0.0", device="cam-9",
+                           created_unix=server.clock.now, auxiliary={"note": b"dock 4", "raw": b"\xff\x00"},  # type: ignore[attr-defined]
+                           inputs={"image": frame, "audio": rng.standard_normal((1, 16000)).astype(np.float32),
+                                   "row": np.arange(12, dtype=np.float32)[None], "tokens": np.zeros((1, 2, 3, 4, 5), np.int8),
+                                   "nan": np.full((1, 3), np.nan, np.float32)},
+                           outputs={"logits": np.array([[0.0, 3.0, 1.0]], np.float32)}, sampled=False)
+    assert server.put("/api/v1/agent/captures/v1", params={"model": "detector"}, content=record.encode(),
+                      headers=headers).status_code == 201
+    view = server.get("/api/v1/captures/cam-9/v1/view").json()
+    inputs = {t["name"]: t for t in view["inputs"]}
+    image = inputs["image"]["image"]
+    assert inputs["image"]["kind"] == "image" and (image["height"], image["width"], image["channels"]) == (150, 100, 3)
+    assert len(base64.b64decode(image["data_b64"])) == 150 * 100 * 3 and image["scaled_from"][1] <= 1.0
+    assert inputs["audio"]["kind"] == "waveform" and len(inputs["audio"]["waveform"]["min"]) == 1000
+    assert inputs["row"]["kind"] == "table" and inputs["row"]["values"][:3] == [0.0, 1.0, 2.0]
+    assert inputs["tokens"]["kind"] == "table" and inputs["tokens"]["stats"]["max"] == 0
+    assert inputs["nan"]["stats"] == {"min": None, "max": None, "mean": None, "std": None}
+    assert view["answer"]["task"] == "classification" and view["answer"]["top"][0]["class"] == 1
+    assert view["answer"]["top"][0]["score"] == pytest.approx(np.exp(3) / (1 + np.exp(3) + np.exp(1)))
+    assert {a["name"]: a.get("text") for a in view["auxiliary"]} == {"note": "dock 4", "raw": None}
+    assert view["capture"]["capture_id"] == "v1" and view["capture"]["prediction"] == [1]
+    assert server.get("/api/v1/captures/cam-9/nope/view").status_code == 404

@@ -335,6 +335,18 @@ class CaptureOut(BaseModel):
     previous_label: list[int | float] | None = None  # what the last change replaced
 
 
+class CaptureViewOut(BaseModel):
+    """A capture for people (``fleet.capture_view``): tensors as images, tables or waveforms where their
+    form allows, else shape, dtype and statistics; the model's answer; short auxiliary text."""
+
+    capture: CaptureOut
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    auxiliary: list[dict[str, Any]]
+    answer: dict[str, Any] | None
+    sampled: bool
+
+
 class LabelIn(_Body):
     # The right answer: a class index for a classifier, a number for a regressor; a list with one per
     # sample when the capture holds several.

@@ -13,9 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ...captures.answers import Answer, check_label
+from ...captures.record import CaptureFormatError, CaptureRecord
 from ...errors import NotFoundError, PayloadTooLargeError, UserError
 from .. import schemas
 from ..auth import require_operator
+from ..capture_view import capture_view
 from ..db.tables import Capture, Device
 from ..state import server_state
 from ..views import ts
@@ -82,6 +84,22 @@ def get_capture(device: str, capture_id: str, request: Request, _: str = Depends
     with state.db.session() as session:
         key = _find(session, device, capture_id).store_key
     return Response(state.store.get(key), media_type="application/octet-stream")
+
+
+@router.get("/{device}/{capture_id}/view", response_model=schemas.CaptureViewOut,
+            responses={404: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}})
+def view_capture(device: str, capture_id: str, request: Request, _: str = Depends(require_operator)) -> schemas.CaptureViewOut:
+    """The capture as the dashboard shows it: images, tables, waveforms, the answer, its label."""
+    state = server_state(request)
+    with state.db.session() as session:
+        row = _find(session, device, capture_id)
+        out, key = capture_out(row), row.store_key
+    try:
+        record = CaptureRecord.decode(state.store.get(key))
+    except CaptureFormatError as exc:
+        raise UserError("the stored capture cannot be read", value=exc.problem, field="capture_id",
+                        fix="the object in the store is damaged or was replaced; fetch it raw to inspect it") from None
+    return schemas.CaptureViewOut(capture=out, **capture_view(record))
 
 
 def _answer(row: Capture) -> Answer | None:
