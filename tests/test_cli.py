@@ -16,10 +16,13 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     result = run_cli("demo", "--workdir", tmp_path / "demo")
     assert result.code == 0, result.err
     for step in ("train", "compile", "sign", "verify", "tampered", "load", "predict", "control plane", "push",
-                 "two agents", "canary", "capture", "drift is seen", "dashboard"):
+                 "two agents", "canary", "capture", "drift is seen", "live accuracy", "export the labeled captures",
+                 "push 1.1.0", "dashboard"):
         assert step in result.out
     assert "refused as expected: file_modified" in result.out
-    assert "deployment 1 succeeded" in result.out and "2 captures stored" in result.out
+    assert "deployment 1 succeeded" in result.out and "2 stored under" in result.out
+    assert "lineage: validation:captures:classifier@1.0.0:20" in result.out
+    assert "20 captured predictions labeled" in result.out
     assert "/dashboard/#key=emk_" in result.out and "edgemill server --data-dir" in result.out
     assert (tmp_path / "demo" / "classifier.emp").is_file()
     assert (tmp_path / "demo" / "server" / "edgemill.db").is_file()
@@ -37,6 +40,10 @@ def test_demo_json(tmp_path: Path) -> None:
         assert fleet["deployment"]["state"] == "succeeded" and fleet["deployment"]["id"] == 1
         assert fleet["devices_online"] == 2 and fleet["captures_stored"] == 2 and fleet["fleet_predictions_agree"]
         assert fleet["input_drift"]["demo-2"] > 0.25 > fleet["input_drift"]["demo-1"], fleet["input_drift"]
+        # The data loop: the labels are the held-out truth, so live accuracy is the package's on those rows.
+        assert fleet["live_accuracy"]["samples"] == 20 and 0.8 <= fleet["live_accuracy"]["top1"] <= 1.0
+        assert fleet["exported"]["samples"] == 20 and fleet["exported"]["labels"] == "labels"
+        assert fleet["next_version"]["validated_on"] == ["validation:captures:classifier@1.0.0:20"]
         assert fleet["dashboard_url"].startswith(fleet["server_url"] + "/dashboard/#key=")
         key = (tmp_path / "demo" / "server" / "operator.key").read_text().strip()
         assert fleet["view_later_url"].endswith(f"#key={key}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -37,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from ..package.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, write_keypair
     from ..runtime import load
 
+    # The demo's agents run in this process while the next version compiles, and compiling starts
+    # measuring subprocesses: without this, gRPC logs a line for every fork that it does not need (the
+    # children exec at once and never use gRPC).
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     steps: list[dict[str, Any]] = []
@@ -105,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
     missing = server_extra_missing()
     fleet: dict[str, Any] | None = None
     if missing is None:
-        fleet = run_fleet(step, work, package, public, data.x_test, outputs["logits"])
+        def recompile(dataset: Path) -> Path:  # the next version, checked on the labeled field captures
+            nxt = compile_model(model_path, target="host", output=work / "classifier-1.1.0.emp", name="classifier",
+                                version="1.1.0", baseline=typical, validation=dataset).path
+            sign_package(nxt, keys / PRIVATE_KEY_NAME)
+            return nxt
+
+        fleet = run_fleet(step, work, package, public, data.x_test, outputs["logits"], data.y_test, recompile)
     elif not quiet:
         print(f"     skipped: {SERVER_EXTRA_HINT} (missing: {missing})", flush=True)
     labels = outputs["logits"].argmax(1)
@@ -129,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
         d = fleet["deployment"]
         print(f"fleet: {fleet['devices_online']} devices online ({', '.join(fleet['devices'])}); deployment {d['id']} "
               f"{d['state']} in {d['seconds']:.1f} s over {d['waves']} waves; "
-              f"{fleet['captures_stored']} captures stored; "
               f"agents' predictions {'equal' if fleet['fleet_predictions_agree'] else 'DIFFER from'} the runtime's.\n"
+              f"data loop: {fleet['live_accuracy']['samples']} captured predictions labeled (live top-1 "
+              f"{fleet['live_accuracy']['top1']:.3f}), exported to {fleet['exported']['path']}, "
+              f"{fleet['next_version']['version']} compiled and validated on them and pushed.\n"
               f"data: {fleet['database']} (SQLite) and {fleet['store']} (packages, captures); "
               f"operator key in {fleet['operator_key_file']}.\n"
               f"dashboard: the demo's server has stopped, its data persists (the devices go offline). To look at it, "

@@ -20,6 +20,8 @@ MODEL, VERSION, FLEET, DEVICES = "classifier", "1.0.0", "demo", ("demo-1", "demo
 DRIFT_BATCH = 100  # rows per drift prediction, and the samples a drift bucket waits for
 DRIFT_FEATURES, DRIFT_SHIFT = 4, 2.0  # the second device's first four features move by two standard deviations
 DRIFT_SIGNIFICANT = 0.25  # PSI
+LABELED_CAPTURES = 10  # per device: captured, labeled through the API, exported, checked on by the next version
+NEXT_VERSION = "1.1.0"
 SERVER_EXTRA_HINT = "the fleet part (control plane, agents, rollout, dashboard) needs `pip install 'edgemill[server]'`"
 
 
@@ -81,6 +83,10 @@ class _ServerThread:
         self._sock.close()
 
 
+def _per_device(accuracy: dict[str, Any]) -> str:
+    return ", ".join(f"{g['name']} {g['value']:.2f}" for g in accuracy["by_device"])
+
+
 def _agent_toml(name: str, url: str, public: Path) -> str:
     return (f'[device]\nname = "{name}"\nfleet = "{FLEET}"\n'
             '[listen]\naddress = "127.0.0.1:0"\nmetrics_address = ""\n'
@@ -91,9 +97,12 @@ def _agent_toml(name: str, url: str, public: Path) -> str:
 
 
 def run_fleet(step: Callable[..., Any], work: Path, package: Path, public: Path, x: Any,
-              expected: Any) -> dict[str, Any]:
-    """Server, two agents, push, deploy, predict with capture; returns the summary's fleet fields.
-    ``predictions_agree`` and ``deployment.state == "succeeded"`` say whether it worked."""
+              expected: Any, truth: Any, recompile: Callable[[Path], Path]) -> dict[str, Any]:
+    """Server, two agents, push, deploy, predict with capture, drift; then the data loop: captures
+    labeled with ``truth`` (the held-out classes) through the API, exported, and ``recompile(dataset)``
+    (which compiles and signs the next version with it as validation data) pushed beside the first.
+    Returns the summary's fleet fields; ``predictions_agree`` and ``deployment.state == "succeeded"``
+    say whether it worked."""
     import numpy as np
 
     from ..agent.config import load_config
@@ -243,6 +252,41 @@ def run_fleet(step: Callable[..., Any], work: Path, package: Path, public: Path,
                                  f"({d[DEVICES[1]]['input_feature']}), {d[DEVICES[0]]['input_psi']:.2f} on "
                                  f"{DEVICES[0]} (over {DRIFT_SIGNIFICANT} is significant)")
 
+        def label() -> dict[str, Any]:
+            ids: list[tuple[str, str, int]] = []
+            for d, (name, address) in enumerate(zip(DEVICES, addresses)):
+                with AgentClient(address) as client:
+                    for i in range(LABELED_CAPTURES):
+                        row = d * LABELED_CAPTURES + i
+                        result = client.predict(MODEL, {"features": x[row:row + 1]}, capture=True)
+                        ids.append((name, result.capture_id, int(truth[row])))
+
+            def uploaded() -> bool | None:
+                listed = cp.request("GET", "/api/v1/captures", query={"model": MODEL, "limit": 1000})
+                return True if {c for _, c, _ in ids} <= {c["capture_id"] for c in listed} else None
+            wait_for("the new captures to reach the control plane", uploaded, timeout_s=20)
+            # What an operator's labeling tool would send: one CSV row per capture, applied whole or not at all.
+            csv = "device,capture_id,label\n" + "".join(f"{d},{c},{y}\n" for d, c, y in ids)
+            report = cp.request("POST", "/api/v1/captures/labels", data=csv.encode())
+            accuracy = cp.request("GET", "/api/v1/accuracy", query={"model": MODEL})
+            return {"labeled": report["labeled"], **accuracy}
+        labeled = step(f"label {LABELED_CAPTURES * len(DEVICES)} captures: live accuracy", label,
+                       lambda a: f"top-1 {a['top1']:.3f} on {a['samples']} labeled samples ({_per_device(a)})")
+
+        def export_captures() -> Any:
+            from ..captures.export import Selection, export
+            return export(cp, Selection(model=MODEL, labeled_only=True), work / "labeled-captures.npz")
+        exported = step("export the labeled captures", export_captures,
+                        lambda e: f"{e.path}: {e.samples} samples with {e.labels_written} "
+                                  f"(versions {', '.join(e.versions)})")
+
+        def next_version() -> dict[str, Any]:
+            path = recompile(exported.path)
+            cp.push(path)
+            return cp.request("GET", f"/api/v1/models/{MODEL}/versions/{NEXT_VERSION}/lineage")  # type: ignore[no-any-return]
+        lineage = step(f"recompile on them, push {NEXT_VERSION}", next_version,
+                       lambda lin: "lineage: " + ", ".join(p for p in lin["compile"]["parents"] if ":captures:" in p))
+
         def dashboard_data() -> dict[str, Any]:
             def reported() -> dict[str, Any] | None:
                 series = cp.request("GET", "/api/v1/metrics/series", query={"model": MODEL, "since_s": 600})
@@ -266,5 +310,9 @@ def run_fleet(step: Callable[..., Any], work: Path, package: Path, public: Path,
                            "seconds": deployment["seconds"]},
             "captures_stored": len(captures), "fleet_predictions_agree": predicted["agree"],
             "input_drift": {d: drifted[d]["input_psi"] for d in DEVICES},
+            "live_accuracy": {"top1": labeled["top1"], "samples": labeled["samples"]},
+            "exported": {"path": str(exported.path), "samples": exported.samples, "labels": exported.labels_written},
+            "next_version": {"version": NEXT_VERSION,
+                             "validated_on": [p for p in lineage["compile"]["parents"] if ":captures:" in p]},
             "view_later": f"edgemill server --data-dir {server_dir} --trusted-key {public} --listen {later}",
             "view_later_url": f"http://{later}/dashboard/#key={key}"}
