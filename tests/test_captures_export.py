@@ -88,6 +88,23 @@ def test_labeled_captures_export_compile_as_validation_and_show_in_lineage(tmp_p
             assert set(data["capture_devices"]) == {"cam-1"}
         assert describe(dataset)["versions"] == {"1.0.0": 10}  # type: ignore[index]
 
+        # A large export: shards written as they fill, read back like one file.
+        folder = tmp_path / "sharded"
+        result = run_cli("captures", "export", "--model", "detector", "--labeled-only", "--shard-samples", "4",
+                         "-o", folder, *remote)
+        assert result.code == 0, result.err
+        assert "in 3 shards" in result.out and sorted(p.name for p in folder.iterdir()) == [
+            "dataset.json", "part-00000.npz", "part-00001.npz", "part-00002.npz"]
+        from edgemill.compiler.calibration import load_validation
+        from edgemill.tensors import TensorSpec
+
+        feeds, labels = load_validation(folder, [TensorSpec("features", "float32", ("N", 8))])
+        np.testing.assert_array_equal(labels, truth[:10])
+        np.testing.assert_array_equal(np.concatenate([f["features"] for f in feeds]), np.concatenate(samples[:10]))
+        assert lineage_entries("calibration", folder) == ["calibration:captures:detector@1.0.0:10"]
+        not_empty = run_cli("captures", "export", "--model", "detector", "-o", folder, *remote)
+        assert not_empty.code != 0 and "not empty" in not_empty.err
+
         # The next version, checked on those captures with the CLI's defaults.
         v2 = tmp_path / "detector-2.0.0.emp"
         result = run_cli("compile", tmp_path / "detector-1.0.0.onnx", "--validation", dataset, "--name", "detector",

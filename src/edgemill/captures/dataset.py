@@ -6,6 +6,10 @@ and ``--baseline`` read (one array per model input, samples along the first axis
 * ``capture_ids`` and ``capture_devices``: where each sample came from (the manifest of captures);
 * ``edgemill_dataset``: a JSON description (model, versions and their sample counts, filters, when).
 
+A large export is a folder of such files instead (``part-00000.npz``, ... each at most a shard's worth
+of samples, each complete in itself) with the description in ``dataset.json``, written last: a folder
+without it is an export that did not finish. The compiler reads a folder like one file.
+
 The compiler reads the description of the data it is given and records it in the new package's
 lineage (``validation:captures:MODEL@VERSION:SAMPLES``), so the registry can show which captures of
 which version a model was checked (or calibrated) on.
@@ -22,6 +26,8 @@ from typing import Any
 import numpy as np
 
 DATASET_KEY = "edgemill_dataset"
+SHARD_GLOB = "part-*.npz"
+DESCRIPTION_FILE = "dataset.json"
 META_KEYS = frozenset({DATASET_KEY, "capture_ids", "capture_devices", "targets"})  # not model inputs
 
 
@@ -47,8 +53,38 @@ def write_dataset(path: Path, inputs: Mapping[str, np.ndarray], description: Map
         partial.unlink(missing_ok=True)
 
 
+def write_description(folder: Path, description: Mapping[str, Any]) -> None:
+    """The sharded export's ``dataset.json``, atomically: its presence says every shard is written."""
+    partial = folder / f".{DESCRIPTION_FILE}.{os.getpid()}.partial"
+    partial.write_text(json.dumps(dict(description), indent=2, sort_keys=True) + "\n")
+    os.replace(partial, folder / DESCRIPTION_FILE)
+
+
+def is_sharded(path: Path) -> bool:
+    return path.is_dir() and (path / DESCRIPTION_FILE).is_file()
+
+
+def read_shards(folder: Path) -> dict[str, np.ndarray]:
+    """A sharded export's arrays, joined along the samples (the description key from the first shard)."""
+    parts = sorted(folder.glob(SHARD_GLOB))
+    if not parts:
+        raise ValueError(f"{folder} holds no {SHARD_GLOB} files")
+    loaded: list[dict[str, np.ndarray]] = []
+    for part in parts:
+        with np.load(part, allow_pickle=False) as data:
+            loaded.append({k: data[k] for k in data.files})
+    joined = {k: (np.concatenate([d[k] for d in loaded]) if v.ndim else v) for k, v in loaded[0].items()}
+    return joined
+
+
 def describe(path: Path | None) -> dict[str, Any] | None:
     """The description an exported dataset carries, or None for any other file (or none)."""
+    if path is not None and is_sharded(path):
+        try:
+            value = json.loads((path / DESCRIPTION_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
     if path is None or not path.is_file() or path.suffix != ".npz":
         return None
     try:

@@ -1,10 +1,10 @@
 """Export captures from the control plane into a dataset the next compile reads (``captures.dataset``).
 
 The selection is the captures API's (model, version, fleet, device, since, labeled); each record is
-fetched, checked and decoded, and its inputs stacked sample by sample. Captures whose inputs differ
-in names, dtypes or per-sample shapes from the most common form (another version's inputs) are left
-out and counted. Labels go in when every exported capture has one (else they are left out, and the
-summary says how to get them).
+fetched, checked and decoded, and its inputs stacked sample by sample, oldest first. Captures whose
+inputs differ in names, dtypes or per-sample shapes from the most common form among the first ones
+(another version's inputs) are left out and counted. Labels go in when every exported capture has one
+(else they are left out, and the summary says how to get them).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UserError
-from .dataset import write_dataset
+from .dataset import write_dataset, write_description
 from .record import CaptureFormatError, CaptureRecord
 
 PAGE = 1000
@@ -87,64 +87,142 @@ def list_captures(api: Api, selection: Selection) -> list[dict[str, Any]]:
     return rows[:selection.limit] if selection.limit is not None else rows
 
 
+PROBE = 64  # the inputs' most common form among the first records decoded is the dataset's
+SHARD_SAMPLES = 10_000
+
+
 def export(api: Api, selection: Selection, output: Path,
-           progress: Callable[[int, int], None] = lambda done, total: None) -> ExportSummary:
-    """Fetch, decode and write the selected captures; raises a :class:`UserError` (and writes nothing)
-    when the selection holds no capture that can be exported."""
+           progress: Callable[[int, int], None] = lambda done, total: None,
+           shard_samples: int = SHARD_SAMPLES) -> ExportSummary:
+    """Fetch, decode and write the selected captures, oldest first: to one ``.npz`` (``output`` ends in
+    .npz), else to a folder of shards of at most ``shard_samples`` samples written as they fill (memory
+    stays at a shard's worth) and its ``dataset.json``. Raises a :class:`UserError`, and leaves no
+    dataset, when nothing can be exported."""
     listed = list_captures(api, selection)
     if not listed:
         raise UserError("no captures match", value=selection.describe(),
                         fix="check the names (GET /api/v1/captures lists what the server holds), widen --since, "
                             "or drop --labeled-only")
+    listed.reverse()  # oldest first: the order the devices saw them
     summary = ExportSummary(path=output)
-    records: list[tuple[dict[str, Any], CaptureRecord]] = []
+    label_key = _label_key(listed, summary)
+    sink = _Sink(output, label_key, shard_samples)
+    form: Form | None = None
+    probe: list[tuple[dict[str, Any], CaptureRecord]] = []
+    versions: Counter[str] = Counter()
+
+    def take(row: dict[str, Any], record: CaptureRecord) -> None:
+        if _form(record) != form:
+            summary.skipped["inputs of another form"] = summary.skipped.get("inputs of another form", 0) + 1
+            return
+        n = sink.add(row, record)
+        summary.captures += 1
+        summary.samples += n
+        summary.labeled += row.get("label") is not None
+        versions[record.model_version] += n
+
     for done, row in enumerate(listed, 1):
         path = f"/api/v1/captures/{urllib.parse.quote(row['device'])}/{urllib.parse.quote(row['capture_id'])}"
         try:
-            records.append((row, CaptureRecord.decode(api.request("GET", path, raw=True))))
+            record = CaptureRecord.decode(api.request("GET", path, raw=True))
         except CaptureFormatError:
             summary.skipped["record unreadable"] = summary.skipped.get("record unreadable", 0) + 1
+            record = None
+        if record is not None and form is None:
+            probe.append((row, record))
+        elif record is not None:
+            take(row, record)
+        if form is None and (len(probe) >= PROBE or done == len(listed)) and probe:
+            form = Counter(_form(r) for _, r in probe).most_common(1)[0][0]
+            for pair in probe:
+                take(*pair)
+            probe.clear()
         progress(done, len(listed))
-    forms = Counter(_form(r) for _, r in records)
-    if not forms:
+    if form is None or not summary.captures:
+        sink.abandon()
         raise UserError("none of the selected captures could be read", value=len(listed),
                         fix="the records in the store are damaged; check the server's object store")
-    form, _ = forms.most_common(1)[0]
-    kept = [(row, r) for row, r in records if _form(r) == form]
-    if len(kept) < len(records):
-        summary.skipped["inputs of another form"] = len(records) - len(kept)
-        summary.notes.append(f"{len(records) - len(kept)} capture(s) have other inputs than the most common form "
-                             f"({_form_text(form)}): left out; export one --version at a time to keep them")
-    kept.reverse()  # oldest first: the order the devices saw them
-    inputs = {name: np.concatenate([r.inputs[name] for _, r in kept]) for name, _, _ in form}
-    ids: list[str] = []
-    devices: list[str] = []
-    versions: Counter[str] = Counter()
-    for row, r in kept:
-        n = _samples(r)
-        ids += [row["capture_id"]] * n
-        devices += [row["device"]] * n
-        versions[r.model_version] += n
-    labeled = [row for row, _ in kept if row.get("label") is not None]
-    labels = targets = None
-    if labeled and len(labeled) == len(kept):
-        tasks = {row.get("task") for row, _ in kept}
-        values = [v for row, _ in kept for v in row["label"]]
-        if len(values) == len(ids) and tasks == {"classification"}:
-            labels, summary.labels_written = np.asarray(values, dtype=np.int64), "labels"
-        elif len(values) == len(ids) and tasks == {"regression"}:
-            targets, summary.labels_written = np.asarray(values, dtype=np.float32), "targets"
-    elif labeled:
-        summary.notes.append(f"{len(kept) - len(labeled)} of {len(kept)} capture(s) have no label: labels left out "
-                             "(pass --labeled-only to export only labeled captures, with their labels)")
-    summary.captures, summary.samples, summary.labeled = len(kept), len(ids), len(labeled)
+    other = summary.skipped.get("inputs of another form", 0)
+    if other:
+        summary.notes.append(f"{other} capture(s) have other inputs than the most common form ({_form_text(form)}): "
+                             "left out; export one --version at a time to keep them")
+    summary.labels_written = label_key or ""
     summary.versions = dict(sorted(versions.items()))
     description = {"kind": "captures", "model": selection.model, "versions": summary.versions,
-                   "captures": summary.captures, "samples": summary.samples, "labels": summary.labels_written or None,
+                   "captures": summary.captures, "samples": summary.samples, "labels": label_key,
                    "selection": {k: v for k, v in selection.query().items() if k != "model"},
-                   "exported_at": time.time()}
-    write_dataset(output, inputs, description, ids, devices, labels=labels, targets=targets)
+                   "exported_at": time.time(), "shards": sink.shards if sink.sharded else None}
+    sink.finish(description)
     return summary
+
+
+def _label_key(listed: list[dict[str, Any]], summary: ExportSummary) -> str | None:
+    """"labels" (classifier) or "targets" (regressor) when every capture has a label, else None."""
+    labeled = sum(1 for row in listed if row.get("label") is not None)
+    if labeled and labeled < len(listed):
+        summary.notes.append(f"{len(listed) - labeled} of {len(listed)} capture(s) have no label: labels left out "
+                             "(pass --labeled-only to export only labeled captures, with their labels)")
+        return None
+    tasks = {row.get("task") for row in listed}
+    if not labeled or len(tasks) != 1:
+        return None
+    return {"classification": "labels", "regression": "targets"}.get(tasks.pop() or "")
+
+
+class _Sink:
+    """Samples gathered for one file, or for shards written as they fill."""
+
+    def __init__(self, output: Path, label_key: str | None, shard_samples: int) -> None:
+        self.output = output
+        self.sharded = output.suffix != ".npz"
+        self.label_key = label_key
+        self.shard_samples = max(1, shard_samples)
+        self.shards = 0
+        self._rows: list[tuple[dict[str, Any], CaptureRecord]] = []
+        self._samples = 0
+        if self.sharded:
+            if output.exists() and any(output.iterdir()):
+                raise UserError("the export folder is not empty", value=str(output),
+                                fix="name a new folder, or an .npz file for a single-file export")
+            output.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict[str, Any], record: CaptureRecord) -> int:
+        n = _samples(record)
+        self._rows.append((row, record))
+        self._samples += n
+        if self.sharded and self._samples >= self.shard_samples:
+            self._flush()
+        return n
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        path = self.output / f"part-{self.shards:05d}.npz" if self.sharded else self.output
+        inputs = {name: np.concatenate([r.inputs[name] for _, r in self._rows])
+                  for name in self._rows[0][1].inputs if self._rows[0][1].inputs[name].ndim}
+        ids = [row["capture_id"] for row, r in self._rows for _ in range(_samples(r))]
+        devices = [row["device"] for row, r in self._rows for _ in range(_samples(r))]
+        values = [v for row, _ in self._rows for v in (row.get("label") or [])]
+        labels = np.asarray(values, dtype=np.int64) if self.label_key == "labels" else None
+        targets = np.asarray(values, dtype=np.float32) if self.label_key == "targets" else None
+        description = {"kind": "captures-shard"} if self.sharded else self._description
+        write_dataset(path, inputs, description, ids, devices, labels=labels, targets=targets)
+        self.shards += 1
+        self._rows, self._samples = [], 0
+
+    def finish(self, description: dict[str, Any]) -> None:
+        self._description = description
+        if self.sharded:
+            self._flush()
+            description["shards"] = self.shards
+            write_description(self.output, description)
+        else:
+            self._flush()
+
+    def abandon(self) -> None:
+        if self.sharded:
+            for part in self.output.glob("part-*.npz"):
+                part.unlink()
 
 
 Form = tuple[tuple[str, str, tuple[int, ...]], ...]

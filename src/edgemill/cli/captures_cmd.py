@@ -34,7 +34,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                         "(2026-12-01, 2026-12-01T08:00:00Z) or unix seconds")
     e.add_argument("--labeled-only", action="store_true", help="only labeled captures (their labels are written)")
     e.add_argument("--limit", type=int, default=None, metavar="N", help="at most the N newest captures")
-    e.add_argument("-o", "--output", required=True, type=Path, metavar="DATASET.npz")
+    e.add_argument("-o", "--output", required=True, type=Path, metavar="DATASET.npz|FOLDER",
+                   help="an .npz file, or a new folder for a large export: shards of --shard-samples each, "
+                        "written as they fill, and dataset.json last (the compiler reads the folder like a file)")
+    e.add_argument("--shard-samples", type=int, default=10_000, metavar="N", help="samples per shard (default 10000)")
     _remote_args(e)
     e.set_defaults(handler=export)
 
@@ -65,8 +68,11 @@ def export(args: argparse.Namespace) -> int:
     from ..captures.export import Selection
     from ..captures.export import export as run_export
 
-    if args.output.suffix != ".npz":
-        raise UsageError("the dataset is written as .npz", value=str(args.output), fix=f"-o {args.output.with_suffix('.npz')}")
+    if args.output.suffix and args.output.suffix != ".npz":
+        raise UsageError("the dataset is an .npz file or a folder of shards", value=str(args.output),
+                         fix=f"-o {args.output.with_suffix('.npz')}, or -o {args.output.with_suffix('')}/ for shards")
+    if args.shard_samples < 1:
+        raise UsageError("bad --shard-samples", value=args.shard_samples, expected="1 or more", fix="e.g. --shard-samples 10000")
     if args.limit is not None and args.limit < 1:
         raise UsageError("bad --limit", value=args.limit, expected="1 or more", fix="e.g. --limit 1000")
     selection = Selection(model=args.model, version=args.version, fleet=args.fleet, device=args.device,
@@ -80,13 +86,14 @@ def export(args: argparse.Namespace) -> int:
             last[0] = time.monotonic()
             info(f"  fetched {done:,}/{total:,} captures")
 
-    summary = run_export(_client(args), selection, args.output, progress)
+    summary = run_export(_client(args), selection, args.output, progress, shard_samples=args.shard_samples)
     if args.json:
         emit_json(summary.to_dict())
         return 0
     versions = ", ".join(f"{v}: {n:,}" for v, n in summary.versions.items())
     labels = {"labels": "with labels", "targets": "with targets"}.get(summary.labels_written, "without labels")
-    print(f"wrote {args.output}: {summary.samples:,} samples from {summary.captures:,} captures of {args.model} "
+    shards = f" in {len(list(args.output.glob('part-*.npz')))} shards" if args.output.is_dir() else ""
+    print(f"wrote {args.output}{shards}: {summary.samples:,} samples from {summary.captures:,} captures of {args.model} "
           f"({versions}), {labels}")
     for note in summary.notes:
         info(f"note: {note}")

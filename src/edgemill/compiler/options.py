@@ -134,9 +134,10 @@ class CompileOptions:
         if not (0 <= self.tolerance < 1):
             raise OptionError("tolerance out of range", value=self.tolerance, expected="0 <= tolerance < 1",
                               fix="pass e.g. --tolerance 1e-4")
-        if self.validation is not None and not self.validation.is_file():
+        if self.validation is not None and not (self.validation.is_file() or _is_export_folder(self.validation)):
             raise FileNotFound("validation file not found", value=str(self.validation),
-                               fix="pass an .npz with one array per model input")
+                               fix="pass an .npz with one array per model input (or a folder edgemill captures "
+                                   "export wrote)")
         names = [o.name for o in self.inputs]
         if len(set(names)) != len(names):
             raise OptionError("the same input is given twice with --input", value=names, fix="give each input once")
@@ -159,3 +160,9 @@ class CompileOptions:
         if self.output is not None:
             return self.output
         return self.source_path.with_name(f"{self.package_name}-{self.target}{SUFFIX}")
+
+
+def _is_export_folder(path: Path) -> bool:
+    from ..captures.dataset import is_sharded
+
+    return is_sharded(path)
