@@ -2,6 +2,9 @@
 draw, drift shows as PSI over time and as histograms against the reference, the operator actions work,
 errors and a wrong key are shown, and the console stays clean.
 
+Captures: the list with thumbnails and filters, one capture's image, table and waveform, labeling it
+from the page (and a label the server refuses), and the live accuracy the labels give on the model page.
+
 Skips where playwright (the Python package) or a Chromium binary is missing. Full-page screenshots of
 the overview, a device page and the other views, and of the drift sections, go to
 $EDGEMILL_SCREENSHOT_DIR (or the test's tmp_path).
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -38,6 +42,8 @@ if CHROMIUM is None:
     pytest.skip("no Chromium binary (/usr/bin/chromium or `chromium` on PATH)", allow_module_level=True)
 
 import edgemill  # noqa: E402  (after the skips: nothing below is needed when they apply)
+from edgemill.captures.dataset import write_dataset  # noqa: E402
+from edgemill.captures.record import CaptureRecord  # noqa: E402
 from edgemill.monitoring.drift import psi  # noqa: E402
 from edgemill.monitoring.features import Baseline, bins_digest  # noqa: E402
 from edgemill.package.store import sign_package  # noqa: E402
@@ -296,6 +302,101 @@ def fleet(running_server: Server, signed: dict[str, Path]) -> Fleet:
     return Fleet(s, credentials, packages, baselines, deployment["id"], canary)
 
 
+# --- captures: an image classifier's, a tabular model's and an audio model's -----------------------
+
+IMAGES = 12  # captures of the classifier: a [1, 3, 64, 64] picture each, logits [1, 10]
+LABELED = 10  # the first ten are labeled through the API before the browser opens; two of them wrong
+WRONG = {3, 7}
+TABULAR = 5  # captures of "scorer": 64 features, logits [1, 10]; scorer 1.1.0 was validated on them
+WAVES = 3  # captures of "keyword": a second of 16 kHz audio, scores [1, 4]
+# and one of "weigher", a regressor: a batch of two readings (and their unit, a string tensor), kg [2, 1]
+CAPTURES = IMAGES + TABULAR + WAVES + 1
+IMAGE_DEVICES = ["cam-01", "cam-02", "cam-04"]
+
+
+@dataclass
+class Captured:
+    server: Server
+    predicted: dict[str, int]  # the image captures' predicted class
+
+
+def _picture(i: int) -> np.ndarray:
+    """A colour gradient with a bright square that moves with i, normalized as a model's input is (so the
+    view says what range it scaled from)."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32) / 63
+    rgb = np.stack([x, y, 1 - (x + y) / 2])
+    top, left = 8 + (i * 7) % 40, 8 + (i * 11) % 40
+    rgb[:, top:top + 16, left:left + 16] = np.array([1.0, 0.9, 0.1], np.float32)[:, None, None]
+    return ((rgb - 0.5) / 0.25)[None].astype(np.float32)
+
+
+def _audio(i: int) -> np.ndarray:
+    """A tone that swells and fades, with a little noise: one second at 16 kHz."""
+    t = np.arange(16000, dtype=np.float32) / 16000
+    envelope = np.sin(np.pi * t) ** 2
+    tone = envelope * np.sin(2 * np.pi * (220 + 110 * i) * t) * 0.8
+    return (tone + np.random.default_rng(i).normal(0, 0.03, t.size)).astype(np.float32)[None]
+
+
+def _upload_capture(server: Server, credential: str, record: CaptureRecord) -> None:
+    server.call("PUT", f"/api/v1/agent/captures/{record.capture_id}?model={record.model}", data=record.encode(),
+                token=credential)
+
+
+@pytest.fixture(scope="module")
+def captured(fleet: Fleet, model_dir: Path, keypair: tuple[Path, Path],
+             tmp_path_factory: pytest.TempPathFactory) -> Captured:
+    """Captures of three models uploaded by the cameras (oldest first, over the last six hours), the first
+    ten image captures labeled; "scorer" 1.0.0 and 1.1.0 registered, 1.1.0 validated on an export of
+    scorer 1.0.0's captures (so its lineage names them). The browser test that uses this runs after the
+    one above: its fleet is as that test expects it."""
+    s, cred = fleet.server, fleet.credentials
+    now = time.time()
+    rng = np.random.default_rng(7)
+    predicted = {}
+    for i in range(IMAGES):
+        capture_id, device = f"img-{i:02d}", IMAGE_DEVICES[i % len(IMAGE_DEVICES)]
+        predicted[capture_id] = (i * 3) % 10
+        logits = rng.normal(0, 1, (1, 10)).astype(np.float32)
+        logits[0, predicted[capture_id]] = 4.0
+        _upload_capture(s, cred[device], CaptureRecord(
+            capture_id=capture_id, model="classifier", model_version="1.0.0", device=device,
+            created_unix=now - 6 * 3600 + i * 1800, inputs={"image": _picture(i)}, outputs={"logits": logits},
+            auxiliary={"frame.json": json.dumps({"camera": device, "frame": 1000 + i}).encode()}, sampled=True))
+    features = rng.normal(0, 1, (TABULAR, 64)).astype(np.float32)
+    for i in range(TABULAR):
+        _upload_capture(s, cred["cam-04"], CaptureRecord(
+            capture_id=f"tab-{i}", model="scorer", model_version="1.0.0", device="cam-04",
+            created_unix=now - 3600 + i * 60, inputs={"features": features[i:i + 1]},
+            outputs={"logits": rng.normal(0, 1, (1, 10)).astype(np.float32)}, auxiliary={}, sampled=True))
+    _upload_capture(s, cred["cam-01"], CaptureRecord(
+        capture_id="reg-0", model="weigher", model_version="0.3.0", device="cam-01", created_unix=now - 900,
+        inputs={"reading": np.array([[1.5, 2.25, 3.0], [0.5, 0.75, 1.0]], np.float32), "unit": np.array(["kg", "kg"])},
+        outputs={"kg": np.array([[12.0], [4.5]], np.float32)}, auxiliary={}, sampled=True))
+    for i in range(WAVES):
+        scores = np.array([[0.1, 0.2, 0.1, 0.6]], np.float32)
+        _upload_capture(s, cred["cam-03"], CaptureRecord(
+            capture_id=f"wav-{i}", model="keyword", model_version="2.1.0", device="cam-03",
+            created_unix=now - 600 + i * 60, inputs={"audio": _audio(i)}, outputs={"scores": np.roll(scores, i, axis=1)},
+            auxiliary={"meta.txt": b"sample_rate=16000\nmicrophone=front", "raw.bin": bytes(range(256)) * 8},
+            sampled=False))
+    for i in range(LABELED):
+        capture_id = f"img-{i:02d}"
+        truth = (predicted[capture_id] + 1) % 10 if i in WRONG else predicted[capture_id]
+        s.call("PUT", f"/api/v1/captures/{IMAGE_DEVICES[i % len(IMAGE_DEVICES)]}/{capture_id}/label", {"label": truth})
+
+    out = tmp_path_factory.mktemp("scorer-packages")
+    dataset = out / "scorer-captures.npz"  # as `edgemill captures export` writes it
+    write_dataset(dataset, {"features": features}, {"kind": "captures", "model": "scorer", "versions": {"1.0.0": TABULAR}},
+                  [f"tab-{i}" for i in range(TABULAR)], ["cam-04"] * TABULAR)
+    for version, validation in (("1.0.0", None), ("1.1.0", dataset)):
+        path = edgemill.compile(model_dir / "mlp.onnx", output=out / f"scorer-{version}.emp", name="scorer",
+                                version=version, measure=False, validation=validation).path
+        sign_package(path, keypair[0])
+        s.call("POST", "/api/v1/models/scorer/versions", data=path.read_bytes())
+    return Captured(s, predicted)
+
+
 # --- the browser -----------------------------------------------------------------------------------
 
 # Per chart canvas: its size, the width of the chart and of the box it sits in, and how many of its pixels
@@ -389,6 +490,19 @@ CHART_SPANS = """ps => ps.map(p => {
   const [from, to] = p.querySelectorAll("time");
   return (Date.parse(to.dateTime) - Date.parse(from.dateTime)) / 1000;
 })"""
+
+# How many colours a canvas shows (read from a copy, as CHARTS reads the charts).
+CANVAS_COLOURS = """canvas => {
+  const copy = document.createElement("canvas");
+  copy.width = canvas.width;
+  copy.height = canvas.height;
+  const ctx = copy.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(canvas, 0, 0);
+  const d = ctx.getImageData(0, 0, copy.width, copy.height).data;
+  const seen = new Set();
+  for (let i = 0; i < d.length; i += 4) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+  return seen.size;
+}"""
 
 # The heights of a histogram bin's two bars: the reference's and the window's.
 BAR_HEIGHTS = "bin => [...bin.querySelectorAll('.bar')].map(b => b.getBoundingClientRect().height)"
@@ -613,3 +727,159 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
             browser.close()
     print(f"\nscreenshots in {shots}: overview.png device.png device-drift.png model-drift.png (and devices, model, "
           "device-single-sample, deployment, alerts)")
+
+
+def test_captures_show_their_data_take_labels_and_give_live_accuracy(captured: Captured, tmp_path: Path) -> None:
+    s = captured.server
+    shots = screenshot_dir(tmp_path)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.set_default_timeout(10_000)
+            console = Console(page)
+            console.allowed.append(re.compile(r"status of 422"))  # the label refused on purpose
+            views_read: list[str] = []  # the capture views the page asked for
+            page.on("request", lambda r: views_read.append(r.url) if r.url.endswith("/view") else None)
+            page.goto(f"{s.url}/#key={s.key}")
+            page.locator("main h1", has_text="Overview").wait_for()
+
+            # The list: every capture, newest first; image inputs as thumbnails, the others by their shape.
+            page.click("nav >> text=Captures")
+            page.locator("main h1", has_text="Captures").wait_for()
+            rows = page.locator("main tbody tr")
+            expect(rows).to_have_count(CAPTURES)
+            assert "wav-2" in rows.first.inner_text()
+            thumbs = page.locator("main tbody canvas.thumb-img")
+            expect(thumbs).to_have_count(IMAGES)
+            colours = thumbs.evaluate_all(f"cs => cs.map({CANVAS_COLOURS})")
+            assert all(c > 10 for c in colours), colours
+            assert rows.filter(has_text="wav-0").locator(".thumb-shape").text_content() == "[1 × 16000] float32"
+            assert rows.filter(has_text="tab-0").locator(".thumb-shape").text_content() == "[1 × 64] float32"
+            assert "unlabeled" in rows.filter(has_text="img-11").inner_text()
+            assert "right" in rows.filter(has_text="img-00").inner_text()
+            assert "wrong" in rows.filter(has_text="img-03").inner_text()
+            expect(page.locator("main button", has_text="Next")).to_be_disabled()  # one short page
+            assert len(views_read) == CAPTURES, views_read
+            shoot(page, shots, "captures")
+
+            # Shown again (as every 5 s), the rows' thumbnails come from what was read, not from the server.
+            page.click("a.chip.filter.label-labeled")
+            expect(rows.filter(has_text="unlabeled")).to_have_count(0)
+            page.click("a.chip.filter.label-all")
+            expect(rows).to_have_count(CAPTURES)
+            expect(thumbs).to_have_count(IMAGES)
+            assert len(views_read) == CAPTURES, views_read
+
+            # Filters live in the address: the label state picked in the page survives a reload.
+            page.click("a.chip.filter.label-unlabeled")
+            expect(rows).to_have_count(CAPTURES - LABELED)
+            assert "labeled=false" in page.url
+            page.reload()
+            page.locator("main h1", has_text="Captures").wait_for()
+            expect(rows).to_have_count(CAPTURES - LABELED)
+            page.click("a.chip.filter.label-labeled")
+            expect(rows.filter(has_text="unlabeled")).to_have_count(0)
+            expect(rows).to_have_count(LABELED)
+            page.fill("#captures-model", "keyword")
+            page.press("#captures-model", "Enter")
+            expect(page.locator(".empty-state")).to_have_text("No captures match these filters.")
+            page.click("a.chip.filter.label-all")
+            expect(rows).to_have_count(WAVES)
+            assert page.input_value("#captures-model") == "keyword"
+            page.click("main >> text=clear filters")
+            expect(rows).to_have_count(CAPTURES)
+
+            # An image capture, opened from its row: the picture, the answer, and the label form.
+            rows.filter(has_text="img-11").locator("td").nth(3).click()
+            page.locator("main h1", has_text="img-11").wait_for()
+            inputs = panel(page, "Inputs")
+            picture = inputs.locator("canvas.pixelated")
+            expect(picture).to_have_count(1)
+            assert picture.evaluate(CANVAS_COLOURS) > 10
+            box = picture.bounding_box()
+            assert box and box["width"] == 256 and box["height"] == 256, box  # 64 px, four times over
+            assert "[1 × 3 × 64 × 64] float32" in inputs.inner_text() and "scaled from [-2, 2]" in inputs.inner_text()
+            said = captured.predicted["img-11"]
+            answer = panel(page, "Answer")
+            assert answer.locator(".answer strong").inner_text() == str(said)
+            assert answer.locator("li.picked .bar-name").inner_text() == f"class {said}"
+            assert '"frame": 1011' in panel(page, "Auxiliary").inner_text()
+            label = panel(page, "Label")
+            assert "Not labeled yet." in label.inner_text()
+            page.fill("#label-0", "3")
+            page.click("main button:text('Save label')")
+            expect(label.locator("dd").first).to_contain_text("class 3")
+            stored = {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}
+            assert stored["img-11"]["label"] == [3] and stored["img-11"]["labeled_by"] == "admin", stored["img-11"]
+            assert "admin" in label.inner_text()
+            shoot(page, shots, "capture-image")
+
+            # A class the model does not have: the server's message in the banner, the typed value kept.
+            page.fill("#label-0", "12")
+            page.click("main button:text('Save new label')")
+            expect(page.locator("#banner")).to_be_visible()
+            expect(page.locator("#banner")).to_contain_text("the class index is out of range for this model")
+            expect(page.locator("#banner")).to_contain_text("0 to 9")
+            assert page.locator("#banner").inner_text().count("send a class index from 0 to 9") == 1  # the fix, once
+            assert page.input_value("#label-0") == "12"
+            shoot(page, shots, "capture-label-refused")
+            assert {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}["img-11"]["label"] == [3]
+
+            # Audio: the envelope of the signal over the sample index, and the auxiliary text.
+            go(page, "#capture/cam-03/wav-0", "wav-0")
+            expect_charts(page, 1)
+            assert "16,000 samples" in panel(page, "Inputs").inner_text()
+            assert "sample_rate=16000" in panel(page, "Auxiliary").inner_text()
+            assert "binary: not shown" in panel(page, "Auxiliary").inner_text()
+            assert "class 3" in panel(page, "Answer").inner_text()
+            shoot(page, shots, "capture-audio")
+
+            # A row of features: a grid of index and value.
+            go(page, "#capture/cam-04/tab-0", "tab-0")
+            expect(panel(page, "Inputs").locator("ol.values li")).to_have_count(64)
+            shoot(page, shots, "capture-table")
+
+            # A regressor's batch of two: a value per sample, labeled with one number each; a string tensor
+            # is shown by its shape and dtype.
+            go(page, "#capture/cam-01/reg-0", "reg-0")
+            assert "Predicted values 12, 4.5" in panel(page, "Answer").inner_text()
+            unit = panel(page, "Inputs").locator("figure.kind-other")
+            assert "unit" in unit.inner_text() and "<U2" in unit.inner_text()
+            page.fill("#label-0", "12.5")
+            page.fill("#label-1", "4")
+            page.click("main button:text('Save label')")
+            expect(panel(page, "Label").locator("dd").first).to_contain_text("12.5, 4")
+            stored = {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}
+            assert stored["reg-0"]["label"] == [12.5, 4.0], stored["reg-0"]
+            shoot(page, shots, "capture-regression")
+
+            # The model page: live accuracy from the labels, with the count it rests on.
+            go(page, "#model/classifier", "classifier")
+            accuracy = panel(page, "Live accuracy")
+            top1 = (LABELED - len(WRONG) + (said == 3)) / (LABELED + 1)
+            headline = accuracy.locator(".headline").inner_text()
+            assert f"{100 * top1:.1f} % of {LABELED + 1} labeled samples" in headline, headline
+            expect(accuracy.locator(".plot .uplot canvas")).not_to_have_count(0)
+            versions = accuracy.locator(".accuracy-groups table").first.locator("tbody tr")
+            assert versions.all_inner_texts() == [f"1.0.0\t{LABELED + 1}\t{100 * top1:.1f} %"], versions.all_inner_texts()
+            shoot_part(accuracy, shots, "model-accuracy")
+
+            # A version validated on captures names them in its lineage and links to them; nothing of this
+            # model is labeled yet, and its accuracy section says where to label.
+            go(page, "#model/scorer", "scorer")
+            parent = page.locator(".lineage", has_text="1.1.0").locator(".parent")
+            expect(parent).to_have_text(f"validated on {TABULAR} samples captured by scorer 1.0.0")
+            assert parent.locator("a").get_attribute("href") == "#captures?model=scorer&version=1.0.0"
+            assert "No labeled captures yet" in panel(page, "Live accuracy").inner_text()
+            shoot_part(panel(page, "Lineage"), shots, "model-lineage")
+            parent.locator("a").click()
+            page.locator("main h1", has_text="Captures").wait_for()
+            expect(rows).to_have_count(TABULAR)
+            assert page.input_value("#captures-version") == "1.0.0"
+
+            assert console.problems == []
+        finally:
+            browser.close()
+    print(f"\nscreenshots in {shots}: captures.png capture-image.png capture-audio.png capture-table.png "
+          "model-accuracy.png (and capture-label-refused, capture-table, capture-regression, model-lineage)")

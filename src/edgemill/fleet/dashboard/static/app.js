@@ -1,13 +1,15 @@
 /* The edgemill fleet dashboard: hash-routed views over /api/v1, charts drawn with the vendored uPlot.
  *
  * Every view (views/*.js) is an async function (route, ctx) -> DOM node: it reads the API, builds the
- * node, and asks for charts with chart(ctx, ...), drawn once the node is on the page. This module signs
+ * node, and asks for charts with chart(ctx, ...), drawn once the node is on the page (other drawings push
+ * a function onto ctx.mounts, called then, which returns the function that undoes it). This module signs
  * in, routes, shows errors, and rebuilds the current view every 5 s while the tab is visible. */
 
 import { ApiError, session } from "./lib/api.js";
 import { destroyCharts, drawCharts } from "./lib/charts.js";
 import { $, empty, h } from "./lib/dom.js";
 import { viewAlerts } from "./views/alerts.js";
+import { viewCapture, viewCaptures } from "./views/captures.js";
 import { viewDeployment, viewDeployments } from "./views/deployments.js";
 import { viewDevice, viewDevices } from "./views/devices.js";
 import { viewModel, viewModels } from "./views/models.js";
@@ -21,6 +23,8 @@ const ROUTES = {
   device: { view: viewDevice, nav: "devices", title: "Device", arg: true },
   models: { view: viewModels, nav: "models", title: "Models" },
   model: { view: viewModel, nav: "models", title: "Model", arg: true },
+  captures: { view: viewCaptures, nav: "captures", title: "Captures" },
+  capture: { view: viewCapture, nav: "captures", title: "Capture", arg: true },
   deployments: { view: viewDeployments, nav: "deployments", title: "Deployments" },
   deployment: { view: viewDeployment, nav: "deployments", title: "Deployment", arg: true },
   alerts: { view: viewAlerts, nav: "alerts", title: "Alerts" },
@@ -30,14 +34,37 @@ const state = {
   renderSeq: 0,  // a render that a newer one overtook drops its result
   inFlight: false,
   page: null,  // the route's name and argument last rendered, without its query
+  unmounts: [],  // what undoes the drawings of ctx.mounts on the page
 };
+
+/** Take the page's charts and other drawings down (before it is replaced or hidden). */
+function clearDrawings() {
+  destroyCharts();
+  for (const undo of state.unmounts.splice(0)) undo();
+}
+
+/** Make the drawings a view asked for, now that its node is on the page. */
+function drawAll(ctx) {
+  drawCharts(ctx.charts);
+  for (const mount of ctx.mounts) {
+    try {
+      const undo = mount();
+      if (typeof undo === "function") state.unmounts.push(undo);
+    } catch (err) {
+      console.error(err);  // a bug in a drawing: the rest of the page still shows
+    }
+  }
+}
 
 // --- errors, sign-in, confirmation -------------------------------------------------------------------
 
 function showBanner(err) {
   const b = err.body || { message: String(err.message || err) };
+  // The server's message already ends with its fix; shown once, apart, it reads better.
+  const suffix = b.fix ? `. Fix: ${b.fix}` : null;
+  const message = suffix && b.message.endsWith(suffix) ? b.message.slice(0, -suffix.length) : b.message;
   $("banner").replaceChildren(
-    h("strong", {}, b.message),
+    h("strong", {}, message),
     b.fix ? h("span", { class: "fix" }, ` ${b.fix}`) : null,
     h("button", { type: "button", class: "link", "aria-label": "Dismiss", onclick: hideBanner }, "×"));
   $("banner").hidden = false;
@@ -46,7 +73,7 @@ function showBanner(err) {
 function hideBanner() { $("banner").hidden = true; }
 
 function showLogin(message) {
-  destroyCharts();
+  clearDrawings();
   $("main").replaceChildren();
   $("main").hidden = true;
   $("signout").hidden = true;
@@ -115,6 +142,22 @@ async function confirmThen(button, title, text, okLabel, call) {
   }
 }
 
+/** An operator action from a view that needs no confirmation (a form's Save): call, then show the view as
+ * it is now, in place. A failure goes to the banner and the view stays as it is (what was typed with
+ * it); true when the call succeeded. */
+async function act(button, call) {
+  button.disabled = true;
+  try {
+    await call();
+  } catch (err) {
+    failed(err);
+    button.disabled = false;
+    return false;
+  }
+  await render({ quiet: true });
+  return true;
+}
+
 // --- routing and refresh ------------------------------------------------------------------------------
 
 function parseRoute() {
@@ -140,15 +183,15 @@ async function render({ quiet = false } = {}) {
   const main = $("main");
   main.setAttribute("aria-busy", "true");
   state.inFlight = true;
-  const ctx = { charts: [], confirmThen };
+  const ctx = { charts: [], mounts: [], confirmThen, act, failed };
   try {
     document.title = `${spec.title} · edgemill fleet`;
     const node = await spec.view(route, ctx);
     if (seq !== state.renderSeq) return;
     const y = window.scrollY;
-    destroyCharts();
+    clearDrawings();
     main.replaceChildren(node);
-    drawCharts(ctx.charts);
+    drawAll(ctx);
     if (quiet) window.scrollTo(0, y);
     else main.focus({ preventScroll: true });
     hideBanner();
@@ -157,7 +200,7 @@ async function render({ quiet = false } = {}) {
     if (seq !== state.renderSeq) return;
     failed(err);
     if (!quiet && err.status !== 401) {
-      destroyCharts();
+      clearDrawings();
       main.replaceChildren(h("h1", {}, spec.title), empty("This view could not be loaded."));
     }
   } finally {

@@ -1,9 +1,10 @@
-/* Models: the list, and one model with its versions, lineage, drift and charts. */
+/* Models: the list, and one model with its versions, live accuracy, lineage, drift and charts. */
 
-import { bytes, chip, deploymentLink, deviceLink, duration, empty, enc, h, link, modelLink, ms, num, parseTime, pct, plain,
-  section, short, table, when } from "../lib/dom.js";
+import { axisPct, bytes, chip, deploymentLink, deviceLink, duration, empty, enc, h, link, modelLink, ms, num, parseTime, pct,
+  plain, section, short, table, when } from "../lib/dom.js";
 import { api } from "../lib/api.js";
-import { WINDOW, perSeriesCharts } from "../lib/charts.js";
+import { WINDOW, chart, perSeriesCharts } from "../lib/charts.js";
+import { value } from "../lib/tensor.js";
 import { byPsi, deviceTable, driftPath, driftStatus, featureHistogram, featureTable, hint, psiCharts, referenceLine,
   refusedNote } from "./drift.js";
 
@@ -25,11 +26,13 @@ export async function viewModels() {
 }
 
 const LINEAGE_LIMIT = 10;
+const ACCURACY_RANGE_S = 7 * 86400;  // live accuracy: the predictions of the last week
 
 export async function viewModel(route, ctx) {
   const name = route.arg;
-  const [model, series] = await Promise.all([
-    api(`/models/${enc(name)}`), api(`/metrics/series?model=${enc(name)}&${WINDOW}`)]);
+  const [model, series, accuracy] = await Promise.all([
+    api(`/models/${enc(name)}`), api(`/metrics/series?model=${enc(name)}&${WINDOW}`),
+    api(`/accuracy?model=${enc(name)}&range_s=${ACCURACY_RANGE_S}`)]);
   const versions = [...model.version_list].sort((a, b) => parseTime(b.created_at) - parseTime(a.created_at));
   const shown = versions.slice(0, LINEAGE_LIMIT);
   // Drift of the version asked for, else of the one in production, else of the newest.
@@ -51,6 +54,7 @@ export async function viewModel(route, ctx) {
         model.production_version ?? "none", " · created ", when(model.created_at))),
     section("Versions", table(["Version", "Stage", "Target", "Backend", "Precision", "Size", "Signer", "Created"],
       rows, "No versions.")),
+    accuracySection(ctx, model.name, accuracy),
     section("Lineage", lineages.map((l, i) => lineageChain(l, shown[i])),
       versions.length > shown.length ? empty(`Lineage of the ${versions.length - shown.length} older versions is not shown.`) : null),
     drift ? driftSection(ctx, model.name, versions, drift, route.query) : null,
@@ -146,6 +150,7 @@ function lineageChain(l, version) {
       node("Compile",
         line([cmp.precision, cmp.backend, targetName(cmp.target)].filter(Boolean).join(" / ") || "–"),
         cmp.accuracy != null ? line(accuracyText(cmp.accuracy)) : null,
+        dataParents(cmp.parents).map((p) => line(p)),
         passes ? line(passes) : null,
         speed ? line(speed) : null),
       node("Package",
@@ -159,4 +164,71 @@ function lineageChain(l, version) {
       node("Devices", l.devices.length
         ? h("ul", {}, l.devices.map((d) => h("li", { class: "small" }, deviceLink(d))))
         : line(h("span", { class: "muted" }, "none running it")))));
+}
+
+// --- where a version's data came from ------------------------------------------------------------------
+
+const DATA_ROLES = { validation: "validated on", calibration: "calibrated on", baseline: "drift baseline from" };
+
+/** The compile's data parents that are exports of captures (ROLE:captures:MODEL@VERSION:SAMPLES), each as
+ * "validated on 10 samples captured by detector 1.0.0" linking to those captures; other parents but the source
+ * (which the Source node shows) as they are. */
+export function dataParents(parents) {
+  if (!Array.isArray(parents)) return [];
+  return parents.filter((p) => typeof p === "string" && !p.startsWith("source:")).map((p) => {
+    const m = p.match(/^([a-z_]+):captures:([^@]+)@(.+):(\d+)$/);
+    if (!m) return h("code", { class: "parent" }, p);
+    const [, role, model, version, count] = m;
+    const href = `#captures?${new URLSearchParams({ model, version })}`;
+    return h("span", { class: "parent", title: p }, `${DATA_ROLES[role] || `${role.replace(/_/g, " ")} on`} `,
+      link(href, `${num(Number(count))} samples captured by ${model} ${version}`));
+  });
+}
+
+// --- live accuracy from labeled captures ---------------------------------------------------------------
+
+const FEW_LABELS = 30;
+const BUCKET_WORDS = { 3600: "hour", 86400: "day" };
+
+/** The figure a group or a point shows: top-1 as a percentage, a regressor's MAE as a number. */
+const figure = (task) => (task === "classification" ? pct : value);
+
+function accuracySection(ctx, name, a) {
+  const capturesHref = `#captures?${new URLSearchParams({ model: name })}`;
+  if (!a.task) {
+    return section("Live accuracy", h("p", { class: "empty" },
+      "No labeled captures yet — label captures on the ", link(capturesHref, "Captures page"), "."));
+  }
+  const cls = a.task === "classification";
+  const fmt = figure(a.task);
+  const samples = `${num(a.samples)} labeled sample${a.samples === 1 ? "" : "s"}`;
+  const headline = h("p", { class: "headline" },
+    cls ? h("strong", { class: "big" }, pct(a.top1))
+      : [h("strong", { class: "big" }, `MAE ${value(a.mae)}`), h("strong", {}, ` · RMSE ${value(a.rmse)}`)],
+    ` of ${samples}`,
+    h("span", { class: "muted small" }, ` (${num(a.captures)} capture${a.captures === 1 ? "" : "s"}) · `,
+      `${cls ? "top-1, " : ""}all versions, predictions of the last 7 days · `),
+    link(`#captures?${new URLSearchParams({ model: name, labeled: "false" })}`, "label more captures", { class: "small" }));
+  const few = a.samples < FEW_LABELS
+    ? h("p", { class: "small warn-text" }, `Few labels: with ${samples}, each new label can move the figure a lot.`) : null;
+
+  const x = a.series.map((p) => parseTime(p.t).getTime() / 1000);
+  const per = BUCKET_WORDS[a.bucket_s] || duration(a.bucket_s);
+  const trend = chart(ctx, `${cls ? "Top-1 accuracy" : "Mean absolute error"} per ${per}`, x, [
+    { label: cls ? "top-1" : "MAE", values: a.series.map((p) => p.value), scale: "acc", fmt, axisFmt: cls ? axisPct : value,
+      color: "--c2" },
+    { label: "labeled samples", values: a.series.map((p) => p.samples), scale: "n", fmt: num, color: "--c1", dash: true },
+  ], { floor: cls ? 1 : 0 });
+  const groups = (title, list, link_) => h("div", {}, h("h3", {}, title),
+    table([title.replace(/^By /, ""), "Labeled samples", cls ? "Top-1" : "MAE"], list.map((g) => h("tr", {},
+      h("th", { scope: "row" }, link_ ? link_(g.name) : g.name),
+      h("td", { class: "num" }, num(g.samples)),
+      h("td", { class: "num" }, fmt(g.value)))), "None."));
+  return section("Live accuracy", headline, few,
+    h("div", { class: "accuracy-cols" }, trend,
+      h("div", { class: "accuracy-groups" },
+        groups("By version", a.by_version,
+          (v) => link(`#captures?${new URLSearchParams({ model: name, version: v, labeled: "true" })}`, v)),
+        groups("By device", a.by_device, deviceLink),
+        a.by_fleet.length > 1 ? groups("By fleet", a.by_fleet) : null)));
 }
