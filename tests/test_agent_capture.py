@@ -444,3 +444,20 @@ def test_uploads_to_a_real_s3_server(tmp_path: Path, s3_server: tuple[str, str, 
     assert service.store.get("dev-1/resnet/2024/05/31/s3-0.emc") == records[0].encode()
     with pytest.raises(KeyError):
         service.store.get("dev-1/none.emc")
+
+
+def test_a_record_s_outputs_read_alone_equal_the_decoded_ones() -> None:
+    from edgemill.captures.record import read_outputs
+
+    record = CaptureRecord(capture_id="o-1", model="m", model_version="1", device="d", created_unix=1.0,
+                           inputs={"x": np.arange(12, dtype=np.float32).reshape(1, 12)},
+                           outputs={"p": np.array([[0.2, 0.8]], np.float32), "k": np.array([1], np.int64)},
+                           auxiliary={}, sampled=True)
+    blob = record.encode()
+    outputs = read_outputs(blob)
+    assert list(outputs) == ["p", "k"]
+    for name, array in record.outputs.items():
+        np.testing.assert_array_equal(outputs[name], array)
+        assert outputs[name].dtype == array.dtype
+    with pytest.raises(CaptureFormatError):
+        read_outputs(blob[:-1])

@@ -158,6 +158,17 @@ class CaptureRecord:
                                      fix="the file was not written by edgemill; remove it") from None
 
 
+def read_outputs(blob: bytes) -> dict[str, np.ndarray]:
+    """The verified record's outputs only: its inputs, often most of its bytes, are not decoded."""
+    header, payload = _split(blob)
+    try:
+        return {t["name"]: np.frombuffer(_slice(payload, t), dtype=np.dtype(t["dtype"])).reshape(t["shape"])
+                for t in header["outputs"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CaptureFormatError("capture header does not describe its outputs", value=str(exc),
+                                 fix="the file was not written by edgemill; remove it") from None
+
+
 def read_header(blob: bytes) -> dict[str, Any]:
     """The verified header of an encoded record (cheap: tensors are not decoded)."""
     return _split(blob)[0]

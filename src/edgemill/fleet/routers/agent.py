@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ...captures.answers import Answer, answer_of
-from ...captures.record import CaptureFormatError, CaptureRecord, check_capture_id, object_key, read_header
+from ...captures.record import CaptureFormatError, check_capture_id, object_key, read_header, read_outputs
 from ...errors import (AuthenticationError, ConflictError, NotFoundError, PayloadTooLargeError,
                        PermissionDeniedError, RateLimitedError, UserError)
 from .. import schemas
@@ -246,7 +246,7 @@ def _capture_answer(data: bytes) -> Answer | None:
     """What the capture's model answered (for live accuracy once it is labeled); None when its outputs
     hold none a label could judge. The checksum was verified with the header."""
     try:
-        return answer_of(CaptureRecord.decode(data).outputs)
+        return answer_of(read_outputs(data))
     except (CaptureFormatError, UserError, ValueError):
         return None  # stored and served all the same; it just cannot be scored
 
