@@ -63,8 +63,16 @@ def test_labeled_captures_export_compile_as_validation_and_show_in_lineage(tmp_p
         predicted = [_capture(server, cam, "cam-1", f"c{i}", model, x) for i, x in enumerate(samples)]
         client = server.client()
         truth = [p if i % 4 else (p + 1) % 4 for i, p in enumerate(predicted)]  # every 4th answer was wrong
-        for i, label in enumerate(truth[:10]):
+        for i, label in enumerate(truth[:8]):
             client.request("PUT", f"/api/v1/captures/cam-1/c{i}/label", body={"label": label})
+        # Two more from a file with the CLI: a wrong row stops the whole file, then the fixed file applies.
+        labels = tmp_path / "labels.csv"
+        labels.write_text(f"capture_id,label\nc8,{truth[8]}\nc9,99\n")
+        refused = run_cli("captures", "label", labels, *remote)
+        assert refused.code == 1 and "row 3:" in refused.err and "99" in refused.err and "nothing was applied" in refused.err
+        labels.write_text(f"capture_id,label\nc8,{truth[8]}\nc9,{truth[9]}\n")
+        applied = run_cli("captures", "label", labels, *remote)
+        assert applied.code == 0 and "labeled 2 capture(s)" in applied.out, applied.err
 
         # Two captures are unlabeled: a plain export leaves the labels out and says why.
         everything = tmp_path / "all.npz"

@@ -106,7 +106,9 @@ class ControlPlane:
             except ValueError:
                 pass
         cls = _BY_STATUS.get(exc.code, UserError)
-        return cls(f"the control plane answered {exc.code}: {message}", field=body.get("field"))
+        error = cls(f"the control plane answered {exc.code}: {message}", field=body.get("field"))
+        error.body = body  # type: ignore[attr-defined]  # what the server said, for callers that read more of it
+        return error
 
     # --- operations the CLI offers ------------------------------------------------------------
 

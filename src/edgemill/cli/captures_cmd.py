@@ -41,6 +41,16 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     _remote_args(e)
     e.set_defaults(handler=export)
 
+    lab = captures_sub.add_parser(
+        "label", parents=[common], help="label many captures from a CSV or JSON-lines file (all rows or none)",
+        description="Send a label file to the control plane: CSV with a header naming capture_id and label (and "
+                    "device where ids repeat across devices; several labels of one capture separated by spaces), or "
+                    "JSON lines {\"device\": ..., \"capture_id\": ..., \"label\": ...}. Every row is checked first: "
+                    "if one is wrong, nothing is applied and each wrong row is listed.")
+    lab.add_argument("file", type=Path, metavar="LABELS.csv|LABELS.jsonl")
+    _remote_args(lab)
+    lab.set_defaults(handler=label)
+
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:
     if text is None:
@@ -99,3 +109,30 @@ def export(args: argparse.Namespace) -> int:
         info(f"note: {note}")
     print(f"next: edgemill compile MODEL --validation {args.output}")
     return 0
+
+
+def label(args: argparse.Namespace) -> int:
+    from ..errors import EdgemillError, FileNotFound
+
+    if not args.file.is_file():
+        raise FileNotFound("label file not found", value=str(args.file), fix="pass a CSV or JSON-lines file")
+    try:
+        report = _client(args).request("POST", "/api/v1/captures/labels", data=args.file.read_bytes())
+    except EdgemillError as exc:
+        body = getattr(exc, "body", None)
+        if not isinstance(body, dict) or "rows" not in body:
+            raise
+        report = body
+    if args.json:
+        emit_json(report)
+    elif report["applied"]:
+        print(f"labeled {report['labeled']:,} capture(s), {report['unchanged']:,} unchanged, from {args.file}")
+    else:
+        wrong = [r for r in report["rows"] if r["status"] == "error"]
+        info(f"edgemill: error: {len(wrong):,} of {len(report['rows']):,} row(s) of {args.file} are wrong; "
+             "nothing was applied. Fix them and send the file again:")
+        for r in wrong[:20]:
+            info(f"  row {r['row']}: {r['error']}")
+        if len(wrong) > 20:
+            info(f"  ... and {len(wrong) - 20:,} more (--json lists every row)")
+    return 0 if report["applied"] else 1
