@@ -153,11 +153,27 @@ def test_input_drift_fires_for_the_shifted_device_resolves_and_prediction_drift_
                 token = api.request("POST", "/api/v1/fleets/cams/registration-tokens", body={})["token"]
                 agents[name] = fleet_agent(tmp_path, name, server.url, token, keypair[1], heartbeat_s=0.3,
                                             long_poll_s=1).start()
-            for model in ("camera", "sorter"):
-                api.request("POST", "/api/v1/deployments", body={
-                    "model": model, "version": "1.0.0", "fleet": "cams",
-                    "strategy": {"canary_percent": 100, "bake_time_s": 0}})
-            wait_for(lambda: all(len(d["models"]) == 2 for d in api.request("GET", "/api/v1/devices")), timeout=60)
+            deployments = [api.request("POST", "/api/v1/deployments", body={
+                "model": model, "version": "1.0.0", "fleet": "cams",
+                "strategy": {"canary_percent": 100, "bake_time_s": 0}})["id"] for model in ("camera", "sorter")]
+
+            def settled() -> bool:
+                states = [api.request("GET", f"/api/v1/deployments/{i}") for i in deployments]
+                ended = [d for d in states if d["state"] in ("rolled_back", "superseded", "paused")]
+                assert not ended, (f"deployment {ended[0]['id']} {ended[0]['state']}: {ended[0].get('reason')}\n"
+                                   + "\n".join(f"--- {n}:\n{a.stderr()[-3000:]}" for n, a in agents.items()))
+                return all(d["state"] == "succeeded" for d in states)
+            assert wait_for(settled, timeout=90), \
+                f"deployments not finished: {[api.request('GET', f'/api/v1/deployments/{i}') for i in deployments]}"
+
+            def serving() -> bool:  # asked of the agents themselves: the registry's view trails them
+                for agent in agents.values():
+                    with AgentClient(agent.address) as client:
+                        if {m["name"] for m in client.list_models()} != {"camera", "sorter"}:
+                            return False
+                return True
+            assert wait_for(serving, timeout=60), (f"agents do not serve both models: {api.request('GET', '/api/v1/devices')}\n"
+                                                   + "\n".join(f"--- {n}:\n{a.stderr()[-3000:]}" for n, a in agents.items()))
             for rule in ({"name": "camera-inputs", "metric": "input_drift", "model": "camera"},
                          {"name": "sorter-answers", "metric": "prediction_drift", "model": "sorter"}):
                 api.request("POST", "/api/v1/alert-rules", body={**rule, "threshold": THRESHOLD, "window_s": WINDOW_S,
