@@ -18,7 +18,7 @@ import numpy as np
 
 from ..captures.answers import answer_of
 from ..captures.record import CaptureRecord
-from ..monitoring.features import image_layout
+from ..monitoring.features import image_layout, is_distribution
 
 MAX_IMAGE_SIDE = 256  # pixels: a thumbnail and a detail view, not the full frame
 MAX_TABLE_VALUES = 256
@@ -68,7 +68,7 @@ def answer_view(outputs: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
     scores = np.asarray(next(iter(outputs.values())))
     if answer.task == "classification" and scores.dtype.kind == "f" and scores.ndim == 2:
         row = scores[0].astype(np.float64)
-        if not (np.all(row >= 0) and abs(row.sum() - 1.0) < 1e-3):  # logits: softmax them
+        if not is_distribution(row[None]):  # logits: softmax them
             row = np.exp(row - row.max())
             row /= row.sum()
         top = np.argsort(-row)[:TOP_CLASSES]

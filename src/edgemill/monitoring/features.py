@@ -182,11 +182,17 @@ def channel_stats(grid: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray
     return mean, np.sqrt(np.maximum(squares - mean * mean, 0.0))
 
 
+def is_distribution(rows: np.ndarray) -> bool:
+    """Whether a classifier's ``[N, C]`` scores already are probabilities (non-negative, each row summing
+    to 1), rather than logits that a softmax turns into them."""
+    return bool(rows.size and (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+
+
 def _top_score(rows: np.ndarray) -> np.ndarray:
     """The highest class probability per row: the row itself when it already is a distribution, else
     the largest softmax value, which is 1 / sum(exp(row - max(row)))."""
     x = rows.astype(np.float32, copy=False)
-    if x.size and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
+    if is_distribution(x):
         return x.max(axis=1)
     return 1.0 / np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1, dtype=np.float64)
 

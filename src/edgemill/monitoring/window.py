@@ -26,7 +26,6 @@ import numpy as np
 from .drift import js_distance, psi
 from .features import Feature, bins_digest, channel_stats, grid_view, per_sample
 
-_FLOAT32 = np.dtype(np.float32)
 SMALL_TENSOR = 4096  # elements per call below which a tensor is copied and reduced later, in a batch
 
 
@@ -45,15 +44,13 @@ class FeatureWindow:
         self.bins_digest = bins_digest(self.features)  # what the counts are over (the server checks it)
         self._offsets = np.cumsum([0] + [f.bins for f in self.features])
         self._flush_rows = flush_rows
-        self._flush_bytes = flush_bytes
         self._lock = threading.Lock()
         # What each call keeps, per (side, tensor): "raw" copies or reduced per-sample statistic groups.
         self._groups: dict[tuple[str, str], list[tuple[int, Feature]]] = {}
         for i, f in enumerate(self.features):
             self._groups.setdefault((f.side, f.tensor), []).append((i, f))
-        budget = max(1, flush_bytes)
         self._raw: dict[tuple[str, str], list[np.ndarray]] = {k: [] for k in self._groups}  # small tensors' copies
-        self._grids = {k: _RowBuffer(budget, flush_rows) for k in self._groups}  # images' pixel grids
+        self._grids = {k: _GridBuffer(max(1, flush_bytes), flush_rows) for k in self._groups}  # images' pixel grids
         self._pending_stats: dict[tuple[str, str, str], list[np.ndarray]] = {}  # other large tensors, reduced
         self._pending_rows = 0
         self.samples = 0  # counted so far (for "not enough data yet")
@@ -73,7 +70,7 @@ class FeatureWindow:
                     continue
                 layout = members[0][1].layout
                 if layout:  # an image: keep its grid (a strided read); the statistics are taken in the batch
-                    full = self._grids[(side, tensor)].add(grid_view(a, layout), _FLOAT32) or full
+                    full = self._grids[(side, tensor)].add(grid_view(a, layout)) or full
                     continue
                 for statistic in {f.statistic for _, f in members}:
                     self._pending_stats.setdefault((side, tensor, statistic), []).append(
@@ -160,11 +157,11 @@ class FeatureWindow:
                 self._ring[slot] = 0
 
 
-class _RowBuffer:
-    """Rows kept for the next batch, copied on the Predict path into one block allocated once and reused
-    (no allocation per call and no joining at the flush) while their per-row shape and dtype stay the
-    same; rows of another shape (a dynamic axis) are kept as copies beside it. Holds at most about
-    ``budget`` bytes: ``add`` says when it is full and the window must flush."""
+class _GridBuffer:
+    """Images' pixel grids kept for the next batch, as float32: copied on the Predict path into one block
+    allocated once and reused (no allocation per call and no joining at the flush) while the per-frame
+    shape stays the same; grids of another shape (a dynamic axis) are kept as copies beside it. Holds at
+    most about ``budget`` bytes: ``add`` says when it is full and the window must flush."""
 
     def __init__(self, budget: int, max_rows: int) -> None:
         self._budget = budget
@@ -175,21 +172,21 @@ class _RowBuffer:
         self._others: list[np.ndarray] = []
         self._bytes = 0  # held in all: the block's used rows and the others
 
-    def add(self, rows: np.ndarray, dtype: np.dtype) -> bool:
-        """Copy ``rows`` (axis 0: samples; any strides) in as ``dtype``; True once the buffer is full."""
+    def add(self, rows: np.ndarray) -> bool:
+        """Copy ``rows`` (axis 0: samples; any strides and dtype) in; True once the buffer is full."""
         n, used, block = rows.shape[0], self._used, self._block
-        if block is not None and used + n <= len(block) and block.shape[1:] == rows.shape[1:] and block.dtype == dtype:
+        if block is not None and used + n <= len(block) and block.shape[1:] == rows.shape[1:]:
             block[used:used + n] = rows  # the fast path: same shape as the calls before
             self._used = used = used + n
             self._bytes += n * self._row_bytes
             return used >= len(block) or self._bytes >= self._budget
-        row_bytes = math.prod(rows.shape[1:]) * dtype.itemsize
+        row_bytes = math.prod(rows.shape[1:]) * 4
         if used == 0:  # (re)shape the block for what comes now
             capacity = max(1, min(self._max_rows, self._budget // max(1, row_bytes)))
-            self._block, self._row_bytes = np.empty((capacity, *rows.shape[1:]), dtype=dtype), row_bytes
+            self._block, self._row_bytes = np.empty((capacity, *rows.shape[1:]), dtype=np.float32), row_bytes
             if n <= capacity:
-                return self.add(rows, dtype)
-        self._others.append(np.array(rows, dtype=dtype))
+                return self.add(rows)
+        self._others.append(np.array(rows, dtype=np.float32))
         self._bytes += n * row_bytes
         return self._bytes >= self._budget
 
