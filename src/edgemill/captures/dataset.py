@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ..package.writer import write_file_atomic
+
 DATASET_KEY = "edgemill_dataset"
 SHARD_GLOB = "part-*.npz"
 DESCRIPTION_FILE = "dataset.json"
-META_KEYS = frozenset({DATASET_KEY, "capture_ids", "capture_devices", "targets"})  # not model inputs
 
 
 def write_dataset(path: Path, inputs: Mapping[str, np.ndarray], description: Mapping[str, Any],
@@ -55,9 +56,7 @@ def write_dataset(path: Path, inputs: Mapping[str, np.ndarray], description: Map
 
 def write_description(folder: Path, description: Mapping[str, Any]) -> None:
     """The sharded export's ``dataset.json``, atomically: its presence says every shard is written."""
-    partial = folder / f".{DESCRIPTION_FILE}.{os.getpid()}.partial"
-    partial.write_text(json.dumps(dict(description), indent=2, sort_keys=True) + "\n")
-    os.replace(partial, folder / DESCRIPTION_FILE)
+    write_file_atomic(folder / DESCRIPTION_FILE, (json.dumps(dict(description), indent=2, sort_keys=True) + "\n").encode())
 
 
 def is_sharded(path: Path) -> bool:
@@ -73,8 +72,7 @@ def read_shards(folder: Path) -> dict[str, np.ndarray]:
     for part in parts:
         with np.load(part, allow_pickle=False) as data:
             loaded.append({k: data[k] for k in data.files})
-    joined = {k: (np.concatenate([d[k] for d in loaded]) if v.ndim else v) for k, v in loaded[0].items()}
-    return joined
+    return {k: (np.concatenate([d[k] for d in loaded]) if v.ndim else v) for k, v in loaded[0].items()}
 
 
 def describe(path: Path | None) -> dict[str, Any] | None:

@@ -67,13 +67,14 @@ class ExportSummary:
     samples: int = 0
     labeled: int = 0  # captures with a label
     labels_written: str = ""  # "labels", "targets" or ""
+    shards: int | None = None  # files written into the output folder (None: one .npz)
     versions: dict[str, int] = field(default_factory=dict)  # samples per version
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> captures
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "captures": self.captures, "samples": self.samples, "labeled": self.labeled,
-                "labels": self.labels_written or None, "versions": self.versions, "skipped": self.skipped,
+                "labels": self.labels_written or None, "shards": self.shards, "versions": self.versions, "skipped": self.skipped,
                 "notes": self.notes}
 
 
@@ -151,8 +152,8 @@ def export(api: Api, selection: Selection, output: Path,
     description = {"kind": "captures", "model": selection.model, "versions": summary.versions,
                    "captures": summary.captures, "samples": summary.samples, "labels": label_key,
                    "selection": {k: v for k, v in selection.query().items() if k != "model"},
-                   "exported_at": time.time(), "shards": sink.shards if sink.sharded else None}
-    sink.finish(description)
+                   "exported_at": time.time()}
+    summary.shards = sink.finish(description)
     return summary
 
 
@@ -194,7 +195,8 @@ class _Sink:
             self._flush()
         return n
 
-    def _flush(self) -> None:
+    def _flush(self, description: dict[str, Any] | None = None) -> None:
+        """Write the gathered samples: a shard, or (with the export's ``description``) the one file."""
         if not self._rows:
             return
         path = self.output / f"part-{self.shards:05d}.npz" if self.sharded else self.output
@@ -205,19 +207,19 @@ class _Sink:
         values = [v for row, _ in self._rows for v in (row.get("label") or [])]
         labels = np.asarray(values, dtype=np.int64) if self.label_key == "labels" else None
         targets = np.asarray(values, dtype=np.float32) if self.label_key == "targets" else None
-        description = {"kind": "captures-shard"} if self.sharded else self._description
-        write_dataset(path, inputs, description, ids, devices, labels=labels, targets=targets)
+        write_dataset(path, inputs, description or {"kind": "captures-shard"}, ids, devices, labels=labels,
+                      targets=targets)
         self.shards += 1
         self._rows, self._samples = [], 0
 
-    def finish(self, description: dict[str, Any]) -> None:
-        self._description = description
-        if self.sharded:
-            self._flush()
-            description["shards"] = self.shards
-            write_description(self.output, description)
-        else:
-            self._flush()
+    def finish(self, description: dict[str, Any]) -> int | None:
+        """Write what is left and the description; the number of shards (None for one file)."""
+        if not self.sharded:
+            self._flush(description)
+            return None
+        self._flush()
+        write_description(self.output, {**description, "shards": self.shards})
+        return self.shards
 
     def abandon(self) -> None:
         if self.sharded:

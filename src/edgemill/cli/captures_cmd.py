@@ -102,7 +102,7 @@ def export(args: argparse.Namespace) -> int:
         return 0
     versions = ", ".join(f"{v}: {n:,}" for v, n in summary.versions.items())
     labels = {"labels": "with labels", "targets": "with targets"}.get(summary.labels_written, "without labels")
-    shards = f" in {len(list(args.output.glob('part-*.npz')))} shards" if args.output.is_dir() else ""
+    shards = f" in {summary.shards} shards" if summary.shards is not None else ""
     print(f"wrote {args.output}{shards}: {summary.samples:,} samples from {summary.captures:,} captures of {args.model} "
           f"({versions}), {labels}")
     for note in summary.notes:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..captures.dataset import is_sharded, read_shards
 from ..errors import FileNotFound, OptionError
 from ..tensors import Scalar, TensorSpec, concrete_shape, dtype_name, numpy_dtype
 
@@ -26,8 +27,6 @@ MAX_CALIBRATION_SAMPLES = 512  # more adds time, not accuracy, for the calibrato
 
 def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
     """One .npz, or a sharded export of captures (a folder of them: ``edgemill captures export``)."""
-    from ..captures.dataset import is_sharded, read_shards
-
     if is_sharded(path):
         try:
             return read_shards(path)
@@ -162,8 +161,6 @@ def load_calibration(path: Path, specs: Sequence[TensorSpec], bound: dict[str, S
         raise FileNotFound("calibration data not found", value=str(path),
                            fix="pass --calibration DATA.npz (one array per input) or a folder of .npy samples")
     sampled = [s for s in specs if s.name not in (bound or {})] or list(specs)
-    from ..captures.dataset import is_sharded
-
     arrays = _read_folder(path, sampled) if path.is_dir() and not is_sharded(path) else _read_npz(path, "calibration")
     _fill_bound(arrays, specs, bound, "calibration data")
     check_arrays(arrays, specs, "calibration data")

@@ -134,7 +134,9 @@ class CompileOptions:
         if not (0 <= self.tolerance < 1):
             raise OptionError("tolerance out of range", value=self.tolerance, expected="0 <= tolerance < 1",
                               fix="pass e.g. --tolerance 1e-4")
-        if self.validation is not None and not (self.validation.is_file() or _is_export_folder(self.validation)):
+        from ..captures.dataset import is_sharded  # numpy: not for every CLI start
+
+        if self.validation is not None and not (self.validation.is_file() or is_sharded(self.validation)):
             raise FileNotFound("validation file not found", value=str(self.validation),
                                fix="pass an .npz with one array per model input (or a folder edgemill captures "
                                    "export wrote)")
@@ -161,8 +163,3 @@ class CompileOptions:
             return self.output
         return self.source_path.with_name(f"{self.package_name}-{self.target}{SUFFIX}")
 
-
-def _is_export_folder(path: Path) -> bool:
-    from ..captures.dataset import is_sharded
-
-    return is_sharded(path)
