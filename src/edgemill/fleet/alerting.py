@@ -10,7 +10,8 @@ import random
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .alerts import DRIFT_METRICS, DriftReading, FleetFacts, LabeledReading, Rule, Sample, evaluate, transition
+from .accuracy import Tally
+from .alerts import DRIFT_METRICS, LABEL_METRICS, DriftReading, FleetFacts, LabeledReading, Rule, Sample, evaluate, transition
 from .config import ServerConfig
 from .db.tables import Alert, AlertRule, Capture, Device, DriftSample, MetricSample, WebhookDelivery
 from .views import device_status
@@ -68,9 +69,10 @@ def _labeled_readings(session: Session, now: float, window_s: float, names: dict
             select(Capture.created_unix, Capture.device_id, Capture.model_name, Capture.prediction, Capture.label)
             .where(Capture.created_unix > now - window_s, Capture.label.is_not(None),
                    Capture.task == "classification")):
-        pairs = list(zip(prediction or [], label or []))
+        tally = Tally()  # what counts as right is the accuracy API's rule
+        tally.add("classification", prediction or [], label or [])
         readings.append(LabeledReading(t=float(t), device=names.get(device_id, "?"), fleet=fleet_of.get(device_id, "?"),
-                                       model=model, samples=len(pairs), correct=sum(1 for p, y in pairs if p == y)))
+                                       model=model, samples=tally.samples, correct=tally.correct))
     return readings
 
 
@@ -91,7 +93,7 @@ def evaluate_all(db, now: float, config: ServerConfig) -> int:  # type: ignore[n
         if not rules:
             return 0
         drift_rules = [r for r in rules if r.metric in DRIFT_METRICS]
-        accuracy_rules = [r for r in rules if r.metric == "accuracy"]
+        accuracy_rules = [r for r in rules if r.metric in LABEL_METRICS]
         samples, facts = gather(session, now, max(r.window_s for r in rules), config,
                                 drift_window_s=max((r.window_s for r in drift_rules), default=None),
                                 labeled_window_s=max((r.window_s for r in accuracy_rules), default=None))

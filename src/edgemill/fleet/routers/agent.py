@@ -247,7 +247,7 @@ def _capture_answer(data: bytes) -> Answer | None:
     hold none a label could judge. The checksum was verified with the header."""
     try:
         return answer_of(read_outputs(data))
-    except (CaptureFormatError, UserError, ValueError):
+    except (CaptureFormatError, ValueError):
         return None  # stored and served all the same; it just cannot be scored
 
 
@@ -281,12 +281,12 @@ def _store_capture(state: ServerState, device_id: int, capture_id: str, model: s
                         expected="seconds since 1970, before the year 10000",
                         fix="send the .emc bytes the agent wrote, unchanged")
     key = "captures/" + object_key(device_name, model, float(created), capture_id)
-    answer = _capture_answer(data)
     now = state.clock()
     with state.db.session() as session:
         existing = session.scalar(select(Capture).where(Capture.device_id == device_id, Capture.capture_id == capture_id))
     state.store.put(key, data)
-    if existing is None:
+    if existing is None:  # a retried upload keeps the row it made: its answer was read then
+        answer = _capture_answer(data)
         try:
             with state.db.session() as session:
                 session.add(Capture(capture_id=capture_id, device_id=device_id, model_name=model, store_key=key,

@@ -236,6 +236,27 @@ def _parse_csv(text: str) -> list[ParsedRow]:
     return rows
 
 
+def _resolve(found: dict[str, list[Capture]], devices: dict[str, int], seen: set[int], device: str | None,
+             capture_id: str, label: Any) -> tuple[Capture | None, list[float | int] | None, str | None]:
+    """One row's capture and checked label, or what is wrong with the row."""
+    candidates = found.get(capture_id, [])
+    if device is not None:
+        if device not in devices:
+            return None, None, f"no device named {device!r}"
+        candidates = [c for c in candidates if c.device_id == devices[device]]
+    if not candidates:
+        return None, None, f"no capture {capture_id!r}" + (f" from device {device!r}" if device else "")
+    if len(candidates) > 1:
+        return None, None, f"capture id {capture_id!r} exists on several devices: add a device column"
+    target = candidates[0]
+    if target.id in seen:
+        return target, None, f"capture {capture_id!r} is labeled twice in this file"
+    try:
+        return target, check_label(_answer(target), label), None
+    except UserError as exc:
+        return target, None, exc.one_line()
+
+
 def _import(state: Any, rows: list[ParsedRow], who: str) -> schemas.LabelImportOut:
     now = state.clock()
     results: list[schemas.LabelRowResult] = []
@@ -246,40 +267,22 @@ def _import(state: Any, rows: list[ParsedRow], who: str) -> schemas.LabelImportO
         for start in range(0, len(ids), 500):
             for row in session.scalars(select(Capture).where(Capture.capture_id.in_(ids[start:start + 500]))):
                 found.setdefault(row.capture_id, []).append(row)
-        planned: list[tuple[Capture, list[float | int]]] = []
+        planned: list[tuple[Capture, list[float | int], schemas.LabelRowResult]] = []
         seen: set[int] = set()
         for line_no, device, capture_id, label, error in rows:
-            target: Capture | None = None
-            if error is None:
-                candidates = found.get(capture_id or "", [])
-                if device is not None:
-                    if device not in devices:
-                        error = f"no device named {device!r}"
-                    candidates = [c for c in candidates if c.device_id == devices.get(device)]
-                if error is None and not candidates:
-                    error = f"no capture {capture_id!r}" + (f" from device {device!r}" if device else "")
-                elif error is None and len(candidates) > 1:
-                    error = f"capture id {capture_id!r} exists on several devices: add a device column"
-                elif error is None:
-                    target = candidates[0]
-                    if target.id in seen:
-                        error = f"capture {capture_id!r} is labeled twice in this file"
-            if error is None and target is not None:
-                try:
-                    planned.append((target, check_label(_answer(target), label)))
-                    seen.add(target.id)
-                except UserError as exc:
-                    error = exc.one_line()
-            results.append(schemas.LabelRowResult(row=line_no, device=device or (target.device.name if target else None),
-                                                  capture_id=capture_id, status="error" if error else "labeled",
-                                                  error=error))
+            target, checked, error = (None, None, error) if error else _resolve(found, devices, seen, device,
+                                                                                capture_id or "", label)
+            result = schemas.LabelRowResult(row=line_no, device=device or (target.device.name if target else None),
+                                            capture_id=capture_id, status="error" if error else "labeled", error=error)
+            results.append(result)
+            if target is not None and checked is not None:
+                seen.add(target.id)
+                planned.append((target, checked, result))
         errors = sum(1 for r in results if r.status == "error")
-        if errors:
-            session.rollback()
+        if errors:  # nothing was changed: the rows were only read
             return schemas.LabelImportOut(applied=False, labeled=0, unchanged=0, errors=errors, rows=results)
-        changed = {target.id: _apply(target, label, who, now) for target, label in planned}
-        for result, (target, _) in zip([r for r in results if r.status == "labeled"], planned):
-            if not changed[target.id]:
+        for target, checked, result in planned:
+            if not _apply(target, checked, who, now):
                 result.status = "unchanged"
     labeled = sum(1 for r in results if r.status == "labeled")
     return schemas.LabelImportOut(applied=True, labeled=labeled, unchanged=len(results) - labeled, errors=0, rows=results)

@@ -92,17 +92,37 @@ function drawGuides(guides, scale, colorOf) {
   };
 }
 
-function drawChart({ el, span, x, lines, height, floor, guides }) {
+/** A reader of the page's CSS custom properties (the charts' colours). */
+export function cssVars() {
   const css = getComputedStyle(document.documentElement);
-  const v = (name) => css.getPropertyValue(name).trim();
+  return (name) => css.getPropertyValue(name).trim();
+}
+
+/** The look every chart's axes share. */
+export const axisStyle = (v) => ({ stroke: v("--muted"), grid: { stroke: v("--grid"), width: 1 },
+  ticks: { stroke: v("--grid"), width: 1 } });
+
+/** Room for the longest tick label (uPlot's axis font is 12px; about 7px a character). */
+export const tickSize = (u, values) => 18 + 7 * Math.max(3, ...(values || []).map((t) => String(t).length));
+
+/** Keep the chart as wide as its box; returns the observer (disconnect it with the chart). */
+export function followWidth(el, u, height) {
+  const ro = new ResizeObserver(() => {
+    const w = el.clientWidth;
+    if (w > 0 && Math.abs(w - u.width) > 1) requestAnimationFrame(() => u.setSize({ width: w, height }));
+  });
+  ro.observe(el);
+  return ro;
+}
+
+function drawChart({ el, span, x, lines, height, floor, guides }) {
+  const v = cssVars();
   const scales = [...new Set(lines.map((l) => l.scale))];
   const fmtOf = (scale) => {
     const l = lines.find((line) => line.scale === scale);
     return l.axisFmt || l.fmt;
   };
-  // Room for the longest tick label (uPlot's axis font is 12px; about 7px a character).
-  const size = (u, values) => 18 + 7 * Math.max(3, ...(values || []).map((t) => String(t).length));
-  const axis = { stroke: v("--muted"), grid: { stroke: v("--grid"), width: 1 }, ticks: { stroke: v("--grid"), width: 1 } };
+  const axis = axisStyle(v);
   const opts = {
     width: Math.max(el.clientWidth, 200),
     height,
@@ -122,8 +142,8 @@ function drawChart({ el, span, x, lines, height, floor, guides }) {
     })],
     axes: [
       { ...axis, space: 80 },
-      { ...axis, scale: scales[0], size, values: (u, ticks) => ticks.map((t) => fmtOf(scales[0])(t)) },
-      ...(scales[1] ? [{ ...axis, scale: scales[1], side: 1, size, grid: { show: false },
+      { ...axis, scale: scales[0], size: tickSize, values: (u, ticks) => ticks.map((t) => fmtOf(scales[0])(t)) },
+      ...(scales[1] ? [{ ...axis, scale: scales[1], side: 1, size: tickSize, grid: { show: false },
         values: (u, ticks) => ticks.map((t) => fmtOf(scales[1])(t)) }] : []),
     ],
     hooks: {
@@ -134,12 +154,7 @@ function drawChart({ el, span, x, lines, height, floor, guides }) {
     },
   };
   const u = new uPlot(opts, [x, ...lines.map((l) => l.values)], el);
-  const ro = new ResizeObserver(() => {
-    const w = el.clientWidth;
-    if (w > 0 && Math.abs(w - u.width) > 1) requestAnimationFrame(() => u.setSize({ width: w, height }));
-  });
-  ro.observe(el);
-  live.push({ u, ro });
+  live.push({ u, ro: followWidth(el, u, height) });
 }
 
 export function destroyCharts() {

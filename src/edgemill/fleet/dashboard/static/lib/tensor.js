@@ -4,6 +4,7 @@
  * be drawn is described instead. */
 
 /* global uPlot */
+import { axisStyle, cssVars, followWidth, tickSize } from "./charts.js";
 import { h, num } from "./dom.js";
 
 /** A tensor value in a few characters: integers whole, others to 4 significant digits; NaN and ±inf
@@ -118,11 +119,9 @@ function waveformBody(ctx, t) {
 
 /** The envelope: the highest and the lowest value per span of samples, the band between them filled. */
 function drawWaveform(el, x, lows, highs) {
-  const css = getComputedStyle(document.documentElement);
-  const v = (name) => css.getPropertyValue(name).trim();
+  const v = cssVars();
   const color = v("--c1");
-  const axis = { stroke: v("--muted"), grid: { stroke: v("--grid"), width: 1 }, ticks: { stroke: v("--grid"), width: 1 } };
-  const size = (u, ticks) => 18 + 7 * Math.max(3, ...(ticks || []).map((s) => String(s).length));
+  const axis = axisStyle(v);
   const yRange = (u, min, max) => {
     if (!(max > min)) return [(min || 0) - 1, (max || 0) + 1];
     const pad = (max - min) * 0.06;
@@ -138,12 +137,8 @@ function drawWaveform(el, x, lows, highs) {
     series: [{ label: "sample", value: (u, val) => (val == null ? "–" : num(val)) }, line("highest"), line("lowest")],
     bands: [{ series: [1, 2], fill: `${color}33` }],
     axes: [{ ...axis, space: 80, values: (u, ticks) => ticks.map((s) => num(s)) },
-      { ...axis, size, space: 20, values: (u, ticks) => ticks.map(value) }],  // a few levels even when short
+      { ...axis, size: tickSize, space: 20, values: (u, ticks) => ticks.map(value) }],  // a few levels even when short
   }, [x, highs, lows], el);
-  const ro = new ResizeObserver(() => {
-    const width = el.clientWidth;
-    if (width > 0 && Math.abs(width - u.width) > 1) requestAnimationFrame(() => u.setSize({ width, height: WAVEFORM_HEIGHT }));
-  });
-  ro.observe(el);
+  const ro = followWidth(el, u, WAVEFORM_HEIGHT);
   return () => { ro.disconnect(); u.destroy(); };
 }
