@@ -238,6 +238,40 @@ def test_openvino_fp32_package_runs_from_its_ir(model_dir: Path, tmp_path: Path)
 
 
 @needs_openvino
+def test_openvino_package_calls_keep_their_outputs_across_batches_and_dtypes(tmp_path: Path) -> None:
+    """The OpenVINO session wraps inputs without copying and copies outputs out of buffers the next call
+    reuses: an earlier result must survive a later call, a new batch size must work, inputs stay untouched."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["ids"], ["ids_f"], to=TensorProto.FLOAT),
+         helper.make_node("Add", ["x", "ids_f"], ["y"]), helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)],
+        "two_inputs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+                       helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [])])
+    source = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), source)
+    result = edgemill.compile(source, output=tmp_path / "two.emp", backend="openvino", precision="fp32", measure=False)
+    assert result.manifest.backend == "openvino"
+    model = rt.load(result.path)
+    rng = np.random.default_rng(0)
+    x1, ids1 = rng.standard_normal((2, 3)).astype(np.float32), rng.integers(0, 9, (2, 3))
+    x1_before = x1.copy()
+    first = model.run({"x": x1, "ids": ids1})
+    kept = {k: v.copy() for k, v in first.items()}
+    x2, ids2 = rng.standard_normal((5, 3)).astype(np.float32), rng.integers(0, 9, (5, 3))
+    second = model.run({"x": x2, "ids": ids2})
+    np.testing.assert_allclose(second["y"], x2 + ids2, rtol=1e-6)
+    np.testing.assert_allclose(second["total"], (x2 + ids2).sum(), rtol=1e-5)
+    assert all(np.array_equal(first[k], kept[k]) for k in first)  # not a view of the reused buffer
+    np.testing.assert_allclose(first["y"], x1 + ids1, rtol=1e-6)
+    assert np.array_equal(x1, x1_before)
+    sliced = np.asfortranarray(rng.standard_normal((4, 3)).astype(np.float32))  # not C-contiguous
+    np.testing.assert_allclose(model.run({"x": sliced, "ids": np.zeros((4, 3), np.int64)})["y"], sliced, rtol=1e-6)
+
+
+@needs_openvino
 @pytest.mark.slow
 def test_openvino_bf16_is_a_reduced_candidate_behind_the_gate(digits_cnn: dict, tmp_path: Path) -> None:
     result = edgemill.compile(digits_cnn["model"], output=tmp_path / "bf.emp", backend="openvino", precision="bf16",
