@@ -47,6 +47,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     p.add_argument("--baseline", metavar="DATA.npz",
                    help="typical inputs (one array per input, samples first) for the drift baseline the package "
                         "carries; default: --validation, else --calibration, else the generated check inputs (synthetic)")
+    pipe = p.add_argument_group("pre- and post-processing in the package (docs/pipeline.md)")
+    pipe.add_argument("--preprocess", action="append", default=[], metavar="'[INPUT:] frame=HxW ...'",
+                      help="camera frames in: frame=480x640 [dtype=uint8] [layout=NHWC] [color=RGB|BGR] "
+                           "[model_color=RGB] [resize=bilinear|nearest] [fit=stretch|letterbox] [pad=114] "
+                           "[scale=1/255] [mean=a,b,c] [std=a,b,c] [name=image]; once per image input")
+    pipe.add_argument("--postprocess", action="append", default=[], metavar="STEPS",
+                      help="softmax, topk=K [output=NAME] for a classifier; yolo (DarkNet heads) or yolo-nc "
+                           "(N x (4+C) x B exports) [conf=0.25] [iou=0.45] [max=100] [nms=class|agnostic] "
+                           "[coords=pixel|normalized] for a detector")
+    pipe.add_argument("--labels", metavar="FILE", help="class names, one per line: returned as strings beside the classes")
+    pipe.add_argument("--pipeline", metavar="FILE.toml", help="the same in a TOML file ([[preprocess]], [postprocess])")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading pickled models (scikit-learn): unpickling runs code, so only for files you trust")
     p.add_argument("--no-measure", action="store_true",
@@ -75,6 +86,22 @@ def accuracy_summary(acc: dict) -> str:  # type: ignore[type-arg]
     return f"{acc['metric']} {acc['value']:.4f} (original {acc['original']:.4f}, drop {acc['drop']:.4f})"
 
 
+def pipeline_spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """--pipeline FILE, or --preprocess/--postprocess/--labels (not both ways at once); None when neither."""
+    from ..pipeline.spec import PipelineSpec, load_pipeline_file, parse_postprocess, parse_preprocess, read_labels
+
+    flags = args.preprocess or args.postprocess or args.labels
+    if args.pipeline:
+        if flags:
+            raise UsageError("--pipeline and --preprocess/--postprocess/--labels both given",
+                             fix="put everything in the pipeline file, or use the flags alone")
+        return load_pipeline_file(Path(args.pipeline))
+    if not flags:
+        return None
+    labels = read_labels(Path(args.labels)) if args.labels else ()
+    return PipelineSpec(tuple(parse_preprocess(t) for t in args.preprocess), parse_postprocess(args.postprocess, labels))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..compiler import CompileOptions, compile_model
 
@@ -89,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=Path(args.calibration) if args.calibration else None, calibration_method=args.calibration_method,
         baseline=Path(args.baseline) if args.baseline else None,
         max_accuracy_drop=args.max_accuracy_drop, tune_budget=args.tune_budget,
-        measure=not args.no_measure, trust_pickle=args.trust_pickle,
+        measure=not args.no_measure, trust_pickle=args.trust_pickle, pipeline=pipeline_spec(args),
     )
     quiet = args.quiet or args.json
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..package import describe_package
+from ..pipeline.describe import lines as pipeline_lines
 from .output import emit_json
 
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
             known = source_names.get(spec["name"])
             alias = f"   (in the source: {known!r})" if known and known != spec["name"] else ""
             print(f"{kind[:-1]:<9} {spec['name']}: {spec['dtype']}{spec['shape']}{bound}{alias}")
+    for line in pipeline_lines(m):
+        print(line)
     for note in m["source"].get("io_notes") or []:
         print(f"io note   {note}")
     acc = m["accuracy"]

@@ -39,13 +39,13 @@ def load(ctx: CompileContext, bound: dict[str, Any]) -> list[dict[str, np.ndarra
 
 
 def build_or_explain(ctx: CompileContext, artifact: Artifact, check_feeds: list[dict[str, np.ndarray]],
-                     output_names: list[str], baseline_feeds: list[dict[str, np.ndarray]] | None, bound: dict[str, Any]
-                     ) -> tuple[dict[str, bytes], dict[str, Any]]:
+                     output_names: list[str], baseline_feeds: list[dict[str, np.ndarray]] | None, bound: dict[str, Any],
+                     session: Any = None) -> tuple[dict[str, bytes], dict[str, Any]]:
     """:func:`build`, except that a model the baseline cannot be counted for (its outputs refuse the
     generated inputs, say) still gets its package: without a baseline, and a warning that says why.
     A ``--baseline`` file the user gave is checked before any candidate is built (:func:`load`)."""
     try:
-        return build(ctx, artifact, check_feeds, output_names, baseline_feeds, bound)
+        return build(ctx, artifact, check_feeds, output_names, baseline_feeds, bound, session)
     except Exception as exc:  # noqa: BLE001 - monitoring is an addition: it must not cost the user the package
         reason = f"{type(exc).__name__}: {first_line(exc)}"[:300]
         ctx.warnings.append(f"no drift baseline in the package ({reason}); the fleet shows its drift as 'no baseline'")
@@ -53,13 +53,15 @@ def build_or_explain(ctx: CompileContext, artifact: Artifact, check_feeds: list[
 
 
 def build(ctx: CompileContext, artifact: Artifact, check_feeds: list[dict[str, np.ndarray]], output_names: list[str],
-          baseline_feeds: list[dict[str, np.ndarray]] | None, bound: dict[str, Any]
+          baseline_feeds: list[dict[str, np.ndarray]] | None, bound: dict[str, Any], session: Any = None
           ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """The package file (path -> bytes) and what the compile report says about it."""
+    """The package file (path -> bytes) and what the compile report says about it. ``session``: what runs
+    the package's inputs to its outputs (default: the artifact alone; a package with a pipeline passes
+    its stages around the artifact, and a ``ctx`` whose inputs and outputs are the package's)."""
     from .candidates import open_artifact
 
     o = ctx.options
-    session = open_artifact(artifact, output_names, o.check_threads)
+    session = session or open_artifact(artifact, output_names, o.check_threads)
     synthetic = False
     if baseline_feeds is not None and o.baseline is not None:
         feeds, data = baseline_feeds, f"baseline file {o.baseline.name}"

@@ -17,7 +17,7 @@ from ..runtime.backends import missing_library
 from ..targets import get_target, runnable_here
 from ..tensors import InputOverride, Scalar, TensorSpec
 from . import calibration as data_files
-from . import candidates, lowering, sample_inputs, tuning
+from . import candidates, lowering, pipeline_build, sample_inputs, tuning
 from . import baseline as drift_baseline
 from . import reference as reference_outputs
 from .candidates import Built, Failed
@@ -75,11 +75,16 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     output_names = [o.name for o in ctx.outputs]
     bound = check_bindings(options.inputs, ctx.inputs, source)
     ctx.inputs = [replace(s, value=bound[s.name]) if s.name in bound else s for s in ctx.inputs]
+    pipe = _prepare_pipeline(ctx)
 
     # The data every candidate is judged and calibrated on, checked before any candidate is built.
     if options.validation is not None:
         feeds, labels = data_files.load_validation(options.validation, ctx.inputs, bound)
         ctx.validation_sha256 = sha256_hex(options.validation.read_bytes())
+        frames = _pipeline_frames(ctx, pipe, bound) if pipe is not None else []
+    elif pipe is not None:  # judged on frames pre-processed as the package will: the inputs it will get
+        frames = _pipeline_frames(ctx, pipe, bound)
+        feeds, labels = [pipe.to_model_feed(f) for f in frames], None
     else:
         feeds, labels = _generated_feeds(ctx, bound), None
     if options.calibration is not None:
@@ -129,11 +134,77 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
         chosen, threads = tuned["chosen_built"], tuned["threads"]
     else:
         chosen, threads = passing[0], None  # unmeasured: the planned order (fp32 first: lossless by default)
+    pipeline_record = None
+    if pipe is not None:
+        with ctx.step("pipeline_check", "running the pre/post-processing graphs around the chosen candidate") as record:
+            session = candidates.open_artifact(chosen.artifact, output_names, options.check_threads)
+            run_model = _named(session, output_names)
+            pipeline_record = pipeline_build.check(pipe, run_model, frames, options.tolerance)
+            record.update(pipeline_record, summary=f"pipeline matches NumPy pre/post-processing on "
+                          f"{pipeline_record['frames']} frame(s)")
+            ctx.inputs, ctx.outputs = pipe.inputs, pipe.outputs  # the package's, from here on
+            runner = pipe.runner(run_model)
+            names = [o.name for o in pipe.outputs]
+            package_session = _Listed(runner.run, names)
     with ctx.step("baseline", "counting the drift baseline") as record:
-        baseline_files, summary = drift_baseline.build_or_explain(ctx, chosen.artifact, feeds, output_names,
-                                                                  baseline_feeds, bound)
+        if pipe is None:
+            baseline_files, summary = drift_baseline.build_or_explain(ctx, chosen.artifact, feeds, output_names,
+                                                                      baseline_feeds, bound)
+        else:  # counted on generated package inputs (frames) through the stages: what the device will see
+            synthetic = replace(ctx, options=replace(options, validation=None, calibration=None, baseline=None))
+            baseline_files, summary = drift_baseline.build_or_explain(synthetic, chosen.artifact, [], names, None,
+                                                                      bound, package_session)
         record.update(summary)
-    return write(ctx, chosen, threads, prepared, built, skipped, failed, tuned, feeds, reference, baseline_files)
+    extra = {**baseline_files, **(pipe.files if pipe is not None else {})}
+    return write(ctx, chosen, threads, prepared, built, skipped, failed, tuned, feeds, reference, extra,
+                 pipeline=pipe.layout.to_dict() if pipe is not None else None, pipeline_record=pipeline_record)
+
+
+class _Listed:
+    """A named-outputs call seen as a session (outputs as a list, in ``names`` order)."""
+
+    def __init__(self, run: Any, names: list[str]) -> None:
+        self._run, self._names = run, names
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = self._run(feed)
+        return [out[n] for n in self._names]
+
+
+def _named(session: Any, names: list[str]) -> Any:
+    def run(feed: Any) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(feed)))
+    return run
+
+
+def _prepare_pipeline(ctx: CompileContext) -> pipeline_build.Pipeline | None:
+    spec = ctx.options.pipeline
+    if spec is None or spec.empty:
+        return None
+    if ctx.options.baseline is not None:
+        raise OptionError("--baseline is not supported with --preprocess/--postprocess yet", value=str(ctx.options.baseline),
+                          fix="leave out --baseline: the package's drift baseline is then counted on generated frames")
+    with ctx.step("pipeline", "building the pre/post-processing graphs") as record:
+        pipe = pipeline_build.prepare(spec, ctx.inputs, ctx.outputs, ctx.source.details)
+        steps = [f"{p.input}: {p.spec['frame'][0]}x{p.spec['frame'][1]} {p.spec['dtype']} {p.spec['layout']} -> "
+                 f"{p.model_input}" for p in pipe.layout.preprocess]
+        if pipe.layout.postprocess is not None:
+            steps.append("post: " + ", ".join(o.name for o in pipe.outputs))
+        record["summary"] = "; ".join(steps)
+    return pipe
+
+
+def _pipeline_frames(ctx: CompileContext, pipe: pipeline_build.Pipeline, bound: dict[str, Scalar]
+                     ) -> list[dict[str, np.ndarray]]:
+    """Seeded package inputs (frames for pre-processed inputs, generated values for the others)."""
+    model_inputs = list(pipe.layout.model_inputs)
+    batches = sample_inputs.DYNAMIC_BATCH_SIZES if sample_inputs.has_dynamic_batch(model_inputs) else (1,)
+    out = []
+    for i, b in enumerate(batches):
+        others = sample_inputs.generate([s for s in model_inputs if s.name not in {p.image.name for p in pipe.pre}],
+                                        b, ctx.options.seed + i, bound)
+        out.append(pipe.frames(b, ctx.options.seed + i, others))
+    return out
 
 
 def _require_native(source: SourceInfo) -> None:

@@ -10,6 +10,7 @@ from ..errors import FileNotFound, OptionError
 from ..package.layout import SUFFIX
 from ..package.manifest import is_semver
 from ..targets import get_target
+from ..pipeline.spec import PipelineSpec
 from ..tensors import InputOverride, parse_input_override
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
@@ -76,6 +77,7 @@ class CompileOptions:
     trust_pickle: bool = False  # unpickling runs code: only with the user's explicit consent
     check_threads: int = 1  # one thread makes the accuracy check, and so the manifest, deterministic
     extra_passes: tuple[str, ...] = field(default_factory=tuple)
+    pipeline: PipelineSpec | None = None  # pre/post-processing compiled into the package (edgemill.pipeline)
 
     @classmethod
     def create(

@@ -36,7 +36,8 @@ class CompileResult:
 def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any, built: list[Built],
           skipped: list[lowering.Skipped], failed: list[Failed], tuned: dict[str, Any] | None,
           feeds: list[dict[str, np.ndarray]], reference: Reference,
-          extra_files: dict[str, bytes] | None = None) -> CompileResult:
+          extra_files: dict[str, bytes] | None = None, pipeline: dict[str, Any] | None = None,
+          pipeline_record: dict[str, Any] | None = None) -> CompileResult:
     """Write the package of the chosen candidate, with its manifest and the compile report."""
     inputs, outputs = ctx.inputs, ctx.outputs
     options, target = ctx.options, ctx.target
@@ -74,6 +75,7 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
         accuracy={k: v for k, v in accuracy_record.items() if k not in ("outputs", "samples")},
         edgemill_version=__version__,
         lineage=(f"source:sha256:{ctx.source.sha256}", *data_lineage(options)),
+        pipeline=pipeline,
     )
     candidates = [{"candidate": b.artifact.candidate.label, "backend": b.artifact.candidate.backend,
                    "precision": b.artifact.candidate.precision, "status": b.record.get("status"), **b.evaluation.to_dict(),
@@ -106,6 +108,7 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
         "latency": latency,
         "tuning": {k: v for k, v in (tuned or {}).items() if k != "chosen_built"} or None,
         "partition": partition["summary"] if partition else None,
+        "pipeline": pipeline_record,
         "warnings": ctx.warnings,
     }
     out = options.output_path

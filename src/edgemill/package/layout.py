@@ -9,6 +9,7 @@ REPORT = "report.json"
 PARTITION = "partition.json"
 BASELINE = "monitoring/baseline.json"  # the drift baseline (compiler/baseline.py), listed and signed
 MODEL_DIR = "model"
+PIPELINE_DIR = "pipeline"  # pre- and post-processing graphs (edgemill.pipeline), run around the model
 SIGNATURE_DIR = "signature"
 SIGNATURE = "signature/model.sig"
 

@@ -65,6 +65,9 @@ class Manifest:
     lineage: tuple[str, ...] = ()
     backend_options: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
+    # Pre- and post-processing around the model (edgemill.pipeline.stages.PipelineLayout); ``inputs`` and
+    # ``outputs`` above are then the package's (frames in, names out) and the model's own are in here.
+    pipeline: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class Manifest:
             "accuracy": self.accuracy,
             "edgemill_version": self.edgemill_version,
             "lineage": list(self.lineage),
+            **({"pipeline": self.pipeline} if self.pipeline is not None else {}),  # absent: ids of older packages hold
         }
 
     def to_bytes(self) -> bytes:
@@ -98,6 +102,18 @@ def package_id(manifest: dict[str, Any]) -> str:
     """sha256 of the canonical manifest, volatile fields excluded."""
     stable = {k: v for k, v in manifest.items() if k not in VOLATILE_FIELDS}
     return sha256_hex(canonical_json(stable))
+
+
+def _pipeline(raw: Any, files: dict[str, FileEntry]) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    from ..pipeline.stages import PipelineLayout  # checks its shape; the runtime reads it again
+
+    layout = PipelineLayout.from_dict(raw)
+    missing = [f for f in layout.files if f not in files]
+    if missing:
+        raise _refuse("the pipeline names a file the manifest does not list", value=missing[0])
+    return dict(raw)
 
 
 def _refuse(problem: str, **kwargs: Any) -> VerificationError:
@@ -154,6 +170,7 @@ def parse_manifest(data: bytes) -> Manifest:
             accuracy=dict(raw["accuracy"]),
             edgemill_version=str(raw["edgemill_version"]),
             lineage=tuple(str(x) for x in raw.get("lineage", [])),
+            pipeline=_pipeline(raw.get("pipeline"), files),
         )
     except VerificationError:
         raise

@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import RefusalReason, VerificationError
 from .bundle import make_bundle, parse_bundle
 from .keys import KeySource, PublicKey, load_private_key, load_public_keys
-from .layout import BASELINE, MANIFEST, REPORT, SIGNATURE
+from .layout import BASELINE, MANIFEST, PIPELINE_DIR, REPORT, SIGNATURE
 from .reader import PackageReader, open_package
 from .verify import VerifiedPackage, verify_package
 from .writer import is_tar_path, write_file_atomic, write_package
@@ -32,7 +32,7 @@ def _gather(reader: PackageReader, keep_model: bool = False
             ) -> tuple[bytes | None, dict[str, str], bytes | None, dict[str, bytes]]:
     """Manifest bytes, the sha256 of every file but the signature, the signature bytes, and (when
     asked) the bytes of the model's files (the entrypoint and whatever else lies beside it under
-    ``model/``, e.g. OpenVINO's weights, and the drift baseline), read once: hashed here and later
+    ``model/``, e.g. OpenVINO's weights, the pipeline's graphs and the drift baseline), read once: hashed here and later
     handed to the backend (and the monitor) as they are."""
     names = set(reader.names())
     bundle = reader.read(SIGNATURE) if SIGNATURE in names else None
@@ -42,6 +42,7 @@ def _gather(reader: PackageReader, keep_model: bool = False
     if entrypoint is not None:
         folder = entrypoint.rpartition("/")[0]
         wanted = {entrypoint, BASELINE} | ({n for n in names if n.startswith(folder + "/")} if folder else set())
+        wanted |= {n for n in names if n.startswith(PIPELINE_DIR + "/")}
         kept = {n: reader.read(n) for n in sorted(wanted & names) if n not in (MANIFEST, SIGNATURE)}
     digests = {n: (hashlib.sha256(kept[n]).hexdigest() if n in kept else reader.sha256(n))
                for n in sorted(names - {SIGNATURE})}

@@ -13,6 +13,7 @@ from ..monitoring.features import Baseline, parse_baseline
 from ..package.layout import BASELINE
 from ..package.store import TrustedKeys, read_verified_model
 from ..package.verify import VerifiedPackage
+from ..pipeline.stages import PipelineLayout, PipelineRunner
 from ..targets import host
 from ..tensors import TensorSpec
 from .backends import open_session
@@ -35,10 +36,16 @@ class Model:
         if threads is None:  # the thread count tuning found fastest for this target, if it measured one
             threads = manifest.backend_options.get("threads")
         self.threads = threads
-        self._session = open_session(manifest.backend, manifest.entrypoint, files, self._output_names, threads,
+        self.pipeline = PipelineLayout.from_dict(manifest.pipeline) if manifest.pipeline is not None else None
+        model_outputs = ([s.name for s in self.pipeline.model_outputs] if self.pipeline is not None
+                         else self._output_names)
+        self._session = open_session(manifest.backend, manifest.entrypoint, files, model_outputs, threads,
                                      manifest.backend_options)
         # A backend that names its outputs itself saves the list-then-dict step on every call.
         self._run_named = getattr(self._session, "run_named", None)
+        if self.pipeline is not None:  # frames in, names out: the stages wrap the model's own call
+            model_call = self._run_named or (lambda feed: dict(zip(model_outputs, self._session.run(feed))))
+            self._run_named = PipelineRunner(self.pipeline, files, model_call, threads, self._output_names).run
         self._baseline_bytes = files.get(BASELINE)  # verified with the rest; parsed when asked for
 
     @property
