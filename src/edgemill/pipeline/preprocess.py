@@ -121,12 +121,18 @@ _INT_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 
 
 def build_graph(pre: Preprocess, image: ModelImage) -> Any:
-    """An ONNX model: the frame input (``frame_spec``) -> one output, ``image.name``'s tensor."""
+    """An ONNX model: the frame input (``frame_spec``) -> one output, ``model_input``.
+
+    The resize works in the frame's own layout and every later step on the model-sized tensor (a 480x640
+    frame is 6x the pixels of a 224x224 input): nearest picks rows and columns on the uint8 frame before
+    the cast; bilinear resizes channels-last frames with onnxruntime's NHWC kernel, then goes planar."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     frame = frame_spec(pre, image)
     place = placement(pre, image)
+    nhwc = pre.layout == "NHWC"
+    rows_axis, cols_axis = (1, 2) if nhwc else (2, 3)
     nodes: list[Any] = []
     inits: list[Any] = []
 
@@ -134,55 +140,49 @@ def build_graph(pre: Preprocess, image: ModelImage) -> Any:
         inits.append(numpy_helper.from_array(value, name))
         return name
 
-    x = "frame_f"
-    nodes.append(helper.make_node("Cast", [frame.name], [x], to=TensorProto.FLOAT))
-    if pre.layout == "NHWC":
-        nodes.append(helper.make_node("Transpose", [x], ["frame_nchw"], perm=[0, 3, 1, 2]))
-        x = "frame_nchw"
-    order = _channel_order(pre, image)
-    if order is not None:
-        nodes.append(helper.make_node("Gather", [x, const("channel_order", np.array(order, np.int64))], ["swapped"],
-                                      axis=1))
-        x = "swapped"
-    if (place.height, place.width) != pre.frame and pre.resize == "bilinear":
+    def add(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], **attrs))
+        return output
+
+    x = frame.name
+    resized = (place.height, place.width) != pre.frame
+    if resized and pre.resize == "nearest":  # the source rows and columns, picked exactly, on the uint8 frame
+        x = add("Gather", [x, const("rows", _nearest_index(pre.frame[0], place.height))], "picked_rows", axis=rows_axis)
+        x = add("Gather", [x, const("cols", _nearest_index(pre.frame[1], place.width))], "picked", axis=cols_axis)
+    x = add("Cast", [x], "frame_f", to=TensorProto.FLOAT)
+    if resized and pre.resize == "bilinear":
         # Full-rank sizes (batch and channels read from the tensor), not Resize's axes=: onnxruntime's
         # transpose optimizer rewrites an axes= Resize followed by a Transpose into an invalid node.
-        nodes.append(helper.make_node("Shape", [x], ["lead"], start=0, end=2))
-        nodes.append(helper.make_node("Concat", ["lead", const("size", np.array([place.height, place.width], np.int64))],
-                                      ["sizes"], axis=0))
-        nodes.append(helper.make_node("Resize", [x, "", "", "sizes"], ["resized"], mode="linear",
-                                      coordinate_transformation_mode="half_pixel"))
-        x = "resized"
-    elif (place.height, place.width) != pre.frame:  # nearest: the source rows and columns, picked exactly
-        rows = _nearest_index(pre.frame[0], place.height)
-        cols = _nearest_index(pre.frame[1], place.width)
-        nodes.append(helper.make_node("Gather", [x, const("rows", rows)], ["picked_rows"], axis=2))
-        nodes.append(helper.make_node("Gather", ["picked_rows", const("cols", cols)], ["resized"], axis=3))
-        x = "resized"
+        size = const("size", np.array([place.height, place.width], np.int64))
+        if nhwc:
+            parts = [add("Shape", [x], "batch_dim", start=0, end=1), size, add("Shape", [x], "channel_dim", start=3, end=4)]
+        else:
+            parts = [add("Shape", [x], "lead_dims", start=0, end=2), size]
+        sizes = add("Concat", parts, "sizes", axis=0)
+        x = add("Resize", [x, "", "", sizes], "resized", mode="linear", coordinate_transformation_mode="half_pixel")
+    if nhwc:  # channels first from here: the swap and the per-channel scale are then plane-wise
+        x = add("Transpose", [x], "planar", perm=[0, 3, 1, 2])
+    order = _channel_order(pre, image)
+    if order is not None:
+        x = add("Gather", [x, const("channel_order", np.array(order, np.int64))], "swapped", axis=1)
     if (place.height, place.width) != (image.height, image.width):
         bottom = image.height - place.height - place.top
         right = image.width - place.width - place.left
         pads = np.array([0, 0, place.top, place.left, 0, 0, bottom, right], np.int64)
-        nodes.append(helper.make_node("Pad", [x, const("pads", pads), const("pad_value", np.array(pre.pad, np.float32))],
-                                      ["boxed"], mode="constant"))
-        x = "boxed"
-    mul, add = _affine(pre, image)
-    if not (np.all(mul == 1) and np.all(add == 0)):
-        nodes.append(helper.make_node("Mul", [x, const("scale", mul.reshape(1, -1, 1, 1))], ["scaled"]))
-        nodes.append(helper.make_node("Add", ["scaled", const("shift", add.reshape(1, -1, 1, 1))], ["normalized"]))
-        x = "normalized"
+        x = add("Pad", [x, const("pads", pads), const("pad_value", np.array(pre.pad, np.float32))], "boxed", mode="constant")
+    mul, shift = _affine(pre, image)
+    if not (np.all(mul == 1) and np.all(shift == 0)):
+        x = add("Mul", [x, const("scale", mul.reshape(1, -1, 1, 1))], "scaled")
+        x = add("Add", [x, const("shift", shift.reshape(1, -1, 1, 1))], "normalized")
     if image.layout == "NHWC":
-        nodes.append(helper.make_node("Transpose", [x], ["model_nhwc"], perm=[0, 2, 3, 1]))
-        x = "model_nhwc"
+        x = add("Transpose", [x], "model_nhwc", perm=[0, 2, 3, 1])
     if image.dtype in _INT_RANGE:
         low, high = _INT_RANGE[image.dtype]
-        nodes.append(helper.make_node("Round", [x], ["rounded"]))
-        nodes.append(helper.make_node("Clip", ["rounded", const("low", np.array(low, np.float32)),
-                                               const("high", np.array(high, np.float32))], ["clipped"]))
-        x = "clipped"
+        x = add("Round", [x], "rounded")
+        x = add("Clip", [x, const("low", np.array(low, np.float32)), const("high", np.array(high, np.float32))], "clipped")
     elem = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "uint8": TensorProto.UINT8,
             "int8": TensorProto.INT8}[image.dtype]
-    nodes.append(helper.make_node("Cast", [x], ["model_input"], to=elem))
+    add("Cast", [x], "model_input", to=elem)
     model_shape = [image.batch, image.channels, image.height, image.width] if image.layout == "NCHW" else \
         [image.batch, image.height, image.width, image.channels]
     graph = helper.make_graph(
