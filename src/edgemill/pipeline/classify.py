@@ -1,6 +1,8 @@
 """A classifier's post-processing: softmax and/or top-k over one scores output, as an ONNX graph the package
 carries, and the same in NumPy. The scores output is read as ``N x C`` (a ``N x 1 x 1 x C`` head is
-flattened); every other model output passes through unchanged.
+flattened); every other model output passes through unchanged. Quantized (uint8/int8) scores take
+top-k as they are (the order is the dequantized one); ties keep the lower class first, as NumPy's stable
+sort does.
 
 Outputs: ``probabilities`` (softmax alone), or ``scores`` (``N x K`` float32, descending) and ``classes``
 (``N x K`` int64) with top-k; class names are added by the runtime from the manifest's labels.
@@ -17,6 +19,7 @@ from ..tensors import TensorSpec
 from .spec import Postprocess
 
 OPSET = 17
+_SCORE_TYPES = {"float32": "FLOAT", "float16": "FLOAT16", "float64": "DOUBLE", "uint8": "UINT8", "int8": "INT8"}
 
 
 def scores_output(post: Postprocess, outputs: list[TensorSpec]) -> TensorSpec:
@@ -26,9 +29,12 @@ def scores_output(post: Postprocess, outputs: list[TensorSpec]) -> TensorSpec:
         raise OptionError("--postprocess output= names no model output", value=post.output,
                           expected="one of " + ", ".join(repr(n) for n in names), fix="use one of the model's outputs")
     spec = next(o for o in outputs if o.name == (post.output or names[0]))
-    if not spec.dtype.startswith("float"):
+    if spec.dtype not in _SCORE_TYPES:
         raise OptionError(f"--postprocess softmax/topk needs class scores, and output {spec.name!r} is {spec.dtype}",
                           value=spec.dtype, fix="pick the scores output with --postprocess output=NAME")
+    if post.softmax and not spec.dtype.startswith("float"):
+        raise OptionError(f"--postprocess softmax on output {spec.name!r} of quantized {spec.dtype} scores", value="softmax",
+                          fix="use topk alone (quantized scores keep their order), or compile a float model")
     if len(spec.shape) < 2 or any(d != 1 for d in spec.shape[1:-1]):
         raise OptionError(f"--postprocess softmax/topk needs an N x C scores output, and {spec.name!r} is "
                           f"{spec.shape_text()}", value=spec.shape_text(),
@@ -71,7 +77,7 @@ def build_graph(post: Postprocess, spec: TensorSpec) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     classes = class_count(spec)
-    elem = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "float64": TensorProto.DOUBLE}[spec.dtype]
+    elem = getattr(TensorProto, _SCORE_TYPES[spec.dtype])
     nodes = [helper.make_node("Reshape", [spec.name, "flat_shape"], ["flat"])]
     inits = [numpy_helper.from_array(np.array([-1, classes], np.int64), "flat_shape")]
     x = "flat"

@@ -75,6 +75,11 @@ class PipelineLayout:
             labels_from=data.get("labels_from"), labels_to=data.get("labels_to"),
         )
 
+    def postprocess_outputs(self) -> set[str]:
+        """The package outputs the post-processing makes (the graph's and the class names)."""
+        made = set(self.postprocess.outputs) if self.postprocess else set()
+        return made | ({self.labels_to} if self.labels_to else set())
+
     @property
     def files(self) -> list[str]:
         return [p.file for p in self.preprocess] + ([self.postprocess.file] if self.postprocess else [])
@@ -111,18 +116,27 @@ class PipelineRunner:
         self._output_names = output_names
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.postprocess(self._run_model(self.preprocess(feed)))
+
+    def preprocess(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Package inputs -> model inputs."""
         model_feed = dict(feed)
         for name, model_input, session in self._pre:
             frame = model_feed.pop(name)
             model_feed[model_input] = _call(session, ["model_input"], {name: frame}, "pre-processing")[0]
-        outputs = self._run_model(model_feed)
+        return model_feed
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model outputs -> package outputs, with class names."""
         if self._post is not None:
             session, inputs, produced, passthrough = self._post
             results = _call(session, produced, {n: outputs[n] for n in inputs}, "post-processing")
             outputs = {**{n: outputs[n] for n in passthrough}, **dict(zip(produced, results))}
+        else:
+            outputs = dict(outputs)
         layout = self.layout
         if layout.labels_from is not None and layout.labels_to is not None:
-            outputs[layout.labels_to] = self._labels[outputs[layout.labels_from]]
+            outputs[layout.labels_to] = self._labels[outputs[layout.labels_from]]  # type: ignore[index]
         return {name: outputs[name] for name in self._output_names}
 
 
