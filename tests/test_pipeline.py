@@ -240,3 +240,51 @@ def test_a_model_without_image_size_asks_for_one(tmp_path: Path) -> None:
         preprocess.ModelImage.of(spec, None)
     assert "--input x:1x3x224x224" in str(err.value)
     assert Preprocess(frame=(2, 2)).channel_values("mean", 3) == (0.0, 0.0, 0.0)
+
+
+# --- encoded images ------------------------------------------------------------------------------
+
+
+def encode(pixels: np.ndarray, kind: str) -> bytes:
+    from PIL import Image
+
+    buffer = __import__("io").BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def test_a_frame_input_takes_png_and_jpeg_bytes(classifier: dict, tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    spec = PipelineSpec((parse_preprocess("frame=48x64 color=BGR " + IMAGENET),), parse_postprocess(["topk=3"]))
+    model = rt.load(edgemill.compile(classifier["model"], output=tmp_path / "img.emp", measure=False, pipeline=spec).path)
+    assert model.image_inputs == ["image"]
+    rgb = smooth_frames(np.random.default_rng(4), (48, 64, 3))
+    raw = model.run({"image": rgb[None, :, :, ::-1].copy()})  # the package declares BGR frames
+    from_png = model.run({"image": encode(rgb, "PNG")})  # lossless: the same pixels, decoded as RGB then swapped
+    assert np.array_equal(from_png["classes"], raw["classes"]) and np.allclose(from_png["scores"], raw["scores"])
+    batch = model.run({"image": np.array([encode(rgb, "PNG"), encode(rgb, "JPEG")], dtype=object)})
+    assert batch["classes"].shape == (2, 3) and np.array_equal(batch["classes"][0], raw["classes"][0])
+    bigger = model.run({"image": encode(np.repeat(np.repeat(rgb, 2, axis=0), 2, axis=1), "PNG")})  # 96x128: resized
+    assert bigger["classes"].shape == (1, 3)
+    with pytest.raises(InputMismatchError) as unreadable:
+        model.run({"image": b"\xff\xd8\xff" + b"\0" * 100})
+    assert "input 'image' is not a readable image" in str(unreadable.value) and "Fix:" in str(unreadable.value)
+
+
+def test_without_pillow_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from edgemill.errors import MissingDependencyError
+    from edgemill.pipeline import images
+
+    real_import = builtins.__import__
+
+    def no_pil(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "PIL" or name.startswith("PIL."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pil)
+    with pytest.raises(MissingDependencyError) as err:
+        images.decode(b"\x89PNG\r\n\x1a\n", "image", {"frame": [4, 4]}, 3)
+    assert "pip install 'edgemill[images]'" in str(err.value)

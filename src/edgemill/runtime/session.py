@@ -13,6 +13,7 @@ from ..monitoring.features import Baseline, parse_baseline
 from ..package.layout import BASELINE
 from ..package.store import TrustedKeys, read_verified_model
 from ..package.verify import VerifiedPackage
+from ..pipeline.images import decode_inputs
 from ..pipeline.stages import PipelineLayout, PipelineRunner
 from ..targets import host
 from ..tensors import TensorSpec
@@ -43,9 +44,13 @@ class Model:
                                      manifest.backend_options)
         # A backend that names its outputs itself saves the list-then-dict step on every call.
         self._run_named = getattr(self._session, "run_named", None)
+        # Frame inputs that may come as JPEG/PNG bytes: name -> (pre-processing spec, channels).
+        self._images: dict[str, tuple[dict[str, Any], int]] = {}
         if self.pipeline is not None:  # frames in, names out: the stages wrap the model's own call
             model_call = self._run_named or (lambda feed: dict(zip(model_outputs, self._session.run(feed))))
             self._run_named = PipelineRunner(self.pipeline, files, model_call, threads, self._output_names).run
+            specs = {s.name: s for s in self.inputs}
+            self._images = {p.input: (p.spec, _frame_channels(specs[p.input], p.spec)) for p in self.pipeline.preprocess}
         self._baseline_bytes = files.get(BASELINE)  # verified with the rest; parsed when asked for
 
     @property
@@ -66,14 +71,26 @@ class Model:
     def backend(self) -> str:
         return self.manifest.backend
 
+    @property
+    def image_inputs(self) -> list[str]:
+        """Inputs that take camera frames (``--preprocess``): raw pixels, or JPEG/PNG bytes."""
+        return list(self._images)
+
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Run the model on ``inputs`` (name -> array); returns outputs by name."""
+        """Run the model on ``inputs`` (name -> array); returns outputs by name. An input that takes
+        camera frames also accepts the encoded image (``bytes``, or an object array of them per frame)."""
+        if self._images:
+            inputs = decode_inputs(inputs, self._images)
         if self._run_named is not None:
             return self._run_named(self._checker.check(inputs))  # type: ignore[no-any-return]
         return dict(zip(self._output_names, self._session.run(self._checker.check(inputs))))
 
     def __repr__(self) -> str:
         return f"<edgemill Model {self.name} {self.version} [{self.backend}] id={self.package_id[:12]}>"
+
+
+def _frame_channels(frame: TensorSpec, pre: Mapping[str, Any]) -> int:
+    return int(frame.shape[-1] if pre.get("layout", "NHWC") == "NHWC" else frame.shape[1])
 
 
 def _check_cpu(options: Mapping[str, Any]) -> None:
