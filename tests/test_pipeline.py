@@ -288,3 +288,20 @@ def test_without_pillow_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(MissingDependencyError) as err:
         images.decode(b"\x89PNG\r\n\x1a\n", "image", {"frame": [4, 4]}, 3)
     assert "pip install 'edgemill[images]'" in str(err.value)
+
+
+def test_cli_runs_a_package_on_a_photo(classifier: dict, tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    out = tmp_path / "photo.emp"
+    assert run_cli("compile", classifier["model"], "-o", out, "--no-measure", "--preprocess", "frame=48x64 " + IMAGENET,
+                   "--postprocess", "softmax,topk=3", "--labels", classifier["labels"]).code == 0
+    rgb = smooth_frames(np.random.default_rng(5), (48, 64, 3))
+    (tmp_path / "photo.png").write_bytes(encode(rgb, "PNG"))
+    result = run_cli("run", out, "-i", f"image={tmp_path / 'photo.png'}", "--json")
+    assert result.code == 0, result.err
+    labels = json.loads(result.out)["outputs"]["labels"]
+    assert labels["values"] == numpy_top_names(classifier, "frame=48x64 " + IMAGENET, rgb[None], 3).tolist()
+    plain = tmp_path / "plain.emp"
+    edgemill.compile(classifier["model"], output=plain, measure=False)
+    refused = run_cli("run", plain, "-i", f"image={tmp_path / 'photo.png'}")
+    assert refused.code != 0 and "input 'image' does not take image files" in refused.err and "--preprocess" in refused.err

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import AccuracyCheckError, OptionError
 from ..package.layout import PIPELINE_DIR
 from ..pipeline import classify, preprocess
-from ..pipeline.spec import PipelineSpec, Preprocess
+from ..pipeline.spec import PipelineSpec, Postprocess, Preprocess
 from ..pipeline.stages import PipelineLayout, PipelineRunner, PostStage, PreStage
 from ..tensors import TensorSpec
 from .accuracy import compare
@@ -130,6 +130,15 @@ def prepare(spec: PipelineSpec, model_inputs: list[TensorSpec], model_outputs: l
     layout = PipelineLayout(tuple(model_inputs), tuple(model_outputs), tuple(stages), post_stage, post.labels,
                             labels_from, labels_to)
     return Pipeline(spec, layout, files, inputs, outputs, tuple(pres), post_numpy)
+
+
+def numpy_twin(manifest: Any) -> Pipeline:
+    """The pipeline a package's manifest describes, rebuilt: its ``to_model_feed`` and ``post_numpy`` are the
+    package's steps in NumPy (what an application would write by hand; the benchmarks time them)."""
+    layout = PipelineLayout.from_dict(manifest.pipeline)
+    spec = PipelineSpec(tuple(Preprocess.from_dict(dict(p.spec)) for p in layout.preprocess),
+                        Postprocess.from_dict(layout.postprocess.spec if layout.postprocess else {}, layout.labels))
+    return prepare(spec, list(layout.model_inputs), list(layout.model_outputs), manifest.source)
 
 
 def _image_input(pre: Preprocess, model_inputs: list[TensorSpec], taken: list[str]) -> TensorSpec:
