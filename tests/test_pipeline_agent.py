@@ -18,6 +18,7 @@ from edgemill.demo import zoo
 from edgemill.pipeline.spec import PipelineSpec, parse_postprocess, parse_preprocess
 
 from ._agent import AgentProcess, free_port
+from .test_fleet_api import register, server, upload  # noqa: F401  (the fixture)
 from .test_agent_sagemaker import generate_client, linux_only, needs_protoc, write_json
 
 CAMERA_CLIENT = Path(__file__).parent / "sagemaker_client" / "em_camera.py"
@@ -62,3 +63,32 @@ def test_an_edge_manager_camera_app_sends_raw_frames(camera_package: Path, tmp_p
     want = [local.run({local.inputs[0].name: frame[None]}) for frame in frames]
     np.testing.assert_array_equal(got["classes"], np.concatenate([w["classes"] for w in want]))
     np.testing.assert_allclose(got["scores"], np.concatenate([w["scores"] for w in want]), rtol=1e-6)
+
+
+def test_the_capture_view_draws_a_bgr_frame_in_its_true_colours(server, camera_package: Path,  # noqa: F811
+                                                                 keypair: tuple[Path, Path], tmp_path: Path) -> None:
+    """The package says its frames are BGR: the dashboard's capture view turns them RGB to draw them."""
+    import base64
+    import shutil
+
+    from edgemill.captures.record import CaptureRecord
+    from edgemill.package.store import sign_package
+
+    signed = tmp_path / "camera.emp"
+    shutil.copy(camera_package, signed)
+    sign_package(signed, keypair[0])
+    reply = upload(server, signed, name="cnn")
+    assert reply.status_code == 201, reply.text
+    headers = register(server, "cams", "cam-5")
+    frame = np.zeros((1, 60, 80, 3), np.uint8)
+    frame[..., 0] = 200  # blue in BGR
+    for capture_id, model in (("bgr", "cnn"), ("other", "unknown-model")):
+        record = CaptureRecord(capture_id=capture_id, model=model, model_version="0.1.0", device="cam-5",
+                               created_unix=server.clock.now, inputs={"image": frame}, auxiliary={},  # type: ignore[attr-defined]
+                               outputs={"scores": np.ones((1, 3), np.float32)}, sampled=True)
+        assert server.put(f"/api/v1/agent/captures/{capture_id}", params={"model": model}, content=record.encode(),
+                          headers=headers).status_code == 201
+    for capture_id, channel in (("bgr", 2), ("other", 0)):  # unknown package: drawn as sent
+        image = server.get(f"/api/v1/captures/cam-5/{capture_id}/view").json()["inputs"][0]["image"]
+        pixels = np.frombuffer(base64.b64decode(image["data_b64"]), np.uint8).reshape(image["height"], image["width"], 3)
+        assert pixels[..., channel].min() == 200 and pixels.sum() == 200 * image["height"] * image["width"]

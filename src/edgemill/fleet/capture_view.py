@@ -28,9 +28,10 @@ MAX_AUX_TEXT = 4096
 TOP_CLASSES = 5
 
 
-def capture_view(record: CaptureRecord) -> dict[str, Any]:
+def capture_view(record: CaptureRecord, bgr_inputs: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``bgr_inputs``: inputs whose package takes BGR frames (its pre-processing says so): drawn as RGB."""
     return {
-        "inputs": [tensor_view(name, array) for name, array in record.inputs.items()],
+        "inputs": [tensor_view(name, array, name in bgr_inputs) for name, array in record.inputs.items()],
         "outputs": [tensor_view(name, array) for name, array in record.outputs.items()],
         "auxiliary": [_aux(name, bytes(blob)) for name, blob in record.auxiliary.items()],
         "answer": answer_view(record.outputs),
@@ -38,14 +39,14 @@ def capture_view(record: CaptureRecord) -> dict[str, Any]:
     }
 
 
-def tensor_view(name: str, array: np.ndarray) -> dict[str, Any]:
+def tensor_view(name: str, array: np.ndarray, bgr: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "dtype": str(array.dtype), "shape": list(array.shape), "kind": "other"}
     try:
         out["stats"] = _stats(array)
         if array.ndim == 0 or array.size == 0 or array.dtype.kind not in "biuf":
             return out
         sample = array[0] if array.ndim >= 2 else array
-        image = _as_image(array)
+        image = _as_image(array, bgr)
         if image is not None:
             out.update(kind="image", image=image)
         elif (sample.ndim == 1 or sample.ndim == 2 and 1 in sample.shape) and sample.size >= MIN_WAVEFORM_SAMPLES \
@@ -87,8 +88,9 @@ def _stats(array: np.ndarray) -> dict[str, float | None] | None:
             "std": _number(finite.std())}
 
 
-def _as_image(array: np.ndarray) -> dict[str, Any] | None:
-    """The first sample as an H x W x {1, 3} uint8 raster (alpha dropped), at most MAX_IMAGE_SIDE a side."""
+def _as_image(array: np.ndarray, bgr: bool = False) -> dict[str, Any] | None:
+    """The first sample as an H x W x {1, 3} uint8 raster (alpha dropped; BGR turned RGB), at most
+    MAX_IMAGE_SIDE a side."""
     layout = image_layout(list(array.shape))
     if layout:
         pixels = array[0] if layout == "nhwc" else np.moveaxis(array[0], 0, -1)
@@ -100,6 +102,8 @@ def _as_image(array: np.ndarray) -> dict[str, Any] | None:
         pixels = pixels[..., :3]
     if pixels.shape[-1] == 2 or min(pixels.shape[:2]) < 8:
         return None
+    if bgr and pixels.shape[-1] == 3:
+        pixels = pixels[..., ::-1]
     step = max(1, math.ceil(max(pixels.shape[:2]) / MAX_IMAGE_SIDE))
     pixels = pixels[::step, ::step]
     scaled_from = None

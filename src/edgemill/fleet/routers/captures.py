@@ -18,7 +18,7 @@ from ...errors import NotFoundError, PayloadTooLargeError, UserError
 from .. import schemas
 from ..auth import require_operator
 from ..capture_view import capture_view
-from ..db.tables import Capture, Device
+from ..db.tables import Capture, Device, Model, ModelVersion
 from ..state import server_state
 from ..views import ts
 from .common import get_device, get_fleet
@@ -94,12 +94,23 @@ def view_capture(device: str, capture_id: str, request: Request, _: str = Depend
     with state.db.session() as session:
         row = _find(session, device, capture_id)
         out, key = capture_out(row), row.store_key
+        bgr = _bgr_inputs(session, row)
     try:
         record = CaptureRecord.decode(state.store.get(key))
     except CaptureFormatError as exc:
         raise UserError("the stored capture cannot be read", value=exc.problem, field="capture_id",
                         fix="the object in the store is damaged or was replaced; fetch it raw to inspect it") from None
-    return schemas.CaptureViewOut(capture=out, **capture_view(record))
+    return schemas.CaptureViewOut(capture=out, **capture_view(record, bgr))
+
+
+def _bgr_inputs(session: Session, row: Capture) -> frozenset[str]:
+    """Frame inputs that the capture's package declares as BGR (--preprocess color=BGR): drawn as RGB."""
+    if not row.model_version:
+        return frozenset()
+    version = session.scalar(select(ModelVersion).join(Model).where(Model.name == row.model_name,
+                                                                    ModelVersion.version == row.model_version))
+    pipeline = (version.manifest or {}).get("pipeline") if version is not None else None
+    return frozenset(p["input"] for p in (pipeline or {}).get("preprocess", []) if p.get("spec", {}).get("color") == "BGR")
 
 
 def _answer(row: Capture) -> Answer | None:
