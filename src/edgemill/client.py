@@ -6,6 +6,8 @@
         result = agent.predict("resnet", {"input": x})
         result.outputs["logits"], result.timing.compute_us
 
+Text tensors go in and come back as NumPy object arrays of ``str`` (any array of str is accepted).
+
 Other languages generate a client from proto/edgemill/v1/agent.proto (docs/agent.md shows Go).
 """
 
@@ -20,8 +22,9 @@ import grpc
 import numpy as np
 
 from .agent import protos
-from .agent.v1_types import DTYPE_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, pb
+from .agent.v1_types import DTYPE_BY_ENUM, DTYPE_NAME_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, pb
 from .agent.wire import tensor_bytes
+from .agent.wire_text import is_text, text_array, text_elements
 
 pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
 
@@ -63,10 +66,14 @@ class SharedTensor:
     """A tensor placed in POSIX shared memory so Predict sends a handle instead of the bytes.
 
     Create once and refill ``array`` in place between calls; ``close()`` (or ``with``) unlinks it.
+    Numbers and bools only: text has no fixed size per element, and travels inline.
     """
 
     def __init__(self, shape: Sequence[int], dtype: Any = np.float32, name: str | None = None) -> None:
         dtype = np.dtype(dtype)
+        if is_text(dtype):
+            raise TypeError(f"SharedTensor holds fixed-size numbers only, not text (dtype {dtype}); pass a str "
+                            "tensor inline instead: predict(model, {name: array_of_str})")
         size = max(1, int(np.prod(shape)) * dtype.itemsize)
         self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         self.array: np.ndarray = np.ndarray(tuple(shape), dtype=dtype, buffer=self._shm.buf)
@@ -95,6 +102,9 @@ def _tensor(name: str, value: Any) -> Any:
         array = value.array
         return pb.Tensor(name=name, dtype=_dtype_enum(name, array), shape=array.shape, shared_memory=value.handle())
     array = np.asarray(value)
+    if is_text(array.dtype):
+        return pb.Tensor(name=name, dtype=pb.STRING, shape=array.shape,
+                         strings=pb.Strings(values=text_elements(name, array)))
     return pb.Tensor(name=name, dtype=_dtype_enum(name, array), shape=array.shape, raw=tensor_bytes(array))
 
 
@@ -107,6 +117,8 @@ def _dtype_enum(name: str, array: np.ndarray) -> int:
 
 
 def _array(tensor: Any) -> np.ndarray:
+    if tensor.dtype == pb.STRING:
+        return text_array(tensor.name, tensor.strings.values, tensor.shape)
     dtype = DTYPE_BY_ENUM[tensor.dtype].newbyteorder("<")
     return np.frombuffer(tensor.raw, dtype=dtype).reshape(tuple(tensor.shape))
 
@@ -186,8 +198,7 @@ class AgentClient:
 
 def _model(m: Any) -> dict[str, Any]:
     def spec(s: Any) -> dict[str, Any]:
-        dtype = DTYPE_BY_ENUM.get(s.dtype)
-        return {"name": s.name, "dtype": dtype.name if dtype is not None else "unknown",
+        return {"name": s.name, "dtype": DTYPE_NAME_BY_ENUM.get(s.dtype, "unknown"),
                 "shape": [n or d for d, n in zip(s.shape, list(s.dim_names) + [""] * len(s.shape))]}
 
     return {"name": m.name, "version": m.version, "package_id": m.package_id, "backend": m.backend,

@@ -119,6 +119,7 @@ class Agent:
         for key, value in self.capture.stats().items():
             capture.add_metric([key], float(value))
         capture.add_metric(["skipped_busy"], float(self.dataplane.samples_skipped_busy))
+        capture.add_metric(["skipped_unrecordable"], float(self.dataplane.samples_skipped_unrecordable))
         yield capture
         if self.sync is not None:
             status = self.sync.status()
@@ -160,6 +161,7 @@ class Agent:
                    for name, m in self.metrics.snapshot().items() if _NAME.fullmatch(name)}
         capture = {key: float(value) for key, value in self.capture.stats().items()}
         capture["skipped_busy"] = float(self.dataplane.samples_skipped_busy)
+        capture["skipped_unrecordable"] = float(self.dataplane.samples_skipped_unrecordable)
         return {
             "agent_started_at": self.started_unix, "agent_version": __version__,
             "models": [{"name": v.name, "version": v.version, "package_id": v.package_id}

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import EdgemillError, InputMismatchError, UserError, status_for
 from ..tensors import TensorSpec
 from .capture import CaptureRecord, CaptureService, CaptureStatus
+from .capture.text import recordable
 from .config import AgentConfig
 from .metrics import AgentMetrics
 from .models import LoadedModel, ModelManager
@@ -110,6 +111,8 @@ class DataPlane:
         # Sampled captures are written off the request path: the fsync must not add to Predict latency.
         self._sample_writer = ThreadPoolExecutor(1, thread_name_prefix="edgemill-sample")
         self.samples_skipped_busy = 0
+        self.samples_skipped_unrecordable = 0  # a tensor a record cannot hold (text too wide, odd objects)
+        self._unrecordable_logged: set[str] = set()  # models already warned about
         self.ready = False
 
     # --- models --------------------------------------------------------------------------------
@@ -217,10 +220,19 @@ class DataPlane:
 
     def _record(self, model: str, version: str, capture_id: str, inputs: Mapping[str, np.ndarray],
                 outputs: Mapping[str, np.ndarray], auxiliary: Mapping[str, bytes], sampled: bool) -> CaptureRecord:
+        """A record of copies of the tensors (text as fixed-width unicode, see ``capture.text``)."""
+        limit = int(self._require_capture().config.max_queue_mb * 2**20)
+
+        def held(kind: str, name: str, array: np.ndarray, copy: bool) -> np.ndarray:
+            array = np.asarray(array)
+            if array.dtype.hasobject:
+                return recordable(kind, name, array, limit)  # a new array already
+            return np.array(array, copy=True) if copy else array
+
         return CaptureRecord(capture_id=capture_id, model=model, model_version=version,
                              device=self.config.device.name, created_unix=time.time(),
-                             inputs={k: np.array(v, copy=True) for k, v in inputs.items()},
-                             outputs={k: np.asarray(v) for k, v in outputs.items()},
+                             inputs={k: held("input", k, v, True) for k, v in inputs.items()},
+                             outputs={k: held("output", k, v, False) for k, v in outputs.items()},
                              auxiliary=dict(auxiliary), sampled=sampled)
 
     def _maybe_sample(self, model: str, version: str, inputs: Mapping[str, np.ndarray],
@@ -233,7 +245,15 @@ class DataPlane:
         if not self._pending_samples.acquire(blocking=False):
             self.samples_skipped_busy += 1  # the writer is behind; the disk queue is the next limit
             return
-        record = self._record(model, version, uuid.uuid4().hex, inputs, outputs, {}, True)
+        try:
+            record = self._record(model, version, uuid.uuid4().hex, inputs, outputs, {}, True)
+        except EdgemillError as exc:  # a sample never fails a prediction: skipped, counted, said once per model
+            self._pending_samples.release()
+            self.samples_skipped_unrecordable += 1
+            if model not in self._unrecordable_logged:
+                self._unrecordable_logged.add(model)
+                log.warning("%s: sampled captures skipped (counted as skipped_unrecordable): %s", model, exc)
+            return
 
         def write() -> None:
             try:

@@ -14,7 +14,9 @@ DTYPE_BY_ENUM: dict[int, np.dtype] = {
     pb.INT64: np.dtype(np.int64), pb.UINT8: np.dtype(np.uint8), pb.UINT16: np.dtype(np.uint16),
     pb.UINT32: np.dtype(np.uint32), pb.UINT64: np.dtype(np.uint64), pb.BOOL: np.dtype(np.bool_),
 }
-ENUM_BY_DTYPE: dict[str, int] = {d.name: e for e, d in DTYPE_BY_ENUM.items()}
+TEXT = "str"  # the spec dtype of a text tensor: STRING on the wire, an object array of str in NumPy
+ENUM_BY_DTYPE: dict[str, int] = {**{d.name: e for e, d in DTYPE_BY_ENUM.items()}, TEXT: pb.STRING}
+DTYPE_NAME_BY_ENUM: dict[int, str] = {e: n for n, e in ENUM_BY_DTYPE.items()}
 CAPTURE_STATE: dict[str, int] = {"unknown": pb.UNKNOWN, "queued": pb.QUEUED, "uploading": pb.UPLOADING,
                                  "uploaded": pb.UPLOADED, "failed": pb.FAILED}
 STATE_BY_ENUM: dict[int, str] = {e: s for s, e in CAPTURE_STATE.items()}

@@ -1,7 +1,8 @@
 """Tensors on the wire: raw little-endian bytes (or a shared-memory region) plus dtype and shape.
 
 Shared by every protocol translator so each checks byte lengths, shapes and dtypes the same way and
-says the same thing when they are wrong.
+says the same thing when they are wrong. Text (str) tensors, which have no fixed size per element, are
+``wire_text``'s.
 """
 
 from __future__ import annotations

@@ -14,21 +14,44 @@ from .. import protos
 from ..v1_types import CAPTURE_STATE, DTYPE_BY_ENUM, ENUM_BY_DTYPE, pb
 from ..dataplane import DataPlane, ModelView
 from ..wire import tensor_bytes, tensor_from_bytes, tensor_from_shared_memory, write_to_shared_memory
+from ..wire_text import is_text, text_array, text_elements
 from .status import translate_errors
 
 pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
 
 
 def decode_tensor(tensor: Any) -> np.ndarray:
+    kind = tensor.WhichOneof("data")
+    if tensor.dtype == pb.STRING or kind == "strings":
+        return _decode_text(tensor, kind)
     dtype = DTYPE_BY_ENUM.get(tensor.dtype)
     if dtype is None:
         raise InputMismatchError(f"tensor {tensor.name!r} has an unsupported dtype",
-                                 value=pb.DataType.Name(tensor.dtype) if tensor.dtype in pb.DataType.values() else tensor.dtype,
+                                 value=_dtype_word(tensor.dtype),
                                  fix=f"use one of {sorted(ENUM_BY_DTYPE)}")
-    if tensor.WhichOneof("data") == "shared_memory":
+    if kind == "shared_memory":
         handle = tensor.shared_memory
         return tensor_from_shared_memory(tensor.name, handle.name, handle.offset, handle.size, dtype, tensor.shape)
     return tensor_from_bytes(tensor.name, tensor.raw, dtype, tensor.shape)
+
+
+def _decode_text(tensor: Any, kind: str | None) -> np.ndarray:
+    """A STRING tensor: its values are in ``strings``, and only there."""
+    if tensor.dtype != pb.STRING:
+        raise InputMismatchError(f"tensor {tensor.name!r} carries strings but its dtype is not STRING",
+                                 value=_dtype_word(tensor.dtype), fix="set dtype STRING for text, or send numbers in raw")
+    if kind == "shared_memory":
+        raise InputMismatchError(f"tensor {tensor.name!r} is STRING, which shared memory cannot carry (it holds "
+                                 "fixed-size elements only)", value=tensor.shared_memory.name,
+                                 fix="send this tensor inline, one UTF-8 value per element in Tensor.strings")
+    if kind == "raw":
+        raise InputMismatchError(f"tensor {tensor.name!r} is STRING but its data is in raw", value=len(tensor.raw),
+                                 fix="send one UTF-8 value per element in Tensor.strings")
+    return text_array(tensor.name, tensor.strings.values, tensor.shape)
+
+
+def _dtype_word(value: int) -> str | int:
+    return pb.DataType.Name(value) if value in pb.DataType.values() else value
 
 
 def decode_tensors(tensors: Any) -> dict[str, np.ndarray]:
@@ -42,6 +65,13 @@ def decode_tensors(tensors: Any) -> dict[str, np.ndarray]:
 
 
 def encode_tensor(name: str, array: np.ndarray, shm: Any = None) -> Any:
+    if is_text(array.dtype):
+        if shm is not None:
+            raise InputMismatchError(f"output {name!r} is text (STRING), which shared memory cannot carry (it holds "
+                                     "fixed-size elements only)", value=shm.name,
+                                     fix=f"leave {name!r} out of output_shared_memory: it comes back inline")
+        return pb.Tensor(name=name, dtype=pb.STRING, shape=array.shape,
+                         strings=pb.Strings(values=text_elements(name, array)))
     enum = ENUM_BY_DTYPE.get(array.dtype.name)
     if enum is None:
         raise InputMismatchError(f"output {name!r} has a dtype the API cannot carry", value=array.dtype.name,

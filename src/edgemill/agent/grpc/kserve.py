@@ -1,6 +1,6 @@
 """inference.GRPCInferenceService: the KServe / Open Inference Protocol V2, so stock clients
 (tritonclient, KServe's own) work unchanged. Model-repository calls load packages by name from the
-agent's models directory."""
+agent's models directory. Text tensors are datatype BYTES, each element UTF-8 (see ``wire_text``)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .. import protos
 from ..dataplane import DataPlane
 from ..models import is_package
 from ..wire import check_shape, tensor_bytes, tensor_from_bytes
+from ..wire_text import is_text, pack_lengths, text_array, text_elements, unpack_lengths
 from .status import translate_errors
 
 pb = protos.load("inference.grpc_predict_v2_pb2")
@@ -29,6 +30,7 @@ V2_BY_DTYPE = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "
                "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
                "float32": "FP32", "float64": "FP64"}
 DTYPE_BY_V2 = {v: np.dtype(k) for k, v in V2_BY_DTYPE.items()}
+TEXT = "BYTES"  # V2's datatype for str tensors: in bytes_contents, or length-prefixed in the raw entry
 # Typed `contents` fields by V2 datatype (requests may carry data there instead of raw bytes).
 _CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
                    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
@@ -45,7 +47,7 @@ def _dtype(name: str, datatype: str) -> np.dtype:
     dtype = DTYPE_BY_V2.get(datatype)
     if dtype is None:
         raise InputMismatchError(f"input {name!r} has an unsupported datatype", value=datatype,
-                                 fix=f"use one of {sorted(DTYPE_BY_V2)}")
+                                 fix=f"use one of {sorted([*DTYPE_BY_V2, TEXT])}")
     return dtype
 
 
@@ -56,6 +58,10 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
                                  expected=str(len(request.inputs)), fix="send raw data for every input or for none")
     out: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
+        if tensor.datatype == TEXT:
+            elements = unpack_lengths(tensor.name, raw[index]) if raw else tensor.contents.bytes_contents
+            out[tensor.name] = text_array(tensor.name, elements, tensor.shape)
+            continue
         dtype = _dtype(tensor.name, tensor.datatype)
         if raw:
             out[tensor.name] = tensor_from_bytes(tensor.name, raw[index], dtype, tensor.shape)
@@ -115,7 +121,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         def meta(spec: Any) -> Any:
             return pb.ModelMetadataResponse.TensorMetadata(
-                name=spec.name, datatype=V2_BY_DTYPE.get(spec.dtype, "BYTES"),
+                name=spec.name, datatype=V2_BY_DTYPE.get(spec.dtype, TEXT),  # "str": the one other
                 shape=[d if isinstance(d, int) else -1 for d in spec.shape])
 
         return pb.ModelMetadataResponse(name=view.name, versions=[view.version], platform=f"edgemill_{view.backend}",
@@ -140,6 +146,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelInferResponse(model_name=request.model_name, model_version=result.model_version,
                                          id=request.id)
         for name, array in result.outputs.items():
+            if is_text(array.dtype):  # raw like every other output: V2 forbids mixing raw and typed contents
+                response.outputs.add(name=name, datatype=TEXT, shape=array.shape)
+                response.raw_output_contents.append(pack_lengths(text_elements(name, array)))
+                continue
             datatype = V2_BY_DTYPE.get(array.dtype.name)
             if datatype is None:
                 raise UserError(f"output {name!r} has a dtype V2 cannot carry", value=array.dtype.name,

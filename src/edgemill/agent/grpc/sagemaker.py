@@ -5,6 +5,8 @@ Edge Manager documented one, the same gRPC status code for the same failure. Two
 than the original through the same API: Predict calls run concurrently (Edge Manager serialized them),
 and CaptureData goes to a bounded on-disk queue that survives restarts (Edge Manager kept an in-memory
 ring). Tensor types the API cannot name travel as the smallest wider type that holds every value.
+Text (str) tensors have no such stand-in (DataType has no text type, and one byte_data per tensor leaves
+no room for element boundaries): Predict on such a model is refused naming the tensor.
 """
 
 from __future__ import annotations
@@ -82,6 +84,13 @@ def _wire_dtype(dtype: str) -> str:
     return WIDER.get(dtype, dtype)
 
 
+def _refuse_text(model: str, spec: TensorSpec) -> UserError:
+    return UserError(f"model {model!r} has a text (str) tensor {spec.name!r}, which the Edge Manager API cannot "
+                     "carry (its DataType has no text type)", value=f"{spec.name}: str{spec.shape_text()}",
+                     fix="call this model through the edgemill.v1 API or KServe V2 (datatype BYTES), which carry "
+                         "text, on the same agent")
+
+
 def _tensor_metadata(spec: TensorSpec) -> Any:
     enum = ENUM_BY_DTYPE.get(_wire_dtype(spec.dtype))
     if enum is None:
@@ -128,6 +137,11 @@ def decode_tensor(tensor: Any, spec: TensorSpec | None) -> tuple[str, np.ndarray
         shape: Sequence[int] = list(meta.shape)
         if not shape and spec is not None and spec.is_static():  # shape left out: the model's own
             shape = [int(d) for d in spec.shape]
+    elif spec is not None and spec.dtype == "str":  # no DataType to read its bytes as
+        raise InputMismatchError(f"tensor {spec.name!r} is text (str) in the model and has no tensor_metadata",
+                                 value=f"{spec.name}: str{spec.shape_text()}",
+                                 fix="send tensor_metadata naming how to read its bytes (e.g. UINT8 for UTF-8 "
+                                     "text), or use the edgemill.v1 or KServe V2 API, which carry text")
     elif spec is not None and spec.is_static():
         name, dtype, shape = spec.name, np.dtype(_wire_dtype(spec.dtype)), [int(d) for d in spec.shape]
     else:
@@ -211,6 +225,9 @@ class EdgeManagerServicer(pb_grpc.AgentServicer):
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         received = time.perf_counter()
         view = self.dataplane.describe_model(request.name)  # NOT_FOUND before any tensor is read
+        text = next((s for s in (*view.inputs, *view.outputs) if s.dtype == "str"), None)
+        if text is not None:  # before the model runs: its answer could not be sent back
+            raise _refuse_text(request.name, text)
         inputs = decode_tensors(request.tensors, lambda: view.inputs)
         result = self.dataplane.predict(request.name, inputs, received=received, protocol="sagemaker")
         return pb.PredictResponse(tensors=[encode_tensor(n, a) for n, a in result.outputs.items()])
