@@ -102,7 +102,7 @@ def prepare(spec: PipelineSpec, model_inputs: list[TensorSpec], model_outputs: l
     labels_from = labels_to = None
     post_numpy: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] = dict
     if post.detect is not None:
-        post_stage, outputs, post_numpy, post_file = _detect(spec, pres, stages, model_outputs, details)
+        post_stage, outputs, post_numpy, post_file = _detect(spec, pres, stages, model_inputs, model_outputs, details)
         files[POST_FILE] = post_file
         labels_from, labels_to = ("classes", "labels") if post.labels else (None, None)
     elif not post.empty:
@@ -157,8 +157,8 @@ def _image_input(pre: Preprocess, model_inputs: list[TensorSpec], taken: list[st
     return images[0]
 
 
-def _detect(spec: PipelineSpec, pres: list[_Pre], stages: list[PreStage], model_outputs: list[TensorSpec],
-            details: Mapping[str, Any]) -> tuple[PostStage, list[TensorSpec], Any, bytes]:
+def _detect(spec: PipelineSpec, pres: list[_Pre], stages: list[PreStage], model_inputs: list[TensorSpec],
+            model_outputs: list[TensorSpec], details: Mapping[str, Any]) -> tuple[PostStage, list[TensorSpec], Any, bytes]:
     from ..pipeline import detect
 
     post = spec.postprocess
@@ -169,27 +169,26 @@ def _detect(spec: PipelineSpec, pres: list[_Pre], stages: list[PreStage], model_
                           fix="pre-process one image input")
     if stages:
         geometry = detect.FrameGeometry(**stages[0].geometry)
-    else:
-        size = details.get("input") or [None, None, None, None]
-        geometry = detect.FrameGeometry.identity(int(size[2]), int(size[3])) if size[2] else None
-        if geometry is None:
-            raise OptionError("a detector's post-processing needs the input size", value="no --preprocess",
-                              fix="add --preprocess 'frame=HEIGHTxWIDTH' (the camera's frame size)")
+    else:  # boxes in the model input's own pixels
+        images = [s for s in model_inputs if len(s.shape) == 4]
+        if len(images) != 1:
+            raise OptionError("a detector's post-processing needs one image input to place its boxes",
+                              value=", ".join(s.name for s in model_inputs),
+                              fix="add --preprocess 'INPUT: frame=HEIGHTxWIDTH' for the image input")
+        image = preprocess.ModelImage.of(images[0], None)
+        geometry = detect.FrameGeometry.identity(image.height, image.width)
     spec_ = post.detect
     detect.check_fits(spec_, model_outputs, heads)
     graph = detect.build_graph(spec_, model_outputs, heads, geometry)
     names = [o.name for o in graph.graph.output]
-    batch = model_outputs[0].shape[0]
-    m = spec_.max_detections
-    outputs = [TensorSpec("boxes", "float32", (batch, m, 4)), TensorSpec("scores", "float32", (batch, m)),
-               TensorSpec("classes", "int64", (batch, m)), TensorSpec("count", "int64", (batch,))]
+    outputs = detect.output_specs(spec_, model_outputs, heads)
     if post.labels:
-        classes = int(heads[0]["classes"]) if heads else None
-        if classes is not None and len(post.labels) != classes:
+        classes = detect.class_count(spec_, model_outputs, heads)
+        if len(post.labels) != classes:
             raise OptionError(f"the labels file has {len(post.labels)} names for {classes} classes",
                               value=len(post.labels), expected=f"{classes} lines, one per class",
                               fix="use the labels file that came with the model (one line per class, in class order)")
-        outputs.append(TensorSpec("labels", "str", (batch, m)))
+        outputs.append(TensorSpec("labels", "str", outputs[2].shape))
     used = [o.name for o in graph.graph.input]
     stage = PostStage(POST_FILE, tuple(used), tuple(names), (), post.to_dict())
 

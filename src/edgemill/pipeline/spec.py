@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FileNotFound, OptionError
+from .detect import DetectSpec as Detect
 
 LAYOUTS = ("NHWC", "NCHW")
 COLORS = ("RGB", "BGR")
@@ -22,8 +23,6 @@ FRAME_DTYPES = ("uint8", "float32")
 RESIZES = ("bilinear", "nearest")
 FITS = ("stretch", "letterbox")
 CLASSIFY_STEPS = ("softmax", "topk")
-DETECT_LAYOUTS = ("darknet", "yolo-nc")
-COORDINATES = ("pixel", "normalized")
 PRE_EXAMPLE = '--preprocess "frame=480x640 color=BGR scale=1/255 mean=0.485,0.456,0.406 std=0.229,0.224,0.225"'
 POST_EXAMPLE = "--postprocess softmax,topk=5 (a classifier) or --postprocess yolo (a DarkNet detector)"
 
@@ -106,28 +105,6 @@ class Preprocess:
                               value=list(values), expected=f"1 or {channels} values",
                               fix=f"give one {key} per channel, in the model's channel order")
         return tuple(values)
-
-
-@dataclass(frozen=True)
-class Detect:
-    """Decode a detector's raw outputs into boxes in the original frame, then non-maximum suppression."""
-
-    layout: str = "darknet"
-    confidence: float = 0.25
-    iou: float = 0.45
-    max_detections: int = 100
-    per_class: bool = True
-    coordinates: str = "pixel"
-
-    def __post_init__(self) -> None:
-        _one_of("layout", self.layout, DETECT_LAYOUTS)
-        _one_of("coordinates", self.coordinates, COORDINATES)
-        if not 0 <= self.confidence < 1 or not 0 < self.iou <= 1:
-            raise OptionError("--postprocess thresholds out of range", value=f"conf={self.confidence} iou={self.iou}",
-                              expected="0 <= conf < 1 and 0 < iou <= 1", fix="e.g. conf=0.25 iou=0.45")
-        if not 1 <= self.max_detections <= 10000:
-            raise OptionError("--postprocess max= out of range", value=self.max_detections,
-                              expected="1..10000 detections per frame", fix="e.g. max=100")
 
 
 @dataclass(frozen=True)
