@@ -4,7 +4,9 @@ Every protocol carries a str tensor as its elements' UTF-8 bytes. KServe V2 (dat
 them in ``contents.bytes_contents`` or packs them into one raw entry, each element a 4-byte
 little-endian length followed by its bytes; edgemill.v1 (dtype ``STRING``) in ``Tensor.strings``.
 At the runtime a str tensor is a NumPy object array of Python ``str``. Decoding checks the element
-count against the shape and that every element is UTF-8, naming the tensor and the element when not.
+count against the shape and that every element is UTF-8, naming the tensor and the element when not;
+elements that are all encoded images (JPEG, PNG: never UTF-8) stay ``bytes``, for a package input that
+takes camera frames (the runtime decodes them, docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputMismatchError, UserError
+from ..pipeline.images import looks_encoded
 from .wire import check_shape
 
 _LENGTH = struct.Struct("<I")
@@ -37,9 +40,11 @@ def text_array(name: str, elements: Sequence[bytes], shape: Sequence[int]) -> np
                                  f"needs {expected}", value=len(elements),
                                  fix="send one value per element of the shape, C-order")
     try:
-        values = [bytes(e).decode("utf-8") for e in elements]
+        values: list[str] | list[bytes] = [bytes(e).decode("utf-8") for e in elements]
     except UnicodeDecodeError:
-        raise _not_utf8(name, elements, dims) from None
+        if not all(looks_encoded(e) for e in elements):
+            raise _not_utf8(name, elements, dims) from None
+        values = [bytes(e) for e in elements]  # JPEG/PNG files for a frame input: the runtime decodes them
     out = np.empty(expected, dtype=object)
     out[:] = values  # assigned, not np.array(values): that would make a unicode array, or nest sequences
     return out.reshape(dims)
