@@ -2,17 +2,17 @@
 
     python bench/pipeline_overhead.py [--seconds 3] [--rounds 5] [--models cnn224,mobilenet224,yolov4-tiny]
 
-For each model two packages are compiled on the same backend (the one tuning picks for the plain
-package): the plain model, and the model with ``--preprocess`` (a 480x640 uint8 BGR camera frame ->
+For each model the package is compiled on the backend, precision and thread count tuning picks for the
+plain model, with ``--preprocess`` (a 480x640 uint8 BGR camera frame ->
 the model's input) and ``--postprocess`` (softmax + top-5 with 1000 class names; for the detector, YOLO
-decoding + NMS). In one process, calls alternate, call by call, between
+decoding + NMS). In one process, on that one loaded package, calls alternate, call by call, between
 
-* ``model``: the plain package on an already pre-processed input (no pre/post-processing at all);
+* ``model``: the package's model alone (``Model.run_model``) on an already pre-processed input;
 * ``package``: the pipeline package on the frame (what the device runs);
 * ``numpy``: the application's way: the same steps in NumPy (edgemill.pipeline's NumPy reference: float
-  interpolation, as the package), the plain package, the NumPy post-processing;
+  interpolation, as the package), the model alone, the NumPy post-processing;
 * ``opencv``: pre-processing with ``cv2.resize`` on the uint8 frame (what most applications write; it
-  rounds to uint8 after the resize), the plain package, the NumPy post-processing.
+  rounds to uint8 after the resize), the model alone, the NumPy post-processing.
 
 Printed per model: the median over rounds of each side's p50, and what the package's pipeline adds to
 the model (the issue's target: <= 10 %). Models: ``cnn224``, the ResNet-style CNN of BENCHMARKS §4
@@ -78,7 +78,8 @@ def _sources(folder: Path, wanted: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _compile(source: dict[str, Any], folder: Path, name: str) -> tuple[Path, Path]:
+def _compile(source: dict[str, Any], folder: Path, name: str) -> tuple[Path, int | None]:
+    """The pipeline package, on the backend and precision tuning picks for the plain model."""
     import edgemill
     from edgemill.pipeline.spec import PipelineSpec, parse_postprocess, parse_preprocess, read_labels
 
@@ -87,21 +88,23 @@ def _compile(source: dict[str, Any], folder: Path, name: str) -> tuple[Path, Pat
     spec = PipelineSpec((parse_preprocess(source["pre"]),), parse_postprocess(source["post"], labels))
     piped = edgemill.compile(source["model"], output=folder / f"{name}-pipeline.emp", backend=plain.manifest.backend,
                              precision=plain.manifest.precision, measure=False, pipeline=spec)
-    return plain.path, piped.path
+    print(f"{name}: {plain.manifest.backend}/{plain.manifest.precision} at "
+          f"{plain.manifest.backend_options.get('threads')} thread(s)", flush=True)
+    return Path(piped.path), plain.manifest.backend_options.get("threads")
 
 
-def _sides(plain_path: Path, piped_path: Path) -> dict[str, Callable[[], Any]]:
+def _sides(piped_path: Path, threads: int | None) -> dict[str, Callable[[], Any]]:
+    """Every side calls the same loaded package's model (one session: two sessions in one process would
+    each leave threads spinning while the other runs, which no device does)."""
     import edgemill.runtime as rt
     from edgemill.compiler.pipeline_build import numpy_twin
-    from edgemill.pipeline import preprocess
 
-    plain = rt.load(plain_path)
-    piped = rt.load(piped_path, threads=plain.threads)  # compiled unmeasured: the plain package's tuned count
+    piped = rt.load(piped_path, threads=threads)
     built = numpy_twin(piped.manifest)
     pre, image, stage = built.pre[0].spec, built.pre[0].image, built.layout.preprocess[0]
     frame = np.clip(np.random.default_rng(0).normal(128, 60, (1, *FRAME, 3)), 0, 255).astype(np.uint8)
     feed = {stage.input: frame}
-    model_feed = {image.name: preprocess.apply_numpy(pre, image, frame)}
+    model_feed = built.to_model_feed(feed)
     mean = np.array(pre.channel_values("mean", 3), np.float32)
     std = np.array(pre.channel_values("std", 3), np.float32)
 
@@ -110,12 +113,12 @@ def _sides(plain_path: Path, piped_path: Path) -> dict[str, Callable[[], Any]]:
 
         resized = cv2.resize(frame[0], (image.width, image.height), interpolation=cv2.INTER_LINEAR)
         planar = (resized[:, :, ::-1].astype(np.float32) * np.float32(pre.scale) - mean) / std
-        return built.post_numpy(plain.run({image.name: planar.transpose(2, 0, 1)[None].copy()}))
+        return built.post_numpy(piped.run_model({image.name: planar.transpose(2, 0, 1)[None].copy()}))
 
     sides: dict[str, Callable[[], Any]] = {
-        "model": lambda: plain.run(model_feed),
+        "model": lambda: piped.run_model(model_feed),
         "package": lambda: piped.run(feed),
-        "numpy": lambda: built.post_numpy(plain.run(built.to_model_feed(feed))),
+        "numpy": lambda: built.post_numpy(piped.run_model(built.to_model_feed(feed))),
     }
     try:
         import cv2  # noqa: F401
@@ -150,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgemill-pipeline-") as tmp:
         folder = Path(tmp)
         for name, source in _sources(folder, wanted).items():
-            plain_path, piped_path = _compile(source, folder, name)
-            sides = _sides(plain_path, piped_path)
+            piped_path, threads = _compile(source, folder, name)
+            sides = _sides(piped_path, threads)
             _round(sides, 0.5)  # warm-up
             rounds = [_round(sides, args.seconds) for _ in range(args.rounds)]
             p50 = {k: statistics.median(r[k] for r in rounds) for k in sides}

@@ -46,9 +46,9 @@ class Model:
         self._run_named = getattr(self._session, "run_named", None)
         # Frame inputs that may come as JPEG/PNG bytes: name -> (pre-processing spec, channels).
         self._images: dict[str, tuple[dict[str, Any], int]] = {}
+        self._model_call = self._run_named or (lambda feed: dict(zip(model_outputs, self._session.run(feed))))
         if self.pipeline is not None:  # frames in, names out: the stages wrap the model's own call
-            model_call = self._run_named or (lambda feed: dict(zip(model_outputs, self._session.run(feed))))
-            self._run_named = PipelineRunner(self.pipeline, files, model_call, threads, self._output_names).run
+            self._run_named = PipelineRunner(self.pipeline, files, self._model_call, threads, self._output_names).run
             specs = {s.name: s for s in self.inputs}
             self._images = {p.input: (p.spec, _frame_channels(specs[p.input], p.spec)) for p in self.pipeline.preprocess}
         self._baseline_bytes = files.get(BASELINE)  # verified with the rest; parsed when asked for
@@ -84,6 +84,12 @@ class Model:
         if self._run_named is not None:
             return self._run_named(self._checker.check(inputs))  # type: ignore[no-any-return]
         return dict(zip(self._output_names, self._session.run(self._checker.check(inputs))))
+
+    def run_model(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model alone, without the package's pre- and post-processing: the model's own inputs
+        (``pipeline.model_inputs``) to its own outputs, unchecked. For a package without a pipeline, the
+        same as :meth:`run` minus the input check."""
+        return self._model_call(inputs)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return f"<edgemill Model {self.name} {self.version} [{self.backend}] id={self.package_id[:12]}>"
