@@ -305,3 +305,32 @@ def test_cli_runs_a_package_on_a_photo(classifier: dict, tmp_path: Path) -> None
     edgemill.compile(classifier["model"], output=plain, measure=False)
     refused = run_cli("run", plain, "-i", f"image={tmp_path / 'photo.png'}")
     assert refused.code != 0 and "input 'image' does not take image files" in refused.err and "--preprocess" in refused.err
+
+
+def test_a_stage_graph_that_strays_from_its_numpy_steps_fails_the_compile(classifier: dict, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgemill.errors import AccuracyCheckError
+
+    real = preprocess.build_graph
+
+    def off_by_a_bit(pre, image):  # type: ignore[no-untyped-def]
+        return real(Preprocess.from_dict({**pre.to_dict(), "scale": pre.scale * 1.01}), image)
+
+    monkeypatch.setattr(preprocess, "build_graph", off_by_a_bit)
+    spec = PipelineSpec((parse_preprocess("frame=48x64 scale=1/255"),), Postprocess())
+    with pytest.raises(AccuracyCheckError) as err:
+        edgemill.compile(classifier["model"], output=tmp_path / "bad.emp", measure=False, pipeline=spec)
+    assert "pre-processing graph differs from the same steps done in NumPy on 'image'" in str(err.value)
+    assert not (tmp_path / "bad.emp").exists()
+
+
+def test_run_model_is_the_model_without_its_pipeline(classifier: dict, tmp_path: Path) -> None:
+    pre_text = "frame=48x64 " + IMAGENET
+    spec = PipelineSpec((parse_preprocess(pre_text),), parse_postprocess(["softmax,topk=3"]))
+    model = rt.load(edgemill.compile(classifier["model"], output=tmp_path / "m.emp", measure=False, pipeline=spec).path)
+    frames = smooth_frames(np.random.default_rng(1), (1, 48, 64, 3))
+    image = preprocess.ModelImage.of(TensorSpec("image", "float32", ("N", 3, 32, 32)), None)
+    logits = model.run_model({"image": preprocess.apply_numpy(parse_preprocess(pre_text), image, frames)})["logits"]
+    session = ort.InferenceSession(str(classifier["model"]), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"image": preprocess.apply_numpy(parse_preprocess(pre_text), image, frames)})[0]
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
