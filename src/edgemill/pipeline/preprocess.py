@@ -203,8 +203,9 @@ def _dim(d: Any) -> Any:
 # --- NumPy ---------------------------------------------------------------------------------------
 
 
-def apply_numpy(pre: Preprocess, image: ModelImage, frames: np.ndarray) -> np.ndarray:
-    """The same steps in NumPy (float64 arithmetic, then the model's dtype)."""
+def apply_numpy(pre: Preprocess, image: ModelImage, frames: np.ndarray, rounded: bool = True) -> np.ndarray:
+    """The same steps in NumPy (float64 arithmetic, then the model's dtype; ``rounded=False``: the float64
+    values an integer model input is rounded from)."""
     x = frames.astype(np.float64)
     if pre.layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
@@ -223,9 +224,26 @@ def apply_numpy(pre: Preprocess, image: ModelImage, frames: np.ndarray) -> np.nd
     x = x * mul.astype(np.float64).reshape(1, -1, 1, 1) + add.astype(np.float64).reshape(1, -1, 1, 1)
     if image.layout == "NHWC":
         x = x.transpose(0, 2, 3, 1)
+    if not rounded:
+        return x
     if image.dtype in _INT_RANGE:
         x = np.clip(np.rint(x), *_INT_RANGE[image.dtype])
     return np.ascontiguousarray(x.astype(image.dtype))
+
+
+def integer_input_agrees(pre: Preprocess, image: ModelImage, frames: np.ndarray, got: np.ndarray) -> bool:
+    """Whether the graph's integer model input equals NumPy's, except by one step where NumPy's exact value
+    lies a hair from .5: float32 (the graph) and float64 round such ties apart, and resize ratios like
+    480/224 make exact .5 values common (1 % of the pixels of a smooth frame)."""
+    exact = apply_numpy(pre, image, frames, rounded=False)
+    want = np.clip(np.rint(exact), *_INT_RANGE[image.dtype])
+    if got.shape != want.shape:
+        return False
+    off = got.astype(np.int64) - want.astype(np.int64)
+    if np.abs(off).max(initial=0) > 1:
+        return False
+    tie = np.abs(np.abs(exact - np.floor(exact)) - 0.5) < 1e-3
+    return bool(np.all(tie[off != 0]))
 
 
 def _linear(x: np.ndarray, size: int, axis: int) -> np.ndarray:

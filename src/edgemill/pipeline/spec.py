@@ -211,7 +211,7 @@ def parse_postprocess(texts: list[str], labels: tuple[str, ...] = ()) -> Postpro
 
 def read_labels(path: Path) -> tuple[str, ...]:
     """One class name per line (blank lines at the end ignored; a blank line inside is an error)."""
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe (<(...)) is fine: only a directory or nothing is not
         raise FileNotFound("labels file not found", value=str(path), fix="pass --labels labels.txt (one class per line)")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
