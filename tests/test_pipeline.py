@@ -17,7 +17,13 @@ import edgemill
 import edgemill.runtime as rt
 from edgemill.errors import InputMismatchError, OptionError
 from edgemill.pipeline import classify, preprocess
-from edgemill.pipeline.spec import PipelineSpec, Postprocess, Preprocess, parse_postprocess, parse_preprocess
+from edgemill.pipeline.spec import (
+    PipelineSpec,
+    Postprocess,
+    Preprocess,
+    parse_postprocess,
+    parse_preprocess,
+)
 from edgemill.tensors import TensorSpec
 
 from .conftest import run_cli

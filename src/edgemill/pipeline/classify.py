@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..tensors import TensorSpec
+from ._onnx import dim, stage_model
 from .spec import Postprocess
 
 OPSET = 17
@@ -73,7 +74,6 @@ def output_specs(post: Postprocess, spec: TensorSpec) -> list[TensorSpec]:
 
 def build_graph(post: Postprocess, spec: TensorSpec) -> Any:
     """Input: the scores output (its own name); outputs as :func:`output_specs` says, without ``labels``."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     classes = class_count(spec)
@@ -94,17 +94,10 @@ def build_graph(post: Postprocess, spec: TensorSpec) -> Any:
     elif not post.softmax:
         nodes.append(helper.make_node("Identity", [x], ["probabilities"]))
     graph = helper.make_graph(
-        nodes, "edgemill_classify", [helper.make_tensor_value_info(spec.name, elem, [_dim(d) for d in spec.shape])],
+        nodes, "edgemill_classify", [helper.make_tensor_value_info(spec.name, elem, [dim(d) for d in spec.shape])],
         [helper.make_tensor_value_info(o.name, TensorProto.FLOAT if o.dtype == "float32" else TensorProto.INT64,
-                                       [_dim(d) for d in o.shape]) for o in outs if o.dtype != "str"], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgemill")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _dim(d: Any) -> Any:
-    return d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else "batch")
+                                       [dim(d) for d in o.shape]) for o in outs if o.dtype != "str"], inits)
+    return stage_model(graph, OPSET)
 
 
 def apply_numpy(post: Postprocess, spec: TensorSpec, scores: np.ndarray) -> dict[str, np.ndarray]:

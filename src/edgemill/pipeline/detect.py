@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..tensors import TensorSpec, dtype_name
+from ._onnx import stage_model
 
 OPSET = 17
 LAYOUTS = ("darknet", "yolo-nc")
@@ -494,11 +495,7 @@ def build_graph(spec: DetectSpec, model_outputs: Sequence[TensorSpec], heads: He
     inputs = [helper.make_tensor_value_info(t.name, elem[t.dtype], [_dim(d) for d in t.shape]) for t in plan.inputs]
     outputs = [helper.make_tensor_value_info(t.name, elem[t.dtype], [_dim(d) for d in t.shape])
                for t in output_specs(spec, model_outputs, heads)]
-    graph = helper.make_graph(g.nodes, "edgemill_detect", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgemill")
-    model.ir_version = 8  # opset 17 needs IR 8; older onnxruntime builds refuse newer IRs
-    onnx.checker.check_model(model)
-    return model
+    return stage_model(helper.make_graph(g.nodes, "edgemill_detect", inputs, outputs, initializer=g.inits), OPSET)
 
 
 def _select_graph(g: _Nodes, spec: DetectSpec, geometry: FrameGeometry, centers: str, scores: str,

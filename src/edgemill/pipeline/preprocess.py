@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import OptionError
 from ..tensors import TensorSpec
+from ._onnx import dim, stage_model
 from .spec import Preprocess
 
 OPSET = 18
@@ -91,7 +92,7 @@ def placement(pre: Preprocess, image: ModelImage) -> Placement:
     if pre.fit == "stretch":
         return Placement(image.height, image.width, 0, 0)
     ratio = min(image.height / h, image.width / w)
-    nh, nw = min(image.height, int(round(h * ratio))), min(image.width, int(round(w * ratio)))
+    nh, nw = min(image.height, round(h * ratio)), min(image.width, round(w * ratio))
     return Placement(nh, nw, (image.height - nh) // 2, (image.width - nw) // 2)
 
 
@@ -127,7 +128,6 @@ def build_graph(pre: Preprocess, image: ModelImage) -> Any:
     The resize works in the frame's own layout and every later step on the model-sized tensor (a 480x640
     frame is 6x the pixels of a 224x224 input): nearest picks rows and columns on the uint8 frame before
     the cast; bilinear resizes channels-last frames with onnxruntime's NHWC kernel, then goes planar."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     frame = frame_spec(pre, image)
@@ -189,16 +189,9 @@ def build_graph(pre: Preprocess, image: ModelImage) -> Any:
     graph = helper.make_graph(
         nodes, "edgemill_preprocess",
         [helper.make_tensor_value_info(frame.name, {"uint8": TensorProto.UINT8, "float32": TensorProto.FLOAT}[pre.dtype],
-                                       [_dim(d) for d in frame.shape])],
-        [helper.make_tensor_value_info("model_input", elem, [_dim(d) for d in model_shape])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgemill")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _dim(d: Any) -> Any:
-    return d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) else "batch")
+                                       [dim(d) for d in frame.shape])],
+        [helper.make_tensor_value_info("model_input", elem, [dim(d) for d in model_shape])], inits)
+    return stage_model(graph, OPSET)
 
 
 # --- NumPy ---------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ topk=5``) or in a TOML file (``--pipeline pipeline.toml``), stored in the manife
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..errors import FileNotFound, OptionError
 from .detect import DetectSpec as Detect
@@ -245,7 +246,7 @@ def load_pipeline_file(path: Path) -> PipelineSpec:
     labels_file = post.pop("labels", None)
     steps = post.pop("steps", [])
     if post:
-        raise OptionError("unknown key in [postprocess]", value=sorted(post)[0], expected="steps, labels",
+        raise OptionError("unknown key in [postprocess]", value=min(post), expected="steps, labels",
                           fix='e.g. steps = ["softmax", "topk=5"]')
     labels = read_labels(path.parent / labels_file) if labels_file else ()
     return PipelineSpec(tuple(Preprocess.from_dict(dict(p)) for p in pre),
