@@ -112,7 +112,7 @@ def prepare(spec: PipelineSpec, model_inputs: list[TensorSpec], model_outputs: l
         passthrough = [o for o in model_outputs if o.name != scores.name]
         taken = {o.name for o in passthrough} & {o.name for o in produced}
         if taken:
-            raise OptionError("a model output has the name a post-processing output takes", value=sorted(taken)[0],
+            raise OptionError("a model output has the name a post-processing output takes", value=min(taken),
                               fix="pick the scores output with --postprocess output=NAME")
         graph_outputs = [o.name for o in produced if o.dtype != "str"]
         post_stage = PostStage(POST_FILE, (scores.name,), tuple(graph_outputs), tuple(o.name for o in passthrough),
