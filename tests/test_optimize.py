@@ -321,3 +321,33 @@ def test_auto_leaves_tvm_out_below_its_search_budget_and_says_why(model_dir: Pat
     tvm = [c for c in result.report["candidates"] if c["candidate"].startswith("tvm/")]
     assert tvm and tvm[0]["status"] == "skipped"
     assert "--tune-budget 300" in tvm[0]["reason"] or "not installed" in tvm[0]["reason"]
+
+
+def test_thread_settings_are_timed_in_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy moment of the machine must fall on every thread setting alike: the worker runs them in
+    slices, round robin, not one after the other."""
+    import time as time_module
+
+    from edgemill.compiler import measure_worker
+
+    order: list[int] = []
+
+    class Session:
+        def __init__(self, threads: int) -> None:
+            self.threads = threads
+
+        def run(self, feed: dict) -> list:  # type: ignore[type-arg]
+            order.append(self.threads)
+            time_module.sleep(0.002)
+            return []
+
+    monkeypatch.setattr(measure_worker, "open_session", lambda backend, entry, files, outputs, threads, options: Session(threads))
+    monkeypatch.setattr(measure_worker, "SLICE_S", 0.02)
+    results = measure_worker.time_settings("onnxruntime", {}, "model.onnx", {"outputs": [], "options": {}, "seconds": 0.2},
+                                           [1, 2], {})
+    timed = order[2 * measure_worker.WARMUP_RUNS:]
+    switches = sum(1 for a, b in zip(timed, timed[1:]) if a != b)
+    assert switches >= 6  # many turns, not two blocks
+    assert {r["threads"] for r in results} == {1, 2} and all(r["runs"] >= measure_worker.MIN_RUNS for r in results)
+    half = len(timed) // 2
+    assert set(timed[:half]) == {1, 2} and set(timed[half:]) == {1, 2}
