@@ -220,7 +220,18 @@ def _number(text: str) -> int | float:
 
 
 def _parse_csv(text: str) -> list[ParsedRow]:
-    reader = csv.reader(io.StringIO(text))
+    """The rows of a CSV label file; a file the csv module cannot read at all (a bare carriage return
+    inside a field, say) is one 422 naming the line."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _csv_rows(reader)
+    except csv.Error as exc:
+        raise UserError("the CSV label file cannot be read", value=f"line {reader.line_num}: {exc}", field="body",
+                        fix="save it as plain CSV (one row per line, fields with line breaks or quotes in double "
+                            "quotes), or send JSON lines") from None
+
+
+def _csv_rows(reader: Any) -> list[ParsedRow]:
     header = [h.strip().lower() for h in next(reader, [])]
     if "capture_id" not in header or "label" not in header:
         raise UserError("the CSV label file needs a header row naming capture_id and label", value=",".join(header)[:200],
