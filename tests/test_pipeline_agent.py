@@ -144,8 +144,11 @@ def png(frame_bgr: np.ndarray) -> bytes:
 
 def test_names_and_encoded_images_over_our_api_and_kserve(named_package: dict, keypair: tuple[Path, Path],
                                                           tmp_path: Path) -> None:
+    import importlib.util
+
     pytest.importorskip("PIL")
-    pytest.importorskip("tritonclient.grpc")
+    if importlib.util.find_spec("tritonclient") is None:  # found, not imported: its V2 protos clash with ours
+        pytest.skip("tritonclient is not installed (pip install -e '.[dev]')")
     from edgemill.client import AgentClient
 
     from .test_agent import agent_config
