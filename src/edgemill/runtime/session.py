@@ -43,12 +43,13 @@ class Model:
         self._session = open_session(manifest.backend, manifest.entrypoint, files, model_outputs, threads,
                                      manifest.backend_options)
         # A backend that names its outputs itself saves the list-then-dict step on every call.
-        self._run_named = getattr(self._session, "run_named", None)
+        run_named = getattr(self._session, "run_named", None)
         # Frame inputs that may come as JPEG/PNG bytes: name -> (pre-processing spec, channels).
         self._images: dict[str, tuple[dict[str, Any], int]] = {}
-        self._model_call = self._run_named or (lambda feed: dict(zip(model_outputs, self._session.run(feed))))
+        self._model_call = run_named or (lambda feed: dict(zip(model_outputs, self._session.run(feed))))
+        self._call = self._model_call  # checked inputs -> outputs by name
         if self.pipeline is not None:  # frames in, names out: the stages wrap the model's own call
-            self._run_named = PipelineRunner(self.pipeline, files, self._model_call, threads, self._output_names).run
+            self._call = PipelineRunner(self.pipeline, files, self._model_call, threads, self._output_names).run
             specs = {s.name: s for s in self.inputs}
             self._images = {p.input: (p.spec, _frame_channels(specs[p.input], p.spec)) for p in self.pipeline.preprocess}
         self._baseline_bytes = files.get(BASELINE)  # verified with the rest; parsed when asked for
@@ -81,9 +82,7 @@ class Model:
         camera frames also accepts the encoded image (``bytes``, or an object array of them per frame)."""
         if self._images:
             inputs = decode_inputs(inputs, self._images)
-        if self._run_named is not None:
-            return self._run_named(self._checker.check(inputs))  # type: ignore[no-any-return]
-        return dict(zip(self._output_names, self._session.run(self._checker.check(inputs))))
+        return self._call(self._checker.check(inputs))  # type: ignore[no-any-return]
 
     def run_model(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model alone, without the package's pre- and post-processing: the model's own inputs
