@@ -399,18 +399,20 @@ def captured(fleet: Fleet, model_dir: Path, keypair: tuple[Path, Path],
 
 # --- the browser -----------------------------------------------------------------------------------
 
-# Per chart canvas: its size, the width of the chart and of the box it sits in, and how many of its pixels
-# are coloured (not white, black or grey: series lines, not only axes). All read in one turn of the page's
-# event loop, so that an auto-refresh cannot swap the charts between two readings; the pixels from a copy,
-# so that the chart's own canvas is never read back (Chrome warns when one is, often).
-CHARTS = """canvases => canvases.map(canvas => {
-  const copy = document.createElement("canvas");
+# The pixels of ``canvas`` as ``d`` (RGBA bytes), read from a copy.
+PIXELS = """  const copy = document.createElement("canvas");
   copy.width = canvas.width;
   copy.height = canvas.height;
   const ctx = copy.getContext("2d", { willReadFrequently: true });
   ctx.drawImage(canvas, 0, 0);
   const d = ctx.getImageData(0, 0, copy.width, copy.height).data;
-  let coloured = 0;
+"""
+# Per chart canvas: its size, the width of the chart and of the box it sits in, and how many of its pixels
+# are coloured (not white, black or grey: series lines, not only axes). All read in one turn of the page's
+# event loop, so that an auto-refresh cannot swap the charts between two readings; the pixels from a copy,
+# so that the chart's own canvas is never read back (Chrome warns when one is, often).
+CHARTS = """canvases => canvases.map(canvas => {
+""" + PIXELS + """  let coloured = 0;
   for (let i = 0; i < d.length; i += 4) {
     if (d[i + 3] > 0 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) coloured++;
   }
@@ -493,13 +495,7 @@ CHART_SPANS = """ps => ps.map(p => {
 
 # How many colours a canvas shows (read from a copy, as CHARTS reads the charts).
 CANVAS_COLOURS = """canvas => {
-  const copy = document.createElement("canvas");
-  copy.width = canvas.width;
-  copy.height = canvas.height;
-  const ctx = copy.getContext("2d", { willReadFrequently: true });
-  ctx.drawImage(canvas, 0, 0);
-  const d = ctx.getImageData(0, 0, copy.width, copy.height).data;
-  const seen = new Set();
+""" + PIXELS + """  const seen = new Set();
   for (let i = 0; i < d.length; i += 4) seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
   return seen.size;
 }"""
