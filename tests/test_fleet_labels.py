@@ -143,6 +143,9 @@ def test_a_bulk_label_file_applies_whole_or_not_at_all(server: TestClient) -> No
     for odd in ('capture_id,label\n"a1\r\n,1', 'capture_id,label\na\x001,1\n', "capture_id,label\n\"a1\"x,1\n"):
         reply = server.post("/api/v1/captures/labels", content=odd.encode(), headers={"Content-Type": "text/csv"})
         assert reply.status_code < 500, (odd, reply.text)
+    # PostgreSQL cannot store a NUL character: refused alike on every database, naming the value
+    nul = server.post("/api/v1/captures/labels", content=b"capture_id,label\na\x001,1\n", headers={"Content-Type": "text/csv"})
+    assert nul.status_code == 400 and "NUL" in nul.json()["message"] and "a\\x001" in nul.json()["value"], nul.text
 
 
 def test_the_accuracy_alert_waits_for_its_minimum_count_then_fires_and_resolves(server: TestClient) -> None:  # noqa: F811

@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ...errors import ConfigError, MissingDependencyError
+from ...errors import ConfigError, MissingDependencyError, UserError
 
 log = logging.getLogger("edgemill.server")
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -54,7 +54,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _refuse_nul_text(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
+                     _executemany: bool) -> None:
+    """PostgreSQL cannot store a NUL character in text (SQLite can): refuse such a value on every database
+    alike, as bad input naming it, before it reaches the driver as a 500."""
+    rows = parameters if isinstance(parameters, list) else [parameters]
+    for row in rows:
+        for value in (row.values() if isinstance(row, dict) else row or ()):
+            if isinstance(value, str) and "\x00" in value:
+                raise UserError("a text value contains a NUL character", value=repr(value)[:120],
+                                fix="remove the NUL (\\x00) characters from names, ids and labels")
+
+
 def make_engine(url: str, pool_size: int = 16) -> Engine:
+    engine = _make_engine(url, pool_size)
+    event.listen(engine, "before_cursor_execute", _refuse_nul_text)
+    return engine
+
+
+def _make_engine(url: str, pool_size: int) -> Engine:
     try:
         if url.startswith("sqlite"):
             path = url.split(":///", 1)[1] if ":///" in url else ""
