@@ -208,45 +208,78 @@ class _DarknetPlan:
     def inputs(self) -> tuple[TensorSpec, ...]:
         return tuple(h.tensor for h in self.heads)
 
+    def box_table(self, geometry: FrameGeometry) -> np.ndarray:
+        """Per box (heads in order, then anchor, row, column): the decoding's constants, float32
+        ``[B, 6]``: xy multiplier (x, y), xy offset (x, y), anchor size (w, h), all in model pixels."""
+        rows = []
+        for h in self.heads:
+            mul, add, anchors = h.head.constants(h.height, h.width, geometry.model_height, geometry.model_width)
+            a = len(h.head.anchors)
+            shape = (a, h.height, h.width, 2)
+            parts = [np.broadcast_to(mul, shape), np.broadcast_to(add[0], shape), np.broadcast_to(anchors[0], shape)]
+            rows.append(np.concatenate(parts, axis=-1).reshape(-1, 6))
+        return np.ascontiguousarray(np.concatenate(rows), np.float32)
+
     def candidates_numpy(self, outputs: Mapping[str, np.ndarray], geometry: FrameGeometry
-                         ) -> tuple[np.ndarray, np.ndarray]:
-        boxes, scores = [], []
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, best = [], []
         for h in self.heads:
             raw = np.asarray(outputs[h.tensor.name], np.float32)
             n, a, per = raw.shape[0], len(h.head.anchors), 5 + h.head.classes
-            t = raw.reshape(n, a, per, h.height, h.width).transpose(0, 1, 3, 4, 2)
-            mul, add, anchors = h.head.constants(h.height, h.width, geometry.model_height, geometry.model_width)
-            with np.errstate(over="ignore"):
-                xy = _sigmoid(t[..., 0:2]) * mul + add
-                wh = np.exp(t[..., 2:4]) * anchors
-                objectness = _sigmoid(t[..., 4:5])
-                cls = t[..., 5:per]
-                cls = _softmax(cls) if h.head.softmax else _sigmoid(cls) if h.head.kind == "yolo" else cls
-            boxes.append(np.concatenate([xy, wh], axis=-1).reshape(n, -1, 4))
-            scores.append((objectness * cls).reshape(n, -1, self.classes))
-        return np.concatenate(boxes, axis=1), np.concatenate(scores, axis=1)
+            t = raw.reshape(n, a, per, h.height * h.width).transpose(0, 1, 3, 2).reshape(n, -1, per)
+            rows.append(t)
+            best.append(_best_numpy(h.head, t))
+        t = np.concatenate(rows, axis=1)
+        table = self.box_table(geometry)
+        with np.errstate(over="ignore"):
+            xy = _sigmoid(t[..., 0:2]) * table[:, 0:2] + table[:, 2:4]
+            wh = np.exp(t[..., 2:4]) * table[:, 4:6]
+        return np.concatenate([xy, wh], axis=-1), np.concatenate(best, axis=1), t[..., 5:].argmax(axis=-1)
 
-    def candidates_graph(self, g: _Nodes, geometry: FrameGeometry) -> tuple[str, str]:
-        boxes, scores = [], []
+    def rows_graph(self, g: _Nodes) -> tuple[str, str]:
+        rows, best = [], []
         for h in self.heads:
             a, per = len(h.head.anchors), 5 + h.head.classes
-            x = g.op("Reshape", g.as_float(h.tensor), g.const(np.array([0, a, per, h.height, h.width], np.int64)))
-            t = g.op("Transpose", x, perm=[0, 1, 3, 4, 2])
-            mul, add, anchors = h.head.constants(h.height, h.width, geometry.model_height, geometry.model_width)
-            xy = g.op("Add", g.op("Mul", g.op("Sigmoid", g.last_axis(t, 0, 2)), g.const(mul)), g.const(add))
-            wh = g.op("Mul", g.op("Exp", g.last_axis(t, 2, 4)), g.const(anchors))
-            objectness = g.op("Sigmoid", g.last_axis(t, 4, 5))
-            cls = g.last_axis(t, 5, per)
-            if h.head.softmax:
-                cls = g.op("Softmax", cls, axis=-1)
-            elif h.head.kind == "yolo":
-                cls = g.op("Sigmoid", cls)
-            boxes.append(g.op("Reshape", g.op("Concat", xy, wh, axis=-1), g.const(np.array([0, -1, 4], np.int64))))
-            scores.append(g.op("Reshape", g.op("Mul", objectness, cls),
-                               g.const(np.array([0, -1, self.classes], np.int64))))
+            x = g.op("Reshape", g.as_float(h.tensor), g.const(np.array([0, a, per, h.height * h.width], np.int64)))
+            t = g.op("Reshape", g.op("Transpose", x, perm=[0, 1, 3, 2]), g.const(np.array([0, -1, per], np.int64)))
+            rows.append(t)
+            best.append(_best_graph(g, h.head, t))
         if len(self.heads) == 1:
-            return boxes[0], scores[0]
-        return g.op("Concat", *boxes, axis=1), g.op("Concat", *scores, axis=1)
+            return rows[0], best[0]
+        return g.op("Concat", *rows, axis=1), g.op("Concat", *best, axis=1)
+
+    def decode_graph(self, g: _Nodes, picked: str, box: str, geometry: FrameGeometry) -> tuple[str, str]:
+        consts = g.op("Gather", g.const(self.box_table(geometry)), box, axis=0)
+        xy = g.op("Add", g.op("Mul", g.op("Sigmoid", g.last_axis(picked, 0, 2)), g.last_axis(consts, 0, 2)),
+                  g.last_axis(consts, 2, 4))
+        wh = g.op("Mul", g.op("Exp", g.last_axis(picked, 2, 4)), g.last_axis(consts, 4, 6))
+        cls = g.op("ArgMax", g.last_axis(picked, 5, 5 + self.classes), axis=1, keepdims=0)
+        return g.op("Concat", xy, wh, axis=-1), cls
+
+
+def _best_numpy(head: _Head, t: np.ndarray) -> np.ndarray:
+    """A box's best class score, objectness times the class probability, from its raw row: the activations
+    are increasing, so the best score is that of the largest raw class value (computed on it alone)."""
+    objectness = _sigmoid(t[..., 4])
+    top = t[..., 5:].max(axis=-1)
+    if head.softmax:  # softmax's largest value is 1 / sum(exp(x - max))
+        top = np.float32(1) / np.exp(t[..., 5:] - top[..., None]).sum(axis=-1)
+    elif head.kind == "yolo":
+        top = _sigmoid(top)
+    return objectness * top
+
+
+def _best_graph(g: _Nodes, head: _Head, t: str) -> str:
+    objectness = g.op("Sigmoid", g.op("Gather", t, g.const(np.array(4, np.int64)), axis=2))
+    cls = g.last_axis(t, 5, 5 + head.classes)
+    top = g.op("ReduceMax", cls, axes=[2], keepdims=0)
+    if head.softmax:
+        total = g.op("ReduceSum", g.op("Exp", g.op("Sub", cls, g.op("Unsqueeze", top, g.const(np.array([2], np.int64))))),
+                     g.const(np.array([2], np.int64)), keepdims=0)
+        top = g.op("Reciprocal", total)
+    elif head.kind == "yolo":
+        top = g.op("Sigmoid", top)
+    return g.op("Mul", objectness, top)
 
 
 @dataclass(frozen=True)
@@ -260,17 +293,22 @@ class _YoloNcPlan:
         return (self.tensor,)
 
     def candidates_numpy(self, outputs: Mapping[str, np.ndarray], geometry: FrameGeometry
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = np.asarray(outputs[self.tensor.name], np.float32)
         if self.channels_first:
             x = x.transpose(0, 2, 1)
-        return x[..., 0:4], x[..., 4:4 + self.classes]
+        scores = x[..., 4:4 + self.classes]
+        return x[..., 0:4], scores.max(axis=-1), scores.argmax(axis=-1)
 
-    def candidates_graph(self, g: _Nodes, geometry: FrameGeometry) -> tuple[str, str]:
+    def rows_graph(self, g: _Nodes) -> tuple[str, str]:
         x = g.as_float(self.tensor)
         if self.channels_first:
             x = g.op("Transpose", x, perm=[0, 2, 1])
-        return g.last_axis(x, 0, 4), g.last_axis(x, 4, 4 + self.classes)
+        return x, g.op("ReduceMax", g.last_axis(x, 4, 4 + self.classes), axes=[2], keepdims=0)
+
+    def decode_graph(self, g: _Nodes, picked: str, box: str, geometry: FrameGeometry) -> tuple[str, str]:
+        cls = g.op("ArgMax", g.last_axis(picked, 4, 4 + self.classes), axis=1, keepdims=0)
+        return g.last_axis(picked, 0, 4), cls
 
 
 _Plan = _DarknetPlan | _YoloNcPlan
@@ -380,16 +418,15 @@ def decode_numpy(spec: DetectSpec, outputs: Mapping[str, np.ndarray], heads: Hea
     """The detections from raw outputs (name -> array), computed in NumPy as :func:`build_graph`'s model does."""
     specs = [TensorSpec(name, dtype_name(np.asarray(a).dtype), tuple(np.shape(a))) for name, a in outputs.items()]
     plan = _plan(spec, specs, heads)
-    centers, scores = plan.candidates_numpy(outputs, geometry)
-    return _select_numpy(spec, geometry, centers, scores)
+    centers, best, cls = plan.candidates_numpy(outputs, geometry)
+    return _select_numpy(spec, geometry, centers, best, cls)
 
 
-def _select_numpy(spec: DetectSpec, geometry: FrameGeometry, centers: np.ndarray, scores: np.ndarray
+def _select_numpy(spec: DetectSpec, geometry: FrameGeometry, centers: np.ndarray, best: np.ndarray, cls: np.ndarray
                   ) -> dict[str, np.ndarray]:
     pad, scale, size = geometry.box_constants()
     half = centers[..., 2:4] * np.float32(0.5)
     corners = (np.concatenate([centers[..., 0:2] - half, centers[..., 0:2] + half], axis=-1) - pad) / scale
-    best, cls = scores.max(axis=-1), scores.argmax(axis=-1)
     n, m = best.shape[0], spec.max_detections
     out = {"boxes": np.zeros((n, m, 4), np.float32), "scores": np.zeros((n, m), np.float32),
            "classes": np.full((n, m), -1, np.int64), "count": np.zeros(n, np.int64)}
@@ -432,11 +469,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.float32(1) / (np.float32(1) + np.exp(-x))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 # --- ONNX ---------------------------------------------------------------------------------------
 
 
@@ -458,7 +490,7 @@ class _Nodes:
 
     def const(self, array: np.ndarray) -> str:
         name = self.fresh("const")
-        self.inits.append(self._numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.inits.append(self._numpy_helper.from_array(np.array(array, order="C"), name))  # keeps 0-d 0-d
         return name
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs: Any) -> str:
@@ -483,14 +515,23 @@ class _Nodes:
 def build_graph(spec: DetectSpec, model_outputs: Sequence[TensorSpec], heads: Heads | None,
                 geometry: FrameGeometry) -> Any:
     """An ``onnx.ModelProto``: inputs are the raw outputs the layout reads (names, dtypes and shapes from
-    ``model_outputs``), outputs as :func:`output_specs` says."""
+    ``model_outputs``), outputs as :func:`output_specs` says.
+
+    Only the boxes above ``confidence`` are decoded: each box's best score is computed from its largest
+    raw class value (every box), then the candidates' rows are gathered and decoded (a few dozen of the
+    thousands a detector outputs), and NMS sees only them."""
     import onnx
     from onnx import helper
 
     plan = _plan(spec, model_outputs, heads)
     g = _Nodes()
-    centers, scores = plan.candidates_graph(g, geometry)
-    _select_graph(g, spec, geometry, centers, scores, plan.classes)
+    rows, best = plan.rows_graph(g)
+    where = g.op("Transpose", g.op("NonZero", g.op("Greater", best, g.const(np.array(spec.confidence, np.float32)))),
+                 perm=[1, 0])  # K x (image, box)
+    picked, score = g.op("GatherND", rows, where), g.op("GatherND", best, where)
+    image = g.op("Gather", where, g.const(np.array(0, np.int64)), axis=1)
+    centers, cls = plan.decode_graph(g, picked, g.op("Gather", where, g.const(np.array(1, np.int64)), axis=1), geometry)
+    _select_graph(g, spec, geometry, centers, score, cls, image, g.op("Shape", best, start=0, end=1), plan.classes)
     elem = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16, "int64": onnx.TensorProto.INT64}
     inputs = [helper.make_tensor_value_info(t.name, elem[t.dtype], [_dim(d) for d in t.shape]) for t in plan.inputs]
     outputs = [helper.make_tensor_value_info(t.name, elem[t.dtype], [_dim(d) for d in t.shape])
@@ -498,44 +539,50 @@ def build_graph(spec: DetectSpec, model_outputs: Sequence[TensorSpec], heads: He
     return stage_model(helper.make_graph(g.nodes, "edgemill_detect", inputs, outputs, initializer=g.inits), OPSET)
 
 
-def _select_graph(g: _Nodes, spec: DetectSpec, geometry: FrameGeometry, centers: str, scores: str,
-                  classes: int) -> None:
-    """Candidates (``centers`` N x B x 4 cx, cy, w, h in model pixels; ``scores`` N x B x C) -> the outputs."""
+def _select_graph(g: _Nodes, spec: DetectSpec, geometry: FrameGeometry, centers: str, score: str, cls: str,
+                  image: str, batch: str, classes: int) -> None:
+    """The K candidates of the whole batch (``centers`` K x 4 cx, cy, w, h in model pixels; ``score``,
+    ``cls`` and ``image`` K) -> the outputs. One NMS call: its "classes" are (image, class) pairs per class,
+    images alone across classes, so candidates of different images or classes never suppress each other."""
     f32 = lambda *v: g.const(np.array(v, np.float32))
     i64 = lambda *v: g.const(np.array(v, np.int64))
+    zero, one = g.const(np.array(0, np.int64)), g.const(np.array(1, np.int64))  # scalars, as Range takes them
     pad, scale, size = geometry.box_constants()
     xy, half = g.last_axis(centers, 0, 2), g.op("Mul", g.last_axis(centers, 2, 4), f32(0.5))
     corners = g.op("Concat", g.op("Sub", xy, half), g.op("Add", xy, half), axis=-1)
     frame = g.op("Div", g.op("Sub", corners, g.const(pad)), g.const(scale))
-    best = g.op("ReduceMax", scores, axes=[2], keepdims=0)
-    cls = g.op("ArgMax", scores, axis=2, keepdims=0)
-    # Scores NMS sees: -1 for every box that is not a candidate (or, per class, not of that class), so
-    # both readings of score_threshold (> or >=) agree.
-    masked = g.op("Where", g.op("Greater", best, f32(spec.confidence)), best, f32(-1))
     if spec.per_class:
-        of_class = g.op("Equal", g.op("Unsqueeze", cls, i64(2)), g.const(np.arange(classes, dtype=np.int64)))
-        nms_scores = g.op("Transpose", g.op("Where", of_class, g.op("Unsqueeze", masked, i64(2)), f32(-1)),
-                          perm=[0, 2, 1])
+        slot = g.op("Add", g.op("Mul", image, i64(classes)), cls)
+        slots = g.op("Mul", batch, i64(classes))
     else:
-        nms_scores = g.op("Unsqueeze", masked, i64(1))
-    selected = g.op("NonMaxSuppression", frame, nms_scores, i64(spec.max_detections), f32(spec.iou),
-                    f32(spec.confidence))
-    # A box has one class, so it is selected at most once: scatter the survivors' scores over a row of -1
-    # and take the best max_detections of each image.
-    where = g.op("Gather", selected, i64(0, 2), axis=1)
-    kept = g.op("ScatterND", g.filled(g.op("Shape", best), -1.0), where, g.op("GatherND", best, where))
-    k = g.op("Min", g.op("Slice", g.op("Shape", kept), i64(1), i64(2)), i64(spec.max_detections))
-    top, order = g.ops("TopK", kept, k, outs=[g.fresh("top"), g.fresh("order")], axis=1, largest=1, sorted=1)
+        slot, slots = image, batch
+    slot_ids = g.op("Range", zero, g.op("Squeeze", slots, i64(0)), one)
+    in_slot = g.op("Equal", g.op("Unsqueeze", slot_ids, i64(1)), g.op("Unsqueeze", slot, i64(0)))  # slots x K
+    nms_scores = g.op("Unsqueeze", g.op("Where", in_slot, g.op("Unsqueeze", score, i64(0)), f32(-1)), i64(0))
+    selected = g.op("NonMaxSuppression", g.op("Unsqueeze", frame, i64(0)), nms_scores, i64(spec.max_detections),
+                    f32(spec.iou), f32(spec.confidence))
+    # A candidate is in one slot, so it is selected at most once. Column 0 of each image's row is a dummy
+    # (score -1, box 0, class -1): TopK never takes zero columns, and padding points at it.
+    survivor = g.op("Gather", selected, g.const(np.array(2, np.int64)), axis=1)
+    kept = g.op("ScatterElements", g.filled(g.op("Shape", score), -1.0), survivor, g.op("Gather", score, survivor))
+    kept = g.op("Concat", f32(-1), kept, axis=0)
+    owner = g.op("Concat", i64(-1), image, axis=0)
+    image_ids = g.op("Range", zero, g.op("Squeeze", batch, i64(0)), one)
+    per_image = g.op("Where", g.op("Equal", g.op("Unsqueeze", image_ids, i64(1)), g.op("Unsqueeze", owner, i64(0))),
+                     g.op("Unsqueeze", kept, i64(0)), f32(-1))  # N x (K + 1)
+    k = g.op("Min", g.op("Shape", kept), i64(spec.max_detections))
+    top, order = g.ops("TopK", per_image, k, outs=[g.fresh("top"), g.fresh("order")], axis=1, largest=1, sorted=1)
     pads = g.op("Concat", i64(0, 0, 0), g.op("Sub", i64(spec.max_detections), k), axis=0)
     top = g.op("Pad", top, pads, g.const(np.array(-1, np.float32)))
-    order = g.op("Unsqueeze", g.op("Pad", order, pads, g.const(np.array(0, np.int64))), i64(2))
+    order = g.op("Pad", order, pads, g.const(np.array(0, np.int64)))
     valid = g.op("Greater", top, f32(-0.5))
-    boxes = g.op("Max", g.op("Min", g.op("GatherND", frame, order, batch_dims=1), g.const(size)), f32(0))
+    frame = g.op("Concat", g.const(np.zeros((1, 4), np.float32)), frame, axis=0)
+    boxes = g.op("Max", g.op("Min", g.op("Gather", frame, order, axis=0), g.const(size)), f32(0))
     if spec.coordinates == "normalized":
         boxes = g.op("Div", boxes, g.const(size))
     g.op("Where", g.op("Unsqueeze", valid, i64(2)), boxes, f32(0), out="boxes")
     g.op("Where", valid, top, f32(0), out="scores")
-    g.op("Where", valid, g.op("GatherND", cls, order, batch_dims=1), i64(-1), out="classes")
+    g.op("Where", valid, g.op("Gather", g.op("Concat", i64(-1), cls, axis=0), order, axis=0), i64(-1), out="classes")
     g.op("ReduceSum", g.op("Cast", valid, to=g.INT64), i64(1), keepdims=0, out="count")
 
 
