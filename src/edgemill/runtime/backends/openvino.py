@@ -68,8 +68,11 @@ class OpenVinoSession:
         request, tensor = self._request, self._tensor
         with self._lock:
             try:
-                for name, value in feed.items():
-                    request.set_tensor(name, tensor(np.ascontiguousarray(value), shared_memory=True))
+                # The wrapped arrays must outlive infer(): a shared-memory tensor does not keep a temporary
+                # (a non-contiguous input's contiguous copy) alive, and OpenVINO then read freed memory.
+                held = {name: np.ascontiguousarray(value) for name, value in feed.items()}
+                for name, value in held.items():
+                    request.set_tensor(name, tensor(value, shared_memory=True))
                 request.infer()
                 return [request.get_output_tensor(index).data.copy() for index in self._output_indices]
             except Exception as exc:
