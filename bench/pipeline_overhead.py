@@ -5,9 +5,12 @@
 For each model the package is compiled on the backend, precision and thread count tuning picks for the
 plain model, with ``--preprocess`` (a 480x640 uint8 BGR camera frame ->
 the model's input) and ``--postprocess`` (softmax + top-5 with 1000 class names; for the detector, YOLO
-decoding + NMS). In one process, on that one loaded package, calls alternate, call by call, between
+decoding + NMS), as ``edgemill compile`` does by default (an onnxruntime package runs the stages merged
+into its model). In one process, in blocks of calls rotating between the sides (never call by call:
+two sessions called alternately would each leave threads spinning through the other's run, which no
+device does):
 
-* ``model``: the package's model alone (``Model.run_model``) on an already pre-processed input;
+* ``model``: the plain package's model (``Model.run``) on an already pre-processed input;
 * ``package``: the pipeline package on the frame (what the device runs);
 * ``numpy``: the application's way: the same steps in NumPy (edgemill.pipeline's NumPy reference: float
   interpolation, as the package), the model alone, the NumPy post-processing;
@@ -41,6 +44,7 @@ FRAME = (480, 640)
 PRE = "frame=480x640 color=BGR scale=1/255 mean=0.485,0.456,0.406 std=0.229,0.224,0.225"
 PRE_DETECTOR = "frame=480x640 color=BGR scale=1/255"
 MODELS = ("cnn224", "mobilenet224", "yolov4-tiny")
+BLOCK_S = 0.25
 
 
 def _sources(folder: Path, wanted: list[str]) -> dict[str, dict[str, Any]]:
@@ -78,8 +82,8 @@ def _sources(folder: Path, wanted: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _compile(source: dict[str, Any], folder: Path, name: str) -> tuple[Path, int | None]:
-    """The pipeline package, on the backend and precision tuning picks for the plain model."""
+def _compile(source: dict[str, Any], folder: Path, name: str) -> tuple[Path, Path, int | None]:
+    """The plain package (tuned) and the pipeline package on the backend, precision and threads it picked."""
     import edgemill
     from edgemill.pipeline.spec import PipelineSpec, parse_postprocess, parse_preprocess, read_labels
 
@@ -89,17 +93,16 @@ def _compile(source: dict[str, Any], folder: Path, name: str) -> tuple[Path, int
     piped = edgemill.compile(source["model"], output=folder / f"{name}-pipeline.emp", backend=plain.manifest.backend,
                              precision=plain.manifest.precision, measure=False, pipeline=spec)
     print(f"{name}: {plain.manifest.backend}/{plain.manifest.precision} at "
-          f"{plain.manifest.backend_options.get('threads')} thread(s)", flush=True)
-    return Path(piped.path), plain.manifest.backend_options.get("threads")
+          f"{plain.manifest.backend_options.get('threads')} thread(s); stages "
+          f"{'merged into the model' if piped.manifest.pipeline.get('fused') else 'as separate graphs'}", flush=True)
+    return Path(plain.path), Path(piped.path), plain.manifest.backend_options.get("threads")
 
 
-def _sides(piped_path: Path, threads: int | None) -> dict[str, Callable[[], Any]]:
-    """Every side calls the same loaded package's model (one session: two sessions in one process would
-    each leave threads spinning while the other runs, which no device does)."""
+def _sides(plain_path: Path, piped_path: Path, threads: int | None) -> dict[str, Callable[[], Any]]:
     import edgemill.runtime as rt
     from edgemill.compiler.pipeline_build import numpy_twin
 
-    piped = rt.load(piped_path, threads=threads)
+    plain, piped = rt.load(plain_path, threads=threads), rt.load(piped_path, threads=threads)
     built = numpy_twin(piped.manifest)
     pre, image, stage = built.pre[0].spec, built.pre[0].image, built.layout.preprocess[0]
     frame = np.clip(np.random.default_rng(0).normal(128, 60, (1, *FRAME, 3)), 0, 255).astype(np.uint8)
@@ -113,12 +116,12 @@ def _sides(piped_path: Path, threads: int | None) -> dict[str, Callable[[], Any]
 
         resized = cv2.resize(frame[0], (image.width, image.height), interpolation=cv2.INTER_LINEAR)
         planar = (resized[:, :, ::-1].astype(np.float32) * np.float32(pre.scale) - mean) / std
-        return built.post_numpy(piped.run_model({image.name: planar.transpose(2, 0, 1)[None].copy()}))
+        return built.post_numpy(plain.run({image.name: planar.transpose(2, 0, 1)[None].copy()}))
 
     sides: dict[str, Callable[[], Any]] = {
-        "model": lambda: piped.run_model(model_feed),
+        "model": lambda: plain.run(model_feed),
         "package": lambda: piped.run(feed),
-        "numpy": lambda: built.post_numpy(piped.run_model(built.to_model_feed(feed))),
+        "numpy": lambda: built.post_numpy(plain.run(built.to_model_feed(feed))),
     }
     try:
         import cv2  # noqa: F401
@@ -130,13 +133,17 @@ def _sides(piped_path: Path, threads: int | None) -> dict[str, Callable[[], Any]
 
 
 def _round(sides: dict[str, Callable[[], Any]], seconds: float) -> dict[str, float]:
+    """Each side's median call, over blocks of ``BLOCK_S`` per side in turn for about ``seconds``."""
     times: dict[str, list[float]] = {k: [] for k in sides}
     deadline = time.perf_counter() + seconds
-    while len(times["model"]) < 20 or time.perf_counter() < deadline:
+    while min(len(v) for v in times.values()) < 20 or time.perf_counter() < deadline:
         for name, call in sides.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+            call()  # the first call after a switch pays for the other side's threads going idle: not counted
+            block_end = time.perf_counter() + BLOCK_S
+            while time.perf_counter() < block_end:
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
     return {k: float(np.median(v)) * 1000 for k, v in times.items()}
 
 
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgemill-pipeline-") as tmp:
         folder = Path(tmp)
         for name, source in _sources(folder, wanted).items():
-            piped_path, threads = _compile(source, folder, name)
-            sides = _sides(piped_path, threads)
+            plain_path, piped_path, threads = _compile(source, folder, name)
+            sides = _sides(plain_path, piped_path, threads)
             _round(sides, 0.5)  # warm-up
             rounds = [_round(sides, args.seconds) for _ in range(args.rounds)]
             p50 = {k: statistics.median(r[k] for r in rounds) for k in sides}

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgemill
 import edgemill.runtime as rt
-from edgemill.errors import InputMismatchError, OptionError
+from edgemill.errors import BackendError, InputMismatchError, OptionError
 from edgemill.pipeline import classify, preprocess
 from edgemill.pipeline.spec import (
     PipelineSpec,
@@ -23,6 +23,7 @@ from edgemill.pipeline.spec import (
     Preprocess,
     parse_postprocess,
     parse_preprocess,
+    read_labels,
 )
 from edgemill.tensors import TensorSpec
 
@@ -169,6 +170,7 @@ def test_cli_package_takes_frames_and_returns_the_top_names(classifier: dict, tm
     assert "send      image: uint8[N, 48, 64, 3] (NHWC BGR frames, raw pixels)" in shown
     assert "BGR -> RGB, resize 48x64 -> 32x32 bilinear" in shown and "post      logits: softmax, top-5" in shown
     assert "labels    10 class names" in shown
+    assert ("runs as    one graph" in shown) == bool(report["pipeline"]["fused"])  # onnxruntime packages: merged
 
 
 def test_the_same_pipeline_on_every_backend(classifier: dict, tmp_path: Path) -> None:
@@ -176,13 +178,15 @@ def test_the_same_pipeline_on_every_backend(classifier: dict, tmp_path: Path) ->
     spec = PipelineSpec((parse_preprocess("frame=40x40 fit=letterbox " + IMAGENET),), parse_postprocess(["softmax,topk=3"]))
     frames = smooth_frames(np.random.default_rng(9), (2, 40, 40, 3))
     results = {}
-    for backend in ("onnxruntime", "openvino"):
-        compiled = edgemill.compile(classifier["model"], output=tmp_path / f"{backend}.emp", backend=backend,
-                                    precision="fp32", measure=False, pipeline=spec)
+    for backend, fuse in (("onnxruntime", True), ("openvino", True), ("openvino", False)):
+        compiled = edgemill.compile(classifier["model"], output=tmp_path / f"{backend}-{fuse}.emp", backend=backend,
+                                    precision="fp32", measure=False, pipeline=spec, fuse_pipeline=fuse)
         assert compiled.manifest.backend == backend
-        results[backend] = rt.load(compiled.path).run({"image": frames})
-    assert np.array_equal(results["onnxruntime"]["classes"], results["openvino"]["classes"])
-    np.testing.assert_allclose(results["onnxruntime"]["scores"], results["openvino"]["scores"], rtol=1e-4)
+        assert compiled.manifest.pipeline.get("fused", False) is fuse  # both backends run the merged graph
+        results[backend, fuse] = rt.load(compiled.path).run({"image": frames})
+    for other in (("openvino", True), ("openvino", False)):
+        assert np.array_equal(results["onnxruntime", True]["classes"], results[other]["classes"])
+        np.testing.assert_allclose(results["onnxruntime", True]["scores"], results[other]["scores"], rtol=1e-4)
 
 
 def test_a_pipeline_file_says_the_same_as_the_flags(classifier: dict, tmp_path: Path) -> None:
@@ -334,10 +338,66 @@ def test_a_stage_graph_that_strays_from_its_numpy_steps_fails_the_compile(classi
 def test_run_model_is_the_model_without_its_pipeline(classifier: dict, tmp_path: Path) -> None:
     pre_text = "frame=48x64 " + IMAGENET
     spec = PipelineSpec((parse_preprocess(pre_text),), parse_postprocess(["softmax,topk=3"]))
-    model = rt.load(edgemill.compile(classifier["model"], output=tmp_path / "m.emp", measure=False, pipeline=spec).path)
+    model = rt.load(edgemill.compile(classifier["model"], output=tmp_path / "m.emp", measure=False, pipeline=spec,
+                                     fuse_pipeline=False).path)
     frames = smooth_frames(np.random.default_rng(1), (1, 48, 64, 3))
     image = preprocess.ModelImage.of(TensorSpec("image", "float32", ("N", 3, 32, 32)), None)
     logits = model.run_model({"image": preprocess.apply_numpy(parse_preprocess(pre_text), image, frames)})["logits"]
     session = ort.InferenceSession(str(classifier["model"]), providers=["CPUExecutionProvider"])
     want = session.run(None, {"image": preprocess.apply_numpy(parse_preprocess(pre_text), image, frames)})[0]
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_onnxruntime_package_runs_its_stages_inside_its_model_and_gives_what_separate_stages_give(
+        classifier: dict, tmp_path: Path) -> None:
+    spec = PipelineSpec((parse_preprocess("frame=48x64 color=BGR " + IMAGENET),),
+                        parse_postprocess(["softmax,topk=3"], read_labels(classifier["labels"])))
+    fused = edgemill.compile(classifier["model"], output=tmp_path / "fused.emp", measure=False, pipeline=spec,
+                             backend="onnxruntime")
+    apart = edgemill.compile(classifier["model"], output=tmp_path / "apart.emp", measure=False, pipeline=spec,
+                             backend="onnxruntime", fuse_pipeline=False)
+    assert fused.manifest.pipeline["fused"] is True and "fused" not in apart.manifest.pipeline
+    assert not [f for f in fused.manifest.files if f.startswith("pipeline/")]  # the stages live in the model
+    assert [f for f in apart.manifest.files if f.startswith("pipeline/")]
+    step = next(s for s in fused.report["steps"] if s["step"] == "pipeline_fuse")
+    assert step["fused"] is True and "merged" in step["summary"]
+    one, two = rt.load(fused.path), rt.load(apart.path)
+    frames = smooth_frames(np.random.default_rng(3), (2, 48, 64, 3))
+    got, want = one.run({"image": frames}), two.run({"image": frames})
+    assert list(got) == list(want)
+    for name in want:
+        if want[name].dtype.kind == "f":
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got[name], want[name])
+    with pytest.raises(BackendError) as refused:
+        one.run_model({"image": np.zeros((1, 3, 32, 32), np.float32)})
+    assert "--no-fuse-pipeline" in refused.value.fix
+
+
+def test_stages_stay_apart_when_the_model_has_a_tensor_of_a_package_output_name() -> None:
+    """A model tensor named like a package output ('scores' here) would clash in one graph: fuse() declines,
+    naming it (the compile then keeps the stages apart and records why)."""
+    from edgemill.compiler import pipeline_build, pipeline_fuse
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["image", "W"], ["scores"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["scores"], ["g"]), helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(nodes, "clash", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    spec = PipelineSpec((parse_preprocess("frame=20x24 scale=1/255"),), parse_postprocess(["softmax,topk=2"]))
+    pipe = pipeline_build.prepare(spec, [TensorSpec("image", "float32", (1, 3, 16, 16))],
+                                  [TensorSpec("logits", "float32", (1, 4))], {})
+    assert "scores" in pipe.layout.postprocess.outputs
+    merged, why = pipeline_fuse.fuse(model.SerializeToString(), pipe.layout, pipe.files)
+    assert merged is None and "'scores'" in why
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    renamed.graph.node[0].output[0] = renamed.graph.node[1].input[0] = "features"
+    merged, why = pipeline_fuse.fuse(renamed.SerializeToString(), pipe.layout, pipe.files)
+    assert merged is not None and "merged" in why
+    session = ort.InferenceSession(merged, providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert sorted(o.name for o in session.get_outputs()) == sorted(pipe.layout.fused_outputs())

@@ -58,6 +58,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                            "[coords=pixel|normalized] for a detector")
     pipe.add_argument("--labels", metavar="FILE", help="class names, one per line: returned as strings beside the classes")
     pipe.add_argument("--pipeline", metavar="FILE.toml", help="the same in a TOML file ([[preprocess]], [postprocess])")
+    pipe.add_argument("--no-fuse-pipeline", action="store_true",
+                      help="keep the stage graphs apart from an onnxruntime model (by default they are merged into it: "
+                           "one session, less overhead; apart, Model.run_model can still run the model alone)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading pickled models (scikit-learn): unpickling runs code, so only for files you trust")
     p.add_argument("--no-measure", action="store_true",
@@ -117,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         baseline=Path(args.baseline) if args.baseline else None,
         max_accuracy_drop=args.max_accuracy_drop, tune_budget=args.tune_budget,
         measure=not args.no_measure, trust_pickle=args.trust_pickle, pipeline=pipeline_spec(args),
+        fuse_pipeline=not args.no_fuse_pipeline,
     )
     quiet = args.quiet or args.json
 

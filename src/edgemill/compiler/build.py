@@ -13,11 +13,12 @@ import numpy as np
 
 from ..errors import EdgemillError, ModelFormatError, OptionError, first_line
 from ..package.canonical import sha256_hex
+from ..pipeline.stages import PipelineRunner
 from ..runtime.backends import missing_library
 from ..targets import get_target, runnable_here
 from ..tensors import InputOverride, Scalar, TensorSpec
 from . import calibration as data_files
-from . import candidates, lowering, pipeline_build, sample_inputs, tuning
+from . import candidates, lowering, pipeline_build, pipeline_fuse, sample_inputs, tuning
 from . import baseline as drift_baseline
 from . import reference as reference_outputs
 from .candidates import Built, Failed
@@ -146,6 +147,8 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
             runner = pipe.runner(run_model)
             names = [o.name for o in pipe.outputs]
             package_session = _Listed(runner.run, names)
+        chosen, pipe = _fuse_pipeline(ctx, pipe, chosen, prepared, frames, runner)
+        pipeline_record["fused"] = pipe.layout.fused
     with ctx.step("baseline", "counting the drift baseline") as record:
         if pipe is None:
             baseline_files, summary = drift_baseline.build_or_explain(ctx, chosen.artifact, feeds, output_names,
@@ -175,6 +178,36 @@ def _named(session: Any, names: list[str]) -> Any:
     def run(feed: Any) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(feed)))
     return run
+
+
+def _fuse_pipeline(ctx: CompileContext, pipe: pipeline_build.Pipeline, chosen: Built, prepared: Any,
+                   frames: list[dict[str, np.ndarray]], separate: PipelineRunner
+                   ) -> tuple[Built, pipeline_build.Pipeline]:
+    """The chosen candidate with the stage graphs merged into its model (onnxruntime, OpenVINO fp32/bf16),
+    when the merged model gives what the separate stages give on the check frames; otherwise both as they
+    were (the step's record says why)."""
+    artifact = chosen.artifact
+    if not ctx.options.fuse_pipeline or artifact.candidate.backend not in pipeline_fuse.FUSED_BACKENDS:
+        return chosen, pipe
+    with ctx.step("pipeline_fuse", "merging the pre/post-processing graphs into the model") as record:
+        merged, note = pipeline_fuse.merged_artifact(artifact, prepared, pipe.layout, pipe.files, ctx)
+        layout = replace(pipe.layout, fused=True)
+        names = [o.name for o in pipe.outputs]
+        if merged is not None:
+            try:
+                session = candidates.open_artifact(merged, layout.fused_outputs(), ctx.options.check_threads)
+                fused = PipelineRunner(layout, {}, _named(session, layout.fused_outputs()), 1, names)
+                for frame in frames:
+                    differs = pipeline_fuse.agrees(fused.run(frame), separate.run(frame), ctx.options.tolerance)
+                    if differs is not None:
+                        merged, note = None, f"the merged model's {differs}"
+                        break
+            except EdgemillError as exc:
+                merged, note = None, f"the merged model does not run: {exc.one_line()[:200]}"
+        record.update(fused=merged is not None, summary=note if merged is not None else f"stages kept apart: {note}")
+    if merged is None:
+        return chosen, pipe
+    return replace(chosen, artifact=merged), replace(pipe, layout=layout, files={})
 
 
 def _prepare_pipeline(ctx: CompileContext) -> pipeline_build.Pipeline | None:

@@ -78,6 +78,7 @@ class CompileOptions:
     check_threads: int = 1  # one thread makes the accuracy check, and so the manifest, deterministic
     extra_passes: tuple[str, ...] = field(default_factory=tuple)
     pipeline: PipelineSpec | None = None  # pre/post-processing compiled into the package (edgemill.pipeline)
+    fuse_pipeline: bool = True  # merge the stage graphs into an onnxruntime model (one session runs them all)
 
     @classmethod
     def create(

@@ -70,4 +70,6 @@ def lines(manifest: Mapping[str, Any]) -> list[str]:
     if pipeline.get("labels"):
         out.append(f"labels    {len(pipeline['labels'])} class names ({pipeline['labels'][0]!r}, ...): "
                    f"{pipeline['labels_from']} -> {pipeline['labels_to']}")
+    out.append("runs as    " + ("one graph: the steps are merged into the model (one session)" if pipeline.get("fused")
+                              else "separate graphs around the model (pre and post on onnxruntime)"))
     return out

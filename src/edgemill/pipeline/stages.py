@@ -9,7 +9,7 @@ holds is described in docs/pipeline.md; :class:`PipelineLayout` reads it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,9 +47,10 @@ class PipelineLayout:
     labels: tuple[str, ...]
     labels_from: str | None  # the int output whose values index ``labels``
     labels_to: str | None  # the str output they become
+    fused: bool = False  # the stage graphs are merged into the model (one onnxruntime session runs them all)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return ({"fused": True} if self.fused else {}) | {
             "model": {"inputs": [s.to_dict() for s in self.model_inputs],
                       "outputs": [s.to_dict() for s in self.model_outputs]},
             "preprocess": [{"input": p.input, "model_input": p.model_input, "file": p.file, "spec": p.spec,
@@ -72,7 +73,7 @@ class PipelineLayout:
             postprocess=None if not post else PostStage(str(post["file"]), tuple(post["inputs"]), tuple(post["outputs"]),
                                                         tuple(post.get("passthrough", [])), dict(post.get("spec", {}))),
             labels=tuple(str(x) for x in data.get("labels", [])),
-            labels_from=data.get("labels_from"), labels_to=data.get("labels_to"),
+            labels_from=data.get("labels_from"), labels_to=data.get("labels_to"), fused=bool(data.get("fused", False)),
         )
 
     def postprocess_outputs(self) -> set[str]:
@@ -82,7 +83,21 @@ class PipelineLayout:
 
     @property
     def files(self) -> list[str]:
+        """The stage graphs the package carries (none when they are merged into the model)."""
+        if self.fused:
+            return []
         return [p.file for p in self.preprocess] + ([self.postprocess.file] if self.postprocess else [])
+
+    @property
+    def stage_files(self) -> list[str]:
+        """The stage graphs' names, in order (pre-processing, then post-processing), fused or not."""
+        return [p.file for p in self.preprocess] + ([self.postprocess.file] if self.postprocess else [])
+
+    def fused_outputs(self) -> list[str]:
+        """What a fused model outputs: the post-processing's outputs and the model outputs passed through."""
+        if self.postprocess is None:
+            return [s.name for s in self.model_outputs]
+        return list(self.postprocess.outputs) + list(self.postprocess.passthrough)
 
 
 def _session(data: bytes, what: str, threads: int | None) -> Any:
@@ -110,6 +125,8 @@ class PipelineRunner:
                  output_names: list[str]) -> None:
         self.layout = layout
         self._run_model = run_model
+        if layout.fused:  # the model runs the stages itself: only the class names are left to add
+            layout = replace(layout, preprocess=(), postprocess=None)
         self._pre = [(p.input, p.model_input, _session(files[p.file], f"pre-processing ({p.input})", threads))
                      for p in layout.preprocess]
         post = layout.postprocess

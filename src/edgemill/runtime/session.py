@@ -38,8 +38,12 @@ class Model:
             threads = manifest.backend_options.get("threads")
         self.threads = threads
         self.pipeline = PipelineLayout.from_dict(manifest.pipeline) if manifest.pipeline is not None else None
-        model_outputs = ([s.name for s in self.pipeline.model_outputs] if self.pipeline is not None
-                         else self._output_names)
+        if self.pipeline is None:
+            model_outputs = self._output_names
+        elif self.pipeline.fused:  # the model graph holds the stages: frames in, decoded outputs out
+            model_outputs = self.pipeline.fused_outputs()
+        else:
+            model_outputs = [s.name for s in self.pipeline.model_outputs]
         self._session = open_session(manifest.backend, manifest.entrypoint, files, model_outputs, threads,
                                      manifest.backend_options)
         # A backend that names its outputs itself saves the list-then-dict step on every call.
@@ -87,7 +91,12 @@ class Model:
     def run_model(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model alone, without the package's pre- and post-processing: the model's own inputs
         (``pipeline.model_inputs``) to its own outputs, unchecked. For a package without a pipeline, the
-        same as :meth:`run` minus the input check."""
+        same as :meth:`run` minus the input check. A package whose stages are merged into its model
+        (``pipeline.fused``, onnxruntime packages) has no model alone to run: :class:`BackendError`."""
+        if self.pipeline is not None and self.pipeline.fused:
+            raise BackendError(f"package {self.name} runs its pre/post-processing inside its model graph, so there is "
+                             "no model alone to run", value="run_model",
+                             fix="call run() with frames; or compile with --no-fuse-pipeline to keep the stages apart")
         return self._model_call(inputs)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
