@@ -401,3 +401,15 @@ def test_stages_stay_apart_when_the_model_has_a_tensor_of_a_package_output_name(
     session = ort.InferenceSession(merged, providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert sorted(o.name for o in session.get_outputs()) == sorted(pipe.layout.fused_outputs())
+
+
+def test_a_merged_model_is_kept_only_when_it_gives_what_the_separate_stages_give() -> None:
+    from edgemill.compiler.pipeline_fuse import difference
+
+    separate = {"scores": np.array([[0.5, 0.25]], np.float32), "classes": np.array([[3, 1]], np.int64),
+                "labels": np.array([["cat", "dog"]], dtype=object)}
+    assert difference(dict(separate), separate, 1e-4) is None
+    assert "1.00e-02" in difference({**separate, "scores": separate["scores"] * 1.01}, separate, 1e-4)
+    assert "int32" in difference({**separate, "classes": separate["classes"].astype(np.int32)}, separate, 1e-4)
+    assert "1 of 2" in difference({**separate, "classes": np.array([[3, 2]], np.int64)}, separate, 1e-4)
+    assert "missing" in difference({k: v for k, v in separate.items() if k != "labels"}, separate, 1e-4)

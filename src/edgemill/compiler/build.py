@@ -190,20 +190,20 @@ def _fuse_pipeline(ctx: CompileContext, pipe: pipeline_build.Pipeline, chosen: B
     if not ctx.options.fuse_pipeline or artifact.candidate.backend not in pipeline_fuse.FUSED_BACKENDS:
         return chosen, pipe
     with ctx.step("pipeline_fuse", "merging the pre/post-processing graphs into the model") as record:
-        merged, note = pipeline_fuse.merged_artifact(artifact, prepared, pipe.layout, pipe.files, ctx)
         layout = replace(pipe.layout, fused=True)
         names = [o.name for o in pipe.outputs]
-        if merged is not None:
-            try:
+        try:  # merging is an optimization: whatever goes wrong, the separate stages are already checked
+            merged, note = pipeline_fuse.merged_artifact(artifact, prepared, pipe.layout, pipe.files, ctx)
+            if merged is not None:
                 session = candidates.open_artifact(merged, layout.fused_outputs(), ctx.options.check_threads)
                 fused = PipelineRunner(layout, {}, _named(session, layout.fused_outputs()), 1, names)
                 for frame in frames:
-                    differs = pipeline_fuse.agrees(fused.run(frame), separate.run(frame), ctx.options.tolerance)
+                    differs = pipeline_fuse.difference(fused.run(frame), separate.run(frame), ctx.options.tolerance)
                     if differs is not None:
                         merged, note = None, f"the merged model's {differs}"
                         break
-            except EdgemillError as exc:
-                merged, note = None, f"the merged model does not run: {exc.one_line()[:200]}"
+        except Exception as exc:  # noqa: BLE001 - onnx/OpenVINO raise their own types
+            merged, note = None, f"the merged model does not run: {first_line(exc)[:200]}"
         record.update(fused=merged is not None, summary=note if merged is not None else f"stages kept apart: {note}")
     if merged is None:
         return chosen, pipe

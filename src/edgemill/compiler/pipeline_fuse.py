@@ -8,7 +8,7 @@ gives their tensors a prefix no model tensor has, wires the pre-processing outpu
 inputs and the model's outputs to the post-processing, and names the merged graph's inputs and outputs
 as the package's. :func:`merged_artifact` makes the chosen candidate of it (onnxruntime: its own
 optimized model merged; OpenVINO fp32/bf16: the merged ONNX converted again). The compiler keeps the
-merged model only when it gives what the separate stages give on the check frames (:func:`agrees`).
+merged model only when it gives what the separate stages give on the check frames (:func:`difference`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def fuse(model_bytes: bytes, layout: PipelineLayout, files: Mapping[str, bytes])
     return merged.SerializeToString(), f"{len(stages)} stage graph(s) merged into the model at opset {opset}"
 
 
-def agrees(fused: Mapping[str, np.ndarray], separate: Mapping[str, np.ndarray], tolerance: float) -> str | None:
+def difference(fused: Mapping[str, np.ndarray], separate: Mapping[str, np.ndarray], tolerance: float) -> str | None:
     """None when the merged model's outputs are the separate stages' (integers and names exactly, floats
     within ``tolerance`` relative); else which output differs, and how."""
     from .accuracy import compare
