@@ -131,7 +131,7 @@ def write_doc(rows: list[dict], seconds: float, rounds: int) -> None:
         f"**{len(matched) + len(refused)}/{len(rows)}** models behave as documented: {len(matched)} compile and match their "
         f"source framework, {len(refused)} {_are(refused)} refused with a one-line reason; {len(formats)} formats "
         f"({', '.join(formats)}). Package latency is at or below the source framework's for **{len(faster)}/{len(timed)}** "
-        f"of the models that compile; {len(within_noise)} more are slower by less than the source framework's own "
+        f"of the models that compile; {len(within_noise)} more {_are(within_noise)} slower by less than the source framework's own "
         "round-to-round spread in this run (most of them run on the same library as their source: a .tflite on "
         "LiteRT, an ONNX file on onnxruntime); "
         + (f"{len(slower)} {_are(slower)} slower beyond it: " + "; ".join(f"{r['id']} {r['ratio']:.2f}" for r in slower)
