@@ -191,12 +191,12 @@ def _fuse_pipeline(ctx: CompileContext, pipe: pipeline_build.Pipeline, chosen: B
         return chosen, pipe
     with ctx.step("pipeline_fuse", "merging the pre/post-processing graphs into the model") as record:
         layout = replace(pipe.layout, fused=True)
-        names = [o.name for o in pipe.outputs]
+        made = layout.fused_outputs()
         try:  # merging is an optimization: whatever goes wrong, the separate stages are already checked
             merged, note = pipeline_fuse.merged_artifact(artifact, prepared, pipe.layout, pipe.files, ctx)
             if merged is not None:
-                session = candidates.open_artifact(merged, layout.fused_outputs(), ctx.options.check_threads)
-                fused = PipelineRunner(layout, {}, _named(session, layout.fused_outputs()), 1, names)
+                session = candidates.open_artifact(merged, made, ctx.options.check_threads)
+                fused = PipelineRunner(layout, {}, _named(session, made), 1, [o.name for o in pipe.outputs])
                 for frame in frames:
                     differs = pipeline_fuse.difference(fused.run(frame), separate.run(frame), ctx.options.tolerance)
                     if differs is not None:

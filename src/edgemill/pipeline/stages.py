@@ -47,7 +47,7 @@ class PipelineLayout:
     labels: tuple[str, ...]
     labels_from: str | None  # the int output whose values index ``labels``
     labels_to: str | None  # the str output they become
-    fused: bool = False  # the stage graphs are merged into the model (one onnxruntime session runs them all)
+    fused: bool = False  # the stage graphs are merged into the model file (one session runs them all)
 
     def to_dict(self) -> dict[str, Any]:
         return ({"fused": True} if self.fused else {}) | {
@@ -84,9 +84,7 @@ class PipelineLayout:
     @property
     def files(self) -> list[str]:
         """The stage graphs the package carries (none when they are merged into the model)."""
-        if self.fused:
-            return []
-        return [p.file for p in self.preprocess] + ([self.postprocess.file] if self.postprocess else [])
+        return [] if self.fused else self.stage_files
 
     @property
     def stage_files(self) -> list[str]:

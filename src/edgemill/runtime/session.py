@@ -92,11 +92,11 @@ class Model:
         """The model alone, without the package's pre- and post-processing: the model's own inputs
         (``pipeline.model_inputs``) to its own outputs, unchecked. For a package without a pipeline, the
         same as :meth:`run` minus the input check. A package whose stages are merged into its model
-        (``pipeline.fused``, onnxruntime packages) has no model alone to run: :class:`BackendError`."""
+        (``pipeline.fused``: onnxruntime and OpenVINO packages by default) has no model alone to run: :class:`BackendError`."""
         if self.pipeline is not None and self.pipeline.fused:
             raise BackendError(f"package {self.name} runs its pre/post-processing inside its model graph, so there is "
-                             "no model alone to run", value="run_model",
-                             fix="call run() with frames; or compile with --no-fuse-pipeline to keep the stages apart")
+                               "no model alone to run", value="run_model",
+                               fix="call run() with frames; or compile with --no-fuse-pipeline to keep the stages apart")
         return self._model_call(inputs)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
