@@ -153,6 +153,10 @@ def test_input_drift_fires_for_the_shifted_device_resolves_and_prediction_drift_
                 token = api.request("POST", "/api/v1/fleets/cams/registration-tokens", body={})["token"]
                 agents[name] = fleet_agent(tmp_path, name, server.url, token, keypair[1], heartbeat_s=0.3,
                                             long_poll_s=1).start()
+            # A deployment targets the devices registered when it is made: wait for all three, or the
+            # last to start may not be one of them yet (the agent serves before it registers).
+            assert wait_for(lambda: len(api.request("GET", "/api/v1/devices")) == len(DEVICES), 30), \
+                api.request("GET", "/api/v1/devices")
             deployments = [api.request("POST", "/api/v1/deployments", body={
                 "model": model, "version": "1.0.0", "fleet": "cams",
                 "strategy": {"canary_percent": 100, "bake_time_s": 0}})["id"] for model in ("camera", "sorter")]
