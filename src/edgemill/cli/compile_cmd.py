@@ -37,7 +37,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="what reduced precision may lose, as a fraction (0.01 = one point of top-1 accuracy with "
                         "labelled --validation data); default 0: no loss")
     p.add_argument("--tune-budget", type=float, default=20.0, metavar="SECONDS",
-                   help="seconds spent measuring candidates on this machine (default: 20; cached per model)")
+                   help="seconds spent measuring candidates on this machine (default: 20; cached per model); "
+                        "the mixed-precision search gets as long again")
+    p.add_argument("--no-mixed-precision", action="store_true",
+                   help="static INT8 all or nothing: do not return the operators that cost the most accuracy to FP32 "
+                        "when the fully quantized model misses --max-accuracy-drop")
     p.add_argument("--name", help="package name (default: the model file's stem)")
     p.add_argument("--version", default="0.1.0", help="package version, semantic (default: 0.1.0)")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         baseline=Path(args.baseline) if args.baseline else None,
         max_accuracy_drop=args.max_accuracy_drop, tune_budget=args.tune_budget,
         measure=not args.no_measure, trust_pickle=args.trust_pickle, pipeline=pipeline_spec(args),
-        fuse_pipeline=not args.no_fuse_pipeline,
+        fuse_pipeline=not args.no_fuse_pipeline, mixed_precision=not args.no_mixed_precision,
     )
     quiet = args.quiet or args.json
 

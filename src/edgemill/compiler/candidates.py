@@ -8,6 +8,7 @@ basic -> none) before it is given up: real models meet optimizer rewrites that a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,8 @@ from .context import CompileContext
 from .lowering import Artifact, Candidate
 from .reference import Reference, compile_error
 
-STEP_NAMES = {"optimized": "ort_optimize", "static-qdq": "quantize_int8", "dynamic": "quantize_dynamic",
+STEP_NAMES = {"optimized": "ort_optimize", "static-qdq": "quantize_int8", "static-qdq-bf16": "quantize_int8_bf16",
+              "dynamic": "quantize_dynamic",
               "fp16-cast": "convert_fp16", "ir": "openvino_convert", "native": "litert_native", "": "reference"}
 
 
@@ -62,6 +64,8 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
     but that order, so ``first_passing_only`` stops at the first that passes."""
     built: list[Built] = []
     failed: list[Failed] = []
+    ctx.judge_int8 = _int8_judge(ctx, feeds, labels, reference, output_names)
+    ctx.check_feeds = feeds
     for planned_candidate in planned:
         candidate: Candidate | None = planned_candidate
         while candidate is not None:
@@ -78,6 +82,27 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
         if first_passing_only and built and built[-1].evaluation.passed:
             break
     return built, failed
+
+
+def _int8_judge(ctx: CompileContext, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
+                reference: Reference, output_names: list[str]) -> Callable[[Any], gate.Evaluation]:
+    """The accuracy gate for a quantized ONNX model, run as the onnxruntime INT8 candidate would run it
+    (optimized for the target): what the mixed-precision search judges each point by."""
+    o = ctx.options
+    candidate = Candidate("onnxruntime", "int8", "static-qdq")
+
+    def judge(model: Any) -> gate.Evaluation:
+        from .graph import to_bytes
+        from .lowering.ort_optimize import optimize
+
+        optimized, options = optimize(model, ctx.target, {})
+        artifact = Artifact(candidate, "model/model.onnx", {"model/model.onnx": to_bytes(optimized)}, options)
+        got = run_artifact(artifact, output_names, o.check_threads, feeds)
+        compared = [reference.select(outs, output_names) for outs in got]
+        return gate.evaluate(False, reference.outputs, compared, reference.names, labels, o.max_accuracy_drop,
+                             o.tolerance, task_metric=o.validation is not None, spread=reference.spread,
+                             spread_from=reference.spread_from)
+    return judge
 
 
 def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: list[dict[str, np.ndarray]],
@@ -106,7 +131,11 @@ def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: 
             share = compile_error(reference, got, output_names, o.tolerance)
             if share is not None:
                 record["compile_error"] = share
-        record["summary"] = f"{candidate.label}: {evaluation.reason}" + ("" if evaluation.passed else " -> rejected")
+        mixed = artifact.notes.get("mixed_precision")
+        kept = f"; {len(mixed['fp32_layers'])} of {mixed['quantized_operators']} operators kept in FP32" \
+            if mixed and mixed["passed"] else ""
+        record["summary"] = (f"{candidate.label}: {evaluation.reason}{kept}"
+                             + ("" if evaluation.passed else " -> rejected"))
         return Built(artifact, evaluation, record)
 
 

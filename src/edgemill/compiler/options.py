@@ -79,6 +79,9 @@ class CompileOptions:
     extra_passes: tuple[str, ...] = field(default_factory=tuple)
     pipeline: PipelineSpec | None = None  # pre/post-processing compiled into the package (edgemill.pipeline)
     fuse_pipeline: bool = True  # merge the stage graphs into an onnxruntime model (one session runs them all)
+    # Static INT8 that misses the allowance returns its most sensitive operators to FP32 until it passes
+    # (compiler/mixed_precision.py), searching for at most tune_budget seconds.
+    mixed_precision: bool = True
 
     @classmethod
     def create(

@@ -35,7 +35,7 @@ NATIVE = "native"  # the method of a candidate that runs the source file as it i
 class Candidate:
     backend: str
     precision: str  # fp32 | fp16 | bf16 | int8 (for a native candidate: the source model's own)
-    method: str  # how: "optimized", "static-qdq", "dynamic", "fp16-cast", "ir", "native"
+    method: str  # how: "optimized", "static-qdq", "static-qdq-bf16", "dynamic", "fp16-cast", "ir", "native"
     level: str | None = None  # onnxruntime optimization level, once stepped below the target's default
 
     @property
@@ -100,7 +100,8 @@ def builder(backend: str) -> Builder:
 # What each backend can produce, in the order tried when nothing is measured (cross targets).
 _BACKEND_METHODS: dict[str, list[tuple[str, str]]] = {
     "onnxruntime": [("fp32", "optimized"), ("int8", "static-qdq"), ("int8", "dynamic"), ("fp16", "fp16-cast")],
-    "openvino": [("fp32", "ir"), ("bf16", "ir"), ("int8", "static-qdq")],
+    # static-qdq-bf16: the INT8 model with the operators left in float computed in bf16 (CPUs with bf16).
+    "openvino": [("fp32", "ir"), ("bf16", "ir"), ("int8", "static-qdq"), ("int8", "static-qdq-bf16")],
     "tvm": [("fp32", "aot")],
     "litert": [("", NATIVE)],  # precision: the native model's own
     "reference": [("fp32", "")],
@@ -188,7 +189,9 @@ def plan(target: Target, backend: str, precision: str, *, has_calibration: bool,
                 reason = _tvm_skip_reason(backend, runs_here, tune_budget)
             if reason is None and method != NATIVE and prec not in native_precs:
                 reason = f"target {target.name} does not compute {prec} natively"
-            elif reason is None and method == "static-qdq" and not has_calibration:
+            elif reason is None and method.endswith("-bf16") and "bf16" not in native_precs:
+                reason = f"target {target.name} does not compute bf16 natively"
+            elif reason is None and method.startswith("static-qdq") and not has_calibration:
                 reason = "static INT8 needs --calibration DATA.npz (representative inputs)"
             elif reason is None and precision == "auto" and not cand.lossless and not has_real_data and max_drop == 0:
                 reason = ("reduced precision is chosen only against real data: pass --validation DATA.npz "

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,7 +96,8 @@ class _Reader:
 
 def _prepare_for_quantization(model: onnx.ModelProto, folder: str, notes: dict[str, Any]) -> str:
     """onnxruntime's recommended pre-processing (shape inference + fusions), falling back to the model
-    as it is when that tool cannot handle it."""
+    as it is when that tool cannot handle it. Every node gets a unique name: the quantizer excludes
+    operators by name (mixed precision)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     raw, prepared = os.path.join(folder, "in.onnx"), os.path.join(folder, "pre.onnx")
@@ -103,15 +105,31 @@ def _prepare_for_quantization(model: onnx.ModelProto, folder: str, notes: dict[s
     try:
         quant_pre_process(raw, prepared, skip_symbolic_shape=False)
         notes["pre_process"] = "onnxruntime quant_pre_process"
-        return prepared
     except Exception as exc:  # the tool raises assorted errors for graphs it cannot infer
         notes["pre_process"] = f"skipped ({first_line(exc)[:200]})"
-        return raw
+        prepared = raw
+    loaded = onnx.load(prepared)
+    if _name_nodes(loaded):
+        onnx.save(loaded, prepared)
+    return prepared
+
+
+def _name_nodes(model: onnx.ModelProto) -> bool:
+    """Give unnamed or same-named nodes a unique name; True when any changed."""
+    seen: set[str] = set()
+    changed = False
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}_edgemill"
+            changed = True
+        seen.add(node.name)
+    return changed
 
 
 def quantize_static(model: onnx.ModelProto, ctx: CompileContext, notes: dict[str, Any]) -> onnx.ModelProto:
     """The calibrated QDQ model. onnxruntime's and OpenVINO's INT8 candidates both start from it, so it
-    is made once per compile (the same prepared model and calibration data) and shared, unchanged."""
+    is made once per compile (the same prepared model and calibration data) and shared, unchanged.
+    When the fully quantized model misses the accuracy allowance, it is the mixed-precision one."""
     if ctx.qdq is None:
         made_notes: dict[str, Any] = {}
         ctx.qdq = (_quantize_static(model, ctx, made_notes), made_notes)
@@ -133,20 +151,63 @@ def _quantize_static(model: onnx.ModelProto, ctx: CompileContext, notes: dict[st
     extra: dict[str, Any] = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
     with tempfile.TemporaryDirectory(prefix="edgemill-quant-") as folder:
         source = _prepare_for_quantization(model, folder, notes)
-        out = os.path.join(folder, "int8.onnx")
-        try:
-            with _quiet_root_logger():
-                ort_quantize_static(source, out, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                    calibrate_method=methods[method], extra_options=extra)
-        except Exception as exc:
-            raise BackendError("onnxruntime could not quantize the model to static INT8",
-                               value=first_line(exc)[:300], fix="compile with --precision fp32, or report the model")
-        quantized = onnx.load(out)
-    notes["quantized_nodes"] = _require_quantized(quantized, "static INT8 quantization")
-    notes.update(calibration_method=method, calibration_batches=len(feeds), format="QDQ",
-                 activations="uint8", weights="int8 per-channel")
+        out, ranges = os.path.join(folder, "int8.onnx"), os.path.join(folder, "ranges.json")
+
+        def quantize(keep_fp32: list[str]) -> onnx.ModelProto:
+            # Calibrated once: the ranges are cached in the folder and reused for every exclusion.
+            try:
+                with _quiet_root_logger():
+                    ort_quantize_static(source, out, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                        calibrate_method=methods[method], extra_options=extra,
+                                        nodes_to_exclude=list(keep_fp32), calibration_cache_path=ranges)
+            except Exception as exc:
+                raise BackendError("onnxruntime could not quantize the model to static INT8",
+                                   value=first_line(exc)[:300], fix="compile with --precision fp32, or report the model")
+            return onnx.load(out)
+
+        quantized = quantize([])
+        notes["quantized_nodes"] = _require_quantized(quantized, "static INT8 quantization")
+        notes.update(calibration_method=method, calibration_batches=len(feeds), format="QDQ",
+                     activations="uint8", weights="int8 per-channel")
+        if ctx.judge_int8 is not None and ctx.options.mixed_precision:
+            quantized = _mixed_precision(ctx, onnx.load(source), quantized, quantize, feeds, notes)
     return quantized
+
+
+def _mixed_precision(ctx: CompileContext, prepared: onnx.ModelProto, quantized: onnx.ModelProto,
+                     quantize: Callable[[list[str]], onnx.ModelProto], feeds: list[dict[str, np.ndarray]],
+                     notes: dict[str, Any]) -> onnx.ModelProto:
+    """``quantized`` when it passes the gate, else the fewest of its most sensitive operators returned to
+    FP32 that pass (the fully quantized model when none does: its candidate is then rejected as before)."""
+    from .. import mixed_precision
+
+    judge = ctx.judge_int8
+    assert judge is not None
+    full = judge(quantized)
+    if full.passed:
+        return quantized
+    budget = ctx.options.tune_budget
+    deadline = time.monotonic() + budget
+
+    def time_left() -> float:
+        return deadline - time.monotonic()
+
+    with ctx.step("mixed_precision", f"static INT8 misses the allowance (drop {full.drop:.4g}): searching for the "
+                  f"operators to keep in FP32 (at most {budget:g} s)") as record:
+        # Ranked on the inputs the gate judges: ranges calibrated on other data may clip these, and that
+        # is part of what the gate sees.
+        ranked, out_of_time = mixed_precision.rank_layers(prepared, quantized, ctx.check_feeds or feeds, time_left)
+        outcome = mixed_precision.search(ranked, len(ranked), quantize, judge, time_left,
+                                         lambda message: ctx.progress("mixed_precision", message, None))
+        outcome.stopped_by_budget = outcome.stopped_by_budget or (out_of_time and outcome.model is None)
+        outcome.full_drop = float(full.drop)
+        record.update(outcome.to_dict())
+    notes["mixed_precision"] = outcome.to_dict()
+    if outcome.model is None:
+        return quantized
+    notes["quantized_nodes"] = _require_quantized(outcome.model, "mixed-precision INT8")
+    return outcome.model
 
 
 def quantize_dynamic(model: onnx.ModelProto, notes: dict[str, Any]) -> onnx.ModelProto:

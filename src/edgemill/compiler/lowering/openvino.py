@@ -3,7 +3,9 @@ compile time, so the device only reads and compiles it for its CPU.
 
 fp32 keeps fp32 weights and sets ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would otherwise pick bf16
 on CPUs that have it); bf16 stores the same IR and sets the hint to bf16; int8 converts the statically
-quantized QDQ graph (OpenVINO turns QDQ pairs into its FakeQuantize and runs INT8 kernels).
+quantized QDQ graph (OpenVINO turns QDQ pairs into its FakeQuantize and runs INT8 kernels); int8 by
+``static-qdq-bf16`` is the same IR with the bf16 hint, so what stays in float (the operators the
+mixed-precision search kept out of INT8, softmax, normalizations) runs in bf16 on CPUs that have it.
 """
 
 from __future__ import annotations
@@ -46,5 +48,6 @@ def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> 
             xml = f.read()
         with open(os.path.join(folder, "model.bin"), "rb") as f:
             weights = f.read()
-    options = {"inference_precision": HINTS[candidate.precision], "performance_hint": "LATENCY"}
+    hint = "bf16" if candidate.method == "static-qdq-bf16" else HINTS[candidate.precision]
+    options = {"inference_precision": hint, "performance_hint": "LATENCY"}
     return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: xml, WEIGHTS: weights}, options, notes)

@@ -1,0 +1,309 @@
+"""Accuracy-aware mixed precision: when a statically quantized model misses the accuracy allowance,
+return the operators that hurt accuracy most to FP32, a few at a time, until it passes.
+
+1. **Rank** (:func:`rank_layers`): run the float model and the QDQ model side by side on a few check
+   inputs, every intermediate tensor exposed, and score each quantized operator by the error it adds:
+   the relative error of its output minus the largest relative error of the activations it reads
+   (before their own quantization). An operator that reads an accurate input and returns a poor output
+   is where the precision is lost.
+2. **Search** (:func:`search`): keep the ``k`` worst operators in FP32 for ``k = 1, 2, 4, ...`` until the
+   gate passes, then bisect between the last failing and the first passing ``k``: the fewest operators in
+   FP32 (the most INT8) that pass. Each point is a full re-quantization (calibration ranges are reused)
+   judged by the same gate as every candidate, on the real INT8 kernels.
+3. **Budget**: the search stops when its time is up, keeping the best passing point found so far (or
+   none), and says so.
+
+Nothing here knows about onnxruntime's quantizer or the gate: the caller passes ``quantize`` (the model
+with these operators kept in FP32) and ``judge`` (its gate evaluation). See lowering/onnxruntime.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+RANK_SAMPLES = 8  # check inputs the ranking runs: enough to see which operator loses precision
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantized operator and the error it adds (relative, on the ranking inputs)."""
+
+    name: str
+    op_type: str
+    added_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op_type, "added_error": float(f"{self.added_error:.3g}")}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of the search: the ``fp32`` worst layers kept in FP32, and what the gate said."""
+
+    fp32: int
+    drop: float
+    passed: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fp32_layers": self.fp32, "drop": float(f"{self.drop:.4g}"), "passed": self.passed,
+                "seconds": round(self.seconds, 2)}
+
+
+@dataclass
+class Outcome:
+    """What the search found: the best passing model (None when no point passed) and how it got there."""
+
+    model: onnx.ModelProto | None
+    kept: list[Layer]  # the layers in FP32 in ``model``, worst first
+    quantized: int  # quantized operators in the all-INT8 model
+    points: list[Point] = field(default_factory=list)
+    stopped_by_budget: bool = False
+    full_drop: float | None = None  # the gate's drop with every operator in INT8, when the caller knows it
+
+    @property
+    def summary(self) -> str:
+        tried = f"{len(self.points)} point(s) tried"
+        if self.model is None:
+            why = ("the time budget ran out before any point passed (raise --tune-budget to search further)"
+                   if self.stopped_by_budget else "no point passed the gate")
+            return f"mixed precision: {why} ({tried})"
+        names = ", ".join(layer.name for layer in self.kept[:5]) + (", ..." if len(self.kept) > 5 else "")
+        stop = ("; the time budget ran out, so this is the best point found, not necessarily the fewest "
+                "(raise --tune-budget to search further)" if self.stopped_by_budget else "")
+        return (f"mixed precision: {len(self.kept)} of {self.quantized} quantized operators kept in FP32 "
+                f"({names}) to pass the gate ({tried}{stop})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantized_operators": self.quantized, "full_int8_drop": self.full_drop,
+                "fp32_layers": [layer.to_dict() for layer in self.kept],
+                "passed": self.model is not None, "stopped_by_budget": self.stopped_by_budget,
+                "points": [p.to_dict() for p in self.points], "summary": self.summary}
+
+
+def quantized_layers(qdq: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[str]]]:
+    """Each operator of a QDQ model that reads a dequantized tensor, with the float activations it
+    reads (the tensors before their QuantizeLinear; weights, which are initializers, are left out)."""
+    producers = {out: node for node in qdq.graph.node for out in node.output}
+    out = []
+    for node in qdq.graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        dequantized = [producers[i] for i in node.input if i in producers and producers[i].op_type == "DequantizeLinear"]
+        if not dequantized:
+            continue
+        activations = []
+        for dq in dequantized:
+            q = producers.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                activations.append(q.input[0])
+        out.append((node, activations))
+    return out
+
+
+def with_one_quantized(float_model: onnx.ModelProto, qdq: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
+    """``float_model`` with only ``node`` reading its inputs through the quantize/dequantize pairs that
+    ``qdq`` gives it: the error of that one operator in INT8, everything else exact."""
+    producers = {out: n for n in qdq.graph.node for out in n.output}
+    initializers = {i.name: i for i in qdq.graph.initializer}
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    target = next(n for n in model.graph.node if n.name == node.name)
+    have = {i.name for i in model.graph.initializer}
+    added: list[onnx.NodeProto] = []
+    for index, name in enumerate(node.input):
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or index >= len(target.input):
+            continue
+        # Copies with outputs of their own: the quantizer may give a dequantized bias its float name.
+        dq_copy = _renamed_copy(dq, f"{index}")
+        chain = [dq_copy]
+        q = producers.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            q_copy = _renamed_copy(q, f"{index}")
+            q_copy.input[0] = target.input[index]  # quantize the float model's own tensor
+            dq_copy.input[0] = q_copy.output[0]
+            chain = [q_copy, dq_copy]
+        for n in chain:
+            for i in n.input:
+                if i in initializers and i not in have:
+                    model.graph.initializer.append(initializers[i])
+                    have.add(i)
+        added.extend(chain)
+        target.input[index] = dq_copy.output[0]
+    position = list(model.graph.node).index(target)
+    for n in reversed(added):
+        model.graph.node.insert(position, n)
+    after = _output_pairs(qdq, node, target, initializers, have, model)
+    position = list(model.graph.node).index(target) + 1
+    for n in reversed(after):
+        model.graph.node.insert(position, n)
+    return model
+
+
+def _output_pairs(qdq: onnx.ModelProto, node: onnx.NodeProto, target: onnx.NodeProto,
+                  initializers: dict[str, onnx.TensorProto], have: set[str], model: onnx.ModelProto
+                  ) -> list[onnx.NodeProto]:
+    """The quantize/dequantize pairs ``qdq`` puts on ``node``'s outputs, re-created after ``target``
+    so that every reader of the output (a model output too) gets the dequantized tensor. The
+    quantizer quantizes some operators' outputs along with their inputs, and a pair on an output is
+    gone when its operator is excluded, so it counts as that operator's error (a pair the next
+    operator reads counts for that one as well: the ranking is an estimate, the search checks it)."""
+    added: list[onnx.NodeProto] = []
+    for index, name in enumerate(node.output):
+        if index >= len(target.output):
+            continue
+        q = next((n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name), None)
+        dq = next((n for n in qdq.graph.node if q is not None and n.op_type == "DequantizeLinear"
+                   and n.input[0] == q.output[0]), None)
+        if q is None or dq is None:
+            continue
+        float_name = target.output[index]
+        q_copy, dq_copy = _renamed_copy(q, f"out{index}"), _renamed_copy(dq, f"out{index}")
+        target.output[index] = f"{float_name}__edgemill_float"
+        q_copy.input[0] = target.output[index]
+        dq_copy.input[0] = q_copy.output[0]
+        dq_copy.output[0] = float_name
+        for n in (q_copy, dq_copy):
+            for i in n.input:
+                if i in initializers and i not in have:
+                    model.graph.initializer.append(initializers[i])
+                    have.add(i)
+        added += [q_copy, dq_copy]
+    return added
+
+
+def _renamed_copy(node: onnx.NodeProto, tag: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for i, name in enumerate(copy.output):
+        copy.output[i] = f"{name}__edgemill_only_{tag}"
+    copy.name = f"{node.name}__edgemill_only_{tag}"
+    return copy
+
+
+def relative_error(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
+    """max |got - ref| / max |ref| over the outputs (the gate's relative error)."""
+    worst = 0.0
+    for g, r in zip(got, ref):
+        r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
+        if r64.shape != g64.shape or r64.size == 0:
+            continue
+        worst = max(worst, float(np.max(np.abs(g64 - r64))) / max(float(np.max(np.abs(r64))), 1e-12))
+    return worst
+
+
+def _session(model: onnx.ModelProto) -> Any:
+    """An unoptimized single-thread onnxruntime session: QDQ pairs run as written (fake quantization)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 4
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def rank_layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
+                time_left: Callable[[], float] = lambda: 1.0) -> tuple[list[Layer], bool]:
+    """The quantized operators of ``qdq``, the most sensitive first, and whether the time ran out.
+
+    An operator's sensitivity is the relative error of the model's outputs when it alone is in INT8
+    (:func:`with_one_quantized`), on the first :data:`RANK_SAMPLES` of ``feeds``: what the model loses
+    downstream of it, normalizations included, not only at the operator. ``float_model`` is the model
+    ``qdq`` was quantized from (same node names). Operators not reached before the time ran out are
+    ranked last, in graph order, with no score."""
+    samples = list(feeds)[:RANK_SAMPLES]
+    float_names = {n.name for n in float_model.graph.node if n.name}
+    layers = [node for node, _ in quantized_layers(qdq) if node.name in float_names]
+    reference = _session(float_model)
+    expected = [reference.run(None, feed) for feed in samples]
+    scored: list[Layer] = []
+    unranked: list[Layer] = []
+    for node in layers:
+        if time_left() <= 0:
+            unranked.append(Layer(node.name, node.op_type, float("nan")))
+            continue
+        session = _session(with_one_quantized(float_model, qdq, node))
+        error = max((relative_error(session.run(None, feed), ref) for feed, ref in zip(samples, expected)),
+                    default=0.0)
+        scored.append(Layer(node.name, node.op_type, error))
+    scored.sort(key=lambda layer: -layer.added_error)
+    return scored + unranked, bool(unranked)
+
+
+Judge = Callable[[onnx.ModelProto], Any]  # returns an object with .passed and .drop (gate.Evaluation)
+Quantize = Callable[[list[str]], onnx.ModelProto]  # the model with these operators kept in FP32
+
+
+def search(ranked: Sequence[Layer], quantized: int, quantize: Quantize, judge: Judge, time_left: Callable[[], float],
+           progress: Callable[[str], None] = lambda message: None) -> Outcome:
+    """The fewest of the worst ``ranked`` layers to keep in FP32 for ``judge`` to pass (see the module
+    docstring). ``time_left`` says how many seconds remain; the search stops when it is not positive."""
+    outcome = Outcome(None, [], quantized)
+    results: dict[tuple[str, ...], bool] = {}
+    best: tuple[list[Layer], onnx.ModelProto] | None = None
+
+    def tried(kept: list[Layer]) -> bool | None:
+        nonlocal best
+        key = tuple(layer.name for layer in kept)
+        if key in results:
+            return results[key]
+        if time_left() <= 0:
+            outcome.stopped_by_budget = True
+            return None
+        started = time.perf_counter()
+        model = quantize(list(key))
+        evaluation = judge(model)
+        passed = bool(evaluation.passed)
+        outcome.points.append(Point(len(kept), float(evaluation.drop), passed, time.perf_counter() - started))
+        progress(f"{len(kept)} of {quantized} operators in FP32: drop {evaluation.drop:.4g} "
+                 + ("passes" if passed else "fails"))
+        results[key] = passed
+        if passed and (best is None or len(kept) <= len(best[0])):
+            best = (list(kept), model)
+        return passed
+
+    # Grow: 1, 2, 4, ... up to all ranked layers but one (all of them in FP32 is the FP32 model).
+    most = len(ranked) - 1
+    failing, passing, k = 0, None, 1
+    while most >= 1:
+        k = min(k, most)
+        verdict = tried(list(ranked[:k]))
+        if verdict is None:
+            break
+        if verdict:
+            passing = k
+            break
+        failing = k
+        if k == most:
+            break
+        k *= 2
+    # Bisect between the largest failing and the smallest passing point.
+    while passing is not None and passing - failing > 1:
+        middle = (failing + passing) // 2
+        verdict = tried(list(ranked[:middle]))
+        if verdict is None:
+            break
+        if verdict:
+            passing = middle
+        else:
+            failing = middle
+    # Prune: the ranking is an estimate (a quantized tensor between two operators counts for both), so
+    # try each kept layer back in INT8, the least sensitive first, and leave it there if the gate still passes.
+    if best is not None and not outcome.stopped_by_budget:
+        for layer in reversed(list(best[0])):
+            kept = [x for x in best[0] if x.name != layer.name]
+            if not kept or tried(kept) is None:
+                break
+    if best is not None:
+        outcome.model = best[1]
+        outcome.kept = best[0]
+    return outcome
