@@ -11,6 +11,8 @@ RUNTIME is one of:
   (the exported original, or onnxruntime's own static INT8 model).
 * ``openvino-fp32`` / ``openvino-default``: OpenVINO's CPU plugin compiling the ``.onnx``, with
   ``INFERENCE_PRECISION_HINT=f32`` or with its default (bf16 on a CPU with AVX-512 BF16), and the thread count.
+  Given a QDQ model (onnxruntime's static INT8), OpenVINO runs the quantized operations as INT8 under
+  either; ``openvino-fp32`` keeps the rest in f32, as onnxruntime runs it.
 * ``edgemill``: ``edgemill.runtime.load(PKG)`` and ``model.run(feed)``: the package's own backend and its
   tuned thread count.
 * ``xgboost``: the XGBoost booster's ``inplace_predict`` (the native library a tree user would call).

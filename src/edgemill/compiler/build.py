@@ -26,7 +26,7 @@ from .checks import check_model
 from .context import CompileContext, Progress, SourceInfo, silent
 from .frontends import FrontendRequest, choose
 from .graph import drop_initializer_inputs, input_specs, output_specs, to_bytes
-from .lowering import Artifact, Candidate
+from .lowering import Artifact, Candidate, transformer_fusion
 from .names import resolve
 from .options import CompileOptions
 from .packaging import CompileResult, write
@@ -97,13 +97,15 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
                                      has_calibration=ctx.calibration is not None,
                                      has_real_data=options.validation is not None, max_drop=options.max_accuracy_drop,
                                      runs_here=runnable_here(target), tune_budget=options.tune_budget,
-                                     has_graph=prepared is not None, native=native)
+                                     has_graph=prepared is not None, native=native,
+                                     transformer=prepared is not None and transformer_fusion.looks_like_transformer(prepared))
     measuring = options.measure and runnable_here(target)
     if measuring:  # refuse a budget that cannot time every candidate before any work, cached or not
         tuning.check_budget(options.tune_budget, len(planned) * len(tuning.thread_settings(target.cores)) + 1)
     model_bytes = to_bytes(prepared) if prepared is not None else source.native.data  # type: ignore[union-attr]
     key = tuning.cache_key(model_bytes, _cache_parts(ctx, planned)) if measuring else None
     cached = tuning.load_cached(key) if key else None
+    all_planned = planned
     if cached and any(c.label == cached["chosen"]["candidate"] for c in planned):
         planned = [c for c in planned if c.label == cached["chosen"]["candidate"]]  # build only the known winner
 
@@ -122,6 +124,13 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     ctx.warnings.extend(reference.notes)
     built, failed = candidates.build_all(ctx, prepared, planned, feeds, labels, reference, output_names,
                                          first_passing_only=not measuring)
+    if planned is not all_planned and not any(b.evaluation.passed for b in built):
+        # The cached winner no longer passes (a library changed under it): forget it and build the rest.
+        ctx.warnings.append(f"the cached choice {planned[0].label} no longer passes the gate: tuned again")
+        cached = None
+        more, more_failed = candidates.build_all(ctx, prepared, [c for c in all_planned if c not in planned], feeds,
+                                                 labels, reference, output_names, first_passing_only=not measuring)
+        built, failed = built + more, failed + more_failed
     if not built:
         raise candidates.nothing_built_error(ctx, failed, skipped)
     passing = [b for b in built if b.evaluation.passed]

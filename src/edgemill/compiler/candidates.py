@@ -21,7 +21,7 @@ from .context import CompileContext
 from .lowering import Artifact, Candidate
 from .reference import Reference, compile_error
 
-STEP_NAMES = {"optimized": "ort_optimize", "static-qdq": "quantize_int8", "static-qdq-bf16": "quantize_int8_bf16",
+STEP_NAMES = {"optimized": "ort_optimize", "transformer-fused": "transformer_fusion", "static-qdq": "quantize_int8", "static-qdq-bf16": "quantize_int8_bf16",
               "dynamic": "quantize_dynamic",
               "fp16-cast": "convert_fp16", "ir": "openvino_convert", "native": "litert_native", "": "reference"}
 

@@ -29,13 +29,15 @@ MODEL_DIR = "model"
 # changes the answer (or does not load) is built again one level down before it is given up.
 ORT_LEVELS = ("all", "extended", "basic", "none")
 NATIVE = "native"  # the method of a candidate that runs the source file as it is (a .tflite on LiteRT)
+TRANSFORMER_FUSED = "transformer-fused"  # onnxruntime's transformer optimizer (planned for transformer graphs)
 
 
 @dataclass(frozen=True)
 class Candidate:
     backend: str
     precision: str  # fp32 | fp16 | bf16 | int8 (for a native candidate: the source model's own)
-    method: str  # how: "optimized", "static-qdq", "static-qdq-bf16", "dynamic", "fp16-cast", "ir", "native"
+    method: str  # how: "optimized", "transformer-fused", "static-qdq", "static-qdq-bf16", "dynamic", "fp16-cast",
+    # "ir", "native"
     level: str | None = None  # onnxruntime optimization level, once stepped below the target's default
 
     @property
@@ -99,7 +101,8 @@ def builder(backend: str) -> Builder:
 
 # What each backend can produce, in the order tried when nothing is measured (cross targets).
 _BACKEND_METHODS: dict[str, list[tuple[str, str]]] = {
-    "onnxruntime": [("fp32", "optimized"), ("int8", "static-qdq"), ("int8", "dynamic"), ("fp16", "fp16-cast")],
+    "onnxruntime": [("fp32", "optimized"), ("fp32", TRANSFORMER_FUSED), ("int8", "static-qdq"), ("int8", "dynamic"),
+                    ("fp16", "fp16-cast")],
     # static-qdq-bf16: the INT8 model with the operators left in float computed in bf16 (CPUs with bf16).
     "openvino": [("fp32", "ir"), ("bf16", "ir"), ("int8", "static-qdq"), ("int8", "static-qdq-bf16")],
     "tvm": [("fp32", "aot")],
@@ -148,11 +151,12 @@ def native_precisions(target: Target) -> set[str]:
 
 def plan(target: Target, backend: str, precision: str, *, has_calibration: bool, has_real_data: bool,
          max_drop: float, runs_here: bool = True, tune_budget: float | None = None, has_graph: bool = True,
-         native: tuple[str, str] | None = None) -> tuple[list[Candidate], list[Skipped]]:
+         native: tuple[str, str] | None = None, transformer: bool = False) -> tuple[list[Candidate], list[Skipped]]:
     """The candidates to build for these options, and those left out with the reason.
 
     ``has_graph``: an ONNX graph exists (False when only a native model could be read). ``native``:
-    (format, precision) of the source file when a native backend can run it as it is."""
+    (format, precision) of the source file when a native backend can run it as it is. ``transformer``:
+    the graph has a transformer's layer normalization (the transformer-fusion candidate is planned)."""
     backends = [b for b in target.backends if b != "reference"] if backend == "auto" else [backend]
     if backend != "auto" and backend not in target.backends:
         raise OptionError(f"backend not allowed for target {target.name!r}", value=backend,
@@ -175,6 +179,8 @@ def plan(target: Target, backend: str, precision: str, *, has_calibration: bool,
                 if native is None or native[0] != _NATIVE_FORMATS.get(name):
                     continue  # this source is not in the format the backend runs
                 prec = native[1]
+            if method == TRANSFORMER_FUSED and not transformer:
+                continue  # nothing for the transformer optimizer to fuse
             cand = Candidate(name, prec, method)
             if precision != "auto" and prec != precision:
                 if method == NATIVE:

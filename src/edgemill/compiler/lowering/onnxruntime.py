@@ -21,7 +21,7 @@ import onnx
 
 from ...errors import BackendError, OptionError, first_line
 from ..graph import to_bytes
-from . import MODEL_DIR, Artifact, Candidate
+from . import MODEL_DIR, TRANSFORMER_FUSED, Artifact, Candidate, transformer_fusion
 from .ort_optimize import optimize
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ def _require_quantized(model: onnx.ModelProto, what: str) -> int:
 
 def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> Artifact:
     notes: dict[str, Any] = {}
-    if candidate.precision == "fp32":
+    if candidate.method == TRANSFORMER_FUSED:
+        lowered = transformer_fusion.fuse(model, notes)
+    elif candidate.precision == "fp32":
         lowered = model
     elif candidate.method == "static-qdq":
         lowered = quantize_static(model, ctx, notes)
