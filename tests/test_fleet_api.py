@@ -406,6 +406,71 @@ def test_a_healthy_rollout_goes_canary_then_the_rest(server: TestClient, fleet_p
     assert lineage["devices"] == sorted(d.name for d in devices) and lineage["deployments"][0]["devices_updated"] == 4
 
 
+def test_a_device_that_joins_after_a_rollout_succeeded_runs_the_fleets_version(
+        server: TestClient, fleet_packages: dict[str, Path]) -> None:
+    upload(server, fleet_packages["v1"])
+    (first,) = _fleet_of(server, 1)
+    first.heartbeat()
+    deployment = _deploy(server, "1.0.0", canary_percent=100, bake_time_s=0)
+    first.apply(first.heartbeat())
+    first.heartbeat()
+    tick(server.state)  # type: ignore[attr-defined]
+    assert server.get(f"/api/v1/deployments/{deployment['id']}").json()["state"] == "succeeded"
+
+    late = Device(server, "cam-late", register(server, "cams", "cam-late"))  # a replacement camera, say
+    desired = late.heartbeat()
+    assert [(m["name"], m["version"]) for m in desired["models"]] == [("detector", "1.0.0")]
+    late.apply(desired)
+    late.heartbeat()
+    done = server.get(f"/api/v1/deployments/{deployment['id']}").json()
+    assert done["state"] == "succeeded" and done["counts"] == {"updated": 2}
+    assert any(e["kind"] == "device_joined" and "cam-late" in e["message"] for e in done["events"])
+
+
+def test_a_device_that_joins_during_a_rollout_is_taken_into_a_later_wave(
+        server: TestClient, fleet_packages: dict[str, Path]) -> None:
+    upload(server, fleet_packages["v1"])
+    devices = _fleet_of(server, 2)
+    for d in devices:
+        d.heartbeat()
+    deployment = _deploy(server, "1.0.0", canary_percent=50, bake_time_s=0)
+    late = Device(server, "cam-late", register(server, "cams", "cam-late"))
+    assert late.heartbeat()["models"] == []  # not before its wave
+    rows = {x["device"]: x["state"] for x in server.get(f"/api/v1/deployments/{deployment['id']}").json()["devices"]}
+    assert rows["cam-late"] == "pending" and sorted(rows.values()) == ["assigned", "pending", "pending"]
+    for _ in range(3):  # canary, then the rest: the late device among them
+        for d in [*devices, late]:
+            d.apply(d.heartbeat())
+            d.heartbeat()
+        tick(server.state)  # type: ignore[attr-defined]
+    done = server.get(f"/api/v1/deployments/{deployment['id']}").json()
+    assert done["state"] == "succeeded" and done["counts"] == {"updated": 3}
+    assert late.models["detector"]["version"] == "1.0.0"
+
+
+def test_a_joining_device_skips_deployments_to_named_devices_or_other_tags(
+        server: TestClient, fleet_packages: dict[str, Path]) -> None:
+    upload(server, fleet_packages["v1"])
+    upload(server, fleet_packages["v2"])
+
+    def rows(deployment: dict) -> set[str]:  # type: ignore[type-arg]
+        return {x["device"] for x in server.get(f"/api/v1/deployments/{deployment['id']}").json()["devices"]}
+
+    register(server, "cams", "cam-a", tags={"site": "a"})
+    named = server.post("/api/v1/deployments", json={"model": "detector", "version": "1.0.0", "fleet": "cams",
+                                                     "devices": ["cam-a"]})
+    assert named.status_code == 201, named.text
+    register(server, "cams", "cam-b", tags={"site": "a"})
+    assert rows(named.json()) == {"cam-a"}  # named devices only: a newcomer is not one of them
+
+    tagged = server.post("/api/v1/deployments", json={"model": "detector", "version": "2.0.0", "fleet": "cams",
+                                                      "tags": {"site": "a"}})
+    assert tagged.status_code == 201, tagged.text
+    register(server, "cams", "cam-c", tags={"site": "c"})
+    register(server, "cams", "cam-d", tags={"site": "a"})
+    assert rows(tagged.json()) == {"cam-a", "cam-b", "cam-d"}  # site a's deployment takes site a's newcomer only
+
+
 def test_a_failing_canary_is_rolled_back_and_the_rest_never_get_it(server: TestClient, fleet_packages: dict[str, Path]) -> None:
     upload(server, fleet_packages["v1"])
     upload(server, fleet_packages["v2"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -103,6 +103,8 @@ class Deployment(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id"))
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # True when the operator named the devices: a device that joins the fleet later is not added to it.
+    named_devices: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     strategy: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), index=True)
     wave: Mapped[int] = mapped_column(Integer, default=-1)

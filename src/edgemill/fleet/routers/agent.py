@@ -26,6 +26,7 @@ from .. import schemas
 from ..auth import device_secret, digest, new_secret, require_device
 from ..db.tables import Capture, Device, Fleet, RegistrationToken
 from ..downloads import DownloadGate
+from ..enroll import join_fleet_deployments
 from ..desired import desired_state, desired_versions
 from ..longpoll import DesiredWatch
 from ..state import ServerState, server_state
@@ -64,12 +65,18 @@ def register(body: schemas.RegisterIn, request: Request) -> schemas.RegisterOut:
             if not taken:  # the last use went to a concurrent registration
                 raise AuthenticationError("registration token already used", field="token",
                                           fix="ask the operator for a fresh token")
-            session.add(Device(name=body.device, fleet_id=token.fleet_id, tags=checked_tags(body.tags),
-                               credential_hash=digest(credential), registered_at=now, last_seq=-1, agent={}, metric_totals={}))
+            device = Device(name=body.device, fleet_id=token.fleet_id, tags=checked_tags(body.tags),
+                            credential_hash=digest(credential), registered_at=now, last_seq=-1, agent={}, metric_totals={})
+            session.add(device)
+            session.flush()
+            joined = join_fleet_deployments(session, device, now)
             fleet_name = token.fleet.name
     except IntegrityError:
         raise ConflictError("a device with that name is already registered", value=body.device, field="device",
                             fix="give this device another [device] name") from None
+    if joined:
+        log.info("device %s joined fleet %s and its deployment(s) %s", body.device, fleet_name,
+                 ", ".join(map(str, joined)))
     return schemas.RegisterOut(device=body.device, fleet=fleet_name, credential=credential)
 
 

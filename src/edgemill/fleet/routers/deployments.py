@@ -71,6 +71,7 @@ def _create(state: ServerState, body: schemas.DeploymentIn, operator: str) -> sc
                                     field="version", fix=f"watch it (GET /api/v1/deployments/{old.id}) or roll it back first")
         sizes = wave_sizes(len(devices), body.strategy.canary_percent, body.strategy.batch_size)
         deployment = Deployment(model_id=version.model_id, version_id=version.id, fleet_id=fleet.id, tags=body.tags,
+                                named_devices=bool(body.devices),
                                 strategy=body.strategy.model_dump(), state="rolling", wave=-1, waves=len(sizes),
                                 created_at=now, updated_at=now, rev=0)
         session.add(deployment)
