@@ -1,15 +1,17 @@
 """Accuracy-aware mixed precision: when a statically quantized model misses the accuracy allowance,
 return the operators that hurt accuracy most to FP32, a few at a time, until it passes.
 
-1. **Rank** (:func:`rank_layers`): run the float model and the QDQ model side by side on a few check
-   inputs, every intermediate tensor exposed, and score each quantized operator by the error it adds:
-   the relative error of its output minus the largest relative error of the activations it reads
-   (before their own quantization). An operator that reads an accurate input and returns a poor output
-   is where the precision is lost.
+1. **Rank** (:func:`rank_layers`): for each quantized operator, run the float model with only that
+   operator reading (and, where the quantizer does so, writing) its tensors through their
+   quantize/dequantize pairs, on a few of the gate's inputs, and score it by the relative error of the
+   model's outputs. Measuring at the outputs, not at the operator, sees what later layers do to the
+   error: a small error before a normalization can be a large one after it.
 2. **Search** (:func:`search`): keep the ``k`` worst operators in FP32 for ``k = 1, 2, 4, ...`` until the
-   gate passes, then bisect between the last failing and the first passing ``k``: the fewest operators in
-   FP32 (the most INT8) that pass. Each point is a full re-quantization (calibration ranges are reused)
-   judged by the same gate as every candidate, on the real INT8 kernels.
+   gate passes, bisect between the last failing and the first passing ``k``, then try each kept operator
+   back in INT8, the least sensitive first (the ranking is an estimate: a tensor between two quantized
+   operators counts for both). Each point is a re-quantization (the calibration ranges are reused) judged
+   by the same gate as every candidate, on the real INT8 kernels. The result: the fewest operators in
+   FP32 that pass, never all of them (that would be the FP32 model).
 3. **Budget**: the search stops when its time is up, keeping the best passing point found so far (or
    none), and says so.
 
@@ -29,18 +31,26 @@ import onnx
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 RANK_SAMPLES = 8  # check inputs the ranking runs: enough to see which operator loses precision
+# Where INT8 pays: an operator of these returns to FP32 only when it costs COMPUTE_WEIGHT times the
+# accuracy an element-wise or normalization operator costs (see rank_layers).
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Attention")
+COMPUTE_WEIGHT = 4.0
+# Quantized only to keep INT8 flowing between their neighbours; not measured in the ranking.
+DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Concat", "Slice",
+                     "Gather", "Expand", "Tile", "Resize", "MaxPool", "Pad", "DepthToSpace", "SpaceToDepth")
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One quantized operator and the error it adds (relative, on the ranking inputs)."""
+    """One quantized operator and its sensitivity: the relative output error with it alone in INT8
+    (NaN when the time ran out before it was measured)."""
 
     name: str
     op_type: str
-    added_error: float
+    error_alone: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "op": self.op_type, "added_error": float(f"{self.added_error:.3g}")}
+        return {"name": self.name, "op": self.op_type, "error_alone": float(f"{self.error_alone:.3g}")}
 
 
 @dataclass(frozen=True)
@@ -213,13 +223,18 @@ def _session(model: onnx.ModelProto) -> Any:
 
 def rank_layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
                 time_left: Callable[[], float] = lambda: 1.0) -> tuple[list[Layer], bool]:
-    """The quantized operators of ``qdq``, the most sensitive first, and whether the time ran out.
+    """The quantized operators of ``qdq`` in the order to return them to FP32, and whether the time ran out.
 
     An operator's sensitivity is the relative error of the model's outputs when it alone is in INT8
     (:func:`with_one_quantized`), on the first :data:`RANK_SAMPLES` of ``feeds``: what the model loses
     downstream of it, normalizations included, not only at the operator. ``float_model`` is the model
-    ``qdq`` was quantized from (same node names). Operators not reached before the time ran out are
-    ranked last, in graph order, with no score."""
+    ``qdq`` was quantized from (same node names).
+
+    The order: most sensitive first, except that the operators INT8 is for (:data:`COMPUTE_OPS`) count
+    :data:`COMPUTE_WEIGHT` times less sensitive, so a matrix product goes back to FP32 before an
+    element-wise operator only when it costs that much more accuracy. Operators that only move data
+    (:data:`DATA_MOVEMENT_OPS`) are not measured (their pairs count for their neighbours) and come last,
+    as do operators not reached before the time ran out (their score is NaN)."""
     samples = list(feeds)[:RANK_SAMPLES]
     float_names = {n.name for n in float_model.graph.node if n.name}
     layers = [node for node, _ in quantized_layers(qdq) if node.name in float_names]
@@ -227,16 +242,18 @@ def rank_layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Seque
     expected = [reference.run(None, feed) for feed in samples]
     scored: list[Layer] = []
     unranked: list[Layer] = []
+    out_of_time = False
     for node in layers:
-        if time_left() <= 0:
+        if node.op_type in DATA_MOVEMENT_OPS or time_left() <= 0:
+            out_of_time = out_of_time or node.op_type not in DATA_MOVEMENT_OPS
             unranked.append(Layer(node.name, node.op_type, float("nan")))
             continue
         session = _session(with_one_quantized(float_model, qdq, node))
         error = max((relative_error(session.run(None, feed), ref) for feed, ref in zip(samples, expected)),
                     default=0.0)
         scored.append(Layer(node.name, node.op_type, error))
-    scored.sort(key=lambda layer: -layer.added_error)
-    return scored + unranked, bool(unranked)
+    scored.sort(key=lambda layer: -layer.error_alone / (COMPUTE_WEIGHT if layer.op_type in COMPUTE_OPS else 1.0))
+    return scored + unranked, out_of_time
 
 
 Judge = Callable[[onnx.ModelProto], Any]  # returns an object with .passed and .drop (gate.Evaluation)
