@@ -162,3 +162,28 @@ def test_no_mixed_precision_keeps_the_all_or_nothing_gate(sensitive: dict, tmp_p
                      "--max-accuracy-drop", "0.05", "--no-measure", "--no-mixed-precision")
     assert result.code == 1 and "Traceback" not in result.err, result.err
     assert "closest: onnxruntime/int8" in result.err and not out.exists()
+
+
+def test_cached_measurements_are_reused_only_for_the_same_artifact(
+        sensitive: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A time-bounded search may build a different model next time: measurements of another artifact
+    must not be reported (or chosen by) for this one."""
+    from edgemill.compiler import tuning
+
+    monkeypatch.setenv("EDGEMILL_CACHE_DIR", str(tmp_path / "cache"))
+    options = dict(precision="int8", backend="onnxruntime", calibration=sensitive["calib"],
+                   validation=sensitive["val"], max_accuracy_drop=0.05, tune_budget=6)
+
+    def tune_step(result: edgemill.compiler.CompileResult) -> dict:
+        return next(s for s in result.report["steps"] if s["step"] == "tune")
+
+    first = edgemill.compile(sensitive["model"], output=tmp_path / "a.emp", **options)
+    assert not tune_step(first).get("cached")
+    again = edgemill.compile(sensitive["model"], output=tmp_path / "b.emp", **options)
+    assert tune_step(again).get("cached") is True  # the same model built again: its measurements hold
+
+    real_load = tuning.load_cached
+    monkeypatch.setattr(tuning, "load_cached", lambda key: {**real_load(key), "artifact": "another model"})
+    third = edgemill.compile(sensitive["model"], output=tmp_path / "c.emp", **options)
+    assert not tune_step(third).get("cached")
+    assert any("built to a different model than the one measured" in w for w in third.report["warnings"])

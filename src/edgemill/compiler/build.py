@@ -124,9 +124,11 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     ctx.warnings.extend(reference.notes)
     built, failed = candidates.build_all(ctx, prepared, planned, feeds, labels, reference, output_names,
                                          first_passing_only=not measuring)
-    if planned is not all_planned and not any(b.evaluation.passed for b in built):
-        # The cached winner no longer passes (a library changed under it): forget it and build the rest.
-        ctx.warnings.append(f"the cached choice {planned[0].label} no longer passes the gate: tuned again")
+    stale = _stale_cache(cached, built) if planned is not all_planned else None
+    if stale:
+        # The cached winner no longer passes, or is no longer the same model (a time-bounded search, a
+        # library changed under it): forget it, build the others and measure again.
+        ctx.warnings.append(f"the cached choice {planned[0].label} {stale}: tuned again")
         cached = None
         more, more_failed = candidates.build_all(ctx, prepared, [c for c in all_planned if c not in planned], feeds,
                                                  labels, reference, output_names, first_passing_only=not measuring)
@@ -332,6 +334,16 @@ def _tuning_feed(ctx: CompileContext, feeds: list[dict[str, np.ndarray]]) -> dic
     return cut
 
 
+def _stale_cache(cached: dict[str, Any] | None, built: list[Built]) -> str | None:
+    """Why the cached measurements do not describe the winner just built again, or None when they do."""
+    winner = next((b for b in built if b.evaluation.passed), None)
+    if winner is None:
+        return "no longer passes the gate"
+    if cached is None or cached.get("artifact") != tuning.artifact_digest(winner.artifact):
+        return "built to a different model than the one measured"
+    return None
+
+
 def _cache_parts(ctx: CompileContext, planned: list[Candidate]) -> dict[str, Any]:
     o = ctx.options
 
@@ -345,6 +357,7 @@ def _cache_parts(ctx: CompileContext, planned: list[Candidate]) -> dict[str, Any
     return {"target": ctx.target.to_dict(), "candidates": [c.label for c in planned], "precision": o.precision,
             "backend": o.backend, "max_drop": o.max_accuracy_drop, "tolerance": o.tolerance,
             "calibration": file_hash(o.calibration), "calibration_method": o.calibration_method,
+            "mixed_precision": o.mixed_precision,
             "validation": ctx.validation_sha256, "seed": o.seed, "inputs": [i.text() for i in o.inputs],
             "reference": ctx.source.runtime.name if ctx.source.runtime else None}
 
@@ -396,6 +409,7 @@ def _tune(ctx: CompileContext, passing: list[Built], feed: dict[str, np.ndarray]
             "original": base.to_dict() if base else None,
             "measurements": [m.to_dict() for m in measurements],
             "chosen": best.to_dict(),
+            "artifact": tuning.artifact_digest(by_label[best.label].artifact),  # what was measured
         }
         versus = f" vs original {base.p50_ms:.3f} ms (x{base.p50_ms / best.p50_ms:.2f})" if base else ""
         record.update(measurements=result["measurements"], original_p50_ms=round(base.p50_ms, 4) if base else None,

@@ -117,6 +117,14 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
+def artifact_digest(artifact: Artifact) -> str:
+    """The identity of what a measurement measured: the artifact's files and load options."""
+    h = hashlib.sha256(json.dumps(artifact.backend_options, sort_keys=True, default=str).encode())
+    for name in sorted(artifact.files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(artifact.files[name]).digest())
+    return h.hexdigest()
+
+
 def load_cached(key: str) -> dict[str, Any] | None:
     path = cache_dir() / f"{key}.json"
     try:
