@@ -171,8 +171,8 @@ def test_cached_measurements_are_reused_only_for_the_same_artifact(
     from edgemill.compiler import tuning
 
     monkeypatch.setenv("EDGEMILL_CACHE_DIR", str(tmp_path / "cache"))
-    options = dict(precision="int8", backend="onnxruntime", calibration=sensitive["calib"],
-                   validation=sensitive["val"], max_accuracy_drop=0.05, tune_budget=6)
+    options = {"precision": "int8", "backend": "onnxruntime", "calibration": sensitive["calib"],
+               "validation": sensitive["val"], "max_accuracy_drop": 0.05, "tune_budget": 6}
 
     def tune_step(result: edgemill.compiler.CompileResult) -> dict:
         return next(s for s in result.report["steps"] if s["step"] == "tune")

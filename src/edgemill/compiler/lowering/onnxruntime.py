@@ -8,12 +8,11 @@ calibration method the user picks (minmax, entropy, percentile).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from ...errors import BackendError, OptionError, first_line
 from ..graph import to_bytes
 from . import MODEL_DIR, TRANSFORMER_FUSED, Artifact, Candidate, transformer_fusion
 from .ort_optimize import optimize
+from .quiet import quiet_logger
 
 if TYPE_CHECKING:
     from ..context import CompileContext
@@ -67,19 +67,6 @@ def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> 
 
 def build_reference(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> Artifact:
     return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: to_bytes(model)}, {}, {})
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs advice to the root logger ("consider pre-processing"); our
-    progress lines say what happens, so keep its warnings out of the user's terminal."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 class _Reader:
@@ -158,7 +145,7 @@ def _quantize_static(model: onnx.ModelProto, ctx: CompileContext, notes: dict[st
         def quantize(keep_fp32: list[str]) -> onnx.ModelProto:
             # Calibrated once: the ranges are cached in the folder and reused for every exclusion.
             try:
-                with _quiet_root_logger():
+                with quiet_logger():  # quantization logs advice to the root logger
                     ort_quantize_static(source, out, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                         calibrate_method=methods[method], extra_options=extra,
@@ -200,7 +187,7 @@ def _mixed_precision(ctx: CompileContext, prepared: onnx.ModelProto, quantized: 
         # Ranked on the inputs the gate judges: ranges calibrated on other data may clip these, and that
         # is part of what the gate sees.
         ranked, out_of_time = mixed_precision.rank_layers(prepared, quantized, ctx.check_feeds or feeds, time_left)
-        outcome = mixed_precision.search(ranked, len(ranked), quantize, judge, time_left,
+        outcome = mixed_precision.search(ranked, len(ranked), quantize, _int8_only(judge), time_left,
                                          lambda message: ctx.progress("mixed_precision", message, None))
         outcome.stopped_by_budget = outcome.stopped_by_budget or (out_of_time and outcome.model is None)
         outcome.full_drop = float(full.drop)
@@ -210,6 +197,24 @@ def _mixed_precision(ctx: CompileContext, prepared: onnx.ModelProto, quantized: 
         return quantized
     notes["quantized_nodes"] = _require_quantized(outcome.model, "mixed-precision INT8")
     return outcome.model
+
+
+@dataclass(frozen=True)
+class _NothingQuantized:
+    """The verdict on a point with no operator left in INT8: it is the FP32 model, not a mixed one."""
+
+    passed: bool = False
+    drop: float = float("inf")
+
+
+def _int8_only(judge: Callable[[onnx.ModelProto], Any]) -> Callable[[onnx.ModelProto], Any]:
+    """``judge``, failing outright a model in which keeping some operators in FP32 left none quantized
+    (the quantizer drops the pairs around data movement once its neighbours are FP32)."""
+    def judged(model: onnx.ModelProto) -> Any:
+        if not any(n.op_type in QUANTIZED_OPS for n in model.graph.node):
+            return _NothingQuantized()
+        return judge(model)
+    return judged
 
 
 def quantize_dynamic(model: onnx.ModelProto, notes: dict[str, Any]) -> onnx.ModelProto:
@@ -225,7 +230,7 @@ def quantize_dynamic(model: onnx.ModelProto, notes: dict[str, Any]) -> onnx.Mode
         source, out = os.path.join(folder, "in.onnx"), os.path.join(folder, "int8.onnx")
         onnx.save(model, source)
         try:
-            with _quiet_root_logger():
+            with quiet_logger():  # quantization logs advice to the root logger
                 ort_quantize_dynamic(source, out, weight_type=QuantType.QInt8, op_types_to_quantize=list(ops))
         except Exception as exc:
             raise BackendError("onnxruntime could not quantize the model dynamically",

@@ -9,16 +9,14 @@ graph where the optimizer finds nothing to fuse fails the candidate with that re
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import onnx
 
 from ...errors import BackendError, first_line
+from .quiet import quiet_logger
 
 # Fused operators worth a candidate (the optimizer's statistics also count ones it merely kept).
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
@@ -34,24 +32,12 @@ def looks_like_transformer(model: onnx.ModelProto) -> bool:
     return "LayerNormalization" in ops or {"ReduceMean", "Pow", "Sqrt"} <= ops
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The optimizer logs each fusion pass at warning level; the report records what it did."""
-    logger = logging.getLogger("onnxruntime.transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def fuse(model: onnx.ModelProto, notes: dict[str, Any]) -> onnx.ModelProto:
     """The model with the optimizer's fusions (no onnxruntime graph optimization: that follows as for
     every onnxruntime candidate). Raises BackendError when nothing was fused."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with tempfile.TemporaryDirectory(prefix="edgemill-fuse-") as folder, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgemill-fuse-") as folder, quiet_logger("onnxruntime.transformers"):
         source = os.path.join(folder, "in.onnx")
         onnx.save(model, source)
         try:
