@@ -377,7 +377,8 @@ def case_table(case: Case, rows: list[dict[str, Any]]) -> str:
               "max rel err"]
     lines = [f"##### {case.name}: {TITLES[case.name]}", "", markdown_table(table, header), ""]
     for family, info in case.compiled.items():
-        lines.append(f"- edgemill {family}: `edgemill {info['command']}` chose **{info['chosen']}** "
+        command = info["command"].replace(str(case.folder.parent), "WORK")  # the --out folder, named once
+        lines.append(f"- edgemill {family}: `edgemill {command}` chose **{info['chosen']}** "
                      f"(compile {info['seconds']} s)")
         for c in info["candidates"]:
             p50 = f"{c['p50_ms']:.3f} ms" if c.get("p50_ms") else "not measured"
