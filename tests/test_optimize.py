@@ -357,3 +357,38 @@ def test_thread_settings_are_timed_in_turns(monkeypatch: pytest.MonkeyPatch) -> 
     assert {r["threads"] for r in results} == {1, 2} and all(r["runs"] >= measure_worker.MIN_RUNS for r in results)
     half = len(timed) // 2
     assert set(timed[:half]) == {1, 2} and set(timed[half:]) == {1, 2}
+
+
+def test_close_settings_get_a_runoff_and_the_choice_follows_the_median(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two candidates 2 % apart in the first pass: noise on a shared machine. Both are measured again,
+    alternating, and the one faster on the median of its runs is chosen and reported."""
+    from edgemill.compiler import tuning
+
+    monkeypatch.setenv("EDGEMILL_CACHE_DIR", str(tmp_path / "cache"))
+    scripted = {"onnxruntime/fp32 (optimized)": iter([1.00, 1.30, 1.30]),  # won the first pass by luck
+                "openvino/fp32 (ir)": iter([1.02, 1.01, 1.00])}
+    real_measure = tuning.measure
+
+    def fake(artifact, output_names, feed, threads, seconds, label):  # type: ignore[no-untyped-def]
+        if label not in scripted:
+            return real_measure(artifact, output_names, feed, threads, seconds, label)
+        return [tuning.Measurement(label, t, next(scripted[label]) if t == threads[0] else 5.0, 10) for t in threads]
+
+    pytest.importorskip("openvino")  # the second candidate
+    monkeypatch.setattr(tuning, "measure", fake)
+    result = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "r.emp", precision="fp32", tune_budget=30)
+    tune = result.report["tuning"]
+    assert result.report["chosen"]["candidate"] == "openvino/fp32 (ir)"
+    assert tune["runoff"]["rounds"] == 2 and len(tune["runoff"]["settings"]) == 2
+    by_label = {c["candidate"]: c["p50_ms"] for c in result.report["candidates"] if c.get("p50_ms")}
+    assert by_label["openvino/fp32 (ir)"] == pytest.approx(1.01) and by_label["onnxruntime/fp32 (optimized)"] == pytest.approx(1.30)
+
+
+def test_a_clear_first_pass_needs_no_runoff() -> None:
+    from edgemill.compiler import tuning
+
+    fast, slow = tuning.Measurement("a", 2, 1.0, 10), tuning.Measurement("b", 2, 1.2, 10)
+    assert tuning.contenders([slow, fast]) == []
+    close = tuning.Measurement("c", 1, 1.05, 10)
+    assert tuning.contenders([slow, close, fast]) == [fast, close]

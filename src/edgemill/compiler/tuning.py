@@ -29,6 +29,13 @@ from .lowering import Artifact
 
 MIN_SECONDS_PER_SETTING = 0.2  # below this a p50 is noise
 WORKER_START_S = 1.0  # interpreter + numpy + backend import, roughly, per measurement
+# A first pass gets this share of the budget; settings within RUNOFF_MARGIN of the fastest (at most
+# RUNOFF_SIZE of them) are then measured again, in alternating order, with the rest: on a shared
+# machine a few percent between two settings measured seconds apart is drift, not speed.
+FIRST_PASS_SHARE = 0.75
+RUNOFF_MARGIN = 0.08
+RUNOFF_SIZE = 3
+RUNOFF_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,26 @@ def check_budget(budget_s: float, settings: int) -> float:
                           expected=f"at least {needed:.1f} s for {settings} candidate/thread settings",
                           fix=f"pass --tune-budget {max(10, int(needed) + 1)}, or --no-measure to skip tuning")
     return per_setting
+
+
+def contenders(measurements: Sequence[Measurement]) -> list[Measurement]:
+    """The settings worth a runoff: within RUNOFF_MARGIN of the fastest, fastest first (at most
+    RUNOFF_SIZE); fewer than two means the first pass decided."""
+    if not measurements:
+        return []
+    ranked = sorted(measurements, key=lambda m: m.p50_ms)
+    close = [m for m in ranked if m.p50_ms <= ranked[0].p50_ms * (1 + RUNOFF_MARGIN)][:RUNOFF_SIZE]
+    return close if len(close) >= 2 else []
+
+
+def after_runoff(measurements: Sequence[Measurement], again: dict[tuple[str, int], list[float]]) -> list[Measurement]:
+    """``measurements`` with each runoff contender's p50 replaced by the median of its first-pass p50
+    and its runoff p50s (``again``, by label and threads): the figures the choice is made on."""
+    out = []
+    for m in measurements:
+        more = again.get((m.label, m.threads))
+        out.append(Measurement(m.label, m.threads, float(np.median([m.p50_ms, *more])), m.runs) if more else m)
+    return out
 
 
 def measure(artifact: Artifact, output_names: Sequence[str], feed: dict[str, np.ndarray], threads: Sequence[int],
