@@ -46,7 +46,7 @@ def names(*indices: int) -> list[str]:
 @pytest.mark.parametrize("needed", [1, 2, 3, 5, 13, 31])
 def test_search_finds_the_fewest_layers_that_pass(needed: int) -> None:
     judge, calls = judge_needing(*names(*range(needed)))
-    outcome = mp.search(layers(40), 40, quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
     assert [layer.name for layer in outcome.kept] == names(*range(needed))
     assert outcome.model == names(*range(needed))
     assert not outcome.stopped_by_budget
@@ -57,13 +57,13 @@ def test_search_finds_the_fewest_layers_that_pass(needed: int) -> None:
 
 def test_search_prunes_layers_the_ranking_put_too_high() -> None:
     judge, _ = judge_needing("op0", "op3")  # op1 and op2 ranked above op3 but not needed
-    outcome = mp.search(layers(40), 40, quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
     assert [layer.name for layer in outcome.kept] == ["op0", "op3"]
 
 
 def test_search_never_returns_every_layer_to_fp32() -> None:
     judge, calls = judge_needing(*names(*range(10)))  # only all 10 in FP32 pass: that is the FP32 model
-    outcome = mp.search(layers(10), 10, quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
+    outcome = mp.search(layers(10), quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
     assert outcome.model is None and outcome.kept == [] and max(calls) == 9
     assert "no point passed" in outcome.summary
 
@@ -72,7 +72,7 @@ def test_a_budget_too_small_stops_at_the_best_point_found_and_says_so() -> None:
     judge, calls = judge_needing(*names(*range(5)))
     remaining = iter([1.0, 1.0, 1.0, 1.0])  # four points: 1, 2, 4 fail, 8 passes; then the time is up
 
-    outcome = mp.search(layers(40), 40, quantize=lambda kept: kept, judge=judge,
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge,
                         time_left=lambda: next(remaining, 0.0))
     assert calls == [1, 2, 4, 8]
     assert outcome.stopped_by_budget and len(outcome.kept) == 8  # passing, not the fewest (5)
@@ -83,7 +83,7 @@ def test_a_budget_too_small_stops_at_the_best_point_found_and_says_so() -> None:
 def test_a_budget_spent_before_any_pass_keeps_nothing_and_says_so() -> None:
     judge, calls = judge_needing(*names(*range(30)))
     remaining = iter([1.0, 1.0])
-    outcome = mp.search(layers(40), 40, quantize=lambda kept: kept, judge=judge, time_left=lambda: next(remaining, 0.0))
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge, time_left=lambda: next(remaining, 0.0))
     assert calls == [1, 2] and outcome.model is None and outcome.stopped_by_budget
     assert "before any point passed" in outcome.summary
 

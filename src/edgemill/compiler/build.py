@@ -405,7 +405,7 @@ def _tune(ctx: CompileContext, passing: list[Built], feed: dict[str, np.ndarray]
                                   f"thread(s), p50 {cached['chosen']['p50_ms']:.3f} ms")
         return {**cached, "chosen_built": by_label[cached["chosen"]["candidate"]], "threads": cached["chosen"]["threads"]}
     settings = len(passing) * len(threads) + 1
-    tuning.check_budget(ctx.options.tune_budget, settings)  # refuses a budget too small for even one pass
+    # check_budget refuses a budget too small for even one pass; the first pass gets its share of it
     per_setting = max(tuning.MIN_SECONDS_PER_SETTING,
                       tuning.check_budget(ctx.options.tune_budget, settings) * tuning.FIRST_PASS_SHARE)
     with ctx.step("tune", f"measuring {len(passing)} candidate(s) x {len(threads)} thread setting(s)") as record:

@@ -8,7 +8,6 @@ basic -> none) before it is given up: real models meet optimizer rewrites that a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +16,13 @@ import numpy as np
 from ..errors import AccuracyCheckError, BackendError, EdgemillError, first_line
 from ..runtime.backends import open_session
 from . import gate, lowering
-from .context import CompileContext
+from .context import CompileContext, QuantizedJudge
 from .lowering import Artifact, Candidate
 from .reference import Reference, compile_error
 
-STEP_NAMES = {"optimized": "ort_optimize", "transformer-fused": "transformer_fusion", "static-qdq": "quantize_int8", "static-qdq-bf16": "quantize_int8_bf16",
-              "dynamic": "quantize_dynamic",
-              "fp16-cast": "convert_fp16", "ir": "openvino_convert", "native": "litert_native", "": "reference"}
+STEP_NAMES = {"optimized": "ort_optimize", "transformer-fused": "transformer_fusion", "static-qdq": "quantize_int8",
+              "static-qdq-bf16": "quantize_int8_bf16", "dynamic": "quantize_dynamic", "fp16-cast": "convert_fp16",
+              "ir": "openvino_convert", "native": "litert_native", "": "reference"}
 
 
 @dataclass
@@ -65,7 +64,6 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
     built: list[Built] = []
     failed: list[Failed] = []
     ctx.judge_int8 = _int8_judge(ctx, feeds, labels, reference, output_names)
-    ctx.check_feeds = feeds
     for planned_candidate in planned:
         candidate: Candidate | None = planned_candidate
         while candidate is not None:
@@ -85,24 +83,28 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
 
 
 def _int8_judge(ctx: CompileContext, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
-                reference: Reference, output_names: list[str]) -> Callable[[Any], gate.Evaluation]:
+                reference: Reference, output_names: list[str]) -> QuantizedJudge:
     """The accuracy gate for a quantized ONNX model, run as the onnxruntime INT8 candidate would run it
     (optimized for the target): what the mixed-precision search judges each point by."""
-    o = ctx.options
     candidate = Candidate("onnxruntime", "int8", "static-qdq")
 
-    def judge(model: Any) -> gate.Evaluation:
-        from .graph import to_bytes
-        from .lowering.ort_optimize import optimize
+    def evaluate(model: Any) -> gate.Evaluation:
+        from .lowering.onnxruntime import optimized_artifact
 
-        optimized, options = optimize(model, ctx.target, {})
-        artifact = Artifact(candidate, "model/model.onnx", {"model/model.onnx": to_bytes(optimized)}, options)
-        got = run_artifact(artifact, output_names, o.check_threads, feeds)
-        compared = [reference.select(outs, output_names) for outs in got]
-        return gate.evaluate(False, reference.outputs, compared, reference.names, labels, o.max_accuracy_drop,
-                             o.tolerance, task_metric=o.validation is not None, spread=reference.spread,
-                             spread_from=reference.spread_from)
-    return judge
+        artifact = optimized_artifact(model, candidate, ctx.target)
+        got = run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
+        return _evaluate(ctx, False, got, reference, labels, output_names)
+    return QuantizedJudge(evaluate, feeds)
+
+
+def _evaluate(ctx: CompileContext, lossless: bool, got: list[list[np.ndarray]], reference: Reference,
+              labels: np.ndarray | None, output_names: list[str]) -> gate.Evaluation:
+    """The accuracy gate on a candidate's outputs ``got`` for the check feeds."""
+    o = ctx.options
+    compared = [reference.select(outs, output_names) for outs in got]
+    return gate.evaluate(lossless, reference.outputs, compared, reference.names, labels, o.max_accuracy_drop,
+                         o.tolerance, task_metric=o.validation is not None, spread=reference.spread,
+                         spread_from=reference.spread_from)
 
 
 def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: list[dict[str, np.ndarray]],
@@ -120,10 +122,7 @@ def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: 
             reason = f"{type(exc).__name__}: {first_line(exc)}"
             record.update(status="failed", summary=f"{candidate.label}: failed: {reason}")
             return Failed(candidate, reason)
-        compared = [reference.select(outs, output_names) for outs in got]
-        evaluation = gate.evaluate(candidate.lossless, reference.outputs, compared, reference.names, labels,
-                                   o.max_accuracy_drop, o.tolerance, task_metric=o.validation is not None,
-                                   spread=reference.spread, spread_from=reference.spread_from)
+        evaluation = _evaluate(ctx, candidate.lossless, got, reference, labels, output_names)
         record.update(artifact.notes.pop("ort_optimize", {}))
         record.update(notes=artifact.notes, gate=evaluation.to_dict(),
                       status="passed" if evaluation.passed else "rejected")

@@ -40,6 +40,18 @@ class SourceInfo:
                 "sha256": self.sha256, **self.details}
 
 
+@dataclass(frozen=True)
+class QuantizedJudge:
+    """The accuracy gate for a quantized ONNX model, run as the onnxruntime INT8 candidate runs it, and
+    the inputs it judges on."""
+
+    evaluate: Callable[[onnx.ModelProto], Any]  # -> gate.Evaluation
+    feeds: list[dict[str, Any]]
+
+    def __call__(self, model: onnx.ModelProto) -> Any:
+        return self.evaluate(model)
+
+
 @dataclass
 class CompileContext:
     options: CompileOptions
@@ -52,10 +64,8 @@ class CompileContext:
     calibration: list[dict[str, Any]] | None = None  # feeds for static INT8, checked against the inputs
     validation_sha256: str | None = None  # of the --validation file, read once
     qdq: tuple[onnx.ModelProto, dict[str, Any]] | None = None  # the calibrated INT8 model, made once
-    # The accuracy gate for a quantized model, run as onnxruntime INT8 (set by candidates.build_all): the
-    # mixed-precision search judges each point with it. None: no search.
-    judge_int8: Callable[[onnx.ModelProto], Any] | None = None
-    check_feeds: list[dict[str, Any]] = field(default_factory=list)  # the inputs the gate judges on
+    # Set by candidates.build_all: the mixed-precision search judges each point with it. None: no search.
+    judge_int8: QuantizedJudge | None = None
     inputs: list[TensorSpec] = field(default_factory=list)  # the package's inputs and outputs, once known
     outputs: list[TensorSpec] = field(default_factory=list)
 

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from . import accuracy
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 RANK_SAMPLES = 8  # check inputs the ranking runs: enough to see which operator loses precision
 # Where INT8 pays: an operator of these returns to FP32 only when it costs COMPUTE_WEIGHT times the
@@ -98,24 +100,11 @@ class Outcome:
                 "points": [p.to_dict() for p in self.points], "summary": self.summary}
 
 
-def quantized_layers(qdq: onnx.ModelProto) -> list[tuple[onnx.NodeProto, list[str]]]:
-    """Each operator of a QDQ model that reads a dequantized tensor, with the float activations it
-    reads (the tensors before their QuantizeLinear; weights, which are initializers, are left out)."""
-    producers = {out: node for node in qdq.graph.node for out in node.output}
-    out = []
-    for node in qdq.graph.node:
-        if node.op_type in QDQ_OPS:
-            continue
-        dequantized = [producers[i] for i in node.input if i in producers and producers[i].op_type == "DequantizeLinear"]
-        if not dequantized:
-            continue
-        activations = []
-        for dq in dequantized:
-            q = producers.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                activations.append(q.input[0])
-        out.append((node, activations))
-    return out
+def quantized_layers(qdq: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Each operator of a QDQ model that reads a dequantized tensor (activation or weight)."""
+    dequantized = {out for node in qdq.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [node for node in qdq.graph.node
+            if node.op_type not in QDQ_OPS and any(i in dequantized for i in node.input)]
 
 
 def with_one_quantized(float_model: onnx.ModelProto, qdq: onnx.ModelProto, node: onnx.NodeProto) -> onnx.ModelProto:
@@ -141,11 +130,7 @@ def with_one_quantized(float_model: onnx.ModelProto, qdq: onnx.ModelProto, node:
             q_copy.input[0] = target.input[index]  # quantize the float model's own tensor
             dq_copy.input[0] = q_copy.output[0]
             chain = [q_copy, dq_copy]
-        for n in chain:
-            for i in n.input:
-                if i in initializers and i not in have:
-                    model.graph.initializer.append(initializers[i])
-                    have.add(i)
+        _add_initializers(model, chain, initializers, have)
         added.extend(chain)
         target.input[index] = dq_copy.output[0]
     position = list(model.graph.node).index(target)
@@ -181,13 +166,20 @@ def _output_pairs(qdq: onnx.ModelProto, node: onnx.NodeProto, target: onnx.NodeP
         q_copy.input[0] = target.output[index]
         dq_copy.input[0] = q_copy.output[0]
         dq_copy.output[0] = float_name
-        for n in (q_copy, dq_copy):
-            for i in n.input:
-                if i in initializers and i not in have:
-                    model.graph.initializer.append(initializers[i])
-                    have.add(i)
+        _add_initializers(model, [q_copy, dq_copy], initializers, have)
         added += [q_copy, dq_copy]
     return added
+
+
+def _add_initializers(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto],
+                      initializers: dict[str, onnx.TensorProto], have: set[str]) -> None:
+    """Copy into ``model`` the initializers of the QDQ model (scales, zero points, INT8 weights) that
+    ``nodes`` read and ``model`` lacks; ``have`` holds the names it has, and is updated."""
+    for node in nodes:
+        for name in node.input:
+            if name in initializers and name not in have:
+                model.graph.initializer.append(initializers[name])
+                have.add(name)
 
 
 def _renamed_copy(node: onnx.NodeProto, tag: str) -> onnx.NodeProto:
@@ -199,15 +191,10 @@ def _renamed_copy(node: onnx.NodeProto, tag: str) -> onnx.NodeProto:
     return copy
 
 
-def relative_error(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
-    """max |got - ref| / max |ref| over the outputs (the gate's relative error)."""
-    worst = 0.0
-    for g, r in zip(got, ref):
-        r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
-        if r64.shape != g64.shape or r64.size == 0:
-            continue
-        worst = max(worst, float(np.max(np.abs(g64 - r64))) / max(float(np.max(np.abs(r64))), 1e-12))
-    return worst
+def _relative_error(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> float:
+    """The gate's relative error (max |got - ref| / max |ref|, the worst output)."""
+    names = [str(i) for i in range(len(ref))]
+    return accuracy.worst(accuracy.compare_all(names, got, ref))
 
 
 def _session(model: onnx.ModelProto) -> Any:
@@ -237,7 +224,7 @@ def rank_layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Seque
     as do operators not reached before the time ran out (their score is NaN)."""
     samples = list(feeds)[:RANK_SAMPLES]
     float_names = {n.name for n in float_model.graph.node if n.name}
-    layers = [node for node, _ in quantized_layers(qdq) if node.name in float_names]
+    layers = [node for node in quantized_layers(qdq) if node.name in float_names]
     reference = _session(float_model)
     expected = [reference.run(None, feed) for feed in samples]
     scored: list[Layer] = []
@@ -249,7 +236,7 @@ def rank_layers(float_model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: Seque
             unranked.append(Layer(node.name, node.op_type, float("nan")))
             continue
         session = _session(with_one_quantized(float_model, qdq, node))
-        error = max((relative_error(session.run(None, feed), ref) for feed, ref in zip(samples, expected)),
+        error = max((_relative_error(session.run(None, feed), ref) for feed, ref in zip(samples, expected)),
                     default=0.0)
         scored.append(Layer(node.name, node.op_type, error))
     scored.sort(key=lambda layer: -layer.error_alone / (COMPUTE_WEIGHT if layer.op_type in COMPUTE_OPS else 1.0))
@@ -260,10 +247,12 @@ Judge = Callable[[onnx.ModelProto], Any]  # returns an object with .passed and .
 Quantize = Callable[[list[str]], onnx.ModelProto]  # the model with these operators kept in FP32
 
 
-def search(ranked: Sequence[Layer], quantized: int, quantize: Quantize, judge: Judge, time_left: Callable[[], float],
+def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left: Callable[[], float],
            progress: Callable[[str], None] = lambda message: None) -> Outcome:
-    """The fewest of the worst ``ranked`` layers to keep in FP32 for ``judge`` to pass (see the module
-    docstring). ``time_left`` says how many seconds remain; the search stops when it is not positive."""
+    """The fewest of the worst ``ranked`` layers (every quantized operator) to keep in FP32 for ``judge``
+    to pass (see the module docstring). ``time_left`` says how many seconds remain; the search stops
+    when it is not positive."""
+    quantized = len(ranked)
     outcome = Outcome(None, [], quantized)
     results: dict[tuple[str, ...], bool] = {}
     best: tuple[list[Layer], onnx.ModelProto] | None = None

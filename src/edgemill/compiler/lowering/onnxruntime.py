@@ -25,6 +25,7 @@ from .ort_optimize import optimize
 from .quiet import quiet_logger
 
 if TYPE_CHECKING:
+    from ...targets import Target
     from ..context import CompileContext
 
 ENTRYPOINT = f"{MODEL_DIR}/model.onnx"
@@ -58,11 +59,18 @@ def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> 
         lowered = to_fp16(model, notes)
     else:
         raise OptionError("unknown onnxruntime build method", value=candidate.method, fix="use --precision auto")
+    return optimized_artifact(lowered, candidate, ctx.target, notes)
+
+
+def optimized_artifact(lowered: onnx.ModelProto, candidate: Candidate, target: Target,
+                       notes: dict[str, Any] | None = None) -> Artifact:
+    """The package files of ``lowered`` after onnxruntime's offline optimizer for ``target`` (what it did
+    goes into ``notes["ort_optimize"]``)."""
+    notes = {} if notes is None else notes
     record: dict[str, Any] = {}
-    optimized, options = optimize(lowered, ctx.target, record, candidate.level)
+    optimized, options = optimize(lowered, target, record, candidate.level)
     notes["ort_optimize"] = record
-    data = to_bytes(optimized)
-    return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: data}, options, notes)
+    return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: to_bytes(optimized)}, options, notes)
 
 
 def build_reference(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> Artifact:
@@ -186,10 +194,10 @@ def _mixed_precision(ctx: CompileContext, prepared: onnx.ModelProto, quantized: 
                   f"operators to keep in FP32 (at most {budget:g} s)") as record:
         # Ranked on the inputs the gate judges: ranges calibrated on other data may clip these, and that
         # is part of what the gate sees.
-        ranked, out_of_time = mixed_precision.rank_layers(prepared, quantized, ctx.check_feeds or feeds, time_left)
-        outcome = mixed_precision.search(ranked, len(ranked), quantize, _int8_only(judge), time_left,
+        ranked, out_of_time = mixed_precision.rank_layers(prepared, quantized, judge.feeds or feeds, time_left)
+        outcome = mixed_precision.search(ranked, quantize, _int8_only(judge), time_left,
                                          lambda message: ctx.progress("mixed_precision", message, None))
-        outcome.stopped_by_budget = outcome.stopped_by_budget or (out_of_time and outcome.model is None)
+        outcome.stopped_by_budget = outcome.stopped_by_budget or out_of_time
         outcome.full_drop = float(full.drop)
         record.update(outcome.to_dict())
     notes["mixed_precision"] = outcome.to_dict()
