@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .db.tables import Deployment, DeploymentDevice, Device
+from .rollout import has_tags
 from .rollouts import event
 
 JOINABLE = ("rolling", "paused", "succeeded")
@@ -30,11 +31,10 @@ def join_fleet_deployments(session: Session, device: Device, now: float) -> list
                            .where(Deployment.fleet_id == device.fleet_id, Deployment.state.in_(JOINABLE),
                                   Deployment.named_devices.is_(False))
                            .order_by(Deployment.id.desc())).all()
-    tags = device.tags or {}
     joined: list[int] = []
     decided: set[int] = set()
     for deployment in rows:
-        if deployment.model_id in decided or any(tags.get(k) != v for k, v in (deployment.tags or {}).items()):
+        if deployment.model_id in decided or not has_tags(device.tags, deployment.tags):
             continue
         decided.add(deployment.model_id)
         position = session.scalar(select(func.coalesce(func.max(DeploymentDevice.position), -1))

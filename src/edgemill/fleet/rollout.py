@@ -40,7 +40,7 @@ of a pending device is not read), and a wave's devices are those in state ``"ass
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -85,6 +85,12 @@ class Decision:
     wave: int  # the wave the action concerns (for assign: the new wave index)
     devices: tuple[str, ...] = ()  # for assign: the devices to put in that wave, in order
     reason: str = ""  # one human line: why (shown in the dashboard and the deployment events)
+
+
+def has_tags(device_tags: Mapping[str, str] | None, wanted: Mapping[str, str] | None) -> bool:
+    """A deployment with tags ``wanted`` targets a device with ``device_tags`` when it has all of them."""
+    have = device_tags or {}
+    return all(have.get(k) == v for k, v in (wanted or {}).items())
 
 
 def wave_sizes(total: int, canary_percent: float, batch_size: int) -> list[int]:

@@ -168,13 +168,12 @@ def _quantize_static(model: onnx.ModelProto, ctx: CompileContext, notes: dict[st
         notes.update(calibration_method=method, calibration_batches=len(feeds), format="QDQ",
                      activations="uint8", weights="int8 per-channel")
         if ctx.judge_int8 is not None and ctx.options.mixed_precision:
-            quantized = _mixed_precision(ctx, onnx.load(source), quantized, quantize, feeds, notes)
+            quantized = _mixed_precision(ctx, onnx.load(source), quantized, quantize, notes)
     return quantized
 
 
 def _mixed_precision(ctx: CompileContext, prepared: onnx.ModelProto, quantized: onnx.ModelProto,
-                     quantize: Callable[[list[str]], onnx.ModelProto], feeds: list[dict[str, np.ndarray]],
-                     notes: dict[str, Any]) -> onnx.ModelProto:
+                     quantize: Callable[[list[str]], onnx.ModelProto], notes: dict[str, Any]) -> onnx.ModelProto:
     """``quantized`` when it passes the gate, else the fewest of its most sensitive operators returned to
     FP32 that pass (the fully quantized model when none does: its candidate is then rejected as before)."""
     from .. import mixed_precision
@@ -194,7 +193,7 @@ def _mixed_precision(ctx: CompileContext, prepared: onnx.ModelProto, quantized: 
                   f"operators to keep in FP32 (at most {budget:g} s)") as record:
         # Ranked on the inputs the gate judges: ranges calibrated on other data may clip these, and that
         # is part of what the gate sees.
-        ranked, out_of_time = mixed_precision.rank_layers(prepared, quantized, judge.feeds or feeds, time_left)
+        ranked, out_of_time = mixed_precision.rank_layers(prepared, quantized, judge.feeds, time_left)
         outcome = mixed_precision.search(ranked, quantize, _int8_only(judge), time_left,
                                          lambda message: ctx.progress("mixed_precision", message, None))
         outcome.stopped_by_budget = outcome.stopped_by_budget or out_of_time

@@ -13,7 +13,7 @@ from ...errors import ConflictError, NotFoundError, UserError
 from .. import schemas
 from ..auth import require_operator
 from ..db.tables import Deployment, DeploymentDevice, Device
-from ..rollout import wave_sizes
+from ..rollout import has_tags, wave_sizes
 from ..rollouts import LostRace, bump, event, roll_back, step
 from ..state import ServerState, server_state
 from ..views import deployment_out, deployment_summaries
@@ -57,7 +57,7 @@ def _create(state: ServerState, body: schemas.DeploymentIn, operator: str) -> sc
                 raise NotFoundError(f"device not in fleet {fleet.name!r}", value=unknown[0], field="devices",
                                     fix="list the fleet's devices with GET /api/v1/devices?fleet=" + fleet.name)
             devices = [by_name[n] for n in dict.fromkeys(body.devices)]
-        devices = [d for d in devices if all((d.tags or {}).get(k) == v for k, v in body.tags.items())]
+        devices = [d for d in devices if has_tags(d.tags, body.tags)]
         if not devices:
             what = f"fleet {fleet.name!r}" + (f" with tags {body.tags}" if body.tags else "")
             raise UserError("the deployment targets no devices", value=what, field="fleet",
