@@ -8,6 +8,7 @@ basic -> none) before it is given up: real models meet optimizer rewrites that a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,20 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
     but that order, so ``first_passing_only`` stops at the first that passes."""
     built: list[Built] = []
     failed: list[Failed] = []
-    ctx.judge_int8 = _int8_judge(ctx, feeds, labels, reference, output_names)
+    ctx.int8_judge = _int8_judges(ctx, planned, feeds, labels, reference, output_names)
+    try:
+        _build_planned(ctx, prepared, planned, feeds, labels, reference, output_names, first_passing_only,
+                       built, failed)
+    finally:
+        if ctx.static_int8 is not None:  # its calibrated folder: a later build_all calibrates again
+            ctx.static_int8.close()
+            ctx.static_int8 = None
+    return built, failed
+
+
+def _build_planned(ctx: CompileContext, prepared: Any, planned: list[Candidate], feeds: list[dict[str, np.ndarray]],
+                   labels: np.ndarray | None, reference: Reference, output_names: list[str], first_passing_only: bool,
+                   built: list[Built], failed: list[Failed]) -> None:
     for planned_candidate in planned:
         candidate: Candidate | None = planned_candidate
         while candidate is not None:
@@ -79,22 +93,34 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
                 ctx.progress(step_name(candidate), f"stepping down: building {candidate.label}", None)
         if first_passing_only and built and built[-1].evaluation.passed:
             break
-    return built, failed
 
 
-def _int8_judge(ctx: CompileContext, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
-                reference: Reference, output_names: list[str]) -> QuantizedJudge:
-    """The accuracy gate for a quantized ONNX model, run as the onnxruntime INT8 candidate would run it
-    (optimized for the target): what the mixed-precision search judges each point by."""
-    candidate = Candidate("onnxruntime", "int8", "static-qdq")
+def _int8_judges(ctx: CompileContext, planned: list[Candidate], feeds: list[dict[str, np.ndarray]],
+                 labels: np.ndarray | None, reference: Reference,
+                 output_names: list[str]) -> Callable[[str], QuantizedJudge | None]:
+    """For the label of a planned static INT8 candidate, the accuracy gate for a quantized ONNX model run
+    as that candidate runs it (onnxruntime optimized for the target, or OpenVINO's IR with its precision
+    hint): what the mixed-precision search judges each point by. None for any other label."""
+    by_label = {c.label: c for c in planned if c.method.startswith("static-qdq")}
 
-    def evaluate(model: Any) -> gate.Evaluation:
-        from .lowering.onnxruntime import optimized_artifact
+    def judge(label: str) -> QuantizedJudge | None:
+        candidate = by_label.get(label)
+        if candidate is None:
+            return None
 
-        artifact = optimized_artifact(model, candidate, ctx.target)
-        got = run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
-        return _evaluate(ctx, False, got, reference, labels, output_names)
-    return QuantizedJudge(evaluate, feeds)
+        def evaluate(model: Any) -> gate.Evaluation:
+            if candidate.backend == "openvino":
+                from .lowering.openvino import ir_artifact
+
+                artifact = ir_artifact(model, candidate)
+            else:
+                from .lowering.onnxruntime import optimized_artifact
+
+                artifact = optimized_artifact(model, candidate, ctx.target)
+            got = run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
+            return _evaluate(ctx, False, got, reference, labels, output_names)
+        return QuantizedJudge(evaluate, feeds)
+    return judge
 
 
 def _evaluate(ctx: CompileContext, lossless: bool, got: list[list[np.ndarray]], reference: Reference,

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -15,6 +15,9 @@ from ..targets import Target
 from ..tensors import TensorSpec
 from .options import CompileOptions
 from .source import NativeModel, SourceRuntime
+
+if TYPE_CHECKING:
+    from .lowering.static_int8 import StaticInt8
 
 Progress = Callable[[str, str, float | None], None]  # (step, message, seconds or None when starting)
 
@@ -42,8 +45,8 @@ class SourceInfo:
 
 @dataclass(frozen=True)
 class QuantizedJudge:
-    """The accuracy gate for a quantized ONNX model, run as the onnxruntime INT8 candidate runs it, and
-    the inputs it judges on."""
+    """The accuracy gate for a quantized ONNX model, run as one INT8 candidate runs it (its backend and
+    settings: its kernels), and the inputs it judges on."""
 
     evaluate: Callable[[onnx.ModelProto], Any]  # -> gate.Evaluation
     feeds: list[dict[str, Any]]
@@ -63,9 +66,10 @@ class CompileContext:
     warnings: list[str] = field(default_factory=list)
     calibration: list[dict[str, Any]] | None = None  # feeds for static INT8, checked against the inputs
     validation_sha256: str | None = None  # of the --validation file, read once
-    qdq: tuple[onnx.ModelProto, dict[str, Any]] | None = None  # the calibrated INT8 model, made once
-    # Set by candidates.build_all: the mixed-precision search judges each point with it. None: no search.
-    judge_int8: QuantizedJudge | None = None
+    static_int8: StaticInt8 | None = None  # the calibrated quantizer, made once (lowering/static_int8.py)
+    # Set by candidates.build_all: the gate for a QDQ model run as the candidate of that label runs it,
+    # which the mixed-precision search judges each point by. None: no search.
+    int8_judge: Callable[[str], QuantizedJudge | None] | None = None
     inputs: list[TensorSpec] = field(default_factory=list)  # the package's inputs and outputs, once known
     outputs: list[TensorSpec] = field(default_factory=list)
 

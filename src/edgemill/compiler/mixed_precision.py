@@ -16,7 +16,7 @@ return the operators that hurt accuracy most to FP32, a few at a time, until it 
    none), and says so.
 
 Nothing here knows about onnxruntime's quantizer or the gate: the caller passes ``quantize`` (the model
-with these operators kept in FP32) and ``judge`` (its gate evaluation). See lowering/onnxruntime.py.
+with these operators kept in FP32) and ``judge`` (its gate evaluation). See lowering/static_int8.py.
 """
 
 from __future__ import annotations

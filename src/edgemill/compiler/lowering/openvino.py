@@ -28,13 +28,20 @@ HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def build(model: onnx.ModelProto, candidate: Candidate, ctx: CompileContext) -> Artifact:
+    notes: dict[str, object] = {}
+    if candidate.precision == "int8":
+        from .static_int8 import quantized_model
+
+        model = quantized_model(model, ctx, candidate.label, notes)
+    return ir_artifact(model, candidate, notes)
+
+
+def ir_artifact(model: onnx.ModelProto, candidate: Candidate, notes: dict[str, object] | None = None) -> Artifact:
+    """The package files of ``model`` converted to OpenVINO IR, with the candidate's precision hint."""
     import openvino as ov
 
-    notes: dict[str, object] = {"openvino": ov.__version__}
-    if candidate.precision == "int8":
-        from .onnxruntime import quantize_static
-
-        model = quantize_static(model, ctx, notes)
+    notes = {} if notes is None else notes
+    notes["openvino"] = ov.__version__
     with tempfile.TemporaryDirectory(prefix="edgemill-ov-") as folder:
         source = os.path.join(folder, "model.onnx")
         onnx.save(model, source)
