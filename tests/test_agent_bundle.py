@@ -26,10 +26,10 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from edgemill import __version__
-from edgemill.agent import bundle_files
-from edgemill.agent.bundle_resolve import WheelInfo, resolve, supported_tags
-from edgemill.agent.bundle_target import host_platform, parse_target
-from edgemill.agent.bundle_wheel import write_wheel
+from edgemill.bundle import files as bundle_files
+from edgemill.bundle.resolve import WheelInfo, resolve, supported_tags
+from edgemill.bundle.target import host_platform, parse_target
+from edgemill.bundle.wheel import write_wheel
 from edgemill.agent.config import load_config
 from edgemill.errors import OptionError
 

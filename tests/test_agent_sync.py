@@ -28,7 +28,7 @@ from edgemill.agent.config import AgentConfig, ModelsConfig, config_from_dict, l
 from edgemill.agent.daemon import Agent
 from edgemill.agent.models import ModelManager, health_check
 from edgemill.agent.sync import Sync, package_file
-from edgemill.agent.sync_plan import DesiredModel, Install, SkipFailed, Unload, plan, still_relevant
+from edgemill.agent.sync.plan import DesiredModel, Install, SkipFailed, Unload, plan, still_relevant
 from edgemill.demo import zoo
 from edgemill.errors import BackendError, ConfigError, InputMismatchError, ResourceExhaustedError, VerificationError
 from edgemill.fleet.schemas import DesiredModelOut, DesiredStateOut, ErrorOut, HeartbeatIn, RegisterIn, RegisterOut

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from edgemill.agent.config import config_from_dict, load_config  # noqa: E402
-from edgemill.agent.sync_client import ControlPlaneClient, ControlPlaneError  # noqa: E402
+from edgemill.agent.sync.client import ControlPlaneClient, ControlPlaneError  # noqa: E402
 from edgemill.client import AgentClient  # noqa: E402
 from edgemill.errors import ConfigError, UsageError, UserError  # noqa: E402
 from edgemill.remote import ControlPlane  # noqa: E402

@@ -1,7 +1,7 @@
 """`edgemill agent --config agent.toml`: the device daemon, until SIGTERM.
 
 `edgemill agent bundle --platform linux-aarch64 -o bundle.tar`: an offline install bundle for devices
-(the work is in edgemill.agent.install_bundle; this module only reads the command line).
+(the work is in edgemill.bundle.build; this module only reads the command line).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def _add_bundle_parser(actions: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ..agent.bundle_target import LIBC_DEFAULT, PLATFORMS
+    from ..bundle.target import LIBC_DEFAULT, PLATFORMS
 
     b = actions.add_parser(
         "bundle", parents=[common], help="build an offline install bundle for devices (wheels, config, unit, install.sh)",
@@ -102,9 +102,9 @@ def _add_bundle_parser(actions: argparse._SubParsersAction, common: argparse.Arg
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from ..agent.bundle_pip import PackageSources
-    from ..agent.bundle_target import parse_target
-    from ..agent.install_bundle import BundleRequest, build_bundle, bundle_dir_name, default_output
+    from ..bundle.pip import PackageSources
+    from ..bundle.target import parse_target
+    from ..bundle.build import BundleRequest, build_bundle, bundle_dir_name, default_output
 
     if args.wheelhouse and (args.index_url or args.extra_index_url):
         raise UsageError("--wheelhouse takes every wheel from its folder; an index cannot be added to it",

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import first_line
-from ..package.writer import write_file_atomic
+from ...errors import first_line
+from ...package.writer import write_file_atomic
 
 log = logging.getLogger("edgemill.agent.sync")
 

@@ -1,7 +1,7 @@
 """Control-plane sync: register once, then heartbeat by long poll and apply the desired models.
 
 One daemon thread. Each heartbeat reports what runs here (models, metrics, memory, captures, apply
-failures) and gets the desired state back; :func:`~.sync_plan.plan` turns the difference into actions
+failures) and gets the desired state back; :func:`~.plan.plan` turns the difference into actions
 and this module carries them out: download to a ``.partial`` file, verify and load beside the serving
 version, health-check, swap, delete the old file. Any failure leaves the old version serving and is
 reported; a package that failed is not tried again until the desired package changes. Without the
@@ -26,18 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import EdgemillError, ModelNotFoundError, VerificationError, first_line
-from ..package.layout import MANIFEST
-from ..package.manifest import package_id
-from ..package.reader import open_package
-from ..captures.store import fsync_dir
-from .capture.uploader import backoff_delay
-from .config import AgentConfig
-from .models import ModelManager, health_check
-from .sync_client import ControlPlaneClient, ControlPlaneError
-from .sync_plan import DesiredModel, Install, SkipFailed, Unload, plan, still_relevant
-from .sync_state import Applied, Failure, SyncState, atomic_write, read_secret
+from ... import __version__
+from ...errors import EdgemillError, ModelNotFoundError, VerificationError, first_line
+from ...package.layout import MANIFEST
+from ...package.manifest import package_id
+from ...package.reader import open_package
+from ...captures.store import fsync_dir
+from ..capture.uploader import backoff_delay
+from ..config import AgentConfig
+from ..models import ModelManager, health_check
+from .client import ControlPlaneClient, ControlPlaneError
+from .plan import DesiredModel, Install, SkipFailed, Unload, plan, still_relevant
+from .state import Applied, Failure, SyncState, atomic_write, read_secret
 
 log = logging.getLogger("edgemill.agent.sync")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MissingDependencyError, UserError
-from .bundle_target import DeviceTarget
+from .target import DeviceTarget
 
 Log = Callable[[str], None]
 

@@ -20,7 +20,7 @@ from packaging.utils import InvalidWheelFilename, NormalizedName, canonicalize_n
 from packaging.version import Version
 
 from ..errors import UserError
-from .bundle_target import DeviceTarget
+from .target import DeviceTarget
 
 
 class BadWheelError(UserError):

@@ -1,10 +1,10 @@
 """``edgemill agent bundle``: one tar that installs the device agent on a machine without network.
 
-Steps: the edgemill wheel (:mod:`.bundle_wheel`), the device's wheels by ``pip download``
-(:mod:`.bundle_pip`), a re-check of the requirement closure with the device's markers, fetching what
-pip skipped and dropping what only the build machine needed (:mod:`.bundle_resolve`), then the tar:
+Steps: the edgemill wheel (:mod:`.wheel`), the device's wheels by ``pip download``
+(:mod:`.pip`), a re-check of the requirement closure with the device's markers, fetching what
+pip skipped and dropping what only the build machine needed (:mod:`.resolve`), then the tar:
 ``<dir>/wheels/``, ``agent.toml``, ``edgemill-agent.service``, ``install.sh``, ``bundle.json``,
-``SHA256SUMS``, ``README.txt`` (:mod:`.bundle_files`). The tar is written beside the output and
+``SHA256SUMS``, ``README.txt`` (:mod:`.files`). The tar is written beside the output and
 renamed into place, so a failed run leaves no half bundle.
 """
 
@@ -26,11 +26,11 @@ from typing import Any
 
 from .. import __version__
 from ..errors import FileNotFound, OptionError, UserError
-from . import bundle_files
-from .bundle_pip import PackageSources, pip_download
-from .bundle_resolve import read_wheel, resolve, supported_tags
-from .bundle_target import DeviceTarget
-from .bundle_wheel import build_edgemill_wheel, sha256_file
+from . import files as bundle_files
+from .pip import PackageSources, pip_download
+from .resolve import read_wheel, resolve, supported_tags
+from .target import DeviceTarget
+from .wheel import build_edgemill_wheel, sha256_file
 
 Log = Callable[[str], None]
 

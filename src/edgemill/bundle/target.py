@@ -2,7 +2,7 @@
 
 A pure value: it names the wheel platform tags pip may choose (``pip download --platform``) and the
 environment markers of the device (pip evaluates markers for the machine it runs on, not for the
-target; :mod:`edgemill.agent.bundle_resolve` re-checks them with these).
+target; :mod:`edgemill.bundle.resolve` re-checks them with these).
 """
 
 from __future__ import annotations

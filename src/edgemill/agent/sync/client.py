@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
-from .. import __version__
-from ..errors import ConfigError, EdgemillError, UserError, first_line
-from ..tls import Names, client_context, explain
+from ... import __version__
+from ...errors import ConfigError, EdgemillError, UserError, first_line
+from ...tls import Names, client_context, explain
 
 API = "/api/v1/agent"
 _CHUNK = 1 << 20
