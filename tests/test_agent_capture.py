@@ -339,8 +339,10 @@ def test_torn_and_damaged_queue_files_are_removed_on_recovery(tmp_path: Path) ->
 
 def test_sigkill_while_queueing_and_uploading_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     queue_dir, store_dir, count = tmp_path / "queue", tmp_path / "store", 300
-    child = subprocess.Popen([sys.executable, str(CHILD), str(queue_dir), str(store_dir), str(count)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr_path = tmp_path / "child.stderr"
+    with stderr_path.open("w") as stderr:
+        child = subprocess.Popen([sys.executable, str(CHILD), str(queue_dir), str(store_dir), str(count)],
+                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
     accepted: list[str] = []
     store = LocalFolderStore(store_dir)
     try:
@@ -353,11 +355,15 @@ def test_sigkill_while_queueing_and_uploading_loses_and_duplicates_nothing(tmp_p
             if len(accepted) >= count // 2 and store.list() or time.monotonic() > deadline:
                 break
         child.send_signal(signal.SIGKILL)
-        rest, err = child.communicate(timeout=30)
+        # Read the rest through the same reader: lines it already buffered while we iterated are
+        # still there (communicate() would read the raw pipe and drop them).
+        rest = child.stdout.read()
+        child.wait(timeout=30)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+    err = stderr_path.read_text()
     assert child.returncode == -signal.SIGKILL, err
     accepted += [line.split()[1] for line in rest.splitlines() if line.startswith("ACCEPTED ")]
     assert count // 2 <= len(accepted) < count, "the child finished before it was killed; slow it down"
