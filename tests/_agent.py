@@ -53,6 +53,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.addresses: list[str] = []
         self.stderr_lines: list[str] = []
+        self.start_timeout_s = START_TIMEOUT_S
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -61,11 +62,11 @@ class AgentProcess:
         line_box: list[str] = []
         reader = threading.Thread(target=lambda: line_box.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
         reader.start()
-        reader.join(START_TIMEOUT_S)
+        reader.join(self.start_timeout_s)
         line = line_box[0] if line_box else ""
         if "serving on" not in line:
             self.kill()
-            raise RuntimeError(f"agent did not start within {START_TIMEOUT_S:g} s: {line!r}\n" + self.stderr())
+            raise RuntimeError(f"agent did not start within {self.start_timeout_s:g} s: {line!r}\n" + self.stderr())
         self.addresses = line.split("serving on", 1)[1].strip().split(", ")
         return self
 

@@ -15,6 +15,10 @@ import pytest
 
 import edgemill
 from edgemill.cli import main
+from edgemill.emulation.prepare import cache_root
+
+# The machine's own emulated-device cache, read before the session fixture below hides it.
+MACHINE_DEVICE_CACHE = cache_root()
 from edgemill.demo import zoo
 from edgemill.package.keys import write_keypair
 
@@ -31,6 +35,14 @@ def _private_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["EDGEMILL_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgemill-cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_emulated_devices_unless_asked(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A cross-target compile judges on a prepared emulated device when the machine has one: the tests get
+    an empty device cache, so they behave the same on every machine; the emulation tests (tests/_emulated.py)
+    point at the machine's real cache themselves."""
+    os.environ["EDGEMILL_DEVICE_CACHE"] = str(tmp_path_factory.mktemp("no-emulated-devices"))
 
 
 MODELS = {

@@ -247,3 +247,14 @@ def test_a_malformed_config_names_the_key_and_line(tmp_path: Path, text: str, ke
     if line is not None:
         assert f"agent.toml:{line}" in result.err
     assert "Fix:" in result.err or "correct" in result.err
+
+
+def test_an_empty_unix_socket_means_none_as_an_empty_address_does(tmp_path: Path) -> None:
+    from edgemill.agent.config import load_config
+
+    path = tmp_path / "agent.toml"
+    path.write_text('[listen]\naddress = "127.0.0.1:8601"\nunix_socket = ""\n[models]\nallow_unsigned = true\n')
+    assert load_config(path).listen.unix_socket is None  # not the config's own folder
+    path.write_text('[listen]\naddress = ""\nunix_socket = ""\n[models]\nallow_unsigned = true\n')
+    result = run_cli("agent", "--config", path)
+    assert result.code == 1 and "listens nowhere" in result.err

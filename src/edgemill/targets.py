@@ -55,6 +55,10 @@ for _t in (
            cpu_features=("avx2", "avx512bw", "avx512f", "avx512vl", "avx512_vnni", "fma"), backends=_CPU_BACKENDS),
     Target("aarch64", "aarch64", "linux", "64-bit Arm CPU: Raspberry Pi 4/5, AWS Graviton, Jetson CPU cores",
            cpu_features=("asimd",), backends=_ARM_BACKENDS),
+    # Armv8.2-A and later cores (Cortex-A55/A76/A78, Neoverse N1/V1) add fp16 arithmetic and int8 dot product.
+    Target("aarch64-v8.2", "aarch64", "linux", "64-bit Arm v8.2+ CPU with fp16 arithmetic and dot product: "
+           "Raspberry Pi 5, AWS Graviton2/3, Jetson Orin CPU cores",
+           cpu_features=("asimd", "asimddp", "asimdhp", "fphp"), backends=_ARM_BACKENDS),
     Target("armv7", "armv7", "linux", "32-bit Arm CPU with NEON (Raspberry Pi 2/3 on a 32-bit OS)",
            cpu_features=("neon",), backends=("onnxruntime", "tvm", "litert", "reference")),
     Target("jetson", "aarch64", "linux", "NVIDIA Jetson (Orin/Xavier): CUDA GPU with TensorRT",

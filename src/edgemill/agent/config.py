@@ -57,6 +57,11 @@ class ListenConfig(_Section):
             raise ValueError("write host:port, e.g. '127.0.0.1:8601', or '' to disable")
         return value
 
+    @field_validator("unix_socket", mode="before")
+    @classmethod
+    def _no_socket(cls, value: Any) -> Any:
+        return None if value == "" else value  # "" disables, as for the addresses (not the config's folder)
+
     @model_validator(mode="after")
     def _somewhere(self) -> ListenConfig:
         if not self.address and self.unix_socket is None:

@@ -314,8 +314,9 @@ else
     [ -f "$1" ] || die "no pip wheel in $HERE/wheels: the bundle is incomplete. Fix: build it again"
     say "installing $BUNDLE_REQUIREMENT from $HERE/wheels (no network)"
     # The bundle alone: no index, and no pip settings of this device (config files, PIP_* variables).
+    # pip runs from its wheel and is not installed: the agent never needs it, and the next bundle brings its own.
     PIP_CONFIG_FILE=/dev/null "$VENV/bin/python" "$1/pip" install --isolated --no-index --find-links "$HERE/wheels" \
-        --disable-pip-version-check --no-input pip "$BUNDLE_REQUIREMENT" \
+        --disable-pip-version-check --no-input "$BUNDLE_REQUIREMENT" \
         || die "pip could not install from the bundle (above); nothing was switched"
     "$VENV/bin/edgemill" --version >/dev/null || die "the new environment does not run edgemill (above); nothing was switched"
     : > "$VENV/.installed"

@@ -13,8 +13,8 @@ import traceback
 
 from .. import __version__
 from ..errors import EdgemillError, UsageError, status_for
-from . import (agent_cmd, bench_cmd, captures_cmd, compile_cmd, demo_cmd, fleet_cmds, inspect_cmd, keys_cmd, run_cmd,
-               server_cmd, targets_cmd)
+from . import (agent_cmd, bench_cmd, captures_cmd, compile_cmd, demo_cmd, emulator_cmd, fleet_cmds, inspect_cmd,
+               keys_cmd, run_cmd, server_cmd, targets_cmd)
 from .output import emit_json
 
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmd.add_parsers(sub, common)
     demo_cmd.add_parser(sub, common)
     agent_cmd.add_parser(sub, common)
+    emulator_cmd.add_parsers(sub, common)
     server_cmd.add_parser(sub, common)
     fleet_cmds.add_parsers(sub, common)
     captures_cmd.add_parsers(sub, common)

@@ -122,17 +122,14 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
             record["source_spread"] = {"from": reference.spread_from,
                                        "outputs": {k: float(f"{v:.3g}") for k, v in reference.spread.items()}}
     ctx.warnings.extend(reference.notes)
-    built, failed = candidates.build_all(ctx, prepared, planned, feeds, labels, reference, output_names,
-                                         first_passing_only=not measuring)
-    stale = _stale_cache(cached, built) if planned is not all_planned else None
+    ctx.gate_runner = _gate_runner(ctx)
+    try:
+        built, failed, stale = _build_and_gate(ctx, prepared, planned, all_planned, cached, feeds, labels, reference,
+                                               output_names, measuring)
+    finally:
+        ctx.gate_runner.close()
     if stale:
-        # The cached winner no longer passes, or is no longer the same model (a time-bounded search, a
-        # library changed under it): forget it, build the others and measure again.
-        ctx.warnings.append(f"the cached choice {planned[0].label} {stale}: tuned again")
         cached = None
-        more, more_failed = candidates.build_all(ctx, prepared, [c for c in all_planned if c not in planned], feeds,
-                                                 labels, reference, output_names, first_passing_only=not measuring)
-        built, failed = built + more, failed + more_failed
     if not built:
         raise candidates.nothing_built_error(ctx, failed, skipped)
     passing = [b for b in built if b.evaluation.passed]
@@ -172,6 +169,38 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
     extra = {**baseline_files, **(pipe.files if pipe is not None else {})}
     return write(ctx, chosen, threads, prepared, built, skipped, failed, tuned, feeds, reference, extra,
                  pipeline=pipe.layout.to_dict() if pipe is not None else None, pipeline_record=pipeline_record)
+
+
+def _gate_runner(ctx: CompileContext) -> Any:
+    """Where the gate runs candidates (emulation/gate.py), recorded as a step of its own."""
+    from ..emulation.gate import runner_for
+
+    with ctx.step("gate_device", "choosing where the accuracy gate runs the candidates") as record:
+        runner = runner_for(ctx.target, candidates.run_artifact)
+        described = runner.describe()
+        record.update(described, summary=f"the accuracy gate runs candidates on {described['ran_on']}")
+        if "note" in described and described["ran_on"] == "host":
+            ctx.warnings.append(described["note"])
+    return runner
+
+
+def _build_and_gate(ctx: CompileContext, prepared: Any, planned: list[Any], all_planned: list[Any],
+                    cached: dict[str, Any] | None, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
+                    reference: Any, output_names: list[str], measuring: bool
+                    ) -> tuple[list[candidates.Built], list[candidates.Failed], bool]:
+    """Build and gate the planned candidates: only the cached winner when there is one, and the rest too
+    when it went stale (the third value: True then)."""
+    built, failed = candidates.build_all(ctx, prepared, planned, feeds, labels, reference, output_names,
+                                         first_passing_only=not measuring)
+    stale = _stale_cache(cached, built) if planned is not all_planned else None
+    if stale:
+        # The cached winner no longer passes, or is no longer the same model (a time-bounded search, a
+        # library changed under it): forget it, build the others and measure again.
+        ctx.warnings.append(f"the cached choice {planned[0].label} {stale}: tuned again")
+        more, more_failed = candidates.build_all(ctx, prepared, [c for c in all_planned if c not in planned], feeds,
+                                                 labels, reference, output_names, first_passing_only=not measuring)
+        built, failed = built + more, failed + more_failed
+    return built, failed, bool(stale)
 
 
 class _Listed:

@@ -57,6 +57,15 @@ def run_artifact(artifact: Artifact, output_names: list[str], threads: int | Non
     return [list(session.run(feed)) for feed in feeds]
 
 
+def gate_run(ctx: CompileContext, artifact: Artifact, output_names: list[str],
+             feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    """The candidate's outputs for the gate, from where the gate runs (the host, or an emulated device of
+    the target's architecture: ``ctx.gate_runner``)."""
+    if ctx.gate_runner is None:
+        return run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
+    return ctx.gate_runner.run(artifact, output_names, ctx.options.check_threads, feeds)
+
+
 def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feeds: list[dict[str, np.ndarray]],
               labels: np.ndarray | None, reference: Reference, output_names: list[str],
               first_passing_only: bool) -> tuple[list[Built], list[Failed]]:
@@ -117,7 +126,7 @@ def _int8_judges(ctx: CompileContext, planned: list[Candidate], feeds: list[dict
                 from .lowering.onnxruntime import optimized_artifact
 
                 artifact = optimized_artifact(model, candidate, ctx.target)
-            got = run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
+            got = gate_run(ctx, artifact, output_names, feeds)
             return _evaluate(ctx, False, got, reference, labels, output_names)
         return QuantizedJudge(evaluate, feeds)
     return judge
@@ -140,7 +149,7 @@ def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: 
         record["candidate"] = candidate.label
         try:
             artifact = lowering.builder(candidate.backend)(prepared, candidate, ctx)
-            got = run_artifact(artifact, output_names, o.check_threads, feeds)
+            got = gate_run(ctx, artifact, output_names, feeds)
         except EdgemillError as exc:
             record.update(status="failed", summary=f"{candidate.label}: failed: {first_line(exc)}")
             return Failed(candidate, first_line(exc))
@@ -152,6 +161,8 @@ def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: 
         record.update(artifact.notes.pop("ort_optimize", {}))
         record.update(notes=artifact.notes, gate=evaluation.to_dict(),
                       status="passed" if evaluation.passed else "rejected")
+        if ctx.gate_runner is not None:
+            record["judged_on"] = ctx.gate_runner.where(candidate.backend)
         if candidate.reads == "onnx":
             share = compile_error(reference, got, output_names, o.tolerance)
             if share is not None:

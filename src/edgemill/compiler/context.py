@@ -17,6 +17,7 @@ from .options import CompileOptions
 from .source import NativeModel, SourceRuntime
 
 if TYPE_CHECKING:
+    from ..emulation.gate import CandidateRunner
     from .lowering.static_int8 import StaticInt8
 
 Progress = Callable[[str, str, float | None], None]  # (step, message, seconds or None when starting)
@@ -70,6 +71,9 @@ class CompileContext:
     # Set by candidates.build_all: the gate for a QDQ model run as the candidate of that label runs it,
     # which the mixed-precision search judges each point by. None: no search.
     int8_judge: Callable[[str], QuantizedJudge | None] | None = None
+    # Where the gate runs candidates: this host, or an emulated device of the target's architecture
+    # (emulation/gate.py). None: this host.
+    gate_runner: CandidateRunner | None = None
     inputs: list[TensorSpec] = field(default_factory=list)  # the package's inputs and outputs, once known
     outputs: list[TensorSpec] = field(default_factory=list)
 

@@ -47,6 +47,9 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
     if threads is not None and target.name == "host":
         backend_options["threads"] = threads  # measured on this very machine: the runtime's default
     accuracy_record = _accuracy_record(ctx, candidate, evaluation, len(feeds), reference, chosen.record)
+    if "judged_on" in chosen.record:
+        accuracy_record["judged_on"] = chosen.record["judged_on"]
+    gate_step = next((step for step in ctx.steps if step["step"] == "gate_device"), None)
     latency = None
     if tuned is not None:
         original_ms = tuned["original"]["p50_ms"] if tuned.get("original") else None
@@ -80,6 +83,7 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
     candidates = [{"candidate": b.artifact.candidate.label, "backend": b.artifact.candidate.backend,
                    "precision": b.artifact.candidate.precision, "status": b.record.get("status"), **b.evaluation.to_dict(),
                    **({"compile_error": b.record["compile_error"]} if "compile_error" in b.record else {}),
+                   **({"judged_on": b.record["judged_on"]} if "judged_on" in b.record else {}),
                    **({"reason": f"measuring failed: {b.record['measure_error']}"} if "measure_error" in b.record else {}),
                    "p50_ms": _best_p50(tuned, b.artifact.candidate.label)} for b in built]
     candidates += [{"candidate": f.candidate.label, "status": "failed", "reason": f.reason} for f in failed
@@ -96,6 +100,8 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
                            "first candidate that passed the accuracy gate (not measured: "
                            + ("--no-measure" if not options.measure else f"target {target.name} cannot run here")
                            + ")")},
+        "gate": ({k: v for k, v in gate_step.items() if k not in ("step", "seconds", "summary")}
+                 if gate_step else None),
         "candidates": candidates,
         "source": ctx.source.to_dict(),
         "steps": ctx.steps,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from ...errors import BackendError, OptionError, first_line
+from ...targets import runnable_here
 from ..graph import to_bytes
 from . import MODEL_DIR, TRANSFORMER_FUSED, Artifact, Candidate, transformer_fusion
 from .ort_optimize import optimize
@@ -52,6 +53,15 @@ def optimized_artifact(lowered: onnx.ModelProto, candidate: Candidate, target: T
     goes into ``notes["ort_optimize"]``)."""
     notes = {} if notes is None else notes
     record: dict[str, Any] = {}
+    if candidate.precision == "fp16" and not runnable_here(target):
+        # This machine's onnxruntime would wrap every fp16 operator its own CPU kernels lack (x86: MatMul,
+        # Conv...) in casts to fp32 while optimizing, and save that: the device would then compute in fp32.
+        # The graph goes as converted; the device's onnxruntime optimizes it at load for its own kernels.
+        record.update(level="none", load_level="all",
+                      summary=f"saved as converted: {target.name}'s onnxruntime optimizes it at load for its fp16 kernels")
+        notes["ort_optimize"] = record
+        options = {"load_optimization": "all", "execution_providers": list(target.execution_providers)}
+        return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: to_bytes(lowered)}, options, notes)
     optimized, options = optimize(lowered, target, record, candidate.level)
     notes["ort_optimize"] = record
     return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: to_bytes(optimized)}, options, notes)

@@ -61,7 +61,11 @@ def missing_library(name: str) -> str | None:
 
     get_loader(name)
     module = _LIBRARIES[name]
-    return module if importlib.util.find_spec(module) is None else None
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:  # a dotted name whose parent is missing (onnx.reference on a device)
+        found = None
+    return module if found is None else None
 
 
 def names() -> list[str]:
