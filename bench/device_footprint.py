@@ -1,6 +1,6 @@
 """The agent's footprint on a device, measured on an emulated aarch64 device (and natively, for scale).
 
-    python bench/device_footprint.py [--platform linux-aarch64] [--seconds 20]
+    .venv/bin/python bench/device_footprint.py [--platform linux-aarch64] [--seconds 20]
 
 Needs what `edgemill emulator prepare` needs (root, binfmt_misc, qemu-user-static, mmdebstrap); uses (and
 makes, the first time) the prepared device, then works on a copy of it. Printed:
@@ -28,9 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
+# Run inside the virtual environment: edgemill as installed (its metadata builds the device's bundle).
 from edgemill.emulation.device import EmulatedDevice  # noqa: E402
 from edgemill.emulation.platforms import get_platform  # noqa: E402
 from edgemill.emulation.prepare import prepare_device, require  # noqa: E402

@@ -202,6 +202,7 @@ _INSTALL_HEAD = r'''#!/bin/sh
 #   EDGEMILL_UNIT_DIR=/etc/systemd/system   where edgemill-agent.service is written
 #   EDGEMILL_PYTHON=python3                 the interpreter: it must be the bundle's Python version
 #   EDGEMILL_SYSTEMD=auto                   auto: enable the unit when systemd runs; yes; no: only write it
+#   EDGEMILL_TRIM=yes                       remove numpy's tests and onnxruntime's build-side tools (no: keep)
 '''
 
 INSTALL_SH_BODY = r'''set -eu
@@ -319,6 +320,17 @@ else
         --disable-pip-version-check --no-input "$BUNDLE_REQUIREMENT" \
         || die "pip could not install from the bundle (above); nothing was switched"
     "$VENV/bin/edgemill" --version >/dev/null || die "the new environment does not run edgemill (above); nothing was switched"
+    if [ "${EDGEMILL_TRIM:-yes}" = yes ]; then
+        # What the agent never imports: numpy's own test suite and onnxruntime's build-side tools
+        # (quantization, transformer optimizer), ~26 MB. EDGEMILL_TRIM=no keeps them.
+        for dir in "$VENV"/lib/python*/site-packages/numpy "$VENV"/lib/python*/site-packages/onnxruntime; do
+            [ -d "$dir" ] || continue
+            find "$dir" -depth -type d -name tests -exec rm -rf {} +
+            rm -rf "$dir/transformers" "$dir/quantization" "$dir/tools"
+            "$VENV/bin/python" -c "import $(basename "$dir")" \
+                || die "$(basename "$dir") does not import once trimmed (above); nothing was switched. Fix: EDGEMILL_TRIM=no sh $0"
+        done
+    fi
     : > "$VENV/.installed"
 fi
 
