@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,10 @@ def machine_device_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
     return MACHINE_DEVICE_CACHE
 
 
-def _with_real_cache() -> Iterator[None]:
+@contextmanager
+def _real_cache() -> Iterator[None]:
+    """The machine's device cache while a session fixture makes or finds a device (and only then: the
+    other tests must keep seeing none)."""
     saved = os.environ.get("EDGEMILL_DEVICE_CACHE")
     os.environ["EDGEMILL_DEVICE_CACHE"] = str(MACHINE_DEVICE_CACHE)
     try:
@@ -51,14 +55,14 @@ def _with_real_cache() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def aarch64_rootfs() -> Iterator[EmulatedDevice]:
+def aarch64_rootfs() -> EmulatedDevice:
     """The bare Debian arm64 root file system (never changed: clone it to change it)."""
     require_emulation()
-    for _ in _with_real_cache():
-        started = time.monotonic()
+    started = time.monotonic()
+    with _real_cache():
         device = base_rootfs(AARCH64, log=lambda m: print(m, flush=True))
-        print(f"\naarch64 root file system ready in {time.monotonic() - started:.1f} s", flush=True)
-        yield device
+    print(f"\naarch64 root file system ready in {time.monotonic() - started:.1f} s", flush=True)
+    return device
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +73,11 @@ def aarch64_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def aarch64_device(aarch64_rootfs: EmulatedDevice) -> Iterator[EmulatedDevice]:
+def aarch64_device(aarch64_rootfs: EmulatedDevice) -> EmulatedDevice:
     """The machine's prepared aarch64 device with this checkout's agent (remade, from a bundle built then,
-    when the version changed)."""
-    for _ in _with_real_cache():
-        yield prepare_device(AARCH64, log=lambda m: print(m, flush=True))
+    when this checkout changed). Tests that compile against it also take ``machine_device_cache``."""
+    started = time.monotonic()
+    with _real_cache():
+        device = prepare_device(AARCH64, log=lambda m: print(m, flush=True))
+    print(f"\naarch64 device ready in {time.monotonic() - started:.1f} s", flush=True)
+    return device

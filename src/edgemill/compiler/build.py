@@ -172,13 +172,16 @@ def compile_model(options: CompileOptions, progress: Progress = silent) -> Compi
 
 
 def _gate_runner(ctx: CompileContext) -> Any:
-    """Where the gate runs candidates (emulation/gate.py), recorded as a step of its own."""
+    """Where the gate runs candidates (emulation/gate.py); a step of its own when that is not simply here."""
     from ..emulation.gate import runner_for
 
+    if runnable_here(ctx.target):
+        return runner_for(ctx.target, candidates.run_artifact)
     with ctx.step("gate_device", "choosing where the accuracy gate runs the candidates") as record:
         runner = runner_for(ctx.target, candidates.run_artifact)
         described = runner.describe()
-        record.update(described, summary=f"the accuracy gate runs candidates on {described['ran_on']}")
+        record.update(described, summary=f"the accuracy gate runs candidates on {described['ran_on']}"
+                      + (f" ({described['machine']})" if described["ran_on"] == "host" else ""))
         if "note" in described and described["ran_on"] == "host":
             ctx.warnings.append(described["note"])
     return runner

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import AccuracyCheckError, BackendError, EdgemillError, first_line
 from ..runtime.backends import open_session
+from ..targets import runnable_here
 from . import gate, lowering
 from .context import CompileContext, QuantizedJudge
 from .lowering import Artifact, Candidate
@@ -161,7 +162,7 @@ def _build_one(ctx: CompileContext, prepared: Any, candidate: Candidate, feeds: 
         record.update(artifact.notes.pop("ort_optimize", {}))
         record.update(notes=artifact.notes, gate=evaluation.to_dict(),
                       status="passed" if evaluation.passed else "rejected")
-        if ctx.gate_runner is not None:
+        if ctx.gate_runner is not None and not runnable_here(ctx.target):  # a cross target: say whose kernels
             record["judged_on"] = ctx.gate_runner.where(candidate.backend)
         if candidate.reads == "onnx":
             share = compile_error(reference, got, output_names, o.tolerance)

@@ -49,7 +49,6 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
     accuracy_record = _accuracy_record(ctx, candidate, evaluation, len(feeds), reference, chosen.record)
     if "judged_on" in chosen.record:
         accuracy_record["judged_on"] = chosen.record["judged_on"]
-    gate_step = next((step for step in ctx.steps if step["step"] == "gate_device"), None)
     latency = None
     if tuned is not None:
         original_ms = tuned["original"]["p50_ms"] if tuned.get("original") else None
@@ -100,8 +99,7 @@ def write(ctx: CompileContext, chosen: Built, threads: int | None, prepared: Any
                            "first candidate that passed the accuracy gate (not measured: "
                            + ("--no-measure" if not options.measure else f"target {target.name} cannot run here")
                            + ")")},
-        "gate": ({k: v for k, v in gate_step.items() if k not in ("step", "seconds", "summary")}
-                 if gate_step else None),
+        "gate": ctx.gate_runner.describe() if ctx.gate_runner is not None else None,
         "candidates": candidates,
         "source": ctx.source.to_dict(),
         "steps": ctx.steps,

@@ -259,7 +259,8 @@ def prepare_device(platform: EmulatedPlatform, *, bundle: Path | None = None, re
         with tempfile.TemporaryDirectory(prefix="edgemill-device-bundle-") as work:
             if bundle is None:
                 log(f"building this installation's agent bundle for {platform.name}")
-                bundle = build_agent_bundle(platform, Path(work) / "agent.tar", log)
+                steps_only: Log = lambda line: None if line.lstrip().startswith("pip:") else log(line)  # noqa: E731
+                bundle = build_agent_bundle(platform, Path(work) / "agent.tar", steps_only)
             for left in folder.glob("device.making-*"):
                 remove_tree(left)
             making = folder / f"device.making-{os.getpid()}"
