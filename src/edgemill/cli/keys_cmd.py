@@ -7,11 +7,12 @@ import os
 
 from ..package import open_verified, sign_package
 from ..package.keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, write_keypair
+from .operators_cmd import add_audit_parser, add_operator_parsers
 from .output import emit_json
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    keys = sub.add_parser("keys", help="manage signing keys")
+    keys = sub.add_parser("keys", help="signing keys, and a control plane's operator keys")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     gen = keys_sub.add_parser("generate", parents=[common], help="make a P-256 signing key pair in DIR",
                               description=f"Write DIR/{PRIVATE_KEY_NAME} (keep it secret) and DIR/{PUBLIC_KEY_NAME} "
@@ -19,6 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     gen.add_argument("dir")
     gen.add_argument("--force", action="store_true", help="overwrite an existing key pair")
     gen.set_defaults(handler=generate)
+    add_operator_parsers(keys_sub, common)
+    add_audit_parser(sub, common)
 
     sign = sub.add_parser("sign", parents=[common], help="sign a package (OpenSSF model-signing format)")
     sign.add_argument("package")

@@ -26,9 +26,10 @@ from .config import ServerConfig
 from .db import open_database
 from .gc_policy import CollectorSchedule
 from .observability import AccessLog, ServerMetrics, fleet_gauges
+from .audit import AuditTrail
 from .reconciler import run_forever
 from .schemas import ErrorOut
-from .routers import accuracy, agent, alerts, captures, deployments, drift, fleets, models, overview, system
+from .routers import accuracy, agent, alerts, captures, deployments, drift, fleets, models, operators, overview, system
 from .state import ServerState
 from .store import ServerStore
 
@@ -39,6 +40,11 @@ DESCRIPTION = """The edgemill fleet control plane.
 Operators authenticate with `Authorization: Bearer <API key>`; devices with their own credential
 (from `/api/v1/agent/register`) and reach only `/api/v1/agent/*`, for themselves. Every error is JSON
 with `error`, `message`, `field`, `value` and `fix`."""
+
+
+# The device API first: routes are matched in order, and the heartbeat is most of all requests.
+ROUTERS = (agent.router, models.router, fleets.router, deployments.router, captures.router, alerts.router,
+           overview.router, drift.router, accuracy.router, operators.router, system.router)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -53,9 +59,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+    roles = _required_roles(ROUTERS)
     for path, operations in document["paths"].items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
+            role = roles.get((method.upper(), path))
+            if role is not None:  # the operator role it needs (auth.ROLES), for clients and the dashboard
+                operation["x-required-role"] = role
+                if role != "viewer":
+                    responses.setdefault("403", {"description": f"The key's role is below {role}", **error})
             if "422" in responses or any(p.get("in") in ("query", "path") for p in operation.get("parameters", [])) \
                     or "requestBody" in operation:
                 responses["422"] = {"description": "Invalid request: the field and the fix are named", **error}
@@ -66,6 +78,26 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     response.update(error)
     app.openapi_schema = document
     return document
+
+
+def _required_roles(routers: tuple[Any, ...]) -> dict[tuple[str, str], str]:
+    """(METHOD, path) -> the operator role its dependency requires (auth.require_role)."""
+    from fastapi.routing import APIRoute
+
+    found: dict[tuple[str, str], str] = {}
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            pending = list(route.dependant.dependencies)
+            while pending:
+                dependency = pending.pop()
+                role = getattr(dependency.call, "required_role", None)
+                if role is not None:
+                    for method in route.methods:
+                        found[(method, route.path)] = role
+                pending.extend(dependency.dependencies)
+    return found
 
 
 def build_state(config: ServerConfig, clock: Callable[[], float] = time.time) -> ServerState:
@@ -115,9 +147,8 @@ def create_app(config: ServerConfig | None = None, *, clock: Callable[[], float]
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     http_errors.install(app)
     app.add_middleware(AccessLog, metrics=state.metrics)
-    # The device API first: routes are matched in order, and the heartbeat is most of all requests.
-    for router in (agent.router, models.router, fleets.router, deployments.router, captures.router, alerts.router,
-                   overview.router, drift.router, accuracy.router, system.router):
+    app.add_middleware(AuditTrail, state=state)
+    for router in ROUTERS:
         app.include_router(router)
     try:
         from .dashboard import mount

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, PermissionDeniedError
 from .db.tables import ApiKey, Device
 from .state import ServerState, server_state
 
@@ -36,8 +38,24 @@ def _secret(creds: HTTPAuthorizationCredentials | None, who: str) -> str:
     return creds.credentials
 
 
-def require_operator(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-    """The name of the operator key that made the request."""
+# Each role can do what the roles before it can: a viewer reads everything and changes nothing, a deployer
+# also pushes, stages, deploys, pauses, resumes, rolls back and labels, an admin also manages keys, fleets,
+# devices, registration tokens and alert rules.
+ROLES = ("viewer", "deployer", "admin")
+
+
+@dataclass(frozen=True)
+class Operator:
+    """The operator key that made a request (set on ``request.state.operator`` for the audit trail)."""
+
+    name: str
+    role: str
+    expires_at: float | None
+
+
+def _operator(request: Request, creds: HTTPAuthorizationCredentials | None) -> Operator:
+    """The key behind the request, read from the database on every request (a revoked or expired key is
+    refused on its next request: nothing is cached)."""
     state: ServerState = server_state(request)
     secret = _secret(creds, "operator API key")
     with state.db.session() as session:
@@ -45,8 +63,39 @@ def require_operator(request: Request, creds: HTTPAuthorizationCredentials | Non
         if key is None:
             raise AuthenticationError("unknown or revoked operator API key", value=secret[:8] + "…", field="Authorization",
                                       fix="use the key the server wrote to its --api-key-file "
-                                          "(edgemill-data/operator.key by default)")
-        return key.name
+                                          "(edgemill-data/operator.key by default), or ask an admin for one "
+                                          "(edgemill keys operator create)")
+        if key.expires_at is not None and key.expires_at <= state.clock():
+            raise AuthenticationError(f"operator key {key.name!r} expired", value=secret[:8] + "…", field="Authorization",
+                                      fix="ask an admin for a new key (edgemill keys operator create)")
+        operator = Operator(key.name, key.role, key.expires_at)
+    request.state.operator = operator
+    return operator
+
+
+def require_role(role: str) -> Callable[..., str]:
+    """A dependency that admits keys of ``role`` or above and returns the key's name; 403 names the role
+    needed."""
+    needed = ROLES.index(role)
+
+    def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+        operator = _operator(request, creds)
+        if ROLES.index(operator.role) < needed:
+            raise PermissionDeniedError(f"operator key {operator.name!r} is a {operator.role}; this needs {role}",
+                                        value=f"{request.method} {request.url.path}", field="Authorization",
+                                        fix=f"use a key with the {role} role, or ask an admin to create one "
+                                            f"(edgemill keys operator create NAME --role {role})")
+        return operator.name
+
+    dependency.__name__ = f"require_{role}"
+    dependency.required_role = role  # type: ignore[attr-defined]  # read by the tests' walk over the API
+    return dependency
+
+
+require_viewer = require_role("viewer")
+require_deployer = require_role("deployer")
+require_admin = require_role("admin")
+require_operator = require_viewer  # any valid operator key
 
 
 async def device_secret(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
@@ -94,5 +143,5 @@ def ensure_operator_key(state: ServerState, path: Path | None, name: str = "admi
         if session.scalar(select(ApiKey).where(ApiKey.key_hash == digest(secret))) is None:
             taken = session.scalar(select(ApiKey).where(ApiKey.name == name))
             session.add(ApiKey(name=name if taken is None else f"{name}-{digest(secret)[:8]}",
-                               key_hash=digest(secret), created_at=state.clock()))
+                               key_hash=digest(secret), created_at=state.clock(), role="admin"))
     return created

@@ -553,3 +553,47 @@ class OverviewOut(BaseModel):
     firing_alerts: list[AlertOut]
     captures: int
     drifting: list[DriftingOut] = []  # drifting models first, then devices, worst first
+
+
+Role = Literal["viewer", "deployer", "admin"]
+Outcome = Literal["ok", "refused", "rejected", "failed"]
+
+
+class WhoAmIOut(BaseModel):
+    name: str
+    role: Role
+    expires_at: datetime | None
+
+
+class OperatorKeyIn(_Body):
+    name: str = Name
+    role: Role
+    expires_in_s: int | None = Field(None, ge=60, le=10 * 365 * 86400,
+                                     description="seconds until the key stops working; none: it does not expire")
+
+
+class OperatorKeyOut(BaseModel):
+    name: str
+    role: Role
+    created_at: datetime
+    created_by: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    active: bool
+
+
+class OperatorKeyCreated(OperatorKeyOut):
+    key: str  # shown once; the server keeps only its hash
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: datetime
+    key: str | None  # the key's name (None: the request carried no valid key)
+    role: Role | None
+    remote: str
+    method: str
+    path: str
+    operation: str
+    status: int
+    outcome: Outcome

@@ -14,12 +14,33 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
+    """An operator key: its name, role (auth.ROLES) and the sha256 of its secret, never the secret."""
+
     __tablename__ = "api_keys"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the key that created it
+
+
+class AuditEvent(Base):
+    """One state-changing request to the operator API, appended once it was answered; never updated."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # None: not authenticated
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    remote: Mapped[str] = mapped_column(String(64), default="")
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)  # as requested, e.g. /api/v1/deployments/7/rollback
+    operation: Mapped[str] = mapped_column(String(256), index=True)  # the route: POST /api/v1/deployments/{deployment_id}/rollback
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok, refused (401/403), rejected (other 4xx), failed (5xx)
 
 
 class Fleet(Base):

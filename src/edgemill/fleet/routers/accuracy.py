@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from .. import schemas
 from ..accuracy import Labeled, summarize
-from ..auth import require_operator
+from ..auth import require_viewer
 from ..db.tables import Capture, Device, Fleet
 from ..state import server_state
 from ..views import ts
@@ -22,7 +22,7 @@ def accuracy(request: Request, model: str, version: str | None = None, device: s
              fleet: str | None = None,
              range_s: float = Query(7 * 86400, ge=60, le=366 * 86400, description="Predictions made this long ago at most"),
              bucket_s: int = Query(3600, ge=60, le=30 * 86400, description="The series' step"),
-             _: str = Depends(require_operator)) -> schemas.AccuracyOut:
+             _: str = Depends(require_viewer)) -> schemas.AccuracyOut:
     """How often the model was right on the captures the operators labeled, by when the prediction was
     made: overall, over time, and per version, device and fleet, each with the labeled samples it rests
     on. ``task`` is None (and the figures absent) until a capture in scope is labeled."""

@@ -10,7 +10,7 @@ from ...errors import NotFoundError, UserError
 from .. import schemas
 from ..alerting import rule_of
 from ..alerts import validate_rule
-from ..auth import require_operator
+from ..auth import require_admin, require_viewer
 from ..db.tables import Alert, AlertRule
 from ..state import server_state
 from ..views import alert_out, ts
@@ -28,7 +28,7 @@ def _rule_out(r: AlertRule) -> schemas.AlertRuleOut:
 
 @router.post("/alert-rules", response_model=schemas.AlertRuleOut, status_code=201,
              responses={409: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}})
-def create_rule(body: schemas.AlertRuleIn, request: Request, _: str = Depends(require_operator)) -> schemas.AlertRuleOut:
+def create_rule(body: schemas.AlertRuleIn, request: Request, _: str = Depends(require_admin)) -> schemas.AlertRuleOut:
     state = server_state(request)
     row = AlertRule(name=body.name, metric=body.metric, op=body.op, threshold=body.threshold, window_s=body.window_s,
                     model=body.model, device=body.device, fleet=body.fleet, feature=body.feature,
@@ -50,14 +50,14 @@ def create_rule(body: schemas.AlertRuleIn, request: Request, _: str = Depends(re
 
 
 @router.get("/alert-rules", response_model=list[schemas.AlertRuleOut])
-def list_rules(request: Request, _: str = Depends(require_operator)) -> list[schemas.AlertRuleOut]:
+def list_rules(request: Request, _: str = Depends(require_viewer)) -> list[schemas.AlertRuleOut]:
     state = server_state(request)
     with state.db.session() as session:
         return [_rule_out(r) for r in session.scalars(select(AlertRule).order_by(AlertRule.name))]
 
 
 @router.delete("/alert-rules/{name}", status_code=204, response_class=Response, responses={404: {"model": schemas.ErrorOut}})
-def delete_rule(name: str, request: Request, _: str = Depends(require_operator)) -> Response:
+def delete_rule(name: str, request: Request, _: str = Depends(require_admin)) -> Response:
     state = server_state(request)
     with state.db.session() as session:
         row = session.scalar(select(AlertRule).where(AlertRule.name == name))
@@ -70,7 +70,7 @@ def delete_rule(name: str, request: Request, _: str = Depends(require_operator))
 
 @router.get("/alerts", response_model=list[schemas.AlertOut])
 def list_alerts(request: Request, state_filter: str | None = Query(None, alias="state", pattern="^(firing|resolved)$"),
-                limit: int = Query(100, ge=1, le=1000), _: str = Depends(require_operator)) -> list[schemas.AlertOut]:
+                limit: int = Query(100, ge=1, le=1000), _: str = Depends(require_viewer)) -> list[schemas.AlertOut]:
     """Firing first, then newest."""
     state = server_state(request)
     with state.db.session() as session:

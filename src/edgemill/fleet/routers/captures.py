@@ -16,7 +16,7 @@ from ...captures.answers import Answer, check_label
 from ...captures.record import CaptureFormatError, CaptureRecord
 from ...errors import NotFoundError, PayloadTooLargeError, UserError
 from .. import schemas
-from ..auth import require_operator
+from ..auth import require_deployer, require_viewer
 from ..capture_view import capture_view
 from ..db.tables import Capture, Device, Model, ModelVersion
 from ..state import server_state
@@ -44,7 +44,7 @@ def list_captures(request: Request, device: str | None = None, model: str | None
                   since: float | None = Query(None, description="predictions made at or after (unix seconds)"),
                   until: float | None = Query(None, description="predictions made before (unix seconds)"),
                   offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(100, ge=1, le=1000),
-                  _: str = Depends(require_operator)) -> list[schemas.CaptureOut]:
+                  _: str = Depends(require_viewer)) -> list[schemas.CaptureOut]:
     """Newest first; filter by device, fleet, model, version, label state and prediction time; page with
     offset and limit. Objects lie under captures/DEVICE/MODEL/ in the store."""
     state = server_state(request)
@@ -79,7 +79,7 @@ def _find(session: Session, device: str, capture_id: str) -> Capture:
 @router.get("/{device}/{capture_id}", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "The .emc record"},
                        404: {"model": schemas.ErrorOut}})
-def get_capture(device: str, capture_id: str, request: Request, _: str = Depends(require_operator)) -> Response:
+def get_capture(device: str, capture_id: str, request: Request, _: str = Depends(require_viewer)) -> Response:
     state = server_state(request)
     with state.db.session() as session:
         key = _find(session, device, capture_id).store_key
@@ -88,7 +88,7 @@ def get_capture(device: str, capture_id: str, request: Request, _: str = Depends
 
 @router.get("/{device}/{capture_id}/view", response_model=schemas.CaptureViewOut,
             responses={404: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}})
-def view_capture(device: str, capture_id: str, request: Request, _: str = Depends(require_operator)) -> schemas.CaptureViewOut:
+def view_capture(device: str, capture_id: str, request: Request, _: str = Depends(require_viewer)) -> schemas.CaptureViewOut:
     """The capture as the dashboard shows it: images, tables, waveforms, the answer, its label."""
     state = server_state(request)
     with state.db.session() as session:
@@ -131,7 +131,7 @@ def _apply(row: Capture, label: list[float | int] | None, who: str, now: float) 
 @router.put("/{device}/{capture_id}/label", response_model=schemas.CaptureOut,
             responses={404: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}})
 def put_label(device: str, capture_id: str, body: schemas.LabelIn, request: Request,
-              who: str = Depends(require_operator)) -> schemas.CaptureOut:
+              who: str = Depends(require_deployer)) -> schemas.CaptureOut:
     """Say what the right answer was: a class index for a classifier, a number for a regressor (a list,
     one per sample, for a capture of several). Who set it and when are kept, and the value it replaced."""
     state = server_state(request)
@@ -143,7 +143,7 @@ def put_label(device: str, capture_id: str, body: schemas.LabelIn, request: Requ
 
 
 @router.delete("/{device}/{capture_id}/label", response_model=schemas.CaptureOut, responses={404: {"model": schemas.ErrorOut}})
-def delete_label(device: str, capture_id: str, request: Request, who: str = Depends(require_operator)) -> schemas.CaptureOut:
+def delete_label(device: str, capture_id: str, request: Request, who: str = Depends(require_deployer)) -> schemas.CaptureOut:
     """Take a label back: the capture counts as unlabeled again (the removed value is kept as the previous)."""
     state = server_state(request)
     with state.db.session() as session:
@@ -157,7 +157,7 @@ def delete_label(device: str, capture_id: str, request: Request, who: str = Depe
              responses={413: {"model": schemas.ErrorOut}, 422: {"model": schemas.LabelImportOut}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "text/csv": {"schema": {"type": "string"}}, "application/x-ndjson": {"schema": {"type": "string"}}}}})
-async def import_labels(request: Request, who: str = Depends(require_operator)) -> Any:
+async def import_labels(request: Request, who: str = Depends(require_deployer)) -> Any:
     """Label many captures at once from CSV (a header row naming ``capture_id`` and ``label``, and
     ``device`` where ids repeat across devices; several labels of one capture separated by spaces) or
     JSON lines (``{"device": ..., "capture_id": ..., "label": ...}``). Every row is checked first: if any is

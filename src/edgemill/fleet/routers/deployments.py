@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from ...errors import ConflictError, NotFoundError, UserError
 from .. import schemas
-from ..auth import require_operator
+from ..auth import require_deployer, require_viewer
 from ..db.tables import Deployment, DeploymentDevice, Device
 from ..rollout import has_tags, wave_sizes
 from ..rollouts import LostRace, bump, event, roll_back, step
@@ -25,7 +25,7 @@ ERRORS = {404: {"model": schemas.ErrorOut}, 409: {"model": schemas.ErrorOut}, 42
 
 
 @router.post("", response_model=schemas.DeploymentOut, status_code=201, responses=ERRORS)
-def create_deployment(body: schemas.DeploymentIn, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def create_deployment(body: schemas.DeploymentIn, request: Request, operator: str = Depends(require_deployer)) -> schemas.DeploymentOut:
     """Roll a model version out to a fleet (optionally only devices with given tags or names): a canary
     wave first, then batches, each baked and checked against the health gates; a failing gate rolls
     the updated devices back automatically."""
@@ -97,7 +97,7 @@ def _create(state: ServerState, body: schemas.DeploymentIn, operator: str) -> sc
 
 @router.get("", response_model=list[schemas.DeploymentOut])
 def list_deployments(request: Request, model: str | None = None, state_filter: schemas.DeploymentState | None = Query(None, alias="state"),
-                     limit: int = Query(50, ge=1, le=500), _: str = Depends(require_operator)) -> list[schemas.DeploymentOut]:
+                     limit: int = Query(50, ge=1, le=500), _: str = Depends(require_viewer)) -> list[schemas.DeploymentOut]:
     state = server_state(request)
     with state.db.session() as session:
         stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
@@ -108,7 +108,7 @@ def list_deployments(request: Request, model: str | None = None, state_filter: s
 
 
 @router.get("/{deployment_id}", response_model=schemas.DeploymentOut, responses=ERRORS)
-def get_deployment_detail(deployment_id: DeploymentId, request: Request, _: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def get_deployment_detail(deployment_id: DeploymentId, request: Request, _: str = Depends(require_viewer)) -> schemas.DeploymentOut:
     state = server_state(request)
     with state.db.session() as session:
         return deployment_out(session, get_deployment(session, deployment_id))
@@ -141,17 +141,17 @@ def _change(request: Request, deployment_id: DeploymentId, operator: str, action
 
 
 @router.post("/{deployment_id}/pause", response_model=schemas.DeploymentOut, responses=ERRORS)
-def pause(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def pause(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_deployer)) -> schemas.DeploymentOut:
     """Stop taking new devices; devices already updated keep the version."""
     return _change(request, deployment_id, operator, "pause")
 
 
 @router.post("/{deployment_id}/resume", response_model=schemas.DeploymentOut, responses=ERRORS)
-def resume(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def resume(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_deployer)) -> schemas.DeploymentOut:
     return _change(request, deployment_id, operator, "resume")
 
 
 @router.post("/{deployment_id}/rollback", response_model=schemas.DeploymentOut, responses=ERRORS)
-def rollback(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_operator)) -> schemas.DeploymentOut:
+def rollback(deployment_id: DeploymentId, request: Request, operator: str = Depends(require_deployer)) -> schemas.DeploymentOut:
     """Send every device that got this version back to what it ran before."""
     return _change(request, deployment_id, operator, "rollback")

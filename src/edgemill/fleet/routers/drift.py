@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from ...errors import UserError
 from .. import schemas
-from ..auth import require_operator
+from ..auth import require_deployer, require_viewer
 from ..db.tables import DriftReference
 from ..drift_refs import samples_of
 from ..drift_view import drift_report, reference_out, window_counts
@@ -23,7 +23,7 @@ def drift(request: Request, model: str, version: str | None = None, device: str 
           fleet: str | None = None,
           window_s: float = Query(3600, ge=1, le=30 * 86400, description="The window the histograms cover"),
           range_s: float = Query(86400, ge=60, le=90 * 86400, description="The time span of the series"),
-          _: str = Depends(require_operator)) -> schemas.DriftOut:
+          _: str = Depends(require_viewer)) -> schemas.DriftOut:
     """Drift of one model version over a scope (one device, one fleet, or every device): per feature the
     window's histogram against the reference with PSI and Jensen-Shannon distance, the devices worst
     first, and a series of the worst and the median device's PSI. Without ``version``: the version most
@@ -38,7 +38,7 @@ def drift(request: Request, model: str, version: str | None = None, device: str 
 @router.put("/models/{name}/versions/{version}/drift-reference", response_model=schemas.DriftReferenceOut,
             responses=ERRORS)
 def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Request,
-                  operator: str = Depends(require_operator)) -> schemas.DriftReferenceOut:
+                  operator: str = Depends(require_deployer)) -> schemas.DriftReferenceOut:
     """Make the counts every device reported for this version in a window the reference drift is measured
     against (instead of the package baseline), e.g. a week the operator knows was good: ``last_s`` seconds
     up to now (the devices' open buckets included), or ``start``..``end`` (stored buckets). Buckets closed
@@ -84,7 +84,7 @@ def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Re
 
 @router.delete("/models/{name}/versions/{version}/drift-reference", status_code=204, response_class=Response,
                responses=ERRORS)
-def unpin_reference(name: str, version: str, request: Request, _: str = Depends(require_operator)) -> Response:
+def unpin_reference(name: str, version: str, request: Request, _: str = Depends(require_deployer)) -> Response:
     """Measure this version's drift against its package baseline again."""
     state = server_state(request)
     with state.db.session() as session:

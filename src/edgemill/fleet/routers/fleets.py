@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ...errors import UserError
 from .. import schemas
-from ..auth import digest, new_secret, require_operator
+from ..auth import digest, new_secret, require_admin, require_viewer
 from ..db.tables import Device, Fleet, RegistrationToken
 from ..state import server_state
 from ..views import count, device_out, device_status, device_status_sql, device_tag_sql, devices_out, dialect_of, ts
@@ -29,7 +29,7 @@ def _fleet_out(session, fleet: Fleet, now: float, config) -> schemas.FleetOut:  
 
 
 @router.post("/fleets", response_model=schemas.FleetOut, status_code=201, responses={409: {"model": schemas.ErrorOut}})
-def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(require_operator)) -> schemas.FleetOut:
+def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(require_admin)) -> schemas.FleetOut:
     state = server_state(request)
     try:
         with state.db.session() as session:
@@ -44,21 +44,21 @@ def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(requi
 
 
 @router.get("/fleets", response_model=list[schemas.FleetOut])
-def list_fleets(request: Request, _: str = Depends(require_operator)) -> list[schemas.FleetOut]:
+def list_fleets(request: Request, _: str = Depends(require_viewer)) -> list[schemas.FleetOut]:
     state = server_state(request)
     with state.db.session() as session:
         return [_fleet_out(session, f, state.clock(), state.config) for f in session.scalars(select(Fleet).order_by(Fleet.name))]
 
 
 @router.get("/fleets/{name}", response_model=schemas.FleetOut)
-def get_fleet_detail(name: str, request: Request, _: str = Depends(require_operator)) -> schemas.FleetOut:
+def get_fleet_detail(name: str, request: Request, _: str = Depends(require_viewer)) -> schemas.FleetOut:
     state = server_state(request)
     with state.db.session() as session:
         return _fleet_out(session, get_fleet(session, name), state.clock(), state.config)
 
 
 @router.post("/fleets/{name}/registration-tokens", response_model=schemas.TokenOut, status_code=201)
-def create_token(name: str, body: schemas.TokenIn, request: Request, _: str = Depends(require_operator)) -> schemas.TokenOut:
+def create_token(name: str, body: schemas.TokenIn, request: Request, _: str = Depends(require_admin)) -> schemas.TokenOut:
     """A registration token for devices of this fleet: shown once, stored hashed, expires."""
     state = server_state(request)
     token = new_secret("emt")
@@ -83,7 +83,7 @@ def list_devices(request: Request, response: Response, fleet: str | None = None,
                  tag: list[str] = Query(default=[], description="KEY=VALUE; repeat to require several tags"),
                  limit: int = Query(DEVICE_PAGE_DEFAULT, ge=1, le=DEVICE_PAGE_MAX, description="devices per page"),
                  offset: int = Query(0, ge=0, le=2**31 - 1, description="devices to skip (by name order)"),
-                 _: str = Depends(require_operator)) -> list[schemas.DeviceOut]:
+                 _: str = Depends(require_viewer)) -> list[schemas.DeviceOut]:
     """Devices by name, one page at a time; the X-Total-Count header says how many match in all.
     Filters and paging run in the database: a request reads one page, whatever the fleet's size."""
     state = server_state(request)
@@ -107,14 +107,14 @@ def list_devices(request: Request, response: Response, fleet: str | None = None,
 
 
 @router.get("/devices/{name}", response_model=schemas.DeviceOut)
-def get_device_detail(name: str, request: Request, _: str = Depends(require_operator)) -> schemas.DeviceOut:
+def get_device_detail(name: str, request: Request, _: str = Depends(require_viewer)) -> schemas.DeviceOut:
     state = server_state(request)
     with state.db.session() as session:
         return device_out(session, get_device(session, name), state.clock(), state.config)
 
 
 @router.patch("/devices/{name}", response_model=schemas.DeviceOut)
-def patch_device(name: str, body: schemas.DevicePatch, request: Request, _: str = Depends(require_operator)) -> schemas.DeviceOut:
+def patch_device(name: str, body: schemas.DevicePatch, request: Request, _: str = Depends(require_admin)) -> schemas.DeviceOut:
     state = server_state(request)
     with state.db.session() as session:
         device = get_device(session, name)
@@ -125,7 +125,7 @@ def patch_device(name: str, body: schemas.DevicePatch, request: Request, _: str 
 
 
 @router.delete("/devices/{name}", status_code=204, response_class=Response)
-def delete_device(name: str, request: Request, _: str = Depends(require_operator)) -> Response:
+def delete_device(name: str, request: Request, _: str = Depends(require_admin)) -> Response:
     """Forget a device: its credential stops working at once; its captures stay in the store."""
     state = server_state(request)
     with state.db.session() as session:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ...errors import PayloadTooLargeError, UserError, VerificationError
 from .. import schemas
-from ..auth import require_operator
+from ..auth import require_deployer, require_viewer
 from ..db.tables import Deployment, DeploymentDevice, Device, DeviceModel, Model, ModelVersion
 from ..registry import CheckedPackage, check_package, same_or_conflict
 from ..state import ServerState, server_state
@@ -39,14 +39,14 @@ def _model_out(session, model: Model) -> schemas.ModelOut:  # type: ignore[no-un
 
 
 @router.get("", response_model=list[schemas.ModelOut])
-def list_models(request: Request, _: str = Depends(require_operator)) -> list[schemas.ModelOut]:
+def list_models(request: Request, _: str = Depends(require_viewer)) -> list[schemas.ModelOut]:
     state = server_state(request)
     with state.db.session() as session:
         return [_model_out(session, m) for m in session.scalars(select(Model).order_by(Model.name))]
 
 
 @router.get("/{name}", response_model=schemas.ModelDetailOut)
-def get_model_detail(name: str, request: Request, _: str = Depends(require_operator)) -> schemas.ModelDetailOut:
+def get_model_detail(name: str, request: Request, _: str = Depends(require_viewer)) -> schemas.ModelDetailOut:
     state = server_state(request)
     with state.db.session() as session:
         model = get_model(session, name)
@@ -143,7 +143,7 @@ def _forget_object(state: ServerState, key: str) -> None:
                         409: {"model": schemas.ErrorOut}, 413: {"model": schemas.ErrorOut},
                         422: {"model": schemas.ErrorOut, "description": "The package failed verification"}})
 async def upload_version(name: str, request: Request, response: Response,
-                         operator: str = Depends(require_operator)) -> schemas.VersionOut:
+                         operator: str = Depends(require_deployer)) -> schemas.VersionOut:
     """Upload a signed package. The server verifies its signature against its trusted keys and every
     file against the manifest before storing anything; unsigned or tampered packages get 422 with the
     refusal reason."""
@@ -169,7 +169,7 @@ async def upload_version(name: str, request: Request, response: Response,
 
 
 @router.get("/{name}/versions/{version}", response_model=schemas.VersionOut)
-def get_version_detail(name: str, version: str, request: Request, _: str = Depends(require_operator)) -> schemas.VersionOut:
+def get_version_detail(name: str, version: str, request: Request, _: str = Depends(require_viewer)) -> schemas.VersionOut:
     state = server_state(request)
     with state.db.session() as session:
         return version_out(get_version(session, name, version))
@@ -177,7 +177,7 @@ def get_version_detail(name: str, version: str, request: Request, _: str = Depen
 
 @router.patch("/{name}/versions/{version}", response_model=schemas.VersionOut)
 def set_stage(name: str, version: str, body: schemas.StageIn, request: Request,
-              _: str = Depends(require_operator)) -> schemas.VersionOut:
+              _: str = Depends(require_deployer)) -> schemas.VersionOut:
     """Move a version between stages (staging, production, archived)."""
     state = server_state(request)
     with state.db.session() as session:
@@ -188,7 +188,7 @@ def set_stage(name: str, version: str, body: schemas.StageIn, request: Request,
 
 
 @router.get("/{name}/versions/{version}/lineage", response_model=schemas.LineageOut)
-def lineage(name: str, version: str, request: Request, _: str = Depends(require_operator)) -> schemas.LineageOut:
+def lineage(name: str, version: str, request: Request, _: str = Depends(require_viewer)) -> schemas.LineageOut:
     """Source file hash → compile report → package → deployments → devices running it now."""
     state = server_state(request)
     with state.db.session() as session:
@@ -218,7 +218,7 @@ def lineage(name: str, version: str, request: Request, _: str = Depends(require_
 
 @router.get("/{name}/versions/{version}/package", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}, "description": "The package file"}})
-def download_version(name: str, version: str, request: Request, _: str = Depends(require_operator)) -> Response:
+def download_version(name: str, version: str, request: Request, _: str = Depends(require_viewer)) -> Response:
     state = server_state(request)
     with state.db.session() as session:
         row = get_version(session, name, version)

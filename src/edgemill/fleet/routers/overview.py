@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .. import schemas
-from ..auth import require_operator
+from ..auth import require_viewer
 from ..db import floor_div
 from ..config import ServerConfig
 from ..db.tables import (Alert, Capture, Deployment, Device, DriftSample, Fleet, MetricRollup, MetricSample, Model,
@@ -26,7 +26,7 @@ PROBLEM_DEVICES_SHOWN = 100  # the rest: GET /devices?status=degraded or offline
 
 
 @router.get("/overview", response_model=schemas.OverviewOut)
-def overview(request: Request, _: str = Depends(require_operator)) -> schemas.OverviewOut:
+def overview(request: Request, _: str = Depends(require_viewer)) -> schemas.OverviewOut:
     """The fleet at a glance, counted and summed by the database whatever the fleet's size.
     `problem_devices` holds the first 100 degraded or offline devices by name (`devices.degraded` +
     `devices.offline` say how many there are; GET /api/v1/devices?status=... lists them all), and
@@ -118,7 +118,7 @@ def _problem_models(session: Session, now: float, max_error_rate: float) -> list
 @router.get("/metrics/series", response_model=list[schemas.SeriesOut])
 def series(request: Request, model: str | None = None, device: str | None = None,
            since_s: float = Query(3600, gt=0, le=30 * 86400), buckets: int = Query(60, ge=1, le=1000),
-           _: str = Depends(require_operator)) -> list[schemas.SeriesOut]:
+           _: str = Depends(require_viewer)) -> list[schemas.SeriesOut]:
     """Requests, errors, error rate and latency over time, in ``buckets`` equal intervals. Without a
     filter: one series per model over the whole fleet; with ``device``: one per model on that device.
     Latency per bucket is the worst device's percentile (a fleet-wide percentile cannot be rebuilt

@@ -1,0 +1,117 @@
+"""`edgemill keys operator create|list|revoke` and `edgemill audit`: operator keys with roles, and the
+audit trail of what they changed, on a running control plane (an admin key manages keys; any key reads
+the audit trail)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import UsageError
+from .fleet_cmds import _client, _remote_args
+from .output import emit_json
+
+ROLES = ("viewer", "deployer", "admin")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_s(text: str) -> int:
+    """'30d', '12h', '90m', '3600' -> seconds."""
+    match = re.fullmatch(r"(\d+)\s*([smhdw]?)", text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise UsageError("not a duration", value=text, expected="a number with s, m, h, d or w (e.g. 30d, 12h)",
+                         fix="e.g. --expires 30d")
+    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def add_operator_parsers(keys_sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    operator = keys_sub.add_parser("operator", help="operator API keys of a control plane: create, list, revoke")
+    actions = operator.add_subparsers(dest="operator_command", metavar="ACTION", required=True)
+    c = actions.add_parser("create", parents=[common], help="a new named key with a role (the secret is printed once)",
+                           description="Roles: viewer reads everything and changes nothing; deployer also pushes, "
+                                       "stages, deploys, pauses, resumes, rolls back and labels captures; admin "
+                                       "also manages keys, fleets, devices, registration tokens and alert rules.")
+    c.add_argument("name")
+    c.add_argument("--role", required=True, choices=ROLES)
+    c.add_argument("--expires", default=None, metavar="DURATION", help="e.g. 30d, 12h (default: never)")
+    _remote_args(c)
+    c.set_defaults(handler=create)
+    ls = actions.add_parser("list", parents=[common], help="every key: role, creator, expiry, revoked or active")
+    _remote_args(ls)
+    ls.set_defaults(handler=list_keys)
+    r = actions.add_parser("revoke", parents=[common], help="refuse the key from its next request on")
+    r.add_argument("name")
+    _remote_args(r)
+    r.set_defaults(handler=revoke)
+
+
+def add_audit_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    a = sub.add_parser("audit", parents=[common], help="who changed what on the control plane, newest first")
+    a.add_argument("--key", default=None, help="only this key's events")
+    a.add_argument("--operation", default=None, help="only operations whose route contains this (e.g. deployments)")
+    a.add_argument("--outcome", choices=("ok", "refused", "rejected", "failed"), default=None)
+    a.add_argument("--since", default=None, metavar="DURATION", help="only the last DURATION (e.g. 24h)")
+    a.add_argument("--limit", type=int, default=50, help="events to show (default 50, at most 1000)")
+    _remote_args(a)
+    a.set_defaults(handler=audit)
+
+
+def _when(value: str | None) -> str:
+    return "-" if not value else value.replace("T", " ").replace("+00:00", "Z")[:20]
+
+
+def create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "role": args.role}
+    if args.expires is not None:
+        body["expires_in_s"] = duration_s(args.expires)
+    created = _client(args).request("POST", "/api/v1/operator-keys", body=body)
+    if args.json:
+        emit_json(created)
+    else:
+        print(f"created operator key {created['name']} ({created['role']}"
+              + (f", expires {_when(created['expires_at'])}" if created["expires_at"] else "") + ")")
+        print(created["key"])
+        print("The secret is shown this once; the server keeps only its hash.")
+    return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    keys = _client(args).request("GET", "/api/v1/operator-keys")
+    if args.json:
+        emit_json(keys)
+        return 0
+    print(f"{'NAME':<24} {'ROLE':<9} {'STATE':<8} {'CREATED':<20} {'BY':<16} EXPIRES")
+    for k in keys:
+        state = "active" if k["active"] else ("revoked" if k["revoked_at"] else "expired")
+        print(f"{k['name']:<24} {k['role']:<9} {state:<8} {_when(k['created_at']):<20} {k['created_by'] or '-':<16} "
+              f"{_when(k['expires_at'])}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    _client(args).request("DELETE", f"/api/v1/operator-keys/{args.name}")
+    if args.json:
+        emit_json({"revoked": args.name})
+    else:
+        print(f"revoked operator key {args.name}: refused from its next request on")
+    return 0
+
+
+def audit(args: argparse.Namespace) -> int:
+    query: dict[str, Any] = {"limit": args.limit}
+    for name in ("key", "operation", "outcome"):
+        if getattr(args, name) is not None:
+            query[name] = getattr(args, name)
+    if args.since is not None:
+        query["since"] = datetime.now(timezone.utc).timestamp() - duration_s(args.since)
+    events = _client(args).request("GET", "/api/v1/audit", query=query)
+    if args.json:
+        emit_json(events)
+        return 0
+    print(f"{'WHEN':<20} {'KEY':<16} {'FROM':<15} {'STATUS':<6} {'OUTCOME':<8} OPERATION")
+    for e in events:
+        print(f"{_when(e['at']):<20} {e['key'] or '(none)':<16} {e['remote']:<15} {e['status']:<6} {e['outcome']:<8} "
+              f"{e['method']} {e['path']}")
+    return 0
