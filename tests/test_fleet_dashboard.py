@@ -879,3 +879,69 @@ def test_captures_show_their_data_take_labels_and_give_live_accuracy(captured: C
             browser.close()
     print(f"\nscreenshots in {shots}: captures.png capture-image.png capture-audio.png capture-table.png "
           "model-accuracy.png (and capture-label-refused, capture-table, capture-regression, model-lineage)")
+
+
+# --- roles: what a viewer sees, and an admin managing keys ---------------------------------------------
+
+def test_a_viewer_finds_no_controls_and_an_admin_creates_and_revokes_a_key(fleet: Fleet, tmp_path: Path) -> None:
+    s = fleet.server
+    viewer = s.call("POST", "/api/v1/operator-keys", {"name": "wall-screen", "role": "viewer"})["key"]
+    shots = screenshot_dir(tmp_path)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.set_default_timeout(10_000)
+            console = Console(page)
+            console.allowed.append(re.compile(r"status of 403"))  # the keys page opened by a viewer, on purpose
+
+            # A viewer: every page reads, no page offers a change.
+            page.goto(f"{s.url}/#key={viewer}")
+            page.locator("main h1", has_text="Overview").wait_for()
+            expect(page.locator("#whoami")).to_have_text("wall-screen · viewer")
+            expect(page.locator("nav a[data-nav=keys]")).to_be_hidden()
+            go(page, f"deployment/{fleet.deployment}", f"Deployment #{fleet.deployment}")
+            assert page.locator("#main button").count() == 0  # no pause, resume or roll back
+            go(page, "model/mlp", "mlp")
+            page.locator("main h2", has_text="Drift").first.wait_for()
+            expect(page.locator("#main button", has_text="Pin")).to_have_count(0)
+            expect(page.locator("#main button", has_text="Unpin")).to_have_count(0)
+            for route, heading in (("devices", "Devices"), ("alerts", "Alerts"), ("captures", "Captures"),
+                                   ("deployments", "Deployments")):
+                go(page, route, heading)
+                for word in ("Delete", "Roll back", "Revoke", "Create", "Save label"):
+                    expect(page.locator("#main button", has_text=word)).to_have_count(0)
+            go(page, "audit", "Audit")
+            assert page.locator("main tbody tr").count() >= 1  # what the fixture and the admin did
+            shoot(page, shots, "audit-as-viewer")
+            page.evaluate("location.hash = 'keys'")  # typed by hand: refused, and said why
+            expect(page.locator("#banner")).to_contain_text("needs the admin role")
+
+            # An admin: the controls are there, and keys are made and revoked from the page.
+            page.evaluate(f"location.hash = {json.dumps('overview?key=' + s.key)}")
+            expect(page.locator("#whoami")).to_contain_text("· admin")
+            go(page, f"deployment/{fleet.deployment}", f"Deployment #{fleet.deployment}")
+            expect(page.locator("#main button", has_text="Roll back")).to_have_count(1)
+            page.click("nav a[data-nav=keys]")
+            page.locator("main h1", has_text="Operator keys").wait_for()
+            page.fill("#key-name", "ci-bot")
+            page.select_option("#key-role", "deployer")
+            page.select_option("#key-expiry", label="30 days")
+            page.click("#main button[type=submit]")
+            expect(page.locator("#new-key")).to_contain_text("emk_")
+            secret = page.locator("#new-key").inner_text().strip()
+            assert s.call("GET", "/api/v1/whoami", token=secret)["role"] == "deployer"
+            row = page.locator("main tbody tr", has_text="ci-bot")
+            expect(row).to_contain_text("active")
+            shoot(page, shots, "keys")
+            row.locator("button", has_text="Revoke").click()
+            page.click("#confirm-ok")
+            expect(page.locator("main tbody tr", has_text="ci-bot")).to_contain_text("revoked")
+            with pytest.raises(AssertionError, match="401"):
+                s.call("GET", "/api/v1/whoami", token=secret)
+            go(page, "audit", "Audit")
+            expect(page.locator("main tbody")).to_contain_text("DELETE /api/v1/operator-keys/ci-bot")
+            expect(page.locator("main tbody")).to_contain_text("POST /api/v1/operator-keys")
+            assert not console.problems, console.problems
+        finally:
+            browser.close()

@@ -5,7 +5,7 @@
  * a function onto ctx.mounts, called then, which returns the function that undoes it). This module signs
  * in, routes, shows errors, and rebuilds the current view every 5 s while the tab is visible. */
 
-import { ApiError, session } from "./lib/api.js";
+import { ApiError, api, session } from "./lib/api.js";
 import { destroyCharts, drawCharts } from "./lib/charts.js";
 import { $, empty, h } from "./lib/dom.js";
 import { viewAlerts } from "./views/alerts.js";
@@ -13,6 +13,7 @@ import { viewCapture, viewCaptures } from "./views/captures.js";
 import { viewDeployment, viewDeployments } from "./views/deployments.js";
 import { viewDevice, viewDevices } from "./views/devices.js";
 import { viewModel, viewModels } from "./views/models.js";
+import { viewAudit, viewKeys } from "./views/operators.js";
 import { viewOverview } from "./views/overview.js";
 
 const REFRESH_MS = 5000;
@@ -28,12 +29,20 @@ const ROUTES = {
   deployments: { view: viewDeployments, nav: "deployments", title: "Deployments" },
   deployment: { view: viewDeployment, nav: "deployments", title: "Deployment", arg: true },
   alerts: { view: viewAlerts, nav: "alerts", title: "Alerts" },
+  audit: { view: viewAudit, nav: "audit", title: "Audit" },
+  keys: { view: viewKeys, nav: "keys", title: "Operator keys", role: "admin" },
 };
+
+// Each role can do what the ones before it can (the server's auth.ROLES); the API enforces it, the
+// dashboard only leaves out what the signed-in key may not do.
+const ROLES = ["viewer", "deployer", "admin"];
+const can = (whoami, role) => Boolean(whoami) && ROLES.indexOf(whoami.role) >= ROLES.indexOf(role);
 
 const state = {
   renderSeq: 0,  // a render that a newer one overtook drops its result
   inFlight: false,
   page: null,  // the route's name and argument last rendered, without its query
+  whoami: null,  // the signed-in key: {name, role, expires_at}, read again with every render
   unmounts: [],  // what undoes the drawings of ctx.mounts on the page
 };
 
@@ -72,6 +81,13 @@ function showBanner(err) {
 
 function hideBanner() { $("banner").hidden = true; }
 
+/** The signed-in key in the header, and only the sections its role may open in the navigation. */
+function showWhoami(whoami) {
+  $("whoami").textContent = whoami ? `${whoami.name} · ${whoami.role}` : "";
+  $("whoami").hidden = !whoami;
+  for (const a of document.querySelectorAll("[data-role]")) a.hidden = !can(whoami, a.dataset.role);
+}
+
 function showLogin(message) {
   clearDrawings();
   $("main").replaceChildren();
@@ -94,6 +110,8 @@ function signIn(key) {
 
 function signOut(message) {
   session.set(null);
+  state.whoami = null;
+  showWhoami(null);
   showLogin(message);
 }
 
@@ -183,9 +201,14 @@ async function render({ quiet = false } = {}) {
   const main = $("main");
   main.setAttribute("aria-busy", "true");
   state.inFlight = true;
-  const ctx = { charts: [], mounts: [], confirmThen, act, failed };
+  const ctx = { charts: [], mounts: [], confirmThen, act, failed, can: (role) => can(state.whoami, role) };
   try {
     document.title = `${spec.title} · edgemill fleet`;
+    state.whoami = await api("/whoami");  // a revoked or expired key signs out here (401)
+    showWhoami(state.whoami);
+    if (spec.role && !ctx.can(spec.role)) {
+      throw new ApiError(403, { message: `This page needs the ${spec.role} role; the key ${state.whoami.name} is a ${state.whoami.role}.` });
+    }
     const node = await spec.view(route, ctx);
     if (seq !== state.renderSeq) return;
     const y = window.scrollY;

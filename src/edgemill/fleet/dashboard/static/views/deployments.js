@@ -45,11 +45,11 @@ export async function viewDeployment(route, ctx) {
       h("span", { class: "muted" }, modelLink(d.model), ` ${d.version} → fleet ${d.fleet}`,
         Object.keys(d.tags).length ? ` (tags ${Object.entries(d.tags).map(([k, v]) => `${k}=${v}`).join(", ")})` : "",
         " · created ", when(d.created_at), " · updated ", when(d.updated_at))),
-    h("div", { class: "actions" },
+    ctx.can("deployer") ? h("div", { class: "actions" },
       act("pause", "Pause", "Devices not yet updated wait until the rollout is resumed.", d.state === "rolling"),
       act("resume", "Resume", "The rollout continues with its next wave once the gates pass.", d.state === "paused"),
       act("rollback", "Roll back", "Every updated device is ordered back to the version it ran before.",
-        d.state !== "rolled_back" && d.state !== "superseded")),
+        d.state !== "rolled_back" && d.state !== "superseded")) : null,
     d.reason && (d.state === "rolled_back" || d.state === "paused")
       ? h("div", { class: `callout ${d.state === "rolled_back" ? "bad" : "warn"}` },
         h("h2", {}, d.state === "paused" ? "Paused" : "Rolled back"), h("p", {}, d.reason))
