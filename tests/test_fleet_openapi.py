@@ -59,7 +59,9 @@ def fuzzed_app(tmp_path_factory: pytest.TempPathFactory, keypair: tuple[Path, Pa
         token = client.post("/api/v1/fleets/cams/registration-tokens", json={"uses": 1}, headers=h).json()["token"]
         device = client.post("/api/v1/agent/register", json={"token": token, "device": "cam-1"}).json()["credential"]
         client.post("/api/v1/alert-rules", json={"name": "errors", "metric": "error_rate", "threshold": 0.1}, headers=h)
-    app.state.fuzz_keys = {"operator": key, "device": device}
+        roles = {role: client.post("/api/v1/operator-keys", json={"name": f"fuzz-{role}", "role": role},
+                                   headers=h).json()["key"] for role in ("viewer", "deployer")}
+    app.state.fuzz_keys = {"operator": key, "device": device, **roles}
     return app
 
 
@@ -90,3 +92,24 @@ def test_no_request_gets_a_server_error(fuzzed_app) -> None:  # type: ignore[no-
                 run()
             except Unsatisfiable:  # nothing to make invalid (an operation without parameters)
                 assert mode == schemathesis.GenerationMode.NEGATIVE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["viewer", "deployer"])
+def test_no_request_with_a_lesser_role_gets_a_server_error(fuzzed_app, role: str) -> None:  # type: ignore[no-untyped-def]
+    """Every operator operation with a viewer's and a deployer's key: refusals are the documented 403,
+    never a 5xx or an undocumented answer (the admin key is the test above)."""
+    key = fuzzed_app.state.fuzz_keys[role]
+    checks = [schemathesis.checks.not_a_server_error, schemathesis.checks.response_schema_conformance,
+              schemathesis.checks.content_type_conformance]
+    operations = [o for o in _operations(fuzzed_app) if not o.path.startswith("/api/v1/agent/")]
+    assert len(operations) >= 25
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=schemathesis.GenerationMode.POSITIVE))
+        @settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def run(case) -> None:  # type: ignore[no-untyped-def]
+            response = case.call(headers={"Authorization": f"Bearer {key}"})
+            case.validate_response(response, checks=checks)
+
+        run()
