@@ -223,3 +223,21 @@ def test_operator_keys_and_the_audit_trail_from_the_cli(tmp_path: Path, keypair:
         assert any(" ci " in line and " refused " in line and "/api/v1/fleets" in line for line in lines), trail.out
         bad = run_cli("keys", "operator", "create", "x", "--role", "viewer", "--expires", "soon", *admin)
         assert bad.code == 2 and "'soon'" in bad.err
+
+
+def test_the_audit_trail_filters_by_key_path_and_outcome(server: TestClient) -> None:
+    assert server.post("/api/v1/fleets", json={"name": "cams"}).status_code == 201
+    keys = keys_by_role(server)
+    viewer = {"Authorization": f"Bearer {keys['viewer']}"}
+    assert server.post("/api/v1/deployments/7/rollback", headers=viewer).status_code == 403
+    assert server.post("/api/v1/deployments/7/pause").status_code == 404
+    assert server.post("/api/v1/deployments/70/pause").status_code == 404
+    seven = server.get("/api/v1/audit", params={"path": "/api/v1/deployments/7"}).json()
+    assert [(e["key"], e["outcome"], e["path"]) for e in seven] == [
+        ("admin", "rejected", "/api/v1/deployments/7/pause"), ("k-viewer", "refused", "/api/v1/deployments/7/rollback")]
+    refused = server.get("/api/v1/audit", params={"outcome": "refused"}).json()
+    assert [e["key"] for e in refused] == ["k-viewer"]
+    page = server.get("/api/v1/audit", params={"key": "admin", "limit": 2})
+    assert int(page.headers["X-Total-Count"]) >= 5 and len(page.json()) == 2
+    older = server.get("/api/v1/audit", params={"key": "admin", "limit": 2, "before_id": page.json()[-1]["id"]}).json()
+    assert older and all(e["id"] < page.json()[-1]["id"] for e in older)

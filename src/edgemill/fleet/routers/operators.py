@@ -91,6 +91,7 @@ def revoke_key(name: str, request: Request, _: str = Depends(require_admin)) -> 
 @router.get("/audit", response_model=list[schemas.AuditEventOut], responses={200: {"headers": {TOTAL_HEADER: {
     "description": "How many events match the filters (all pages)", "schema": {"type": "integer"}}}}})
 def audit(request: Request, response: Response, key: str | None = None, operation: str | None = None,
+          path: str | None = Query(None, description="requests to this path or below it, e.g. /api/v1/deployments/7"),
           outcome: schemas.Outcome | None = None, since: float | None = Query(None, description="unix seconds"),
           until: float | None = Query(None, description="unix seconds"),
           before_id: int | None = Query(None, ge=1, description="page: events older than this id"),
@@ -104,6 +105,9 @@ def audit(request: Request, response: Response, key: str | None = None, operatio
         where.append(AuditEvent.key_name == key)
     if operation is not None:
         where.append(AuditEvent.operation.contains(operation))
+    if path is not None:
+        prefix = path.rstrip("/")
+        where.append((AuditEvent.path == prefix) | AuditEvent.path.startswith(prefix + "/", autoescape=True))
     if outcome is not None:
         where.append(AuditEvent.outcome == outcome)
     if since is not None:

@@ -64,14 +64,17 @@ export async function viewKeys(route, ctx) {
 
 export async function viewAudit(route) {
   const key = route.query.get("key");
+  const path = route.query.get("path");
   const before = route.query.get("before");
   const params = new URLSearchParams({ limit: String(AUDIT_PAGE) });
   if (key) params.set("key", key);
+  if (path) params.set("path", path);
   if (before) params.set("before_id", before);
   const { items, total } = await apiPage(`/audit?${params}`);
   const href = (extra) => {
     const q = new URLSearchParams();
     if (key) q.set("key", key);
+    if (path) q.set("path", path);
     for (const [k, v] of Object.entries(extra)) if (v != null) q.set(k, v);
     const text = q.toString();
     return `#audit${text ? `?${text}` : ""}`;
@@ -86,7 +89,8 @@ export async function viewAudit(route) {
   return h("div", {},
     h("div", { class: "page-head" }, h("h1", {}, "Audit"),
       h("span", { class: "muted" }, `${total} state-changing request${total === 1 ? "" : "s"}`,
-        key ? [" by ", h("code", {}, key), " · ", h("a", { href: "#audit" }, "everyone")] : "")),
+        key ? [" by ", h("code", {}, key)] : "", path ? [" to ", h("code", {}, path)] : "",
+        key || path ? [" · ", h("a", { href: "#audit" }, "all")] : "")),
     items.length ? table(["When", "Key", "Role", "From", "Request", "Status", "Outcome"], rows)
       : empty("Nothing has been changed yet."),
     items.length === AUDIT_PAGE && last != null
