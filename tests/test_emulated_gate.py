@@ -168,3 +168,30 @@ def test_a_backend_whose_parent_package_is_missing_is_reported_missing(monkeypat
 
     monkeypatch.setattr(importlib.util, "find_spec", no_onnx)
     assert missing_library("reference") == "onnx.reference"
+
+
+@pytest.mark.parametrize("with_filter", [True, False])
+def test_a_bundle_is_unpacked_as_plain_files_with_or_without_tarfiles_data_filter(
+        with_filter: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Debian bookworm's Python is 3.11.2, whose tarfile has no data filter (3.11.4 added it)."""
+    import io
+
+    from edgemill.emulation.prepare import EmulationUnavailable, _extract_plain
+
+    if not with_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+
+    def tar_of(name: str) -> tarfile.TarFile:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"ok"))
+        buffer.seek(0)
+        return tarfile.open(fileobj=buffer)
+
+    _extract_plain(tar_of("bundle/install.sh"), tmp_path / "in")
+    assert (tmp_path / "in" / "bundle" / "install.sh").read_text() == "ok"
+    with pytest.raises(EmulationUnavailable, match="outside plain files"):
+        _extract_plain(tar_of("../evil.sh"), tmp_path / "in")
+    assert not (tmp_path / "evil.sh").exists()
