@@ -221,6 +221,8 @@ def test_operator_keys_and_the_audit_trail_from_the_cli(tmp_path: Path, keypair:
         ops = [line.split()[-2:] for line in lines[1:]]
         assert ["DELETE", "/api/v1/operator-keys/ci"] in ops and ["POST", "/api/v1/models/detector/versions"] in ops
         assert any(" ci " in line and " refused " in line and "/api/v1/fleets" in line for line in lines), trail.out
+        folded = run_cli("audit", "--folded", *admin)  # nothing past a retention period the server does not have
+        assert folded.code == 0 and folded.out.splitlines() == [folded.out.splitlines()[0]] and "DAY" in folded.out
         bad = run_cli("keys", "operator", "create", "x", "--role", "viewer", "--expires", "soon", *admin)
         assert bad.code == 2 and "'soon'" in bad.err
 
@@ -241,3 +243,36 @@ def test_the_audit_trail_filters_by_key_path_and_outcome(server: TestClient) -> 
     assert int(page.headers["X-Total-Count"]) >= 5 and len(page.json()) == 2
     older = server.get("/api/v1/audit", params={"key": "admin", "limit": 2, "before_id": page.json()[-1]["id"]}).json()
     assert older and all(e["id"] < page.json()[-1]["id"] for e in older)
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_audit_events_past_the_retention_period_are_folded_into_counts_not_dropped(
+        database: str, tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+    from edgemill.fleet.audit_retention import fold_audit
+
+    clock = FakeClock()
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}" if database == "sqlite" else fresh_postgres_database(postgres_url())  # type: ignore[arg-type]
+    config = ServerConfig(db=db, store=f"file://{tmp_path / 'store'}",
+                          trusted_keys=(keypair[1],), api_key_file=tmp_path / "operator.key", audit_retention_s=86400)
+    app = create_app(config, clock=clock, background=False)
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {(tmp_path / 'operator.key').read_text().strip()}"
+        assert client.post("/api/v1/fleets", json={"name": "cams"}).status_code == 201
+        assert client.post("/api/v1/fleets", json={"name": "cams"}).status_code == 409
+        assert client.post("/api/v1/fleets/cams/registration-tokens", json={}).status_code == 201
+        clock.now += 3 * 86400  # two whole days past the retention period
+        assert client.post("/api/v1/fleets", json={"name": "lab"}).status_code == 201  # recent: kept
+        state = app.state.edgemill
+        assert fold_audit(state.db, clock.now, config) == 3
+        assert fold_audit(state.db, clock.now, config) == 0  # folded once, whatever runs it again
+        page = client.get("/api/v1/audit")
+        assert [e["path"] for e in page.json()] == ["/api/v1/fleets"] and page.headers["X-Folded-Count"] == "3"
+        folded = client.get("/api/v1/audit/folded").json()
+        assert sum(f["events"] for f in folded) == 3
+        by = {(f["operation"], f["outcome"]): f["events"] for f in folded}
+        assert by == {("POST /api/v1/fleets", "ok"): 1, ("POST /api/v1/fleets", "rejected"): 1,
+                      ("POST /api/v1/fleets/{name}/registration-tokens", "ok"): 1}
+        assert all(f["key"] == "admin" for f in folded)
+    app.state.edgemill.db.engine.dispose()
+    if database == "postgresql":
+        drop_postgres_database(db)

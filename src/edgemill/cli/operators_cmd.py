@@ -54,6 +54,8 @@ def add_audit_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     a.add_argument("--outcome", choices=("ok", "refused", "rejected", "failed"), default=None)
     a.add_argument("--since", default=None, metavar="DURATION", help="only the last DURATION (e.g. 24h)")
     a.add_argument("--limit", type=int, default=50, help="events to show (default 50, at most 1000)")
+    a.add_argument("--folded", action="store_true",
+                   help="the per-day counts of events older than the server's --audit-retention-s")
     _remote_args(a)
     a.set_defaults(handler=audit)
 
@@ -100,6 +102,8 @@ def revoke(args: argparse.Namespace) -> int:
 
 
 def audit(args: argparse.Namespace) -> int:
+    if args.folded:
+        return _folded(args)
     query: dict[str, Any] = {"limit": args.limit}
     for name in ("key", "operation", "outcome"):
         if getattr(args, name) is not None:
@@ -114,4 +118,15 @@ def audit(args: argparse.Namespace) -> int:
     for e in events:
         print(f"{_when(e['at']):<20} {e['key'] or '(none)':<16} {e['remote']:<15} {e['status']:<6} {e['outcome']:<8} "
               f"{e['method']} {e['path']}")
+    return 0
+
+
+def _folded(args: argparse.Namespace) -> int:
+    rows = _client(args).request("GET", "/api/v1/audit/folded", query={"key": args.key} if args.key else None)
+    if args.json:
+        emit_json(rows)
+        return 0
+    print(f"{'DAY':<11} {'KEY':<16} {'EVENTS':>6} {'OUTCOME':<8} OPERATION")
+    for r in rows:
+        print(f"{r['day'][:10]:<11} {r['key'] or '(none)':<16} {r['events']:>6} {r['outcome']:<8} {r['operation']}")
     return 0

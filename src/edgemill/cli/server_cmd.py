@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                    help="delete rollups older than this (default 90 days)")
     p.add_argument("--captures-retention-s", type=float, default=None,
                    help="delete captures (objects and records) older than this; 0 keeps them all (default 30 days)")
+    p.add_argument("--audit-retention-s", type=float, default=None,
+                   help="fold audit events older than this into per-day counts (at least 86400); default: keep them all")
     p.add_argument("--drift-bucket-s", type=float, default=None,
                    help="a device's drift counts close into a stored bucket after this long (default 300)...")
     p.add_argument("--drift-min-samples", type=int, default=None,
@@ -71,7 +73,7 @@ def build_config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
               "api_key_file": Path(args.api_key_file) if args.api_key_file else data / "operator.key"}
     for name in ("max_upload_mb", "max_concurrent_downloads", "heartbeat_interval_s", "offline_after_s", "tick_s",
                  "db_pool_size", "metrics_retention_s", "metrics_rollup_s", "metrics_rollup_retention_s",
-                 "drift_bucket_s", "drift_min_samples"):
+                 "drift_bucket_s", "drift_min_samples", "audit_retention_s"):
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     if getattr(args, "captures_retention_s", None) is not None:

@@ -38,6 +38,8 @@ class ServerConfig(BaseModel):
     metrics_rollup_s: float = Field(3600, ge=60, le=86400)  # ...into one row per device, model and this span
     metrics_rollup_retention_s: float = Field(90 * 86400, gt=0)  # rollups older than this are deleted
     captures_retention_s: float | None = Field(30 * 86400, gt=0)  # captures (rows and objects); None: keep all
+    # Audit events older than this are folded into per-day counts (audit_retention.py); None: kept for good.
+    audit_retention_s: float | None = Field(None, ge=86400)
     retention_every_s: float = Field(60, gt=0)  # how often a replica runs the retention jobs
     webhook_timeout_s: float = Field(5.0, gt=0)
     # Drift (fleet/drift_ingest.py): a device's counts close into a stored bucket once it spans

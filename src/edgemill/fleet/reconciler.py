@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from ..errors import first_line
 from .alerting import deliver_due, evaluate_all
 from .db import database_unavailable
+from .audit_retention import fold_audit
 from .drift_retention import fold_drift
 from .retention import run_retention
 from .rollouts import advance_all
@@ -29,7 +30,8 @@ def tick(state: ServerState) -> dict[str, int]:
         state.retention_due_at = now + state.config.retention_every_s
         done = run_retention(state.db, state.store, now, state.config)
         changes.update({"samples_folded": done.samples_folded, "captures_expired": done.captures_expired,
-                        "drift_folded": fold_drift(state.db, now, state.config)[0]})
+                        "drift_folded": fold_drift(state.db, now, state.config)[0],
+                        "audit_folded": fold_audit(state.db, now, state.config)})
     if state.metrics is not None:
         for kind, n in changes.items():
             state.metrics.ticks.labels(kind).inc(n)

@@ -586,6 +586,14 @@ class OperatorKeyCreated(OperatorKeyOut):
     key: str  # shown once; the server keeps only its hash
 
 
+class AuditFoldOut(BaseModel):
+    day: datetime  # the UTC day the events were made on
+    key: str | None
+    operation: str
+    outcome: Outcome
+    events: int
+
+
 class AuditEventOut(BaseModel):
     id: int
     at: datetime

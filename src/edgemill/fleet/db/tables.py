@@ -43,6 +43,19 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # ok, refused (401/403), rejected (other 4xx), failed (5xx)
 
 
+class AuditFold(Base):
+    """Audit events past the retention period, counted per UTC day, key ("" for none), operation and
+    outcome before they were deleted (fleet/audit_retention.py): the trail shrinks, the count stays."""
+
+    __tablename__ = "audit_folds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[float] = mapped_column(Float, index=True)
+    key_name: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(16))
+    events: Mapped[int] = mapped_column(Integer)
+
+
 class Fleet(Base):
     __tablename__ = "fleets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

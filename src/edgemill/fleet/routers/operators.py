@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from ...errors import ConflictError, NotFoundError
 from .. import schemas
 from ..auth import Operator, digest, new_secret, require_admin, require_viewer
-from ..db.tables import ApiKey, AuditEvent
+from ..db.tables import ApiKey, AuditEvent, AuditFold
 from ..state import server_state
 from ..views import ts
 from .common import name_taken
@@ -19,6 +19,7 @@ _KEY_FIX = "pick another name (names stay taken after a revoke, so the audit tra
 AUDIT_PAGE_DEFAULT = 100
 AUDIT_PAGE_MAX = 1000
 TOTAL_HEADER = "X-Total-Count"
+FOLDED_HEADER = "X-Folded-Count"
 
 
 def _key_out(key: ApiKey, now: float) -> schemas.OperatorKeyOut:
@@ -88,8 +89,10 @@ def revoke_key(name: str, request: Request, _: str = Depends(require_admin)) -> 
     return Response(status_code=204)
 
 
-@router.get("/audit", response_model=list[schemas.AuditEventOut], responses={200: {"headers": {TOTAL_HEADER: {
-    "description": "How many events match the filters (all pages)", "schema": {"type": "integer"}}}}})
+@router.get("/audit", response_model=list[schemas.AuditEventOut], responses={200: {"headers": {
+    TOTAL_HEADER: {"description": "How many events match the filters (all pages)", "schema": {"type": "integer"}},
+    FOLDED_HEADER: {"description": "How many older events the retention period folded into per-day counts "
+                                   "(GET /api/v1/audit/folded)", "schema": {"type": "integer"}}}}})
 def audit(request: Request, response: Response, key: str | None = None, operation: str | None = None,
           path: str | None = Query(None, description="requests to this path or below it, e.g. /api/v1/deployments/7"),
           outcome: schemas.Outcome | None = None, since: float | None = Query(None, description="unix seconds"),
@@ -116,9 +119,25 @@ def audit(request: Request, response: Response, key: str | None = None, operatio
         where.append(AuditEvent.at < until)
     with state.db.session() as session:
         response.headers[TOTAL_HEADER] = str(session.scalar(select(func.count(AuditEvent.id)).where(*where)))
+        response.headers[FOLDED_HEADER] = str(session.scalar(select(func.coalesce(func.sum(AuditFold.events), 0))))
         if before_id is not None:
             where.append(AuditEvent.id < before_id)
         rows = session.scalars(select(AuditEvent).where(*where).order_by(AuditEvent.id.desc()).limit(limit))
         return [schemas.AuditEventOut(id=e.id, at=ts(e.at), key=e.key_name, role=e.role, remote=e.remote,  # type: ignore[arg-type]
                                       method=e.method, path=e.path, operation=e.operation, status=e.status,
                                       outcome=e.outcome) for e in rows]
+
+
+@router.get("/audit/folded", response_model=list[schemas.AuditFoldOut])
+def audit_folded(request: Request, key: str | None = None, _: str = Depends(require_viewer)) -> list[schemas.AuditFoldOut]:
+    """What the retention period folded (``--audit-retention-s``): per UTC day, key, operation and outcome,
+    how many events there were, newest day first."""
+    state = server_state(request)
+    where = [] if key is None else [AuditFold.key_name == key]
+    with state.db.session() as session:
+        rows = session.execute(select(AuditFold.day, AuditFold.key_name, AuditFold.operation, AuditFold.outcome,
+                                      func.sum(AuditFold.events)).where(*where)
+                               .group_by(AuditFold.day, AuditFold.key_name, AuditFold.operation, AuditFold.outcome)
+                               .order_by(AuditFold.day.desc(), AuditFold.key_name, AuditFold.operation)).all()
+    return [schemas.AuditFoldOut(day=ts(day), key=name or None, operation=operation, outcome=outcome,  # type: ignore[arg-type]
+                                 events=int(events)) for day, name, operation, outcome, events in rows]

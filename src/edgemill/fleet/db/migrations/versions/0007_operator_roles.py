@@ -1,4 +1,5 @@
-"""operator keys: role, expiry, creator; the audit trail of state-changing operator requests
+"""operator keys: role, expiry, creator; the audit trail of state-changing operator requests, and the
+per-day counts of the events folded past its retention period
 
 Revision ID: 0007
 Revises: 0006
@@ -35,9 +36,21 @@ def upgrade() -> None:
     op.create_index('ix_audit_events_at', 'audit_events', ['at'])
     op.create_index('ix_audit_events_key_name', 'audit_events', ['key_name'])
     op.create_index('ix_audit_events_operation', 'audit_events', ['operation'])
+    op.create_table(
+        'audit_folds',
+        sa.Column('id', sa.Integer(), primary_key=True),
+        sa.Column('day', sa.Float(), nullable=False),
+        sa.Column('key_name', sa.String(length=128), nullable=False),
+        sa.Column('operation', sa.String(length=256), nullable=False),
+        sa.Column('outcome', sa.String(length=16), nullable=False),
+        sa.Column('events', sa.Integer(), nullable=False),
+    )
+    op.create_index('ix_audit_folds_day', 'audit_folds', ['day'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_audit_folds_day', table_name='audit_folds')
+    op.drop_table('audit_folds')
     op.drop_index('ix_audit_events_operation', table_name='audit_events')
     op.drop_index('ix_audit_events_key_name', table_name='audit_events')
     op.drop_index('ix_audit_events_at', table_name='audit_events')
