@@ -97,7 +97,7 @@ def audit(request: Request, response: Response, key: str | None = None, operatio
           path: str | None = Query(None, description="requests to this path or below it, e.g. /api/v1/deployments/7"),
           outcome: schemas.Outcome | None = None, since: float | None = Query(None, description="unix seconds"),
           until: float | None = Query(None, description="unix seconds"),
-          before_id: int | None = Query(None, ge=1, description="page: events older than this id"),
+          before_id: int | None = Query(None, ge=1, le=schemas.INT32_MAX, description="page: events older than this id"),
           limit: int = Query(AUDIT_PAGE_DEFAULT, ge=1, le=AUDIT_PAGE_MAX),
           _: str = Depends(require_viewer)) -> list[schemas.AuditEventOut]:
     """State-changing operator requests, newest first: who (key name), from where, what, and the outcome.
