@@ -63,6 +63,8 @@ def test_a_cross_compile_without_a_device_says_its_gate_ran_on_the_host(tmp_path
     assert "aarch64" in note and "edgemill emulator prepare --platform linux-aarch64" in note
     assert "edgemill emulator prepare" in result.err  # the warning the user sees
     assert report["accuracy"]["judged_on"].startswith("host")
+    shown = run_cli("inspect", tmp_path / "x.emp")
+    assert "judged on host (x86_64)" in shown.out or "judged on host (" in shown.out, shown.out
 
 
 def test_a_host_compile_needs_no_device_and_adds_no_note(tmp_path: Path) -> None:
@@ -129,6 +131,7 @@ def test_an_aarch64_compile_is_judged_on_emulated_aarch64(aarch64_device: Emulat
     assert gate["ran_on"] == "emulated aarch64" and gate["machine"] == "aarch64"
     assert "not measured" in gate["note"] and gate["versions"]["onnxruntime"]
     assert report["accuracy"]["judged_on"] == "emulated aarch64"
+    assert "judged on emulated aarch64" in run_cli("inspect", tmp_path / "arm.emp").out
     assert all(c.get("judged_on") == "emulated aarch64" for c in report["candidates"] if c["status"] == "passed")
     assert "cannot run here" in report["chosen"]["why"]  # nothing timed under qemu
 

@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"accuracy  {acc['metric']} {acc['value']:.4f} vs original {acc['original']:.4f} (drop {acc['drop']:.4f}, "
               f"allowed {acc['allowed']:g}); max relative error {acc['max_relative_error']:.2e}")
+    if acc.get("judged_on"):  # a cross target: whose kernels the gate ran the package on
+        print(f"judged on {acc['judged_on']}")
     print(f"runs on   {m['backend']}/{m['precision']}" + (f", {m['backend_options']['threads']} thread(s) by default"
                                                          if m["backend_options"].get("threads") else ""))
     for path, entry in sorted(m["files"].items()):
