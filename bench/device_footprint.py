@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 # Run inside the virtual environment: edgemill as installed (its metadata builds the device's bundle).
+from edgemill.emulation.device import AGENT_EDGEMILL as AGENT  # noqa: E402
 from edgemill.emulation.device import EmulatedDevice  # noqa: E402
 from edgemill.emulation.platforms import get_platform  # noqa: E402
 from edgemill.emulation.prepare import prepare_device, require  # noqa: E402
 
-AGENT = "/opt/edgemill/venv/bin/edgemill"
 
 
 def package_sizes(site_packages: Path) -> dict[str, int]:

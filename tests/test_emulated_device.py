@@ -19,6 +19,7 @@ import edgemill
 from edgemill.runtime import load as load_package
 from edgemill.client import AgentClient
 from edgemill.demo import zoo
+from edgemill.emulation.device import AGENT_EDGEMILL as AGENT
 from edgemill.emulation.device import AGENT_PYTHON, EmulatedDevice
 from edgemill.emulation.prepare import install_bundle
 from edgemill.package import sign_package
@@ -28,7 +29,6 @@ from ._emulated import aarch64_bundle, aarch64_device, aarch64_rootfs, require_e
 from ._fleet import ServerProcess
 
 pytestmark = pytest.mark.slow
-AGENT = "/opt/edgemill/venv/bin/edgemill"
 CONFIG = "/etc/edgemill/agent.toml"
 
 

@@ -14,7 +14,6 @@ judging accuracy; timings measured inside say nothing about the device.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from .platforms import EmulatedPlatform
 
 DEVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 AGENT_PYTHON = "/opt/edgemill/venv/bin/python"  # where the bundle's install.sh puts the live environment
+AGENT_EDGEMILL = "/opt/edgemill/venv/bin/edgemill"  # ... and its command (the systemd unit's ExecStart)
 
 # Run by the host's /bin/sh inside the new mount namespace: $0 is the root, $1 the working folder inside.
 # /proc only: the host's /sys describes x86 CPUs, and the Arm build of the cpuinfo library inside
@@ -85,10 +85,6 @@ class EmulatedDevice:
         from .prepare import remove_tree
 
         remove_tree(self.root)
-
-    def has_agent(self) -> bool:
-        """An agent environment installed by a bundle's install.sh."""
-        return os.path.lexists(self.path(AGENT_PYTHON))
 
 
 class DeviceCommandError(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..targets import Target, host, runnable_here
+from ..targets import Target, host
 from .device import AGENT_PYTHON, DeviceCommandError, EmulatedDevice
 
 Run = Callable[[Any, Sequence[str], int | None, list[dict[str, np.ndarray]]], list[list[np.ndarray]]]
@@ -40,8 +40,8 @@ class CandidateRunner(Protocol):
 
 
 class HostRunner:
-    """The gate on this machine's kernels. ``cross``: the target is another architecture and no emulated
-    device was found, which the report says, with how to get one."""
+    """The gate on this machine's kernels. ``cross_reason``: why a target of another architecture is judged
+    here anyway (no emulated device, and how to get one), which the report says."""
 
     def __init__(self, run: Run, target: Target, cross_reason: str | None = None) -> None:
         self._run, self.target, self.cross_reason = run, target, cross_reason
@@ -145,7 +145,7 @@ class EmulatedRunner:
 def runner_for(target: Target, run_here: Run) -> CandidateRunner:
     """The gate's runner for ``target``: the host when it runs the target's code (or nothing better is
     available), else the prepared emulated device of the target's architecture."""
-    if runnable_here(target) or target.arch == host().arch:
+    if target.arch == host().arch:  # this machine's kernels (whether or not it can time them)
         return HostRunner(run_here, target)
     from .platforms import platform_for_arch
     from .prepare import device_status

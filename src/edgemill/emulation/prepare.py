@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from .device import EmulatedDevice
+from .device import AGENT_PYTHON, EmulatedDevice
 from .platforms import EmulatedPlatform
 
 Log = Callable[[str], None]
@@ -231,24 +231,19 @@ def device_status(platform: EmulatedPlatform) -> tuple[EmulatedDevice | None, st
     reason = why_unavailable(platform)
     if reason is not None:
         return None, reason
-    device_dir = platform_dir(platform) / "device"
+    device = EmulatedDevice(platform_dir(platform) / "device", platform)
     prepare = f"run `edgemill emulator prepare --platform {platform.name}`"
-    try:
-        mark = json.loads((device_dir / DEVICE_MARK).read_text())
-    except (OSError, ValueError):
+    mark = device_info(device)
+    if not mark:
         return None, f"no prepared {platform.name} device in {platform_dir(platform)}: {prepare} to judge on its kernels"
     if mark.get("installation") != installation_digest():
         return None, (f"the prepared {platform.name} device's agent (edgemill {mark.get('edgemill_version')}) is not this "
                       f"installation's: {prepare} again")
-    return EmulatedDevice(device_dir, platform), None
-
-
-def find_device(platform: EmulatedPlatform) -> EmulatedDevice | None:
-    """The prepared device of ``platform`` with this installation's agent, or None (see device_status)."""
-    return device_status(platform)[0]
+    return device, None
 
 
 def device_info(device: EmulatedDevice) -> dict[str, object]:
+    """What ``prepare_device`` recorded about the device (empty: not a prepared device)."""
     try:
         return dict(json.loads((device.root / DEVICE_MARK).read_text()))
     except (OSError, ValueError):
@@ -259,17 +254,18 @@ def prepare_device(platform: EmulatedPlatform, *, bundle: Path | None = None, re
                    log: Log = print) -> EmulatedDevice:
     """The cached device of ``platform`` with the agent installed from ``bundle`` (default: a bundle of this
     installation, built now), made when missing, stale (another edgemill version) or ``refresh``."""
-    current = None if refresh or bundle is not None else find_device(platform)
+    bundle_built_here = bundle is None
+    reuse = bundle_built_here and not refresh
+    current = device_status(platform)[0] if reuse else None
     if current is not None:
         return current
     base = base_rootfs(platform, log)
     folder = platform_dir(platform)
     with _locked(folder):
-        current = None if refresh or bundle is not None else find_device(platform)
+        current = device_status(platform)[0] if reuse else None  # made by another process while we waited
         if current is not None:
             return current
         started = time.monotonic()
-        bundle_built_here = bundle is None
         with tempfile.TemporaryDirectory(prefix="edgemill-device-bundle-") as work:
             if bundle is None:
                 log(f"building this installation's agent bundle for {platform.name}")
@@ -282,7 +278,7 @@ def prepare_device(platform: EmulatedPlatform, *, bundle: Path | None = None, re
             log("installing the agent inside the emulated device, offline (about 30 s)")
             try:
                 install_bundle(device, bundle)
-                version = device.run(["/opt/edgemill/venv/bin/python", "-c",
+                version = device.run([AGENT_PYTHON, "-c",
                                       "import edgemill, onnxruntime, numpy; print(edgemill.__version__, "
                                       "onnxruntime.__version__, numpy.__version__)"], timeout=300).stdout.split()
             except BaseException:

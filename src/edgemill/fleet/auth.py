@@ -95,7 +95,6 @@ def require_role(role: str) -> Callable[..., str]:
 require_viewer = require_role("viewer")
 require_deployer = require_role("deployer")
 require_admin = require_role("admin")
-require_operator = require_viewer  # any valid operator key
 
 
 async def device_secret(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
