@@ -129,3 +129,32 @@ def test_an_openvino_int8_candidate_is_searched_on_openvino(tmp_path: Path) -> N
     assert mixed["judged_on"] == "openvino/int8 (static-qdq)" and mixed["passed"]
     assert [layer["name"] for layer in mixed["fp32_layers"]] == [SENSITIVE]
     assert step["gate"]["passed"] and result.manifest.backend == "openvino"
+
+
+def test_the_gate_runs_an_artifact_once_however_often_it_is_judged() -> None:
+    """The verdict judges the INT8 model on its kernels; the candidate then built from it is the same
+    artifact, and the gate reuses those outputs instead of running it again."""
+    from edgemill.compiler.candidates import gate_run
+    from edgemill.compiler.lowering import Artifact, Candidate
+
+    runs: list[bytes] = []
+
+    class Counting:
+        def run(self, artifact, output_names, threads, feeds):  # noqa: ANN001, ANN201
+            runs.append(artifact.files["model.onnx"])
+            return [[np.zeros(1)] for _ in feeds]
+
+    ctx = CompileContext(options=SimpleNamespace(check_threads=None), target=get_target("host"),  # type: ignore[arg-type]
+                         source=SourceInfo("onnx", "1", "m.onnx", "0"), original=None)
+    ctx.gate_runner = Counting()  # type: ignore[assignment]
+    feeds = [{"x": np.zeros(1)}]
+    candidate = Candidate("onnxruntime", "int8", "static-qdq")
+
+    def artifact(data: bytes) -> Artifact:
+        return Artifact(candidate, "model.onnx", {"model.onnx": data}, {"load_optimization": "all"})
+
+    first = gate_run(ctx, artifact(b"int8"), ["y"], feeds)
+    assert gate_run(ctx, artifact(b"int8"), ["y"], feeds) is first  # built again, same bytes: not run again
+    gate_run(ctx, artifact(b"mixed"), ["y"], feeds)
+    gate_run(ctx, artifact(b"int8"), ["y"], [{"x": np.ones(1)}])  # other feeds: run
+    assert runs == [b"int8", b"mixed", b"int8"]

@@ -58,13 +58,28 @@ def run_artifact(artifact: Artifact, output_names: list[str], threads: int | Non
     return [list(session.run(feed)) for feed in feeds]
 
 
+GATE_RUNS_KEPT = 8  # outputs of the last artifacts run, per compile
+
+
 def gate_run(ctx: CompileContext, artifact: Artifact, output_names: list[str],
              feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     """The candidate's outputs for the gate, from where the gate runs (the host, or an emulated device of
-    the target's architecture: ``ctx.gate_runner``)."""
-    if ctx.gate_runner is None:
-        return run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
-    return ctx.gate_runner.run(artifact, output_names, ctx.options.check_threads, feeds)
+    the target's architecture: ``ctx.gate_runner``). An artifact already run on these feeds (the same
+    backend, files and load options) is not run again: a static INT8 candidate's model was judged on its
+    kernels when its verdict was reached, and the candidate built from it is that same artifact."""
+    from .tuning import artifact_digest
+
+    key = (artifact.candidate.backend, artifact_digest(artifact), tuple(output_names), id(feeds))
+    got = ctx.gate_outputs.pop(key, None)
+    if got is None:
+        if ctx.gate_runner is None:
+            got = run_artifact(artifact, output_names, ctx.options.check_threads, feeds)
+        else:
+            got = ctx.gate_runner.run(artifact, output_names, ctx.options.check_threads, feeds)
+    ctx.gate_outputs[key] = got  # the newest last; the oldest go
+    while len(ctx.gate_outputs) > GATE_RUNS_KEPT:
+        del ctx.gate_outputs[next(iter(ctx.gate_outputs))]
+    return got
 
 
 def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feeds: list[dict[str, np.ndarray]],

@@ -74,6 +74,8 @@ class CompileContext:
     # Where the gate runs candidates: this host, or an emulated device of the target's architecture
     # (emulation/gate.py). None: this host.
     gate_runner: CandidateRunner | None = None
+    # The gate's outputs of the last few artifacts it ran (candidates.gate_run): none is run twice.
+    gate_outputs: dict[tuple[Any, ...], list[list[Any]]] = field(default_factory=dict)
     inputs: list[TensorSpec] = field(default_factory=list)  # the package's inputs and outputs, once known
     outputs: list[TensorSpec] = field(default_factory=list)
 
