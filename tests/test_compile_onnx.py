@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tarfile
 from pathlib import Path
@@ -69,6 +70,25 @@ def test_same_model_compiled_twice_has_the_same_id(model_dir: Path, tmp_path: Pa
     b = edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / "b")  # directory form, latency measured again
     assert a.package_id == b.package_id
     assert a.manifest.to_dict()["files"] == b.manifest.to_dict()["files"]
+
+
+@pytest.mark.parametrize("backend,precision", [
+    ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+    pytest.param("openvino", "fp32", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                              reason="OpenVINO is not installed")),
+    pytest.param("openvino", "int8", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                              reason="OpenVINO is not installed")),
+])
+def test_every_backend_writes_the_same_bytes_for_the_same_model(backend: str, precision: str, model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """Whichever candidate tuning picks, the package id depends only on the model and the options: in one
+    process too, where OpenVINO numbers the operators it names with a counter that keeps counting."""
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, image=np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32))
+    extra = {"calibration": calibration, "max_accuracy_drop": 0.5} if precision == "int8" else {}
+    ids = [edgemill.compile(model_dir / "cnn.onnx", output=tmp_path / f"{n}.emp", backend=backend,
+                            precision=precision, measure=False, **extra).package_id for n in range(2)]
+    assert ids[0] == ids[1]
 
 
 def test_different_options_give_a_different_id(model_dir: Path, tmp_path: Path) -> None:

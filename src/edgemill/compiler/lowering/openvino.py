@@ -11,6 +11,7 @@ mixed-precision search kept out of INT8, softmax, normalizations) runs in bf16 o
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,7 @@ def ir_artifact(model: onnx.ModelProto, candidate: Candidate, notes: dict[str, o
         onnx.save(model, source)
         try:
             converted = ov.convert_model(source)
+            _name_generated_ops(converted, model)
             ov.save_model(converted, os.path.join(folder, "model.xml"), compress_to_fp16=False)
         except Exception as exc:  # OpenVINO raises RuntimeError/OpConversionFailure with long messages
             raise BackendError("OpenVINO cannot convert the model", value=first_line(exc)[:300],
@@ -58,3 +60,22 @@ def ir_artifact(model: onnx.ModelProto, candidate: Candidate, notes: dict[str, o
     hint = "bf16" if candidate.method == "static-qdq-bf16" else HINTS[candidate.precision]
     options = {"inference_precision": hint, "performance_hint": "LATENCY"}
     return Artifact(candidate, ENTRYPOINT, {ENTRYPOINT: xml, WEIGHTS: weights}, options, notes)
+
+
+_GENERATED_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
+
+
+def _name_generated_ops(converted: object, source: onnx.ModelProto) -> None:
+    """Give the operators OpenVINO named itself (``Multiply_2902``: its type and a process-wide counter)
+    names numbered by their place in the graph, so the same model always converts to the same IR bytes
+    and so to the same package id and tuning-cache entry. Names that come from the source graph, and the
+    inputs and outputs the runtime finds by tensor name, are left as they are."""
+    graph = source.graph
+    own = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
+    own |= {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    for index, op in enumerate(converted.get_ordered_ops()):  # type: ignore[attr-defined]
+        if op.get_type_name() in ("Parameter", "Result"):
+            continue
+        match = _GENERATED_NAME.match(op.get_friendly_name())
+        if match and op.get_friendly_name() not in own:
+            op.set_friendly_name(f"{match.group(1)}_{index}")
