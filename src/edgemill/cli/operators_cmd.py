@@ -32,9 +32,14 @@ def add_operator_parsers(keys_sub: argparse._SubParsersAction, common: argparse.
     c = actions.add_parser("create", parents=[common], help="a new named key with a role (the secret is printed once)",
                            description="Roles: viewer reads everything and changes nothing; deployer also pushes, "
                                        "stages, deploys, pauses, resumes, rolls back and labels captures; admin "
-                                       "also manages keys, fleets, devices, registration tokens and alert rules.")
+                                       "also manages keys, fleets, devices, registration tokens and alert rules. "
+                                       "--fleet limits the key to those fleets: it sees and changes only their "
+                                       "devices, deployments, captures and alert rules (a limited admin cannot "
+                                       "manage keys or create fleets).")
     c.add_argument("name")
     c.add_argument("--role", required=True, choices=ROLES)
+    c.add_argument("--fleet", action="append", default=None, metavar="FLEET", dest="fleets",
+                   help="limit the key to this fleet (repeat for several; default: every fleet)")
     c.add_argument("--expires", default=None, metavar="DURATION", help="e.g. 30d, 12h (default: never)")
     _remote_args(c)
     c.set_defaults(handler=create)
@@ -50,6 +55,7 @@ def add_operator_parsers(keys_sub: argparse._SubParsersAction, common: argparse.
 def add_audit_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     a = sub.add_parser("audit", parents=[common], help="who changed what on the control plane, newest first")
     a.add_argument("--key", default=None, help="only this key's events")
+    a.add_argument("--fleet", default=None, help="only changes to this fleet's things")
     a.add_argument("--operation", default=None, help="only operations whose route contains this (e.g. deployments)")
     a.add_argument("--outcome", choices=("ok", "refused", "rejected", "failed"), default=None)
     a.add_argument("--since", default=None, metavar="DURATION", help="only the last DURATION (e.g. 24h)")
@@ -68,11 +74,14 @@ def create(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "role": args.role}
     if args.expires is not None:
         body["expires_in_s"] = duration_s(args.expires)
+    if args.fleets:
+        body["fleets"] = args.fleets
     created = _client(args).request("POST", "/api/v1/operator-keys", body=body)
     if args.json:
         emit_json(created)
     else:
         print(f"created operator key {created['name']} ({created['role']}"
+              + (f", fleets {', '.join(created['fleets'])}" if created.get("fleets") else "")
               + (f", expires {_when(created['expires_at'])}" if created["expires_at"] else "") + ")")
         print(created["key"])
         print("The secret is shown this once; the server keeps only its hash.")
@@ -84,11 +93,12 @@ def list_keys(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(keys)
         return 0
-    print(f"{'NAME':<24} {'ROLE':<9} {'STATE':<8} {'CREATED':<20} {'BY':<16} EXPIRES")
+    print(f"{'NAME':<24} {'ROLE':<9} {'STATE':<8} {'CREATED':<20} {'BY':<16} {'EXPIRES':<20} FLEETS")
     for k in keys:
         state = "active" if k["active"] else ("revoked" if k["revoked_at"] else "expired")
+        fleets = ",".join(k.get("fleets") or []) or "(all)"
         print(f"{k['name']:<24} {k['role']:<9} {state:<8} {_when(k['created_at']):<20} {k['created_by'] or '-':<16} "
-              f"{_when(k['expires_at'])}")
+              f"{_when(k['expires_at']):<20} {fleets}")
     return 0
 
 
@@ -105,7 +115,7 @@ def audit(args: argparse.Namespace) -> int:
     if args.folded:
         return _folded(args)
     query: dict[str, Any] = {"limit": args.limit}
-    for name in ("key", "operation", "outcome"):
+    for name in ("key", "fleet", "operation", "outcome"):
         if getattr(args, name) is not None:
             query[name] = getattr(args, name)
     if args.since is not None:
@@ -114,10 +124,10 @@ def audit(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(events)
         return 0
-    print(f"{'WHEN':<20} {'KEY':<16} {'FROM':<15} {'STATUS':<6} {'OUTCOME':<8} OPERATION")
+    print(f"{'WHEN':<20} {'KEY':<16} {'FROM':<15} {'STATUS':<6} {'OUTCOME':<8} {'FLEET':<16} OPERATION")
     for e in events:
         print(f"{_when(e['at']):<20} {e['key'] or '(none)':<16} {e['remote']:<15} {e['status']:<6} {e['outcome']:<8} "
-              f"{e['method']} {e['path']}")
+              f"{e.get('fleet') or '-':<16} {e['method']} {e['path']}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The audit trail: one event per state-changing operator request (POST, PUT, PATCH, DELETE under /api/v1,
 the device API apart), appended once the request is answered, whatever the answer: who (the key's name,
-never its secret), from where, which operation, the status and its outcome.
+never its secret), from where, which operation, the status and its outcome, and the fleet it touched
+when it touched one (noted by fleet/scope.py's check).
 
 Plain ASGI middleware, so no route can forget it: a new endpoint is audited the day it exists (a test
 walks the OpenAPI document to hold that). Reads never write an event. The event is written after the
@@ -66,11 +67,13 @@ class AuditTrail:
         try:
             await self.app(scope, receive, keep_status)
         finally:
-            operator = (scope.get("state") or {}).get("operator")
+            request_state = scope.get("state") or {}
+            operator = request_state.get("operator")
             route = getattr(scope.get("route"), "path", None) or scope["path"]
             client = scope.get("client")
             event = {"at": self.state.clock(), "key_name": getattr(operator, "name", None),
                      "role": getattr(operator, "role", None), "remote": client[0] if client else "",
                      "method": scope["method"], "path": scope["path"][:2000],
-                     "operation": f"{scope['method']} {route}"[:256], "status": status, "outcome": outcome_of(status)}
+                     "operation": f"{scope['method']} {route}"[:256], "status": status, "outcome": outcome_of(status),
+                     "fleet": request_state.get("audit_fleet")}
             await anyio.to_thread.run_sync(partial(_append, self.state, event))

@@ -51,6 +51,7 @@ class Operator:
     name: str
     role: str
     expires_at: float | None
+    fleets: tuple[str, ...] | None = None  # the fleets it is limited to (fleet/scope.py); None: every fleet
 
 
 def _operator(request: Request, creds: HTTPAuthorizationCredentials | None) -> Operator:
@@ -68,7 +69,7 @@ def _operator(request: Request, creds: HTTPAuthorizationCredentials | None) -> O
         if key.expires_at is not None and key.expires_at <= state.clock():
             raise AuthenticationError(f"operator key {key.name!r} expired", value=secret[:8] + "…", field="Authorization",
                                       fix="ask an admin for a new key (edgemill keys operator create)")
-        operator = Operator(key.name, key.role, key.expires_at)
+        operator = Operator(key.name, key.role, key.expires_at, None if key.fleets is None else tuple(key.fleets))
     request.state.operator = operator
     return operator
 

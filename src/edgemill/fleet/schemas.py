@@ -367,6 +367,7 @@ class LabelImportOut(BaseModel):
     unchanged: int
     errors: int
     rows: list[LabelRowResult]
+    fleets: list[str] = []  # the fleets of the captures labeled (applied imports)
 
 
 class AccuracyPoint(BaseModel):
@@ -563,6 +564,7 @@ class WhoAmIOut(BaseModel):
     name: str
     role: Role
     expires_at: datetime | None
+    fleets: list[str] | None = None  # the fleets the key is limited to; None: every fleet
 
 
 class OperatorKeyIn(_Body):
@@ -570,11 +572,15 @@ class OperatorKeyIn(_Body):
     role: Role
     expires_in_s: int | None = Field(None, ge=60, le=10 * 365 * 86400,
                                      description="seconds until the key stops working; none: it does not expire")
+    fleets: list[Annotated[str, Name]] | None = Field(
+        None, min_length=1, max_length=100,
+        description="limit the key to these fleets (it sees and changes only what belongs to them); none: every fleet")
 
 
 class OperatorKeyOut(BaseModel):
     name: str
     role: Role
+    fleets: list[str] | None = None  # None: every fleet
     created_at: datetime
     created_by: str | None
     expires_at: datetime | None
@@ -605,3 +611,4 @@ class AuditEventOut(BaseModel):
     operation: str
     status: int
     outcome: Outcome
+    fleet: str | None = None  # the fleet the request touched, when it touched one

@@ -48,9 +48,10 @@ def device_status_sql(dialect: str, now: float, config: ServerConfig) -> ColumnE
                 (has_problems_sql(dialect), "degraded"), else_="online")
 
 
-def status_counts(session: Session, now: float, config: ServerConfig) -> dict[str, int]:
-    """Devices by status (every status present, zeros included), counted by the database."""
-    by_status = select(device_status_sql(dialect_of(session), now, config).label("status")).subquery()
+def status_counts(session: Session, now: float, config: ServerConfig, *where: Any) -> dict[str, int]:
+    """Devices by status (every status present, zeros included), counted by the database; ``where``
+    narrows the devices (a fleet scope)."""
+    by_status = select(device_status_sql(dialect_of(session), now, config).label("status")).where(*where).subquery()
     counts = {s: 0 for s in ("online", "offline", "degraded", "never_seen")}
     counts.update({s: int(n) for s, n in session.execute(
         select(by_status.c.status, func.count()).group_by(by_status.c.status))})

@@ -25,6 +25,8 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16), default="admin", server_default="admin")
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the key that created it
+    # The fleets (by name) the key may see and change; None: every fleet (fleet/scope.py).
+    fleets: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class AuditEvent(Base):
@@ -41,6 +43,7 @@ class AuditEvent(Base):
     operation: Mapped[str] = mapped_column(String(256), index=True)  # the route: POST /api/v1/deployments/{deployment_id}/rollback
     status: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))  # ok, refused (401/403), rejected (other 4xx), failed (5xx)
+    fleet: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # the fleet it touched, if one
 
 
 class AuditFold(Base):

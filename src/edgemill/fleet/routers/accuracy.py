@@ -9,9 +9,10 @@ from .. import schemas
 from ..accuracy import Labeled, summarize
 from ..auth import require_viewer
 from ..db.tables import Capture, Device, Fleet
+from ..scope import scope_of
 from ..state import server_state
 from ..views import ts
-from .common import get_device, get_fleet, get_model
+from .common import device_in_scope, fleet_in_scope, get_model
 
 router = APIRouter(prefix="/api/v1", tags=["captures"])
 
@@ -35,13 +36,13 @@ def accuracy(request: Request, model: str, version: str | None = None, device: s
                        Capture.prediction, Capture.label)
                 .join(Device, Capture.device_id == Device.id).join(Fleet, Device.fleet_id == Fleet.id)
                 .where(Capture.model_name == model, Capture.label.is_not(None), Capture.task.is_not(None),
-                       Capture.created_unix > now - range_s))
+                       Capture.created_unix > now - range_s, scope_of(request).device_filter(Capture.device_id)))
         if version is not None:
             stmt = stmt.where(Capture.model_version == version)
         if device is not None:
-            stmt = stmt.where(Capture.device_id == get_device(session, device).id)
+            stmt = stmt.where(Capture.device_id == device_in_scope(request, session, device).id)
         if fleet is not None:
-            stmt = stmt.where(Device.fleet_id == get_fleet(session, fleet).id)
+            stmt = stmt.where(Device.fleet_id == fleet_in_scope(request, session, fleet).id)
         rows = [Labeled(t=float(t), version=v or "?", device=d, fleet=f, task=task, prediction=p or [], label=y or [])
                 for t, v, d, f, task, p, y in session.execute(stmt)]
     s = summarize(rows, bucket_s)

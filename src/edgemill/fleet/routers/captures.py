@@ -19,9 +19,10 @@ from .. import schemas
 from ..auth import require_deployer, require_viewer
 from ..capture_view import capture_view
 from ..db.tables import Capture, Device, Model, ModelVersion
+from ..scope import FleetScope, scope_of
 from ..state import server_state
 from ..views import ts
-from .common import get_device, get_fleet
+from .common import device_in_scope, fleet_in_scope
 
 router = APIRouter(prefix="/api/v1/captures", tags=["captures"])
 
@@ -49,11 +50,13 @@ def list_captures(request: Request, device: str | None = None, model: str | None
     offset and limit. Objects lie under captures/DEVICE/MODEL/ in the store."""
     state = server_state(request)
     with state.db.session() as session:
-        stmt = select(Capture).order_by(Capture.received_at.desc(), Capture.id.desc()).offset(offset).limit(limit)
+        stmt = (select(Capture).where(scope_of(request).device_filter(Capture.device_id))
+                .order_by(Capture.received_at.desc(), Capture.id.desc()).offset(offset).limit(limit))
         if device is not None:
-            stmt = stmt.where(Capture.device_id == get_device(session, device).id)
+            stmt = stmt.where(Capture.device_id == device_in_scope(request, session, device).id)
         if fleet is not None:
-            stmt = stmt.where(Capture.device_id.in_(select(Device.id).where(Device.fleet_id == get_fleet(session, fleet).id)))
+            stmt = stmt.where(Capture.device_id.in_(select(Device.id).where(
+                Device.fleet_id == fleet_in_scope(request, session, fleet).id)))
         if model is not None:
             stmt = stmt.where(Capture.model_name == model)
         if version is not None:
@@ -67,8 +70,8 @@ def list_captures(request: Request, device: str | None = None, model: str | None
         return [capture_out(c) for c in session.scalars(stmt)]
 
 
-def _find(session: Session, device: str, capture_id: str) -> Capture:
-    row = session.scalar(select(Capture).where(Capture.device_id == get_device(session, device).id,
+def _find(request: Request, session: Session, device: str, capture_id: str) -> Capture:
+    row = session.scalar(select(Capture).where(Capture.device_id == device_in_scope(request, session, device).id,
                                                Capture.capture_id == capture_id))
     if row is None:
         raise NotFoundError("no capture with that id from this device", value=capture_id, field="capture_id",
@@ -82,7 +85,7 @@ def _find(session: Session, device: str, capture_id: str) -> Capture:
 def get_capture(device: str, capture_id: str, request: Request, _: str = Depends(require_viewer)) -> Response:
     state = server_state(request)
     with state.db.session() as session:
-        key = _find(session, device, capture_id).store_key
+        key = _find(request, session, device, capture_id).store_key
     return Response(state.store.get(key), media_type="application/octet-stream")
 
 
@@ -92,7 +95,7 @@ def view_capture(device: str, capture_id: str, request: Request, _: str = Depend
     """The capture as the dashboard shows it: images, tables, waveforms, the answer, its label."""
     state = server_state(request)
     with state.db.session() as session:
-        row = _find(session, device, capture_id)
+        row = _find(request, session, device, capture_id)
         out, key = capture_out(row), row.store_key
         bgr = _bgr_inputs(session, row)
     try:
@@ -136,7 +139,7 @@ def put_label(device: str, capture_id: str, body: schemas.LabelIn, request: Requ
     one per sample, for a capture of several). Who set it and when are kept, and the value it replaced."""
     state = server_state(request)
     with state.db.session() as session:
-        row = _find(session, device, capture_id)
+        row = _find(request, session, device, capture_id)
         _apply(row, check_label(_answer(row), body.label), who, state.clock())
         session.flush()
         return capture_out(row)
@@ -147,7 +150,7 @@ def delete_label(device: str, capture_id: str, request: Request, who: str = Depe
     """Take a label back: the capture counts as unlabeled again (the removed value is kept as the previous)."""
     state = server_state(request)
     with state.db.session() as session:
-        row = _find(session, device, capture_id)
+        row = _find(request, session, device, capture_id)
         _apply(row, None, who, state.clock())
         session.flush()
         return capture_out(row)
@@ -172,7 +175,9 @@ async def import_labels(request: Request, who: str = Depends(require_deployer)) 
     rows = parse_label_file(bytes(body), request.headers.get("content-type", ""))
     from fastapi.concurrency import run_in_threadpool
 
-    report = await run_in_threadpool(_import, server_state(request), rows, who)
+    report = await run_in_threadpool(_import, server_state(request), rows, who, scope_of(request))
+    if report.fleets and len(report.fleets) == 1:
+        request.state.audit_fleet = report.fleets[0]
     return JSONResponse(report.model_dump(), status_code=200 if report.applied else 422)
 
 
@@ -279,15 +284,19 @@ def _resolve(found: dict[str, list[Capture]], devices: dict[str, int], seen: set
         return target, None, exc.one_line()
 
 
-def _import(state: Any, rows: list[ParsedRow], who: str) -> schemas.LabelImportOut:
+def _import(state: Any, rows: list[ParsedRow], who: str, scope: FleetScope) -> schemas.LabelImportOut:
+    """The rows checked, then applied when none is wrong. A key limited to some fleets finds only its
+    fleets' devices and captures: another fleet's read as unknown."""
     now = state.clock()
     results: list[schemas.LabelRowResult] = []
     with state.db.session() as session:
-        devices = {name: id_ for id_, name in session.execute(select(Device.id, Device.name))}
+        devices = {name: id_ for id_, name in session.execute(select(Device.id, Device.name)
+                                                              .where(scope.fleet_filter(Device.fleet_id)))}
         ids = [capture_id for _, _, capture_id, _, error in rows if capture_id and error is None]
         found: dict[str, list[Capture]] = {}
         for start in range(0, len(ids), 500):
-            for row in session.scalars(select(Capture).where(Capture.capture_id.in_(ids[start:start + 500]))):
+            for row in session.scalars(select(Capture).where(Capture.capture_id.in_(ids[start:start + 500]),
+                                                             scope.device_filter(Capture.device_id))):
                 found.setdefault(row.capture_id, []).append(row)
         planned: list[tuple[Capture, list[float | int], schemas.LabelRowResult]] = []
         seen: set[int] = set()
@@ -306,5 +315,7 @@ def _import(state: Any, rows: list[ParsedRow], who: str) -> schemas.LabelImportO
         for target, checked, result in planned:
             if not _apply(target, checked, who, now):
                 result.status = "unchanged"
+        fleets = sorted({target.device.fleet.name for target, _, _ in planned})
     labeled = sum(1 for r in results if r.status == "labeled")
-    return schemas.LabelImportOut(applied=True, labeled=labeled, unchanged=len(results) - labeled, errors=0, rows=results)
+    return schemas.LabelImportOut(applied=True, labeled=labeled, unchanged=len(results) - labeled, errors=0, rows=results,
+                                  fleets=fleets)

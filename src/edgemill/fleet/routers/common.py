@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ...errors import ConflictError, NotFoundError, UserError
 from ..db.tables import Deployment, Device, Fleet, Model, ModelVersion
+from ..scope import scope_of
 
 
 def _names(session: Session, column: Any, limit: int = 10) -> str:
@@ -57,6 +59,27 @@ def get_deployment(session: Session, deployment_id: int) -> Deployment:
         raise NotFoundError("no deployment with that id", value=deployment_id, field="id",
                             fix="list deployments with GET /api/v1/deployments")
     return row
+
+
+def fleet_in_scope(request: Request, session: Session, name: str) -> Fleet:
+    """The named fleet, if the request's key may touch it (404 when it does not exist, 403 when the key
+    is limited to other fleets)."""
+    fleet = get_fleet(session, name)
+    scope_of(request).check(request, fleet.name, f"fleet {fleet.name!r}")
+    return fleet
+
+
+def device_in_scope(request: Request, session: Session, name: str) -> Device:
+    """The named device, if the request's key may touch its fleet (404 / 403 as for fleets)."""
+    device = get_device(session, name)
+    scope_of(request).check(request, device.fleet.name, f"device {name!r}")
+    return device
+
+
+def deployment_in_scope(request: Request, session: Session, deployment_id: int) -> Deployment:
+    deployment = get_deployment(session, deployment_id)
+    scope_of(request).check(request, deployment.fleet.name, f"deployment {deployment_id}")
+    return deployment
 
 
 def name_taken(kind: str, name: str, fix: str) -> ConflictError:

@@ -15,9 +15,10 @@ from ..auth import require_deployer, require_viewer
 from ..db.tables import Deployment, DeploymentDevice, Device
 from ..rollout import has_tags, wave_sizes
 from ..rollouts import LostRace, bump, event, roll_back, step
+from ..scope import scope_of
 from ..state import ServerState, server_state
 from ..views import deployment_out, deployment_summaries
-from .common import get_deployment, get_fleet, get_version
+from .common import deployment_in_scope, fleet_in_scope, get_version
 
 router = APIRouter(prefix="/api/v1/deployments", tags=["deployments"])
 DeploymentId = Annotated[int, Path(ge=1, le=schemas.INT32_MAX, description="The deployment's id")]
@@ -29,12 +30,11 @@ def create_deployment(body: schemas.DeploymentIn, request: Request, operator: st
     """Roll a model version out to a fleet (optionally only devices with given tags or names): a canary
     wave first, then batches, each baked and checked against the health gates; a failing gate rolls
     the updated devices back automatically."""
-    state = server_state(request)
     # Superseding an active deployment races the reconciler's tick (on any replica) for that row's rev;
     # a lost race rolls the whole transaction back, so trying again from the top is safe.
     for _ in range(RETRIES):
         try:
-            return _create(state, body, operator)
+            return _create(request, body, operator)
         except LostRace:
             continue
     raise ConflictError("the fleet's deployments kept changing while this request ran", value=body.fleet, field="fleet",
@@ -44,11 +44,12 @@ def create_deployment(body: schemas.DeploymentIn, request: Request, operator: st
 RETRIES = 5
 
 
-def _create(state: ServerState, body: schemas.DeploymentIn, operator: str) -> schemas.DeploymentOut:
+def _create(request: Request, body: schemas.DeploymentIn, operator: str) -> schemas.DeploymentOut:
+    state: ServerState = server_state(request)
     now = state.clock()
     with state.db.session() as session:
         version = get_version(session, body.model, body.version)
-        fleet = get_fleet(session, body.fleet)
+        fleet = fleet_in_scope(request, session, body.fleet)
         devices = session.scalars(select(Device).where(Device.fleet_id == fleet.id).order_by(Device.name)).all()
         if body.devices:
             by_name = {d.name: d for d in devices}
@@ -100,7 +101,8 @@ def list_deployments(request: Request, model: str | None = None, state_filter: s
                      limit: int = Query(50, ge=1, le=500), _: str = Depends(require_viewer)) -> list[schemas.DeploymentOut]:
     state = server_state(request)
     with state.db.session() as session:
-        stmt = select(Deployment).order_by(Deployment.id.desc()).limit(limit)
+        stmt = (select(Deployment).where(scope_of(request).fleet_filter(Deployment.fleet_id))
+                .order_by(Deployment.id.desc()).limit(limit))
         if state_filter is not None:
             stmt = stmt.where(Deployment.state == state_filter)
         rows = [d for d in session.scalars(stmt).all() if model is None or d.version.model.name == model]
@@ -111,7 +113,7 @@ def list_deployments(request: Request, model: str | None = None, state_filter: s
 def get_deployment_detail(deployment_id: DeploymentId, request: Request, _: str = Depends(require_viewer)) -> schemas.DeploymentOut:
     state = server_state(request)
     with state.db.session() as session:
-        return deployment_out(session, get_deployment(session, deployment_id))
+        return deployment_out(session, deployment_in_scope(request, session, deployment_id))
 
 
 def _change(request: Request, deployment_id: DeploymentId, operator: str, action: str) -> schemas.DeploymentOut:
@@ -119,7 +121,7 @@ def _change(request: Request, deployment_id: DeploymentId, operator: str, action
     now = state.clock()
     try:
         with state.db.session() as session:
-            d = get_deployment(session, deployment_id)
+            d = deployment_in_scope(request, session, deployment_id)
             allowed = {"pause": ("rolling",), "resume": ("paused",), "rollback": ("rolling", "paused", "succeeded")}[action]
             if d.state not in allowed:
                 raise ConflictError(f"cannot {action} a deployment that is {d.state}", value=deployment_id, field="id",

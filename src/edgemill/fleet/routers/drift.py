@@ -11,8 +11,9 @@ from ..auth import require_deployer, require_viewer
 from ..db.tables import DriftReference
 from ..drift_refs import samples_of
 from ..drift_view import drift_report, reference_out, window_counts
+from ..scope import scope_of
 from ..state import server_state
-from .common import get_version
+from .common import device_in_scope, fleet_in_scope, get_version
 
 router = APIRouter(prefix="/api/v1", tags=["drift"])
 ERRORS = {404: {"model": schemas.ErrorOut}, 422: {"model": schemas.ErrorOut}}
@@ -30,7 +31,18 @@ def drift(request: Request, model: str, version: str | None = None, device: str 
     devices in scope run now. ``status`` says when the scores cannot be read as drift (``no_baseline``,
     ``no_data``, ``few_samples``)."""
     state = server_state(request)
+    scope = scope_of(request)
     with state.db.session() as session:
+        if scope.limited:  # a key limited to some fleets reads one of them, or one of their devices
+            if device is not None:
+                device_in_scope(request, session, device)
+            if fleet is not None:
+                fleet_in_scope(request, session, fleet)
+            elif device is None and len(scope.fleets or ()) == 1:
+                fleet = next(iter(scope.fleets or ()))
+            elif device is None:
+                scope.require_every_fleet(request, "drift over every device",
+                                          fix=f"pass fleet=NAME, one of {scope.described()}")
         return drift_report(session, state.heartbeats.references, state.config, state.clock(), model, version,
                             device, fleet, window_s, range_s)
 
@@ -42,7 +54,9 @@ def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Re
     """Make the counts every device reported for this version in a window the reference drift is measured
     against (instead of the package baseline), e.g. a week the operator knows was good: ``last_s`` seconds
     up to now (the devices' open buckets included), or ``start``..``end`` (stored buckets). Buckets closed
-    from now on are scored against it; DELETE goes back to the baseline."""
+    from now on are scored against it; DELETE goes back to the baseline. The reference is the version's on
+    every fleet, so it needs a key for every fleet."""
+    scope_of(request).require_every_fleet(request, "pinning a version's drift reference")
     state = server_state(request)
     now = state.clock()
     if body.last_s is not None:
@@ -86,6 +100,7 @@ def pin_reference(name: str, version: str, body: schemas.DriftPinIn, request: Re
                responses=ERRORS)
 def unpin_reference(name: str, version: str, request: Request, _: str = Depends(require_deployer)) -> Response:
     """Measure this version's drift against its package baseline again."""
+    scope_of(request).require_every_fleet(request, "unpinning a version's drift reference")
     state = server_state(request)
     with state.db.session() as session:
         row = get_version(session, name, version)

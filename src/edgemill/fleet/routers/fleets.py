@@ -12,9 +12,10 @@ from ...errors import UserError
 from .. import schemas
 from ..auth import digest, new_secret, require_admin, require_viewer
 from ..db.tables import Device, Fleet, RegistrationToken
+from ..scope import scope_of
 from ..state import server_state
 from ..views import count, device_out, device_status, device_status_sql, device_tag_sql, devices_out, dialect_of, ts
-from .common import checked_tags, get_device, get_fleet, name_taken
+from .common import checked_tags, device_in_scope, fleet_in_scope, name_taken
 
 router = APIRouter(prefix="/api/v1", tags=["fleets"])
 _FLEET_FIX = "pick another name, or use the existing fleet"
@@ -31,6 +32,8 @@ def _fleet_out(session, fleet: Fleet, now: float, config) -> schemas.FleetOut:  
 @router.post("/fleets", response_model=schemas.FleetOut, status_code=201, responses={409: {"model": schemas.ErrorOut}})
 def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(require_admin)) -> schemas.FleetOut:
     state = server_state(request)
+    scope_of(request).require_every_fleet(request, "creating a fleet")
+    request.state.audit_fleet = body.name
     try:
         with state.db.session() as session:
             if session.scalar(select(Fleet).where(Fleet.name == body.name)) is not None:
@@ -46,15 +49,17 @@ def create_fleet(body: schemas.FleetIn, request: Request, _: str = Depends(requi
 @router.get("/fleets", response_model=list[schemas.FleetOut])
 def list_fleets(request: Request, _: str = Depends(require_viewer)) -> list[schemas.FleetOut]:
     state = server_state(request)
+    scope = scope_of(request)
     with state.db.session() as session:
-        return [_fleet_out(session, f, state.clock(), state.config) for f in session.scalars(select(Fleet).order_by(Fleet.name))]
+        return [_fleet_out(session, f, state.clock(), state.config)
+                for f in session.scalars(select(Fleet).where(scope.fleet_filter(Fleet.id)).order_by(Fleet.name))]
 
 
 @router.get("/fleets/{name}", response_model=schemas.FleetOut)
 def get_fleet_detail(name: str, request: Request, _: str = Depends(require_viewer)) -> schemas.FleetOut:
     state = server_state(request)
     with state.db.session() as session:
-        return _fleet_out(session, get_fleet(session, name), state.clock(), state.config)
+        return _fleet_out(session, fleet_in_scope(request, session, name), state.clock(), state.config)
 
 
 @router.post("/fleets/{name}/registration-tokens", response_model=schemas.TokenOut, status_code=201)
@@ -64,7 +69,7 @@ def create_token(name: str, body: schemas.TokenIn, request: Request, _: str = De
     token = new_secret("emt")
     now = state.clock()
     with state.db.session() as session:
-        fleet = get_fleet(session, name)
+        fleet = fleet_in_scope(request, session, name)
         session.add(RegistrationToken(fleet_id=fleet.id, token_hash=digest(token), expires_at=now + body.expires_in_s,
                                       uses_left=body.uses, created_at=now))
     return schemas.TokenOut(token=token, fleet=name, expires_at=ts(now) + timedelta(seconds=body.expires_in_s),  # type: ignore[operator]
@@ -97,8 +102,9 @@ def list_devices(request: Request, response: Response, fleet: str | None = None,
     with state.db.session() as session:
         dialect = dialect_of(session)
         where = [device_tag_sql(dialect, k, v) for k, v in wanted.items()]
+        where.append(scope_of(request).fleet_filter(Device.fleet_id))
         if fleet is not None:
-            where.append(Device.fleet_id == get_fleet(session, fleet).id)
+            where.append(Device.fleet_id == fleet_in_scope(request, session, fleet).id)
         if status is not None:
             where.append(device_status_sql(dialect, now, state.config) == status)
         response.headers[TOTAL_HEADER] = str(count(session, select(Device.id).where(*where)))
@@ -110,14 +116,14 @@ def list_devices(request: Request, response: Response, fleet: str | None = None,
 def get_device_detail(name: str, request: Request, _: str = Depends(require_viewer)) -> schemas.DeviceOut:
     state = server_state(request)
     with state.db.session() as session:
-        return device_out(session, get_device(session, name), state.clock(), state.config)
+        return device_out(session, device_in_scope(request, session, name), state.clock(), state.config)
 
 
 @router.patch("/devices/{name}", response_model=schemas.DeviceOut)
 def patch_device(name: str, body: schemas.DevicePatch, request: Request, _: str = Depends(require_admin)) -> schemas.DeviceOut:
     state = server_state(request)
     with state.db.session() as session:
-        device = get_device(session, name)
+        device = device_in_scope(request, session, name)
         if body.tags is not None:
             device.tags = checked_tags(body.tags)
         session.flush()
@@ -129,5 +135,5 @@ def delete_device(name: str, request: Request, _: str = Depends(require_admin)) 
     """Forget a device: its credential stops working at once; its captures stay in the store."""
     state = server_state(request)
     with state.db.session() as session:
-        session.delete(get_device(session, name))
+        session.delete(device_in_scope(request, session, name))
     return Response(status_code=204)

@@ -20,6 +20,7 @@ from .. import schemas
 from ..auth import require_deployer, require_viewer
 from ..db.tables import Deployment, DeploymentDevice, Device, DeviceModel, Model, ModelVersion
 from ..registry import CheckedPackage, check_package, same_or_conflict
+from ..scope import scope_of
 from ..state import ServerState, server_state
 from ..views import count, ts, version_out
 from .common import get_model, get_version
@@ -178,7 +179,9 @@ def get_version_detail(name: str, version: str, request: Request, _: str = Depen
 @router.patch("/{name}/versions/{version}", response_model=schemas.VersionOut)
 def set_stage(name: str, version: str, body: schemas.StageIn, request: Request,
               _: str = Depends(require_deployer)) -> schemas.VersionOut:
-    """Move a version between stages (staging, production, archived)."""
+    """Move a version between stages (staging, production, archived). A stage is the version's on every
+    fleet, so it needs a key for every fleet."""
+    scope_of(request).require_every_fleet(request, "changing a version's stage")
     state = server_state(request)
     with state.db.session() as session:
         row = get_version(session, name, version)
@@ -189,12 +192,15 @@ def set_stage(name: str, version: str, body: schemas.StageIn, request: Request,
 
 @router.get("/{name}/versions/{version}/lineage", response_model=schemas.LineageOut)
 def lineage(name: str, version: str, request: Request, _: str = Depends(require_viewer)) -> schemas.LineageOut:
-    """Source file hash → compile report → package → deployments → devices running it now."""
+    """Source file hash → compile report → package → deployments → devices running it now (a key limited
+    to some fleets: its fleets' deployments and devices)."""
     state = server_state(request)
+    scope = scope_of(request)
     with state.db.session() as session:
         row = get_version(session, name, version)
         m = row.manifest
-        deployments = session.scalars(select(Deployment).where(Deployment.version_id == row.id)
+        deployments = session.scalars(select(Deployment).where(Deployment.version_id == row.id,
+                                                               scope.fleet_filter(Deployment.fleet_id))
                                       .order_by(Deployment.id)).all()
         out_deployments = []
         for d in deployments:
@@ -203,7 +209,8 @@ def lineage(name: str, version: str, request: Request, _: str = Depends(require_
                 id=d.id, state=d.state, fleet=d.fleet.name, created_at=ts(d.created_at),  # type: ignore[arg-type]
                 devices_targeted=count(session, rows),
                 devices_updated=count(session, rows.where(DeploymentDevice.state == "updated"))))
-        devices = session.scalars(select(DeviceModel).where(DeviceModel.package_id == row.package_id)).all()
+        devices = session.scalars(select(DeviceModel).where(DeviceModel.package_id == row.package_id,
+                                                            scope.device_filter(DeviceModel.device_id))).all()
         names = sorted(session.scalars(select(Device.name).where(Device.id.in_({d.device_id for d in devices}))).all())
         target = m.get("target", {})
         return schemas.LineageOut(

@@ -13,12 +13,13 @@ from .. import schemas
 from ..auth import require_viewer
 from ..db import floor_div
 from ..config import ServerConfig
-from ..db.tables import (Alert, Capture, Deployment, Device, DriftSample, Fleet, MetricRollup, MetricSample, Model,
+from ..db.tables import (Alert, AlertRule, Capture, Deployment, Device, DriftSample, Fleet, MetricRollup, MetricSample, Model,
                          ModelVersion)
+from ..scope import FleetScope, scope_of
 from ..state import server_state
 from ..views import (alerts_out, count, deployment_summaries, device_status_sql, devices_out, dialect_of,
                      status_counts)
-from .common import get_device
+from .common import device_in_scope
 
 router = APIRouter(prefix="/api/v1", tags=["dashboard"])
 PROBLEM_WINDOW_S = 600.0
@@ -35,38 +36,46 @@ def overview(request: Request, _: str = Depends(require_viewer)) -> schemas.Over
     state = server_state(request)
     now = state.clock()
     config = state.config
+    scope = scope_of(request)  # a key limited to some fleets sees those fleets' numbers; the registry is shared
+    in_fleets = scope.fleet_filter(Device.fleet_id)
     with state.db.session() as session:
         status = device_status_sql(dialect_of(session), now, config)
-        counts = status_counts(session, now, config)
+        counts = status_counts(session, now, config, in_fleets)
         problem_devices = devices_out(session, session.scalars(
-            select(Device).where(status.in_(("degraded", "offline"))).order_by(Device.name)
+            select(Device).where(status.in_(("degraded", "offline")), in_fleets).order_by(Device.name)
             .limit(PROBLEM_DEVICES_SHOWN)).all(), now, config)
-        problem_models = _problem_models(session, now, config.degraded_error_rate)
-        active = session.scalars(select(Deployment).where(Deployment.state.in_(("rolling", "paused")))
+        problem_models = _problem_models(session, now, config.degraded_error_rate, scope)
+        active = session.scalars(select(Deployment).where(Deployment.state.in_(("rolling", "paused")),
+                                                          scope.fleet_filter(Deployment.fleet_id))
                                  .order_by(Deployment.id.desc())).all()
-        firing = session.scalars(select(Alert).where(Alert.state == "firing").order_by(Alert.started_at.desc())).all()
+        firing = session.scalars(select(Alert).join(AlertRule, Alert.rule_id == AlertRule.id)
+                                 .where(Alert.state == "firing", scope.rule_filter())
+                                 .order_by(Alert.started_at.desc())).all()
         return schemas.OverviewOut(
-            devices={"total": sum(counts.values()), **counts}, fleets=count(session, select(Fleet.id)),
+            devices={"total": sum(counts.values()), **counts},
+            fleets=count(session, select(Fleet.id).where(scope.fleet_filter(Fleet.id))),
             models=count(session, select(Model.id)), versions=count(session, select(ModelVersion.id)),
             problem_devices=problem_devices, problem_models=problem_models,
             active_deployments=deployment_summaries(session, active),
-            firing_alerts=alerts_out(session, firing), captures=count(session, select(Capture.id)),
-            drifting=_drifting(session, now, config))
+            firing_alerts=alerts_out(session, firing),
+            captures=count(session, select(Capture.id).where(scope.device_filter(Capture.device_id))),
+            drifting=_drifting(session, now, config, scope))
 
 
 DRIFTING_SHOWN = 50
 
 
-def _drifting(session: Session, now: float, config: ServerConfig) -> list[schemas.DriftingOut]:
+def _drifting(session: Session, now: float, config: ServerConfig, scope: FleetScope) -> list[schemas.DriftingOut]:
     """Models whose devices drift, then the devices: per device and model, its latest closed drift bucket
     (within three buckets' time) with an input or prediction PSI above ``drift_attention_psi``."""
     since = now - max(3 * config.drift_bucket_s, PROBLEM_WINDOW_S)
     latest: dict[tuple[int, str], Any] = {}
     for row in session.execute(select(DriftSample.device_id, DriftSample.model_name, DriftSample.package_id,
-                                      DriftSample.t, DriftSample.samples, DriftSample.input_psi,
-                                      DriftSample.prediction_psi, DriftSample.scores).where(DriftSample.t > since)):
+                                      DriftSample.t.label("at"), DriftSample.samples, DriftSample.input_psi,
+                                      DriftSample.prediction_psi, DriftSample.scores)
+                                   .where(DriftSample.t > since, scope.device_filter(DriftSample.device_id))):
         key = (row.device_id, row.model_name)
-        if key not in latest or row.t > latest[key].t:
+        if key not in latest or row.at > latest[key].at:
             latest[key] = row
     limit = config.drift_attention_psi
 
@@ -97,13 +106,14 @@ def _drifting(session: Session, now: float, config: ServerConfig) -> list[schema
     return summary + devices[:DRIFTING_SHOWN]
 
 
-def _problem_models(session: Session, now: float, max_error_rate: float) -> list[dict[str, Any]]:
+def _problem_models(session: Session, now: float, max_error_rate: float, scope: FleetScope) -> list[dict[str, Any]]:
     """Models whose fleet-wide error rate over the last PROBLEM_WINDOW_S is above the limit, with the
     worst device's p95 (0 when none was reported): one grouped query over the window's samples."""
     rows = session.execute(
         select(MetricSample.model_name, func.coalesce(func.sum(MetricSample.requests), 0),
                func.coalesce(func.sum(MetricSample.errors), 0), func.max(MetricSample.p95_ms))
-        .where(MetricSample.t > now - PROBLEM_WINDOW_S).group_by(MetricSample.model_name))
+        .where(MetricSample.t > now - PROBLEM_WINDOW_S, scope.device_filter(MetricSample.device_id))
+        .group_by(MetricSample.model_name))
     out = []
     for name, requests, errors, p95 in sorted(rows, key=lambda r: r[0]):
         requests, errors = int(requests), int(errors)
@@ -131,14 +141,17 @@ def series(request: Request, model: str | None = None, device: str | None = None
     # 10,000 devices covers 1.2 million samples, which must not travel to Python one by one. Recent
     # samples and the hourly rollups older ones were folded into (retention.py) never cover the same
     # time; a rollup counts at its span's middle.
+    scope = scope_of(request)  # a key limited to some fleets: its fleets' devices only
     with state.db.session() as session:
         dialect = session.get_bind().dialect.name
-        device_id = get_device(session, device).id if device is not None else None
+        device_id = device_in_scope(request, session, device).id if device is not None else None
         rows = [*session.execute(_bucketed(MetricSample, MetricSample.t, MetricSample.t > start,
-                                           dialect, start, width, device_id, model)),
+                                           dialect, start, width, device_id, model)
+                                 .where(scope.device_filter(MetricSample.device_id))),
                 *session.execute(_bucketed(MetricRollup, MetricRollup.t + MetricRollup.span_s / 2,
                                            MetricRollup.t + MetricRollup.span_s > start,
-                                           dialect, start, width, device_id, model))]
+                                           dialect, start, width, device_id, model)
+                                 .where(scope.device_filter(MetricRollup.device_id)))]
     prefix = f"device/{device}/" if device is not None else ""
     points: dict[str, dict[int, list[Any]]] = defaultdict(dict)
     for name, index, requests, errors, p50, p95, p99 in rows:
