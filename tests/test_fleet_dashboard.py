@@ -942,6 +942,26 @@ def test_a_viewer_finds_no_controls_and_an_admin_creates_and_revokes_a_key(fleet
             go(page, "audit", "Audit")
             expect(page.locator("main tbody")).to_contain_text("DELETE /api/v1/operator-keys/ci-bot")
             expect(page.locator("main tbody")).to_contain_text("POST /api/v1/operator-keys")
+
+            # A key limited to the lab fleet, made on the page: signed in, it sees the lab's devices only,
+            # and no Keys section (a limited admin cannot make itself a wider key).
+            page.click("nav a[data-nav=keys]")
+            page.locator("main h1", has_text="Operator keys").wait_for()
+            page.fill("#key-name", "lab-lead")
+            page.select_option("#key-role", "admin")
+            page.check(f"#key-fleets input[value={LAB}]")
+            page.click("#main button[type=submit]")
+            expect(page.locator("main tbody tr", has_text="lab-lead")).to_contain_text(LAB)
+            limited = page.locator("#new-key").inner_text().strip()
+            page.evaluate(f"location.hash = {json.dumps('devices?key=' + limited)}")
+            expect(page.locator("#whoami")).to_have_text(f"lab-lead · admin · {LAB}")
+            expect(page.locator("nav a[data-nav=keys]")).to_be_hidden()
+            page.locator("main tbody tr", has_text=BENCH).wait_for()
+            for camera in CAMERAS:
+                expect(page.locator("main tbody tr", has_text=camera)).to_have_count(0)
+            shoot(page, shots, "devices-as-lab-lead")
+            page.evaluate("location.hash = 'keys'")
+            expect(page.locator("#banner")).to_contain_text("needs a key for every fleet")
             assert not console.problems, console.problems
         finally:
             browser.close()

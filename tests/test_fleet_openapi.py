@@ -61,6 +61,9 @@ def fuzzed_app(tmp_path_factory: pytest.TempPathFactory, keypair: tuple[Path, Pa
         client.post("/api/v1/alert-rules", json={"name": "errors", "metric": "error_rate", "threshold": 0.1}, headers=h)
         roles = {role: client.post("/api/v1/operator-keys", json={"name": f"fuzz-{role}", "role": role},
                                    headers=h).json()["key"] for role in ("viewer", "deployer")}
+        client.post("/api/v1/fleets", json={"name": "others"}, headers=h)
+        roles["admin-of-cams"] = client.post("/api/v1/operator-keys", headers=h, json={
+            "name": "fuzz-cams-admin", "role": "admin", "fleets": ["cams"]}).json()["key"]
     app.state.fuzz_keys = {"operator": key, "device": device, **roles}
     return app
 
@@ -95,10 +98,11 @@ def test_no_request_gets_a_server_error(fuzzed_app) -> None:  # type: ignore[no-
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("role", ["viewer", "deployer"])
+@pytest.mark.parametrize("role", ["viewer", "deployer", "admin-of-cams"])
 def test_no_request_with_a_lesser_role_gets_a_server_error(fuzzed_app, role: str) -> None:  # type: ignore[no-untyped-def]
-    """Every operator operation with a viewer's and a deployer's key: refusals are the documented 403,
-    never a 5xx or an undocumented answer (the admin key is the test above)."""
+    """Every operator operation with a viewer's and a deployer's key, and an admin's limited to one fleet:
+    refusals are the documented 403, never a 5xx or an undocumented answer (the admin key for every fleet
+    is the test above)."""
     key = fuzzed_app.state.fuzz_keys[role]
     checks = [schemathesis.checks.not_a_server_error, schemathesis.checks.response_schema_conformance,
               schemathesis.checks.content_type_conformance]

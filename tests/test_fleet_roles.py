@@ -226,6 +226,24 @@ def test_operator_keys_and_the_audit_trail_from_the_cli(tmp_path: Path, keypair:
         bad = run_cli("keys", "operator", "create", "x", "--role", "viewer", "--expires", "soon", *admin)
         assert bad.code == 2 and "'soon'" in bad.err
 
+        # A key limited to one fleet: made, listed with its fleet, refused another fleet, in the trail.
+        for fleet in ("north", "south"):
+            assert run_cli("fleet", "create", fleet, *admin).code == 0
+        made = run_cli("keys", "operator", "create", "north-ops", "--role", "admin", "--fleet", "north", *admin)
+        assert made.code == 0 and "fleets north" in made.out, made.err
+        north = ["--server", server.url, "--api-key", made.out.splitlines()[1]]
+        assert run_cli("fleet", "token", "north", *north).code == 0
+        refused = run_cli("fleet", "token", "south", *north)
+        assert refused.code == 1 and "limited to fleet(s) north" in refused.err and "Traceback" not in refused.err
+        wider = run_cli("keys", "operator", "create", "wider", "--role", "admin", *north)
+        assert wider.code == 1 and "needs a key for every fleet" in wider.err
+        listed = run_cli("keys", "operator", "list", *admin).out.splitlines()
+        assert listed[0].split()[-1] == "FLEETS" and next(r for r in listed if r.startswith("north-ops")).endswith("north")
+        trail = run_cli("audit", "--fleet", "south", *admin).out.splitlines()
+        assert any(" north-ops " in line and " refused " in line and " south " in line for line in trail), trail
+        unknown = run_cli("keys", "operator", "create", "ghost", "--role", "viewer", "--fleet", "nowhere", *admin)
+        assert unknown.code == 1 and "'nowhere'" in unknown.err
+
 
 def test_the_audit_trail_filters_by_key_path_and_outcome(server: TestClient) -> None:
     assert server.post("/api/v1/fleets", json={"name": "cams"}).status_code == 201

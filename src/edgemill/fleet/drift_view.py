@@ -33,7 +33,7 @@ DEVICES_SHOWN = 200
 
 
 def resolve_version(session: Session, model: str, version: str | None, device: str | None = None,
-                    fleet: str | None = None) -> tuple[str | None, str | None]:
+                    fleet: str | tuple[str, ...] | None = None) -> tuple[str | None, str | None]:
     """(version, package id) to report on: the one named, else the one most devices in scope run now,
     else the newest uploaded. A model the registry does not know is a 404."""
     model_row = session.scalar(select(Model).where(Model.name == model))
@@ -61,8 +61,10 @@ def resolve_version(session: Session, model: str, version: str | None, device: s
     return (newest.version, newest.package_id) if newest is not None else (None, None)
 
 
-def check_scope(session: Session, device: str | None, fleet: str | None) -> None:
+def check_scope(session: Session, device: str | None, fleet: str | tuple[str, ...] | None) -> None:
     """A 404 naming the device or fleet of the scope that does not exist."""
+    if isinstance(fleet, tuple):  # a key's fleets: they were checked when the key was made
+        fleet = None
     if device is not None:
         stmt = select(Device.id).join(Fleet, Device.fleet_id == Fleet.id).where(Device.name == device)
         if session.scalar(stmt.where(Fleet.name == fleet) if fleet is not None else stmt) is None:
@@ -73,8 +75,9 @@ def check_scope(session: Session, device: str | None, fleet: str | None) -> None
 
 
 def drift_report(session: Session, references: References, config: ServerConfig, now: float, model: str,
-                 version: str | None = None, device: str | None = None, fleet: str | None = None,
+                 version: str | None = None, device: str | None = None, fleet: str | tuple[str, ...] | None = None,
                  window_s: float = 3600.0, range_s: float = 86400.0) -> schemas.DriftOut:
+    """``fleet``: one fleet's name, or several (an operator key's fleets: reported as no one fleet)."""
     check_scope(session, device, fleet)
     version, package_id = resolve_version(session, model, version, device, fleet)
     reference = references.get_many(session, [package_id]).get(package_id) if package_id else None
@@ -96,7 +99,8 @@ def drift_report(session: Session, references: References, config: ServerConfig,
                     for f, ref, counts in zip(reference.features, reference.counts, window)]
     status, message = _status(reference, samples, config, package_id)
     return schemas.DriftOut(
-        model=model, version=version, package_id=package_id, device=device, fleet=fleet, window_s=window_s,
+        model=model, version=version, package_id=package_id, device=device,
+        fleet=fleet if isinstance(fleet, str) else None, window_s=window_s,
         bucket_s=config.drift_bucket_s, status=status, message=message, reference=reference_out(reference), samples=samples,
         input_psi=overall.input_psi if overall else None, prediction_psi=overall.prediction_psi if overall else None,
         input_feature=overall.input_feature if overall else None,
@@ -122,19 +126,22 @@ class WindowCounts:
         return split_by_sizes(np.sum(list(self.per_device.values()), axis=0), self.sizes)
 
 
-def _scope_filter(column: Any, device: str | None, fleet: str | None) -> Any:
-    """SQL for "the device id in ``column`` is in scope" (None: every device)."""
+def _scope_filter(column: Any, device: str | None, fleet: str | tuple[str, ...] | None) -> Any:
+    """SQL for "the device id in ``column`` is in scope" (None: every device). ``fleet`` may be several
+    (the fleets an operator key is limited to)."""
     if device is None and fleet is None:
         return None
     ids = select(Device.id).join(Fleet, Device.fleet_id == Fleet.id)
     if device is not None:
         ids = ids.where(Device.name == device)
-    if fleet is not None:
+    if isinstance(fleet, tuple):
+        ids = ids.where(Fleet.name.in_(fleet))
+    elif fleet is not None:
         ids = ids.where(Fleet.name == fleet)
     return column.in_(ids.scalar_subquery())
 
 
-def window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | None,
+def window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | tuple[str, ...] | None,
                   since: float, sizes: list[int] | None, until: float | None = None) -> WindowCounts:
     """Per device: its counts in the window (closed buckets + the open one; flat, in feature order) and
     its open bucket alone; refusals in scope; device names. Counts of another shape than ``sizes`` (the
@@ -213,7 +220,7 @@ def _devices(counted: WindowCounts, reference: Reference | None) -> list[schemas
     return out[:DEVICES_SHOWN]
 
 
-def _series(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | None,
+def _series(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | tuple[str, ...] | None,
             now: float, range_s: float) -> list[schemas.DriftPointOut]:
     """Per time bin: the worst and the median device's bucket PSI (read from the stored scores)."""
     if package_id is None:

@@ -49,12 +49,13 @@ class FleetScope:
                 fix="use a key for that fleet, or ask an admin to widen this key's fleets "
                     "(edgemill keys operator create NAME --fleet FLEET)")
 
-    def require_every_fleet(self, request: Request, what: str, fix: str = "use a key created without --fleet") -> None:
+    def require_every_fleet(self, request: Request, what: str) -> None:
         """Admit only a key for every fleet (``what``: e.g. "creating a fleet")."""
         if self.limited:
             raise PermissionDeniedError(
                 f"operator key {self.key!r} is limited to fleet(s) {self.described()}; {what} needs a key for "
-                "every fleet", value=f"{request.method} {request.url.path}", field="Authorization", fix=fix)
+                "every fleet", value=f"{request.method} {request.url.path}", field="Authorization",
+                fix="use a key created without --fleet")
 
     def fleet_ids(self) -> Select[Any]:
         return select(Fleet.id).where(Fleet.name.in_(sorted(self.fleets or ())))

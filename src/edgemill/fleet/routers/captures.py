@@ -18,8 +18,8 @@ from ...errors import NotFoundError, PayloadTooLargeError, UserError
 from .. import schemas
 from ..auth import require_deployer, require_viewer
 from ..capture_view import capture_view
-from ..db.tables import Capture, Device, Model, ModelVersion
-from ..scope import FleetScope, scope_of
+from ..db.tables import Capture, Device, Fleet, Model, ModelVersion
+from ..scope import scope_of
 from ..state import server_state
 from ..views import ts
 from .common import device_in_scope, fleet_in_scope
@@ -175,7 +175,7 @@ async def import_labels(request: Request, who: str = Depends(require_deployer)) 
     rows = parse_label_file(bytes(body), request.headers.get("content-type", ""))
     from fastapi.concurrency import run_in_threadpool
 
-    report = await run_in_threadpool(_import, server_state(request), rows, who, scope_of(request))
+    report = await run_in_threadpool(_import, request, rows, who)
     if report.fleets and len(report.fleets) == 1:
         request.state.audit_fleet = report.fleets[0]
     return JSONResponse(report.model_dump(), status_code=200 if report.applied else 422)
@@ -284,14 +284,23 @@ def _resolve(found: dict[str, list[Capture]], devices: dict[str, int], seen: set
         return target, None, exc.one_line()
 
 
-def _import(state: Any, rows: list[ParsedRow], who: str, scope: FleetScope) -> schemas.LabelImportOut:
-    """The rows checked, then applied when none is wrong. A key limited to some fleets finds only its
-    fleets' devices and captures: another fleet's read as unknown."""
+def _import(request: Request, rows: list[ParsedRow], who: str) -> schemas.LabelImportOut:
+    """The rows checked, then applied when none is wrong. A key limited to some fleets is refused (403)
+    a file that names another fleet's device, and finds only its own fleets' captures by id."""
+    state, scope = server_state(request), scope_of(request)
     now = state.clock()
     results: list[schemas.LabelRowResult] = []
     with state.db.session() as session:
-        devices = {name: id_ for id_, name in session.execute(select(Device.id, Device.name)
-                                                              .where(scope.fleet_filter(Device.fleet_id)))}
+        named: dict[str, int] = {}  # device -> the first row naming it
+        for line, device, _, _, _ in rows:
+            if device is not None:
+                named.setdefault(device, line)
+        devices: dict[str, int] = {}
+        for id_, name, fleet in session.execute(select(Device.id, Device.name, Fleet.name)
+                                                .join(Fleet, Device.fleet_id == Fleet.id)):
+            devices[name] = id_
+            if name in named and not scope.allows(fleet):
+                scope.check(request, fleet, f"device {name!r} (row {named[name]})")
         ids = [capture_id for _, _, capture_id, _, error in rows if capture_id and error is None]
         found: dict[str, list[Capture]] = {}
         for start in range(0, len(ids), 500):

@@ -33,18 +33,17 @@ def drift(request: Request, model: str, version: str | None = None, device: str 
     state = server_state(request)
     scope = scope_of(request)
     with state.db.session() as session:
-        if scope.limited:  # a key limited to some fleets reads one of them, or one of their devices
+        if scope.limited:  # a key limited to some fleets reads their devices only
             if device is not None:
                 device_in_scope(request, session, device)
             if fleet is not None:
                 fleet_in_scope(request, session, fleet)
-            elif device is None and len(scope.fleets or ()) == 1:
-                fleet = next(iter(scope.fleets or ()))
-            elif device is None:
-                scope.require_every_fleet(request, "drift over every device",
-                                          fix=f"pass fleet=NAME, one of {scope.described()}")
+        within: str | tuple[str, ...] | None = fleet
+        if scope.limited and device is None and fleet is None:  # every device the key may see
+            fleets = tuple(sorted(scope.fleets or ()))
+            within = fleets[0] if len(fleets) == 1 else fleets
         return drift_report(session, state.heartbeats.references, state.config, state.clock(), model, version,
-                            device, fleet, window_s, range_s)
+                            device, within, window_s, range_s)
 
 
 @router.put("/models/{name}/versions/{version}/drift-reference", response_model=schemas.DriftReferenceOut,

@@ -30,13 +30,16 @@ const ROUTES = {
   deployment: { view: viewDeployment, nav: "deployments", title: "Deployment", arg: true },
   alerts: { view: viewAlerts, nav: "alerts", title: "Alerts" },
   audit: { view: viewAudit, nav: "audit", title: "Audit" },
-  keys: { view: viewKeys, nav: "keys", title: "Operator keys", role: "admin" },
+  keys: { view: viewKeys, nav: "keys", title: "Operator keys", role: "admin", everyFleet: true },
 };
 
 // Each role can do what the ones before it can (the server's auth.ROLES); the API enforces it, the
 // dashboard only leaves out what the signed-in key may not do.
 const ROLES = ["viewer", "deployer", "admin"];
 const can = (whoami, role) => Boolean(whoami) && ROLES.indexOf(whoami.role) >= ROLES.indexOf(role);
+// A key limited to some fleets (whoami.fleets) sees only theirs; what every fleet shares (keys, new fleets,
+// stages, drift references) needs a key for every fleet.
+const everyFleet = (whoami) => Boolean(whoami) && whoami.fleets == null;
 
 const state = {
   renderSeq: 0,  // a render that a newer one overtook drops its result
@@ -83,9 +86,12 @@ function hideBanner() { $("banner").hidden = true; }
 
 /** The signed-in key in the header, and only the sections its role may open in the navigation. */
 function showWhoami(whoami) {
-  $("whoami").textContent = whoami ? `${whoami.name} · ${whoami.role}` : "";
+  const fleets = whoami?.fleets ? ` · ${whoami.fleets.join(", ")}` : "";
+  $("whoami").textContent = whoami ? `${whoami.name} · ${whoami.role}${fleets}` : "";
   $("whoami").hidden = !whoami;
-  for (const a of document.querySelectorAll("[data-role]")) a.hidden = !can(whoami, a.dataset.role);
+  for (const a of document.querySelectorAll("[data-role]")) {
+    a.hidden = !can(whoami, a.dataset.role) || (a.hasAttribute("data-every-fleet") && !everyFleet(whoami));
+  }
 }
 
 function showLogin(message) {
@@ -201,13 +207,17 @@ async function render({ quiet = false } = {}) {
   const main = $("main");
   main.setAttribute("aria-busy", "true");
   state.inFlight = true;
-  const ctx = { charts: [], mounts: [], confirmThen, act, failed, can: (role) => can(state.whoami, role) };
+  const ctx = { charts: [], mounts: [], confirmThen, act, failed, can: (role) => can(state.whoami, role),
+    get everyFleet() { return everyFleet(state.whoami); } };
   try {
     document.title = `${spec.title} · edgemill fleet`;
     state.whoami = await api("/whoami");  // a revoked or expired key signs out here (401)
     showWhoami(state.whoami);
     if (spec.role && !ctx.can(spec.role)) {
       throw new ApiError(403, { message: `This page needs the ${spec.role} role; the key ${state.whoami.name} is a ${state.whoami.role}.` });
+    }
+    if (spec.everyFleet && !ctx.everyFleet) {
+      throw new ApiError(403, { message: `This page needs a key for every fleet; the key ${state.whoami.name} is limited to ${state.whoami.fleets.join(", ")}.` });
     }
     const node = await spec.view(route, ctx);
     if (seq !== state.renderSeq) return;

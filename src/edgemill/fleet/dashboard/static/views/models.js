@@ -100,7 +100,7 @@ function driftSection(ctx, name, versions, d, query) {
 
 /** Pin the last window's counts as this version's reference; unpin a pinned one. */
 function pinActions(ctx, name, d) {
-  if (!ctx.can("deployer")) return [];
+  if (!ctx.can("deployer") || !ctx.everyFleet) return [];  // a reference is every fleet's: a limited key cannot pin
   const path = `/models/${enc(name)}/versions/${enc(d.version)}/drift-reference`;
   const window = duration(d.window_s);
   const pin = h("button", {
