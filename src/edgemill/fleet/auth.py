@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from ..errors import AuthenticationError, PermissionDeniedError
 from .db.tables import ApiKey, Device
+from .schemas import Role
 from .state import ServerState, server_state
 
 bearer = HTTPBearer(auto_error=False, description="An operator API key, or a device's credential on /api/v1/agent")
@@ -41,7 +43,7 @@ def _secret(creds: HTTPAuthorizationCredentials | None, who: str) -> str:
 # Each role can do what the roles before it can: a viewer reads everything and changes nothing, a deployer
 # also pushes, stages, deploys, pauses, resumes, rolls back and labels, an admin also manages keys, fleets,
 # devices, registration tokens and alert rules.
-ROLES = ("viewer", "deployer", "admin")
+ROLES: tuple[str, ...] = get_args(Role)  # the API's Role, in this order
 
 
 @dataclass(frozen=True)
