@@ -193,8 +193,10 @@ def main() -> None:
         time.sleep(0.1)
     report["capture_id"] = capture_id
     report["capture_statuses"] = sorted(set(statuses), key=statuses.index)
-    report["status_unknown"] = outcome(client.GetCaptureDataStatus,
-                                       agent.GetCaptureDataStatusRequest(capture_id=str(uuid.uuid4())))[1]
+    unknown, report["status_unknown"] = outcome(client.GetCaptureDataStatus,
+                                                agent.GetCaptureDataStatusRequest(capture_id=str(uuid.uuid4())))
+    if unknown is not None:
+        report["status_unknown"]["status"] = agent.CaptureDataStatus.Name(unknown.status)
 
     report["unload"] = outcome(client.UnLoadModel, agent.UnLoadModelRequest(name=model_name))[1]
     report["unload_again"] = outcome(client.UnLoadModel, agent.UnLoadModelRequest(name=model_name))[1]

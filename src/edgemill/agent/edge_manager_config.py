@@ -65,7 +65,7 @@ _AWS_IOT = ("the AWS IoT credential provider is replaced by edgemill's control p
             "(set edgemill.server.url and server.token_file); S3 uploads use the standard AWS credential chain")
 # Keys edgemill cannot honour, and why.
 UNHONOURED: dict[str, str] = {
-    "sagemaker_edge_core_root_certs_path": "edgemill packages are verified with Ed25519 public keys, not AWS root "
+    "sagemaker_edge_core_root_certs_path": "edgemill packages are verified with ECDSA P-256 public keys, not AWS root "
                                            "certificates: list yours in edgemill.models.trusted_keys",
     "sagemaker_edge_provider_aws_ca_cert_file": _AWS_IOT,
     "sagemaker_edge_provider_aws_cert_file": _AWS_IOT,
