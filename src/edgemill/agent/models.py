@@ -2,6 +2,10 @@
 
 A swap is two steps, :meth:`ModelManager.prepare` (verify and load beside the serving version) and
 :meth:`ModelManager.install` (serve it), so the control-plane sync can health-check in between.
+
+A model evicted to make room (or a package of the models directory that did not fit at start) is
+remembered: the next request for it loads it again, verified as at first, within the budget (a cold
+start). Concurrent first requests wait for one load. A model unloaded on purpose is forgotten.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class Evicted:
+    """A model out of memory that the next request for it loads again: its package, and which one."""
+
+    path: Path
+    package_id: str  # "" when unknown (a package that never loaded): verified, but not pinned
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A verified model loaded beside the serving one, not yet serving (see :meth:`ModelManager.prepare`)."""
 
@@ -84,8 +96,10 @@ class ModelManager:
     measurement at a time); requests on loaded models never wait for a load."""
 
     def __init__(self, config: ModelsConfig, clock: Callable[[], float] = time.monotonic,
-                 drift_window_s: float | None = 600.0) -> None:
-        """``drift_window_s``: the sliding window of each model's drift counts (None: no drift counting)."""
+                 drift_window_s: float | None = 600.0,
+                 on_cold_start: Callable[[str, float], None] | None = None) -> None:
+        """``drift_window_s``: the sliding window of each model's drift counts (None: no drift counting).
+        ``on_cold_start(name, seconds)``: called after each load a request triggered."""
         self.config = config
         self._drift_window_s = drift_window_s
         self.budget_bytes = int(config.memory_budget_mb * MB)
@@ -97,8 +111,12 @@ class ModelManager:
                         "set [models] trusted_keys before this device joins a fleet")
         self._models: dict[str, LoadedModel] = {}
         self._pending: list[LoadedModel] = []  # prepared, not yet installed: they hold memory too
-        self._lock = threading.Lock()       # guards _models and _pending
+        self._lock = threading.Lock()       # guards _models, _pending, _evicted and _cold_locks
         self._load_lock = threading.Lock()  # one load at a time
+        self._evicted: dict[str, Evicted] = {}  # loaded again by the next request for it
+        self._cold_locks: dict[str, threading.Lock] = {}  # one cold start per name at a time
+        self._on_cold_start = on_cold_start
+        self.cold_starts = 0
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -107,6 +125,40 @@ class ModelManager:
             loaded = self._models.get(name)
             if loaded is None:
                 raise self._not_found(name)
+            return loaded
+
+    def evicted(self) -> dict[str, Evicted]:
+        """Models a request would load again (evicted, or not fitting at start), by name."""
+        with self._lock:
+            return dict(self._evicted)
+
+    def get_or_load(self, name: str) -> LoadedModel:
+        """The loaded model, or, for one that was evicted, the model loaded again now (a cold start:
+        verified and fitted into the budget like any load; concurrent callers wait for the one load)."""
+        with self._lock:
+            loaded = self._models.get(name)
+            if loaded is not None:
+                return loaded
+            if name not in self._evicted:
+                raise self._not_found(name)
+            gate = self._cold_locks.setdefault(name, threading.Lock())
+        with gate:
+            with self._lock:
+                loaded = self._models.get(name)
+                record = self._evicted.get(name)
+            if loaded is not None:  # another request loaded it while this one waited
+                return loaded
+            if record is None:  # unloaded on purpose meanwhile
+                raise self._not_found(name)
+            started = time.perf_counter()
+            prepared = self.prepare(record.path, name, replace=True, package_id=record.package_id or None)
+            self.install(prepared)
+            loaded = prepared.loaded
+            seconds = time.perf_counter() - started
+            self.cold_starts += 1
+            log.info("cold start: loaded %s again for a request in %.0f ms", name, seconds * 1e3)
+            if self._on_cold_start is not None:
+                self._on_cold_start(name, seconds)
             return loaded
 
     def list(self) -> list[LoadedModel]:
@@ -123,7 +175,7 @@ class ModelManager:
             return sum(m.memory_bytes for m in self._pending)
 
     def _not_found(self, name: str) -> ModelNotFoundError:
-        known = ", ".join(sorted(self._models)) or "none"
+        known = ", ".join(sorted(self._models)) or "none"  # noqa: evicted ones load on request, unnamed here
         return ModelNotFoundError("no model loaded under that name", value=name,
                                   fix=f"load it first (LoadModel) or use a loaded one: {known}")
 
@@ -132,8 +184,9 @@ class ModelManager:
     @contextmanager
     def use(self, name: str) -> Iterator[tuple[LoadedModel, float]]:
         """Hold ``name`` for one request: counts it in flight (so it is not evicted) and waits for a
-        free slot of its concurrency limit. Yields the model and when the slot was granted."""
-        loaded = self.get(name)
+        free slot of its concurrency limit. Yields the model and when the slot was granted. A model
+        that was evicted is loaded again first (:meth:`get_or_load`)."""
+        loaded = self.get_or_load(name)
         with loaded._lock:
             loaded.in_flight += 1
         try:
@@ -151,25 +204,28 @@ class ModelManager:
     # --- load / unload -------------------------------------------------------------------------
 
     def load(self, package_path: str | os.PathLike[str], name: str = "", replace: bool = False,
-             allow_rollback: bool = False) -> tuple[LoadedModel, list[str]]:
+             allow_rollback: bool = False, remember_if_full: bool = False) -> tuple[LoadedModel, list[str]]:
         """Verify the package, make room, load it and serve it. Returns the model and the names evicted.
 
         ``replace``: a model already loaded under ``name`` is swapped for the new one once the new one
         has loaded (requests in flight finish on the old one); its version must not be older unless
         ``allow_rollback``. :meth:`prepare` then :meth:`install`, with nothing in between.
         """
-        prepared = self.prepare(package_path, name, replace=replace, allow_rollback=allow_rollback)
+        prepared = self.prepare(package_path, name, replace=replace, allow_rollback=allow_rollback,
+                                remember_if_full=remember_if_full)
         self.install(prepared)
         return prepared.loaded, prepared.evicted
 
     def prepare(self, package_path: str | os.PathLike[str], name: str = "", *, replace: bool = False,
-                allow_rollback: bool = False, package_id: str | None = None) -> Prepared:
+                allow_rollback: bool = False, package_id: str | None = None,
+                remember_if_full: bool = False) -> Prepared:
         """Verify the package and load it beside whatever serves under ``name``, without serving it.
 
         The memory budget counts the old and the new version together (both are in memory until the
         swap), and the prepared model keeps its share reserved until :meth:`install` or
         :meth:`discard`. ``package_id``: refuse a package whose id is not this one (a download must be
-        the package the control plane ordered).
+        the package the control plane ordered). ``remember_if_full``: a package refused for want of
+        memory is remembered, so a request for it loads it once there is room.
         """
         path = Path(package_path)
         if not path.exists():
@@ -194,17 +250,23 @@ class ModelManager:
                 raise ModelAlreadyLoadedError("a model is already loaded under that name", value=name,
                                               fix="unload it first, load under another name, or ask for a replace")
             estimate = sum(len(b) for b in files.values())
-            evicted = self._make_room(estimate, keep=name)
-            before = _rss_bytes()
-            threads = self.config.threads or None
-            model = Model(verified, files, threads)
-            measured = max(estimate, _rss_bytes() - before)
-            loaded = LoadedModel(name=name, model=model, package_path=path.resolve(), memory_bytes=measured,
-                                 loaded_unix=time.time(), last_used=self._clock(),
-                                 gate=threading.BoundedSemaphore(self.config.max_concurrency),
-                                 drift=self._drift_window(model, name))
-            # What the backend really took decides (it may exceed the files); held from here to install.
-            evicted += self._make_room(measured, keep=name, reserve=loaded)
+            try:
+                evicted = self._make_room(estimate, keep=name)
+                before = _rss_bytes()
+                threads = self.config.threads or None
+                model = Model(verified, files, threads)
+                measured = max(estimate, _rss_bytes() - before)
+                loaded = LoadedModel(name=name, model=model, package_path=path.resolve(), memory_bytes=measured,
+                                     loaded_unix=time.time(), last_used=self._clock(),
+                                     gate=threading.BoundedSemaphore(self.config.max_concurrency),
+                                     drift=self._drift_window(model, name))
+                # What the backend really took decides (it may exceed the files); held from here to install.
+                evicted += self._make_room(measured, keep=name, reserve=loaded)
+            except ResourceExhaustedError:
+                if remember_if_full:  # a request for it tries again once room is free
+                    with self._lock:
+                        self._evicted.setdefault(name, Evicted(path.resolve(), verified.package_id))
+                raise
             return Prepared(loaded, old, evicted)
 
     def _drift_window(self, model: Model, name: str) -> FeatureWindow | None:
@@ -227,6 +289,7 @@ class ModelManager:
             self._drop_pending(loaded)
             old = self._models.get(loaded.name)
             self._models[loaded.name] = loaded
+            self._evicted.pop(loaded.name, None)
         model = loaded.model
         log.info("loaded %s %s (%s, %.1f MB)%s", loaded.name, model.version, model.backend,
                  loaded.memory_bytes / MB, f", replacing {old.model.version}" if old is not None else "")
@@ -260,8 +323,9 @@ class ModelManager:
                                             swapping=swapping)
                 chosen = found
             for victim in chosen:
-                self._models.pop(victim)
-                log.info("evicted idle model %s to make room for %s", victim, keep)
+                gone = self._models.pop(victim)
+                self._evicted[victim] = Evicted(gone.package_path, gone.model.package_id)
+                log.info("evicted idle model %s to make room for %s (a request for it loads it again)", victim, keep)
             if reserve is not None:
                 self._pending.append(reserve)
             return chosen
@@ -280,10 +344,13 @@ class ModelManager:
             f"model {name!r} needs {needed / MB:.1f} MB but {used / MB:.1f} of {self.budget_bytes / MB:.1f} MB "
             f"are in use{detail}", value=f"memory_budget_mb = {self.config.memory_budget_mb:g}", fix=fix)
 
-    def unload(self, name: str) -> LoadedModel:
+    def unload(self, name: str) -> LoadedModel | None:
+        """Stop serving ``name`` (and forget it: no request loads it again). Returns the model, or None
+        when it had been evicted already."""
         with self._lock:
             loaded = self._models.pop(name, None)
-            if loaded is None:
+            forgotten = self._evicted.pop(name, None)
+            if loaded is None and forgotten is None:
                 raise self._not_found(name)
         log.info("unloaded %s", name)
         return loaded  # requests still holding it finish; the session is freed with the last reference
@@ -300,7 +367,7 @@ class ModelManager:
             if not is_package(entry) or (skip is not None and skip(entry)):
                 continue
             try:
-                model, _ = self.load(entry)
+                model, _ = self.load(entry, remember_if_full=True)  # one that does not fit loads on request
                 loaded.append(model.name)
             except EdgemillError as exc:  # refusals included: the message names the reason
                 log.error("not loading %s: %s", entry, exc)
