@@ -69,6 +69,24 @@ class ListenConfig(_Section):
         return self
 
 
+class BatchingPolicy(_Section):
+    """Dynamic batching of one model (``[models.batching.NAME]``): concurrent requests are stacked along
+    the batch dimension, run once and split. Only for models whose every input and output has a
+    dynamic first dimension (checked at load)."""
+
+    max_batch_size: int = Field(8, ge=2, le=4096)  # rows per backend call
+    max_queue_delay_us: int = Field(1000, ge=0, le=1_000_000)  # the longest a request waits for others
+    preferred_batch_sizes: list[int] = []  # sent at once when the queued rows reach one of these
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BatchingPolicy:
+        wrong = [n for n in self.preferred_batch_sizes if not 1 <= n <= self.max_batch_size]
+        if wrong:
+            raise ValueError(f"preferred_batch_sizes {wrong} must be between 1 and max_batch_size "
+                             f"({self.max_batch_size})")
+        return self
+
+
 class ModelsConfig(_Section):
     directory: Path = Path("models")  # installed packages; standalone mode loads what it finds here
     standalone: bool = True
@@ -78,6 +96,7 @@ class ModelsConfig(_Section):
     when_over_budget: Literal["refuse", "evict-lru"] = "refuse"
     threads: int = Field(0, ge=0, le=256)  # intra-op threads per model; 0 lets the package/backend choose
     max_concurrency: int = Field(4, ge=1, le=256)  # requests computing at once per model; the rest queue
+    batching: dict[str, BatchingPolicy] = {}  # by model name: dynamic batching (off for the others)
 
     @model_validator(mode="after")
     def _trust(self) -> ModelsConfig:

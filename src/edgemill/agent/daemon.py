@@ -38,7 +38,8 @@ class Agent:
         self.metrics = AgentMetrics(config.metrics.input_stats_window, config.metrics.max_features)
         self.started_unix = time.time()
         self.models = ModelManager(config.models, drift_window_s=config.metrics.drift_window_s if config.metrics.drift
-                                   else None, on_cold_start=self.metrics.cold_start)
+                                   else None, on_cold_start=self.metrics.cold_start,
+                                   on_batch=self.metrics.batch)
         self.sync = Sync(config, self.models, report=self.heartbeat_payload) if config.server.url else None
         store = ServerStore(self.sync) if self.sync is not None and config.capture.store == "server" else None
         self.capture = CaptureService(config.capture, device=config.device.name, store=store)

@@ -141,14 +141,18 @@ class DataPlane:
                 session = loaded.model
                 started = time.perf_counter()
                 try:
-                    result = session.run(inputs if type(inputs) is dict else dict(inputs))
+                    if loaded.batcher is not None:  # checked alone, computed stacked with its neighbours
+                        batched = loaded.batcher.submit(session.checked(inputs))
+                        result, started, finished = batched.outputs, batched.started, batched.finished
+                    else:
+                        result = session.run(inputs if type(inputs) is dict else dict(inputs))
+                        finished = time.perf_counter()
                 except EdgemillError:
                     raise
                 except Exception as exc:  # the backend's own failure: name it, keep serving
                     raise UserError(f"model {model!r} failed on this input: {type(exc).__name__}: "
                                     f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
                                     fix="check the input values; the model's other requests are unaffected") from None
-                finished = time.perf_counter()
             if loaded.drift is not None:  # counted on everything the model computed, before any selection
                 self._count_drift(loaded, inputs, result)
             if outputs:

@@ -21,6 +21,7 @@ from .input_stats import InputStats
 # 50 us .. 10 s: edge models span a tiny MLP to a detector on a weak CPU.
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 COLD_START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 RECENT = 1024  # latencies kept per model for the heartbeat's percentiles
 
 
@@ -41,6 +42,8 @@ class AgentMetrics:
         self._cold_start_seconds = Histogram("edgemill_agent_cold_start_seconds",
                                              "Time a cold start took: verify, load, fit into the budget",
                                              ["model"], buckets=COLD_START_BUCKETS, registry=self.registry)
+        self._batch_rows = Histogram("edgemill_agent_batch_rows", "Rows per backend call of a batched model",
+                                     ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self._input_window = input_window
         self._max_features = max_features
         self._inputs: dict[str, InputStats] = {}
@@ -76,6 +79,9 @@ class AgentMetrics:
     def cold_start(self, model: str, seconds: float) -> None:
         self._cold_starts.labels(model).inc()
         self._cold_start_seconds.labels(model).observe(seconds)
+
+    def batch(self, model: str, rows: int) -> None:
+        self._batch_rows.labels(model).observe(rows)
 
     def error(self, model: str, code: str) -> None:
         self._errors.labels(model or "-", code).inc()

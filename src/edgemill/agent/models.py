@@ -28,6 +28,7 @@ from ..monitoring.window import FeatureWindow
 from ..package.keys import PublicKey, load_public_keys
 from ..package.store import read_verified_model
 from ..runtime.session import Model
+from .batching import DynamicBatcher, check_batchable
 from .budget import Resident, choose_evictions
 from .config import ModelsConfig
 
@@ -51,10 +52,16 @@ class LoadedModel:
     requests: int = 0
     errors: int = 0
     drift: FeatureWindow | None = None  # counts the baseline's features (None: no baseline, or drift off)
+    batcher: DynamicBatcher | None = None  # [models.batching.NAME]: requests run stacked, not one by one
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def resident(self) -> Resident:
         return Resident(self.name, self.memory_bytes, self.last_used, self.in_flight)
+
+    def retire(self) -> None:
+        """No longer served (replaced, unloaded, evicted): its batcher runs what it holds, then stops."""
+        if self.batcher is not None:
+            self.batcher.close()
 
 
 @dataclass(frozen=True)
@@ -97,9 +104,11 @@ class ModelManager:
 
     def __init__(self, config: ModelsConfig, clock: Callable[[], float] = time.monotonic,
                  drift_window_s: float | None = 600.0,
-                 on_cold_start: Callable[[str, float], None] | None = None) -> None:
+                 on_cold_start: Callable[[str, float], None] | None = None,
+                 on_batch: Callable[[str, int], None] | None = None) -> None:
         """``drift_window_s``: the sliding window of each model's drift counts (None: no drift counting).
-        ``on_cold_start(name, seconds)``: called after each load a request triggered."""
+        ``on_cold_start(name, seconds)``: called after each load a request triggered; ``on_batch(name,
+        rows)``: after each backend call of a batched model."""
         self.config = config
         self._drift_window_s = drift_window_s
         self.budget_bytes = int(config.memory_budget_mb * MB)
@@ -116,6 +125,7 @@ class ModelManager:
         self._evicted: dict[str, Evicted] = {}  # loaded again by the next request for it
         self._cold_locks: dict[str, threading.Lock] = {}  # one cold start per name at a time
         self._on_cold_start = on_cold_start
+        self._on_batch = on_batch
         self.cold_starts = 0
 
     # --- queries -------------------------------------------------------------------------------
@@ -190,6 +200,9 @@ class ModelManager:
         with loaded._lock:
             loaded.in_flight += 1
         try:
+            if loaded.batcher is not None:  # its batches run one at a time: no slot to wait for
+                yield loaded, time.perf_counter()
+                return
             loaded.gate.acquire()
             try:
                 yield loaded, time.perf_counter()
@@ -244,12 +257,16 @@ class ModelManager:
             if not _NAME.fullmatch(name):
                 raise UserError("bad model name", value=name,
                                 fix="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            policy = self.config.batching.get(name)
+            if policy is not None:  # before any byte reaches a backend
+                check_batchable(name, list(verified.manifest.inputs), list(verified.manifest.outputs))
             with self._lock:
                 old = self._models.get(name)
             if old is not None and not replace:
                 raise ModelAlreadyLoadedError("a model is already loaded under that name", value=name,
                                               fix="unload it first, load under another name, or ask for a replace")
             estimate = sum(len(b) for b in files.values())
+            loaded: LoadedModel | None = None
             try:
                 evicted = self._make_room(estimate, keep=name)
                 before = _rss_bytes()
@@ -260,9 +277,15 @@ class ModelManager:
                                      loaded_unix=time.time(), last_used=self._clock(),
                                      gate=threading.BoundedSemaphore(self.config.max_concurrency),
                                      drift=self._drift_window(model, name))
+                if policy is not None:
+                    observe = self._on_batch
+                    loaded.batcher = DynamicBatcher(name, policy, model.run_checked,
+                                                    None if observe is None else lambda rows: observe(name, rows))
                 # What the backend really took decides (it may exceed the files); held from here to install.
                 evicted += self._make_room(measured, keep=name, reserve=loaded)
             except ResourceExhaustedError:
+                if loaded is not None:
+                    loaded.retire()
                 if remember_if_full:  # a request for it tries again once room is free
                     with self._lock:
                         self._evicted.setdefault(name, Evicted(path.resolve(), verified.package_id))
@@ -290,6 +313,8 @@ class ModelManager:
             old = self._models.get(loaded.name)
             self._models[loaded.name] = loaded
             self._evicted.pop(loaded.name, None)
+        if old is not None and old is not loaded:
+            old.retire()
         model = loaded.model
         log.info("loaded %s %s (%s, %.1f MB)%s", loaded.name, model.version, model.backend,
                  loaded.memory_bytes / MB, f", replacing {old.model.version}" if old is not None else "")
@@ -299,6 +324,7 @@ class ModelManager:
         """Drop a prepared model that will not be installed (failed health check); frees its reservation."""
         with self._lock:
             self._drop_pending(prepared.loaded)
+        prepared.loaded.retire()
 
     def _drop_pending(self, loaded: LoadedModel) -> None:
         self._pending = [m for m in self._pending if m is not loaded]
@@ -324,6 +350,7 @@ class ModelManager:
                 chosen = found
             for victim in chosen:
                 gone = self._models.pop(victim)
+                gone.retire()
                 self._evicted[victim] = Evicted(gone.package_path, gone.model.package_id)
                 log.info("evicted idle model %s to make room for %s (a request for it loads it again)", victim, keep)
             if reserve is not None:
@@ -352,6 +379,8 @@ class ModelManager:
             forgotten = self._evicted.pop(name, None)
             if loaded is None and forgotten is None:
                 raise self._not_found(name)
+        if loaded is not None:
+            loaded.retire()
         log.info("unloaded %s", name)
         return loaded  # requests still holding it finish; the session is freed with the last reference
 

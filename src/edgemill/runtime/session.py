@@ -84,9 +84,19 @@ class Model:
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model on ``inputs`` (name -> array); returns outputs by name. An input that takes
         camera frames also accepts the encoded image (``bytes``, or an object array of them per frame)."""
+        return self._call(self.checked(inputs))  # type: ignore[no-any-return]
+
+    def checked(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``inputs`` as :meth:`run` hands them to the backend: encoded frames decoded, names, dtypes
+        and shapes checked (:class:`InputMismatchError` naming the tensor otherwise)."""
         if self._images:
             inputs = decode_inputs(inputs, self._images)
-        return self._call(self._checker.check(inputs))  # type: ignore[no-any-return]
+        return self._checker.check(inputs)  # type: ignore[no-any-return]
+
+    def run_checked(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`run` on inputs :meth:`checked` already returned (the agent's batcher checks each
+        request on its own, then runs them stacked)."""
+        return self._call(inputs)  # type: ignore[no-any-return]
 
     def run_model(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The model alone, without the package's pre- and post-processing: the model's own inputs
