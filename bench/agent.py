@@ -17,6 +17,16 @@
     ``pip install mlserver onnxruntime "uvloop<0.22"`` (MLServer 1.7's inference workers crash on
     uvloop 0.22 and newer); without one, (b) measures the agent only.
 (c) Agent resident memory (VmRSS) at idle and with three models loaded (MLP, CNN, encoder).
+(d) Dynamic batching: 8 client processes sending one row at a time to a model with a dynamic batch
+    dimension (a 224x224 CNN, and a wide MLP whose weights dominate its cost), for ``--duration``
+    seconds, against the agent without batching (each request runs alone, ``max_concurrency`` of them
+    at once) and with ``[models.batching]`` (max_batch_size 8, max_queue_delay_us 2000): requests/s and
+    the clients' p50/p99 latency; then each model's own session at batch 1 and 8, the most batching
+    can gain.
+(e) Cold start: a Predict on a model the memory budget evicted (``evict-lru``, room for one of the
+    two CNNs), from the call to its answer, against the same Predict once loaded.
+
+``--only a,d`` runs some of the sections.
 
 Clients and servers share this machine's cores; every figure comes from this one run.
 """
@@ -99,13 +109,15 @@ def feeds(package: Path) -> dict[str, Any]:
 
 
 class Agent:
-    def __init__(self, work: Path, threads: int = 1, concurrency: int = 4) -> None:
+    def __init__(self, work: Path, threads: int = 1, concurrency: int = 4, budget_mb: float = 4096,
+                 models_toml: str = "", standalone: bool = False) -> None:
         self.port, self.sock = free_port(), work / "agent.sock"
         config = work / "agent.toml"
         config.write_text(
             f'[listen]\naddress = "127.0.0.1:{self.port}"\nunix_socket = "{self.sock}"\nmetrics_address = ""\n'
-            f'max_workers = 32\n[models]\nstandalone = false\nallow_unsigned = true\nthreads = {threads}\n'
-            f'max_concurrency = {concurrency}\nmemory_budget_mb = 4096\n'
+            f'max_workers = 32\n[models]\nstandalone = {str(standalone).lower()}\ndirectory = "{work / "models"}"\n'
+            f'allow_unsigned = true\nthreads = {threads}\n'
+            f'max_concurrency = {concurrency}\nmemory_budget_mb = {budget_mb}\n{models_toml}'
             f'[capture]\ndirectory = "{work / "queue"}"\nstore = "file://{work / "store"}"\n')
         self.proc = subprocess.Popen([sys.executable, "-m", "edgemill", "agent", "--config", str(config),
                                       "--log-level", "warning"], stdout=subprocess.PIPE, text=True)
@@ -346,27 +358,198 @@ def memory(packages: dict[str, Path], work: Path) -> list[list[str]]:
             ["three models loaded (MLP, CNN, encoder), one call each", f"{loaded:.1f}", f"{accounted:.1f}"]]
 
 
+# --- (d) dynamic batching ---------------------------------------------------------------------
+
+
+def _latency_worker(address: str, model: str, feed: dict[str, Any], duration: float, queue: Any) -> None:
+    from edgemill.client import AgentClient
+
+    client = AgentClient(address)
+    client.predict(model, feed)
+    times: list[float] = []
+    deadline = time.perf_counter() + duration
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        client.predict(model, feed)
+        times.append(time.perf_counter() - start)
+    queue.put(times)
+
+
+def drive_latency(address: str, model: str, feed: dict[str, Any], clients: int, duration: float) -> tuple[float, dict]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_latency_worker, args=(address, model, feed, duration, queue)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    times = [t for _ in procs for t in queue.get(timeout=duration + 120)]
+    for p in procs:
+        p.join(30)
+    return len(times) / duration, percentiles(times)
+
+
+def batch_cnn(work: Path) -> Path:
+    import onnx
+
+    import edgemill
+    from edgemill.demo import zoo
+
+    onnx.save(zoo.cnn(batch="batch", image=224), str(work / "onnx" / "cnn224.onnx"))
+    return edgemill.compile(work / "onnx" / "cnn224.onnx", output=work / "packages" / "cnn224.emp", measure=False).path
+
+
+def batch_mlp(work: Path) -> Path:
+    """A wide MLP (512-2048-2048-10, 21 MB of weights): at batch 1 each call streams every weight once."""
+    import onnx
+
+    import edgemill
+    from edgemill.demo import zoo
+
+    onnx.save(zoo.mlp(batch="batch", features=512, hidden=(2048, 2048)), str(work / "onnx" / "mlpwide.onnx"))
+    return edgemill.compile(work / "onnx" / "mlpwide.onnx", output=work / "packages" / "mlpwide.emp", measure=False).path
+
+
+def backend_rows_per_s(package: Path, threads: int, batch: int, seconds: float = 2.0) -> float:
+    """Rows per second of the package's own session at this batch size, in this process."""
+    import numpy as np
+
+    import edgemill.runtime as rt
+
+    model = rt.load(package, threads=threads)
+    feed = {n: np.repeat(a, batch, axis=0) for n, a in feeds(package).items()}
+    model.run(feed)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.run(feed)
+        done += 1
+    return done * batch / (time.perf_counter() - start)
+
+
+def batching(work: Path, package: Path, name: str, duration: float, clients: int) -> list[list[str]]:
+    from edgemill.client import AgentClient
+
+    feed = feeds(package)
+    policy = f"[models.batching.{name}]\nmax_batch_size = 8\nmax_queue_delay_us = 2000\n"
+    setups = [("no batching, 1 thread per request, max_concurrency 4", dict(threads=1, concurrency=4)),
+              ("no batching, 2 threads per request, max_concurrency 1", dict(threads=2, concurrency=1)),
+              ("batching (max 8 rows, 2000 µs), 2 threads per batch", dict(threads=2, models_toml=policy))]
+    rows = []
+    for i, (label, options) in enumerate(setups):
+        folder = work / f"batching-{name}-{i}"
+        folder.mkdir()
+        agent = Agent(folder, **options)  # type: ignore[arg-type]
+        try:
+            with AgentClient(f"unix:{agent.sock}") as client:
+                client.load_model(str(package), name=name)
+            rate, stats = drive_latency(f"unix:{agent.sock}", name, feed, clients, duration)
+        finally:
+            agent.stop()
+        rows.append([f"{name}: {label}", f"{rate:.0f}", f"{stats['p50_us'] / 1e3:.1f}", f"{stats['p99_us'] / 1e3:.1f}"])
+    best_unbatched = max(float(r[1]) for r in rows[:-1])
+    for r in rows:
+        r.append(f"{float(r[1]) / best_unbatched:.2f}")
+    return rows
+
+
+# --- (e) cold start ----------------------------------------------------------------------------
+
+
+def cold_start(work: Path, repeats: int = 5) -> list[list[str]]:
+    """Each repeat a fresh agent whose models directory holds two CNNs (the same 224x224 CNN compiled as
+    ``cold-a`` and ``cold-b``) and whose budget holds one: ``cold-a`` loads at start, ``cold-b`` is
+    refused and remembered. ``cold-a`` is unloaded; the first Predict on ``cold-b`` loads it (the cold
+    start), the second is warm. A repeat where both fitted after all is dropped, and counted."""
+    import edgemill
+    from edgemill.client import AgentClient
+
+    if not (work / "onnx" / "cnn224.onnx").exists():
+        batch_cnn(work)  # the ONNX file the two packages are compiled from
+    made = {name: edgemill.compile(work / "onnx" / "cnn224.onnx", output=work / "packages" / f"{name}.emp",
+                                   name=name, measure=False).path for name in ("cold-a", "cold-b")}
+    (work / "cold-measure" / "models").mkdir(parents=True)
+    shutil.copy(made["cold-a"], work / "cold-measure" / "models" / "cold-a.emp")
+    agent = Agent(work / "cold-measure", threads=1, standalone=True)
+    try:  # what the first model a fresh agent loads at start is charged (its files, or its resident growth)
+        with AgentClient(f"unix:{agent.sock}") as client:
+            client.wait_ready()
+            first_mb = client.list_models()[0]["memory_bytes"] / 2**20
+    finally:
+        agent.stop()
+    budget_mb = round(first_mb + made["cold-b"].stat().st_size / 2**20 / 2, 2)
+    feed = feeds(made["cold-a"])
+    cold, warm, dropped = [], [], 0
+    for i in range(repeats):
+        folder = work / f"cold-{i}"
+        (folder / "models").mkdir(parents=True)
+        for name, path in made.items():
+            shutil.copy(path, folder / "models" / f"{name}.emp")
+        agent = Agent(folder, threads=1, budget_mb=budget_mb, standalone=True)
+        try:
+            with AgentClient(f"unix:{agent.sock}") as client:
+                client.wait_ready()
+                if [m["name"] for m in client.list_models()] != ["cold-a"]:
+                    dropped += 1
+                    continue
+                client.unload_model("cold-a")
+                start = time.perf_counter()
+                client.predict("cold-b", feed)
+                cold.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                client.predict("cold-b", feed)
+                warm.append(time.perf_counter() - start)
+        finally:
+            agent.stop()
+    if not cold:
+        raise SystemExit(f"no repeat had cold-b refused at start (budget {budget_mb} MB): no figure")
+    c, w = percentiles(cold), percentiles(warm)
+    note = f" ({dropped} of {repeats} repeats dropped: both fitted)" if dropped else ""
+    return [[f"first Predict on the model the budget left out (loads it, then answers){note}",
+             f"{c['p50_us'] / 1e3:.1f}", f"{max(cold) * 1e3:.1f}", str(len(cold))],
+            ["the next Predict on it", f"{w['p50_us'] / 1e3:.1f}", f"{max(warm) * 1e3:.1f}", str(len(warm))]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per throughput run")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--calls", type=int, default=3000, help="timed calls per overhead row")
     parser.add_argument("--mlserver-python", help="python of a venv with mlserver and onnxruntime installed")
+    parser.add_argument("--only", default="a,b,c,d,e", help="sections to run, e.g. d,e")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     if args.mlserver_python and not (Path(args.mlserver_python).parent / "mlserver").exists():
         raise SystemExit(f"no mlserver next to {args.mlserver_python}; create one with: python3 -m venv V && "
                          "V/bin/pip install mlserver onnxruntime 'uvloop<0.22'")
     work = Path(tempfile.mkdtemp(prefix="edgemill-bench-agent-"))
     try:
         packages = build_models(work)
-        print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
-        rows = overhead(packages, work, args.calls) + grpc_floor(work, args.calls, payload_bytes=64 * 4)
-        print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
-        print(f"\n## (b) Throughput, {args.clients} client processes alternating MLP and CNN, {args.duration:g} s\n")
-        print(markdown_table(throughput(packages, work, args.duration, args.clients, args.mlserver_python),
-                             ["server", "requests/s", "ratio to agent (V2)"]))
-        print("\n## (c) Agent memory (VmRSS)\n")
-        print(markdown_table(memory(packages, work), ["state", "RSS MiB", "models' accounted MiB"]))
+        if "a" in only:
+            print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
+            rows = overhead(packages, work, args.calls) + grpc_floor(work, args.calls, payload_bytes=64 * 4)
+            print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
+        if "b" in only:
+            print(f"\n## (b) Throughput, {args.clients} client processes alternating MLP and CNN, {args.duration:g} s\n")
+            print(markdown_table(throughput(packages, work, args.duration, args.clients, args.mlserver_python),
+                                 ["server", "requests/s", "ratio to agent (V2)"]))
+        if "c" in only:
+            print("\n## (c) Agent memory (VmRSS)\n")
+            print(markdown_table(memory(packages, work), ["state", "RSS MiB", "models' accounted MiB"]))
+        if "d" in only:
+            print(f"\n## (d) Dynamic batching: {args.clients} client processes, one row per request, "
+                  f"{args.duration:g} s per row\n")
+            made = {"cnn224": batch_cnn(work), "mlpwide": batch_mlp(work)}
+            rows = [r for name, package in made.items()
+                    for r in batching(work, package, name, args.duration, args.clients)]
+            print(markdown_table(rows, ["agent", "requests/s", "p50 ms", "p99 ms", "ratio to best unbatched"]))
+            print("\nThe backend alone, in this process (what batching can gain at most):\n")
+            backend = [[name, str(threads), f"{backend_rows_per_s(package, threads, 1):.0f}",
+                        f"{backend_rows_per_s(package, threads, 8):.0f}"]
+                       for name, package in made.items() for threads in (1, 2)]
+            for r in backend:
+                r.append(f"{float(r[3]) / float(r[2]):.2f}")
+            print(markdown_table(backend, ["model", "threads", "rows/s at batch 1", "rows/s at batch 8", "ratio"]))
+        if "e" in only:
+            print("\n## (e) Cold start (CNN 224x224, evict-lru budget for one of two)\n")
+            print(markdown_table(cold_start(work), ["call", "p50 ms", "max ms", "calls"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
