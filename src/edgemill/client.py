@@ -9,6 +9,11 @@
 Text tensors go in and come back as NumPy object arrays of ``str`` (any array of str is accepted).
 
 Other languages generate a client from proto/edgemill/v1/agent.proto (docs/agent.md shows Go).
+
+For a ``unix:`` target, Predict goes over the agent's local fast path when the agent offers one
+(docs/fastpath.md: plain frames, no gRPC), with the same results, errors and timing; everything else,
+and every call when there is no fast path, goes over gRPC. ``AgentClient(..., fast_path=False)`` keeps
+Predict on gRPC too.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .agent import protos
 from .agent.v1_types import DTYPE_BY_ENUM, DTYPE_NAME_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, pb
 from .agent.wire import tensor_bytes
 from .agent.wire_text import is_text, text_array, text_elements
+from .fastpath_client import FastChannel, FastPathError, FastPathUnavailable, fast_socket_for
 
 pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
 
@@ -128,7 +134,7 @@ class AgentClient:
 
     def __init__(self, target: str = "127.0.0.1:8601", *, timeout: float = 30.0,
                  root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
-                 private_key: bytes | None = None, max_message_mb: int = 64) -> None:
+                 private_key: bytes | None = None, max_message_mb: int = 64, fast_path: bool = True) -> None:
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         if root_certificates is not None:
@@ -138,6 +144,13 @@ class AgentClient:
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.AgentStub(self._channel)
         self.timeout = timeout
+        fast = fast_socket_for(target) if fast_path and root_certificates is None else None
+        self._fast: FastChannel | None = FastChannel(fast, timeout) if fast is not None else None
+
+    @property
+    def transport(self) -> str:
+        """How Predict travels now: "fast" (the local fast path) or "grpc"."""
+        return "fast" if self._fast is not None else "grpc"
 
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
@@ -167,6 +180,23 @@ class AgentClient:
 
     def predict(self, model: str, inputs: Mapping[str, Any], outputs: Sequence[str] = (), *,
                 capture: bool = False, capture_id: str = "", timeout: float | None = None) -> PredictResult:
+        fast = self._fast
+        if fast is not None:
+            shared = {n: (v.name, 0, v.array.nbytes) for n, v in inputs.items() if isinstance(v, SharedTensor)}
+            arrays = {n: v.array if isinstance(v, SharedTensor) else v for n, v in inputs.items()}
+            try:
+                reply = fast.predict(model, arrays, outputs, capture, capture_id, timeout, shared)
+            except FastPathError as exc:
+                raise AgentError(grpc.StatusCode[exc.code], exc.message) from None
+            except FastPathUnavailable as exc:
+                self._fast = None  # the agent stopped offering it: gRPC from now on
+                fast.close()
+                if exc.sent:  # it may have run: not sent again, the caller decides
+                    raise AgentError(grpc.StatusCode.UNAVAILABLE, f"the fast path broke during the call ({exc}); "
+                                     "later calls use gRPC") from None
+            else:
+                return PredictResult(reply.outputs, reply.version,
+                                     Timing(reply.queue_us, reply.compute_us, reply.total_us), reply.capture_id)
         request = pb.PredictRequest(model=model, inputs=[_tensor(n, v) for n, v in inputs.items()],
                                     outputs=list(outputs), capture=capture, capture_id=capture_id)
         response = self._call("Predict", request, timeout)
@@ -187,6 +217,8 @@ class AgentClient:
         return CaptureStatus(r.capture_id, STATE_BY_ENUM.get(r.state, "unknown"), r.attempts, r.last_error, r.object_key)
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         self._channel.close()
 
     def __enter__(self) -> AgentClient:

@@ -45,6 +45,10 @@ class TlsConfig(_Section):
 class ListenConfig(_Section):
     address: str = "127.0.0.1:8601"  # host:port for gRPC over TCP; "" disables TCP
     unix_socket: Path | None = None  # also serve on this Unix socket (Edge Manager applications use one)
+    # The local fast path (docs/fastpath.md): Predict in plain frames over its own Unix socket, by default
+    # the gRPC socket's path + ".fast" (edgemill.client finds it there); fast_path = false turns it off.
+    fast_path: bool = True
+    fast_socket: Path | None = None
     metrics_address: str = "127.0.0.1:9601"  # Prometheus text at /metrics; "" disables
     max_workers: int = Field(16, ge=1, le=1024)  # concurrent requests in flight
     max_message_mb: int = Field(64, ge=1, le=2047)
@@ -61,6 +65,14 @@ class ListenConfig(_Section):
     @classmethod
     def _no_socket(cls, value: Any) -> Any:
         return None if value == "" else value  # "" disables, as for the addresses (not the config's folder)
+
+    def fast_socket_path(self) -> Path | None:
+        """Where the fast path listens: fast_socket, else beside unix_socket; None when it is off."""
+        if not self.fast_path:
+            return None
+        if self.fast_socket is not None:
+            return self.fast_socket
+        return None if self.unix_socket is None else self.unix_socket.with_name(self.unix_socket.name + ".fast")
 
     @model_validator(mode="after")
     def _somewhere(self) -> ListenConfig:

@@ -23,6 +23,7 @@ from .capture import CaptureService
 from .capture.server_store import ServerStore
 from .config import AgentConfig
 from .dataplane import DataPlane
+from .fastpath import FastPathServer
 from .grpc.server import build_server
 from .metrics import AgentMetrics
 from .models import ModelManager
@@ -48,6 +49,7 @@ class Agent:
         self._server: Any = None
         self._metrics_server: Any = None
         self.addresses: list[str] = []
+        self._fast: FastPathServer | None = None
         self._stopped = threading.Event()
 
     def start(self) -> list[str]:
@@ -66,6 +68,11 @@ class Agent:
                 os.chmod(self.config.listen.unix_socket, 0o660)  # the agent's user and group
             except OSError as exc:
                 log.warning("cannot restrict the Unix socket's permissions: %s", exc)
+        fast_socket = self.config.listen.fast_socket_path()
+        if fast_socket is not None:
+            self._fast = FastPathServer(fast_socket, self.dataplane, self.config.listen.max_message_mb * 2**20,
+                                        max_connections=self.config.listen.max_workers * 16)
+            self.addresses.append(self._fast.start())
         if self.config.listen.metrics_address:
             self._metrics_server = self.metrics.serve(self.config.listen.metrics_address)
             self.addresses.append(f"http://{self.config.listen.metrics_address}/metrics")
@@ -80,6 +87,8 @@ class Agent:
         if self.sync is not None:  # no swap starts while requests drain
             self.sync.stop()
         self.dataplane.ready = False
+        if self._fast is not None:
+            self._fast.stop()
         if self._server is not None:
             self._server.stop(grace_s).wait(grace_s + 1)
         self.dataplane.close()

@@ -1,0 +1,322 @@
+"""The local fast path's frames (docs/fastpath.md): a 16-byte header and a payload of length-prefixed
+fields, little-endian, shared by the agent's server and the Python client. NumPy only, no gRPC.
+
+Every reader checks each length against what is left of the payload before it reads, so a frame that
+lies about a length is a :class:`FrameError` naming the field, never a read past the buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputMismatchError
+from .wire import MAX_DIMS, check_shape, tensor_bytes
+
+MAGIC = b"EMF1"
+HEADER = struct.Struct("<4sBBHII")  # magic, type, flags (0), reserved (0), request id, payload length
+HEADER_SIZE = HEADER.size  # 16
+
+PREDICT, PREDICT_OK, ERROR, PING, PONG = 1, 2, 3, 4, 5
+TYPES = {PREDICT: "PREDICT", PREDICT_OK: "PREDICT_OK", ERROR: "ERROR", PING: "PING", PONG: "PONG"}
+
+INLINE, SHARED_MEMORY = 0, 1
+STRING = 14
+# The edgemill.v1 DataType numbers (proto/edgemill/v1/agent.proto), so one table serves every client.
+DTYPE_BY_CODE: dict[int, np.dtype] = {
+    1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<f8"), 4: np.dtype("i1"), 5: np.dtype("<i2"),
+    6: np.dtype("<i4"), 7: np.dtype("<i8"), 8: np.dtype("u1"), 9: np.dtype("<u2"), 10: np.dtype("<u4"),
+    11: np.dtype("<u8"), 12: np.dtype("?"),
+}
+CODE_BY_DTYPE: dict[str, int] = {d.name: c for c, d in DTYPE_BY_CODE.items()}
+FLAG_CAPTURE = 1
+
+# gRPC status codes by name and number: the fast path answers with the same codes as the gRPC path.
+GRPC_CODES = {"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
+              "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
+              "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13,
+              "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
+CODE_NAMES = {number: name for name, number in GRPC_CODES.items()}
+
+_U8, _U16, _U32, _U64 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+class FrameError(InputMismatchError):
+    """A payload that does not parse: answered INVALID_ARGUMENT, the connection stays open."""
+
+
+def header(kind: int, request_id: int, length: int) -> bytes:
+    return HEADER.pack(MAGIC, kind, 0, 0, request_id & 0xFFFFFFFF, length)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def raw(self, data: bytes | memoryview) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+
+    def u8(self, v: int) -> None:
+        self.raw(_U8.pack(v))
+
+    def u16(self, v: int) -> None:
+        self.raw(_U16.pack(v))
+
+    def u32(self, v: int) -> None:
+        self.raw(_U32.pack(v))
+
+    def u64(self, v: int) -> None:
+        self.raw(_U64.pack(v))
+
+    def text(self, value: str) -> None:
+        data = value.encode("utf-8")
+        if len(data) > 0xFFFF:
+            raise FrameError("a name is longer than 65,535 bytes", value=value[:64], fix="use a shorter name")
+        self.u16(len(data))
+        self.raw(data)
+
+    def frame(self, kind: int, request_id: int) -> list[bytes | memoryview]:
+        return [header(kind, request_id, self.size), *self.parts]
+
+
+def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, int] | None = None) -> None:
+    """One tensor: inline bytes, UTF-8 elements for text, or a shared-memory region (name, offset, size)
+    the caller already filled."""
+    w.text(name)
+    if array.dtype.kind in "OUS":
+        w.u8(STRING)
+    else:
+        code = CODE_BY_DTYPE.get(array.dtype.name)
+        if code is None:
+            raise FrameError(f"tensor {name!r} has a dtype the fast path cannot carry", value=array.dtype.name,
+                             fix=f"use one of {sorted(CODE_BY_DTYPE)} or text")
+        w.u8(code)
+    if array.ndim > MAX_DIMS:
+        raise FrameError(f"tensor {name!r} has {array.ndim} dimensions", value=array.ndim, expected=f"at most {MAX_DIMS}")
+    w.u8(array.ndim)
+    for d in array.shape:
+        w.u64(d)
+    if shm is not None:
+        w.u8(SHARED_MEMORY)
+        w.text(shm[0])
+        w.u64(shm[1])
+        w.u64(shm[2])
+        return
+    w.u8(INLINE)
+    if array.dtype.kind in "OUS":
+        elements = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1).tolist()]
+        w.u64(sum(4 + len(e) for e in elements))
+        for e in elements:
+            w.u32(len(e))
+            w.raw(e)
+        return
+    data = tensor_bytes(array)
+    w.u64(len(data))
+    w.raw(data)
+
+
+def predict_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = (), capture: bool = False,
+                    capture_id: str = "", shared: Mapping[str, tuple[str, int, int]] | None = None) -> Writer:
+    w = Writer()
+    w.text(model)
+    w.u8(FLAG_CAPTURE if capture else 0)
+    w.text(capture_id)
+    w.u16(len(outputs))
+    for name in outputs:
+        w.text(name)
+    w.u16(len(inputs))
+    for name, array in inputs.items():
+        write_tensor(w, name, array, (shared or {}).get(name))
+    return w
+
+
+TOTAL_US_PART = 6  # in a PREDICT_OK writer: version (2 parts), capture id (2), queue_us, compute_us, total_us
+
+
+def predict_response(version: str, capture_id: str, queue_us: int, compute_us: int, total_us: int,
+                     outputs: Mapping[str, np.ndarray]) -> Writer:
+    w = Writer()
+    w.text(version)
+    w.text(capture_id)
+    for v in (queue_us, compute_us, total_us):
+        w.u64(max(0, v))
+    w.u16(len(outputs))
+    for name, array in outputs.items():
+        write_tensor(w, name, np.asarray(array))
+    return w
+
+
+def error_payload(code: str, message: str) -> Writer:
+    w = Writer()
+    w.u16(GRPC_CODES.get(code, GRPC_CODES["UNKNOWN"]))
+    data = message.encode("utf-8")[:8192]
+    w.u32(len(data))
+    w.raw(data)
+    return w
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+class Reader:
+    def __init__(self, payload: bytes | bytearray | memoryview) -> None:
+        self.buf = memoryview(payload)
+        self.at = 0
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > len(self.buf) - self.at:
+            raise FrameError(f"the frame ends inside {what}", value=f"{n} bytes wanted, {len(self.buf) - self.at} left",
+                             fix="send the whole payload the header's length announces (docs/fastpath.md)")
+        out = self.buf[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def u8(self, what: str) -> int:
+        return int(_U8.unpack(self.take(1, what))[0])
+
+    def u16(self, what: str) -> int:
+        return int(_U16.unpack(self.take(2, what))[0])
+
+    def u32(self, what: str) -> int:
+        return int(_U32.unpack(self.take(4, what))[0])
+
+    def u64(self, what: str) -> int:
+        return int(_U64.unpack(self.take(8, what))[0])
+
+    def text(self, what: str) -> str:
+        data = self.take(self.u16(what), what)
+        try:
+            return str(data, "utf-8")
+        except UnicodeDecodeError:
+            raise FrameError(f"{what} is not UTF-8", value=bytes(data[:32]), fix="encode names as UTF-8") from None
+
+    def done(self, what: str) -> None:
+        if self.at != len(self.buf):
+            raise FrameError(f"{len(self.buf) - self.at} bytes follow the {what}", value=len(self.buf) - self.at,
+                             fix="the header's length must be the payload's exact size")
+
+
+@dataclass(frozen=True)
+class TensorField:
+    """A tensor as read: its array (inline) or the shared-memory region holding it."""
+
+    name: str
+    dtype: np.dtype | None  # None: text
+    shape: tuple[int, ...]
+    array: np.ndarray | None = None
+    shm: tuple[str, int, int] | None = None
+
+
+def read_tensor(r: Reader) -> TensorField:
+    name = r.text("a tensor name")
+    code = r.u8(f"tensor {name!r}'s dtype")
+    if code != STRING and code not in DTYPE_BY_CODE:
+        raise FrameError(f"tensor {name!r} has an unknown dtype code", value=code,
+                         fix=f"use one of {sorted(DTYPE_BY_CODE)} or {STRING} (text)")
+    ndim = r.u8(f"tensor {name!r}'s rank")
+    if ndim > MAX_DIMS:
+        raise FrameError(f"tensor {name!r} has {ndim} dimensions", value=ndim, expected=f"at most {MAX_DIMS}")
+    shape = check_shape(name, [r.u64(f"tensor {name!r}'s shape") for _ in range(ndim)])
+    if any(d > 2**40 for d in shape):
+        raise FrameError(f"tensor {name!r} has an impossible dimension", value=list(shape), fix="send the real shape")
+    storage = r.u8(f"tensor {name!r}'s storage")
+    dtype = None if code == STRING else DTYPE_BY_CODE[code]
+    if storage == SHARED_MEMORY:
+        if dtype is None:
+            raise FrameError(f"tensor {name!r} is text, which shared memory cannot carry", value=name,
+                             fix="send text inline")
+        region = (r.text(f"tensor {name!r}'s segment name"), r.u64(f"tensor {name!r}'s offset"),
+                  r.u64(f"tensor {name!r}'s size"))
+        return TensorField(name, dtype, shape, shm=region)
+    if storage != INLINE:
+        raise FrameError(f"tensor {name!r} has an unknown storage kind", value=storage,
+                         fix=f"use {INLINE} (inline) or {SHARED_MEMORY} (shared memory)")
+    nbytes = r.u64(f"tensor {name!r}'s byte count")
+    data = r.take(nbytes, f"tensor {name!r}'s data")
+    if dtype is None:
+        return TensorField(name, None, shape, array=_text(name, data, shape))
+    expected = math.prod(shape) * dtype.itemsize
+    if nbytes != expected:
+        raise FrameError(f"tensor {name!r} has {nbytes} bytes but shape {list(shape)} of {dtype.name} needs {expected}",
+                         value=nbytes, fix="send exactly prod(shape) * itemsize bytes, C-order, little-endian")
+    return TensorField(name, dtype, shape, array=np.frombuffer(data, dtype=dtype).reshape(shape))
+
+
+def _text(name: str, data: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    r = Reader(data)
+    count = math.prod(shape)
+    values = []
+    for _ in range(count):
+        raw = r.take(r.u32(f"tensor {name!r}'s element length"), f"tensor {name!r}'s element")
+        try:
+            values.append(str(raw, "utf-8"))
+        except UnicodeDecodeError:
+            raise FrameError(f"tensor {name!r} has an element that is not UTF-8", value=bytes(raw[:32]),
+                             fix="encode text as UTF-8") from None
+    r.done(f"tensor {name!r}'s {count} elements")
+    out = np.empty(count, dtype=object)
+    out[:] = values
+    return out.reshape(shape)
+
+
+@dataclass(frozen=True)
+class PredictFrame:
+    model: str
+    capture: bool
+    capture_id: str
+    outputs: tuple[str, ...]
+    inputs: tuple[TensorField, ...]
+
+
+def read_predict(payload: bytes | bytearray | memoryview) -> PredictFrame:
+    r = Reader(payload)
+    model = r.text("the model name")
+    flags = r.u8("the flags")
+    capture_id = r.text("the capture id")
+    outputs = tuple(r.text("an output name") for _ in range(r.u16("the output count")))
+    inputs = tuple(read_tensor(r) for _ in range(r.u16("the input count")))
+    r.done("last input")
+    return PredictFrame(model, bool(flags & FLAG_CAPTURE), capture_id, outputs, inputs)
+
+
+@dataclass(frozen=True)
+class PredictReply:
+    version: str
+    capture_id: str
+    queue_us: int
+    compute_us: int
+    total_us: int
+    outputs: dict[str, np.ndarray]
+
+
+def read_predict_ok(payload: bytes | bytearray | memoryview) -> PredictReply:
+    r = Reader(payload)
+    version, capture_id = r.text("the model version"), r.text("the capture id")
+    queue_us, compute_us, total_us = r.u64("queue_us"), r.u64("compute_us"), r.u64("total_us")
+    outputs: dict[str, np.ndarray] = {}
+    for _ in range(r.u16("the output count")):
+        field = read_tensor(r)
+        assert field.array is not None  # the agent sends outputs inline
+        outputs[field.name] = field.array
+    r.done("last output")
+    return PredictReply(version, capture_id, queue_us, compute_us, total_us, outputs)
+
+
+def read_error(payload: bytes | bytearray | memoryview) -> tuple[str, str]:
+    r = Reader(payload)
+    code = r.u16("the status code")
+    message = str(r.take(r.u32("the message length"), "the message"), "utf-8", errors="replace")
+    return CODE_NAMES.get(code, "UNKNOWN"), message
