@@ -2,11 +2,11 @@
 
     python bench/agent.py [--mlserver-python /path/to/venv/bin/python] [--duration 10]
 
-(a) Predict overhead: p50/p99 of ``AgentClient.predict`` over the Unix socket and over TCP minus
-    ``model.run`` in-process, on a small MLP (batch 1, 1 intra-op thread), one client, one call at a
-    time.
-    The same client against a Python gRPC server whose handler does nothing (same payload size)
-    shows the floor of the transport itself on this machine.
+(a) Predict overhead: p50/p99 of ``AgentClient.predict`` over the local fast path, over gRPC on the
+    Unix socket and over gRPC on TCP, minus ``model.run`` in-process, on a small MLP (batch 1, 1
+    intra-op thread), one client, one call at a time.
+    A Python thread echoing the same size of frame over a Unix socket, and a Python gRPC server whose
+    handler does nothing (same payload size), show the floor of each transport on this machine.
 (b) Throughput: 8 client processes, each alternating between two models (the MLP and a small CNN),
     for ``--duration`` seconds, against
       - the edgemill agent through its KServe V2 service (tritonclient gRPC),
@@ -144,10 +144,14 @@ def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str
     agent = Agent(work / "overhead", threads=1)
     try:
         rows = [["in-process `model.run`", f"{local['p50_us']:.0f}", f"{local['p99_us']:.0f}", "-", "-"]]
-        for label, target in (("agent, Unix socket", f"unix:{agent.sock}"), ("agent, TCP 127.0.0.1", f"127.0.0.1:{agent.port}")):
-            with AgentClient(target) as client:
-                if label.endswith("socket"):
+        paths = (("agent, fast path (Unix socket)", f"unix:{agent.sock}", True),
+                 ("agent, gRPC over the Unix socket", f"unix:{agent.sock}", False),
+                 ("agent, gRPC over TCP 127.0.0.1", f"127.0.0.1:{agent.port}", False))
+        for label, target, fast in paths:
+            with AgentClient(target, fast_path=fast) as client:
+                if label.startswith("agent, fast"):
                     client.load_model(str(packages["mlp"]), name="mlp")
+                    assert client.transport == "fast", "the agent offered no fast path"
                 agent_times = time_calls(lambda: client.predict("mlp", feed), iterations=calls, warmup=200)
                 stats = percentiles(agent_times)
                 rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}",
@@ -171,6 +175,47 @@ server.start()
 print(port, flush=True)
 server.wait_for_termination()
 """
+
+
+FRAMED_ECHO_SERVER = """
+import socket, sys, threading
+def serve(conn):
+    while True:
+        head = conn.recv(16, socket.MSG_WAITALL)
+        if len(head) < 16:
+            return
+        body = conn.recv(int.from_bytes(head[12:16], "little"), socket.MSG_WAITALL)
+        conn.sendall(head + body)
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(sys.argv[1])
+listener.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
+def framed_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
+    """A Python thread echoing 16-byte-header frames over a Unix socket: the fast path's floor."""
+    sock = work / "framed-echo.sock"
+    proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO_SERVER, str(sock)], stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdout.readline()  # type: ignore[union-attr]
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(str(sock))
+        frame = b"EMF1" + bytes(8) + payload_bytes.to_bytes(4, "little") + b"x" * payload_bytes
+
+        def call() -> None:
+            conn.sendall(frame)
+            conn.recv(len(frame), socket.MSG_WAITALL)
+
+        stats = percentiles(time_calls(call, iterations=calls, warmup=200))
+        conn.close()
+        return [["bare framed echo (Python), Unix socket", f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-"]]
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def grpc_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
@@ -524,7 +569,8 @@ def main() -> None:
         packages = build_models(work)
         if "a" in only:
             print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
-            rows = overhead(packages, work, args.calls) + grpc_floor(work, args.calls, payload_bytes=64 * 4)
+            rows = (overhead(packages, work, args.calls) + framed_floor(work, args.calls, payload_bytes=64 * 4 + 40)
+                    + grpc_floor(work, args.calls, payload_bytes=64 * 4))
             print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
         if "b" in only:
             print(f"\n## (b) Throughput, {args.clients} client processes alternating MLP and CNN, {args.duration:g} s\n")

@@ -30,7 +30,7 @@ from .agent import protos
 from .agent.v1_types import DTYPE_BY_ENUM, DTYPE_NAME_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, pb
 from .agent.wire import tensor_bytes
 from .agent.wire_text import is_text, text_array, text_elements
-from .fastpath_client import FastChannel, FastPathError, FastPathUnavailable, fast_socket_for
+from .fastpath_client import FastChannel, FastPathError, FastPathTimeout, FastPathUnavailable, fast_socket_for
 
 pb_grpc = protos.load("edgemill.v1.agent_pb2_grpc")
 
@@ -188,6 +188,8 @@ class AgentClient:
                 reply = fast.predict(model, arrays, outputs, capture, capture_id, timeout, shared)
             except FastPathError as exc:
                 raise AgentError(grpc.StatusCode[exc.code], exc.message) from None
+            except FastPathTimeout as exc:
+                raise AgentError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)) from None
             except FastPathUnavailable as exc:
                 self._fast = None  # the agent stopped offering it: gRPC from now on
                 fast.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -97,6 +98,7 @@ class FastPathServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            receive_timeout(conn, FRAME_TIMEOUT_S)
             while not self._stopping.is_set():
                 head = _recv_exact(conn, fw.HEADER_SIZE, first=True)
                 if head is None:
@@ -146,7 +148,7 @@ class FastPathServer:
             writer = fw.predict_response(result.model_version, result.capture_id, result.timing.queue_us,
                                          result.timing.compute_us, 0, result.outputs)
             total = int((time.perf_counter() - received) * 1e6)
-            writer.parts[fw.TOTAL_US_PART] = fw.u64(total)  # the agent's whole time, encoding included
+            writer.patch_u64(writer.total_at, total)  # the agent's whole time, encoding included
             return fw.PREDICT_OK, writer
         except EdgemillError as exc:
             if isinstance(exc, fw.FrameError) and model:
@@ -175,18 +177,28 @@ def _array(field: fw.TensorField) -> np.ndarray:
     return field.array
 
 
+def receive_timeout(conn: socket.socket, seconds: float) -> None:
+    """A kernel receive timeout (SO_RCVTIMEO) on a blocking socket: no per-call poll, as Python's own
+    socket timeouts would add to every frame."""
+    whole = int(seconds)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
 def _recv_exact(conn: socket.socket, n: int, first: bool = False) -> bytearray | None:
-    """``n`` bytes, or None when the peer closed (before the first byte when ``first``). A frame begun
-    must finish within FRAME_TIMEOUT_S; between frames a connection may idle."""
+    """``n`` bytes, or None when the peer closed or stalled. The connection's receive timeout is
+    FRAME_TIMEOUT_S: a frame begun must go on arriving within it; between frames (``first``, nothing of
+    the frame read yet) a connection may idle as long as it likes."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
-    conn.settimeout(None if first else FRAME_TIMEOUT_S)
     while got < n:
-        count = conn.recv_into(view[got:], n - got)
+        try:
+            count = conn.recv_into(view[got:], n - got, socket.MSG_WAITALL)
+        except BlockingIOError:  # the receive timeout, with nothing read this time
+            if first and got == 0:
+                continue  # an idle connection between frames
+            return None  # a frame that stopped midway
         if count == 0:
             return None
-        if got == 0 and first:
-            conn.settimeout(FRAME_TIMEOUT_S)
         got += count
     return buf

@@ -33,6 +33,7 @@ DTYPE_BY_CODE: dict[int, np.dtype] = {
     11: np.dtype("<u8"), 12: np.dtype("?"),
 }
 CODE_BY_DTYPE: dict[str, int] = {d.name: c for c, d in DTYPE_BY_CODE.items()}
+_CODE_BY_NUMPY: dict[np.dtype, int] = {d: c for c, d in DTYPE_BY_CODE.items()}  # native-order dtypes hash alike
 FLAG_CAPTURE = 1
 
 # gRPC status codes by name and number: the fast path answers with the same codes as the gRPC path.
@@ -43,10 +44,8 @@ GRPC_CODES = {"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEA
 CODE_NAMES = {number: name for name, number in GRPC_CODES.items()}
 
 _U8, _U16, _U32, _U64 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
-
-
-def u64(value: int) -> bytes:
-    return _U64.pack(value)
+_INLINE_BYTES = struct.Struct("<BQ")
+_TIMING = struct.Struct("<QQQ")
 
 
 class FrameError(InputMismatchError):
@@ -61,35 +60,56 @@ def header(kind: int, request_id: int, length: int) -> bytes:
 
 
 class Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes | memoryview] = []
-        self.size = 0
+    """A payload being written: small fields gather in one buffer, tensor data joins as its own part
+    (no copy); ``frame()`` is the list ``sendmsg`` takes."""
 
-    def raw(self, data: bytes | memoryview) -> None:
+    def __init__(self) -> None:
+        self.parts: list[bytes | bytearray | memoryview] = []
+        self.buf = bytearray()
+        self.flushed = 0  # bytes in parts
+        self.total_at = -1  # PREDICT_OK: where total_us lies (predict_response)
+
+    @property
+    def size(self) -> int:
+        return self.flushed + len(self.buf)
+
+    def raw(self, data: bytes) -> None:
+        self.buf += data
+
+    def blob(self, data: bytes | memoryview) -> None:
+        if self.buf:
+            self.parts.append(self.buf)
+            self.flushed += len(self.buf)
+            self.buf = bytearray()
         self.parts.append(data)
-        self.size += len(data)
+        self.flushed += len(data)
 
     def u8(self, v: int) -> None:
-        self.raw(_U8.pack(v))
+        self.buf += _U8.pack(v)
 
     def u16(self, v: int) -> None:
-        self.raw(_U16.pack(v))
+        self.buf += _U16.pack(v)
 
     def u32(self, v: int) -> None:
-        self.raw(_U32.pack(v))
+        self.buf += _U32.pack(v)
 
     def u64(self, v: int) -> None:
-        self.raw(_U64.pack(v))
+        self.buf += _U64.pack(v)
 
     def text(self, value: str) -> None:
         data = value.encode("utf-8")
         if len(data) > 0xFFFF:
             raise FrameError("a name is longer than 65,535 bytes", value=value[:64], fix="use a shorter name")
-        self.u16(len(data))
-        self.raw(data)
+        self.buf += _U16.pack(len(data))
+        self.buf += data
 
-    def frame(self, kind: int, request_id: int) -> list[bytes | memoryview]:
-        return [header(kind, request_id, self.size), *self.parts]
+    def patch_u64(self, at: int, value: int) -> None:
+        """Overwrite the u64 at byte ``at`` of the payload (which must lie before any tensor data)."""
+        _U64.pack_into(self.parts[0] if self.parts else self.buf, at, value)
+
+    def frame(self, kind: int, request_id: int) -> list[bytes | bytearray | memoryview]:
+        tail = [self.buf] if self.buf else []
+        return [header(kind, request_id, self.size), *self.parts, *tail]
 
 
 def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, int] | None = None) -> None:
@@ -99,24 +119,22 @@ def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, i
     if array.dtype.kind in "OUS":
         w.u8(STRING)
     else:
-        code = CODE_BY_DTYPE.get(array.dtype.name)
+        code = _CODE_BY_NUMPY.get(array.dtype)
         if code is None:
             raise FrameError(f"tensor {name!r} has a dtype the fast path cannot carry", value=array.dtype.name,
                              fix=f"use one of {sorted(CODE_BY_DTYPE)} or text")
         w.u8(code)
     if array.ndim > MAX_DIMS:
         raise FrameError(f"tensor {name!r} has {array.ndim} dimensions", value=array.ndim, expected=f"at most {MAX_DIMS}")
-    w.u8(array.ndim)
-    for d in array.shape:
-        w.u64(d)
+    w.raw(struct.pack(f"<B{array.ndim}Q", array.ndim, *array.shape))
     if shm is not None:
         w.u8(SHARED_MEMORY)
         w.text(shm[0])
         w.u64(shm[1])
         w.u64(shm[2])
         return
-    w.u8(INLINE)
     if array.dtype.kind in "OUS":
+        w.u8(INLINE)
         elements = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1).tolist()]
         w.u64(sum(4 + len(e) for e in elements))
         for e in elements:
@@ -124,8 +142,8 @@ def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, i
             w.raw(e)
         return
     data = tensor_bytes(array)
-    w.u64(len(data))
-    w.raw(data)
+    w.raw(_INLINE_BYTES.pack(INLINE, len(data)))
+    w.blob(data)
 
 
 def predict_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = (), capture: bool = False,
@@ -143,16 +161,15 @@ def predict_request(model: str, inputs: Mapping[str, np.ndarray], outputs: Seque
     return w
 
 
-TOTAL_US_PART = 6  # in a PREDICT_OK writer: version (2 parts), capture id (2), queue_us, compute_us, total_us
-
-
 def predict_response(version: str, capture_id: str, queue_us: int, compute_us: int, total_us: int,
                      outputs: Mapping[str, np.ndarray]) -> Writer:
+    """A PREDICT_OK payload; ``writer.total_at`` is where total_us lies, for :meth:`Writer.patch_u64`
+    once the encoding is done (the agent's time includes it)."""
     w = Writer()
     w.text(version)
     w.text(capture_id)
-    for v in (queue_us, compute_us, total_us):
-        w.u64(max(0, v))
+    w.total_at = len(w.buf) + 16
+    w.raw(_TIMING.pack(max(0, queue_us), max(0, compute_us), max(0, total_us)))
     w.u16(len(outputs))
     for name, array in outputs.items():
         write_tensor(w, name, np.asarray(array))
@@ -172,29 +189,50 @@ def error_payload(code: str, message: str) -> Writer:
 
 
 class Reader:
+    """Fields read in order from a payload; integers are unpacked in place (no slice per field)."""
+
     def __init__(self, payload: bytes | bytearray | memoryview) -> None:
         self.buf = memoryview(payload)
+        self.end = len(self.buf)
         self.at = 0
 
+    def _short(self, n: int, what: str) -> FrameError:
+        return FrameError(f"the frame ends inside {what}", value=f"{n} bytes wanted, {self.end - self.at} left",
+                          fix="send the whole payload the header's length announces (docs/fastpath.md)")
+
     def take(self, n: int, what: str) -> memoryview:
-        if n < 0 or n > len(self.buf) - self.at:
-            raise FrameError(f"the frame ends inside {what}", value=f"{n} bytes wanted, {len(self.buf) - self.at} left",
-                             fix="send the whole payload the header's length announces (docs/fastpath.md)")
-        out = self.buf[self.at:self.at + n]
-        self.at += n
-        return out
+        at = self.at
+        if n < 0 or n > self.end - at:
+            raise self._short(n, what)
+        self.at = at + n
+        return self.buf[at:at + n]
+
+    def _int(self, fmt: struct.Struct, what: str) -> int:
+        at = self.at
+        if fmt.size > self.end - at:
+            raise self._short(fmt.size, what)
+        self.at = at + fmt.size
+        return int(fmt.unpack_from(self.buf, at)[0])
 
     def u8(self, what: str) -> int:
-        return int(_U8.unpack(self.take(1, what))[0])
+        return self._int(_U8, what)
 
     def u16(self, what: str) -> int:
-        return int(_U16.unpack(self.take(2, what))[0])
+        return self._int(_U16, what)
 
     def u32(self, what: str) -> int:
-        return int(_U32.unpack(self.take(4, what))[0])
+        return self._int(_U32, what)
 
     def u64(self, what: str) -> int:
-        return int(_U64.unpack(self.take(8, what))[0])
+        return self._int(_U64, what)
+
+    def u64s(self, count: int, what: str) -> tuple[int, ...]:
+        fmt = struct.Struct(f"<{count}Q")
+        at = self.at
+        if fmt.size > self.end - at:
+            raise self._short(fmt.size, what)
+        self.at = at + fmt.size
+        return fmt.unpack_from(self.buf, at)
 
     def text(self, what: str) -> str:
         data = self.take(self.u16(what), what)
@@ -204,8 +242,8 @@ class Reader:
             raise FrameError(f"{what} is not UTF-8", value=bytes(data[:32]), fix="encode names as UTF-8") from None
 
     def done(self, what: str) -> None:
-        if self.at != len(self.buf):
-            raise FrameError(f"{len(self.buf) - self.at} bytes follow the {what}", value=len(self.buf) - self.at,
+        if self.at != self.end:
+            raise FrameError(f"{self.end - self.at} bytes follow the {what}", value=self.end - self.at,
                              fix="the header's length must be the payload's exact size")
 
 
@@ -229,7 +267,7 @@ def read_tensor(r: Reader) -> TensorField:
     ndim = r.u8(f"tensor {name!r}'s rank")
     if ndim > MAX_DIMS:
         raise FrameError(f"tensor {name!r} has {ndim} dimensions", value=ndim, expected=f"at most {MAX_DIMS}")
-    shape = check_shape(name, [r.u64(f"tensor {name!r}'s shape") for _ in range(ndim)])
+    shape = check_shape(name, r.u64s(ndim, f"tensor {name!r}'s shape"))
     if any(d > 2**40 for d in shape):
         raise FrameError(f"tensor {name!r} has an impossible dimension", value=list(shape), fix="send the real shape")
     storage = r.u8(f"tensor {name!r}'s storage")
