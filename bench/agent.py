@@ -10,7 +10,7 @@
 (b) Throughput: 8 client processes, each alternating between two models (the MLP and a small CNN),
     for ``--duration`` seconds, against
       - the edgemill agent through its KServe V2 service (tritonclient gRPC),
-      - the edgemill agent through its own API (edgemill.client),
+      - the edgemill agent through edgemill.client on its Unix socket (which takes the fast path),
       - MLServer 1.x (its default settings) serving the same ONNX files through a ten-line onnxruntime
         runtime, through its KServe V2 gRPC (the same tritonclient load generator),
     all sessions with 1 intra-op thread. MLServer runs from ``--mlserver-python``, a venv made with
@@ -363,7 +363,8 @@ def throughput(packages: dict[str, Path], work: Path, duration: float, clients: 
     finally:
         agent.stop()
     rows.append(["edgemill agent, KServe V2 gRPC (tritonclient)", f"{agent_v2:.0f}", "1.00"])
-    rows.append(["edgemill agent, own API over the Unix socket", f"{agent_own:.0f}", f"{agent_own / agent_v2:.2f}"])
+    rows.append(["edgemill agent, edgemill.client on the Unix socket (fast path)", f"{agent_own:.0f}",
+                 f"{agent_own / agent_v2:.2f}"])
     if mlserver_python:
         proc, address = start_mlserver(mlserver_python, work, {m: work / "onnx" / f"{m}.onnx" for m in models})
         try:

@@ -398,6 +398,8 @@ class ModelManager:
             try:
                 model, _ = self.load(entry, remember_if_full=True)  # one that does not fit loads on request
                 loaded.append(model.name)
+            except ResourceExhaustedError as exc:
+                log.warning("not loading %s now: %s. A Predict for it loads it once there is room", entry, exc)
             except EdgemillError as exc:  # refusals included: the message names the reason
                 log.error("not loading %s: %s", entry, exc)
             except Exception as exc:  # noqa: BLE001 - one bad package must not stop the agent
