@@ -235,3 +235,24 @@ def test_fuzzed_frames_never_crash_the_agent_or_change_a_good_answer(agent: Agen
             kinds["ok"] = kinds.get("ok", 0) + 1
     assert kinds.get("INVALID_ARGUMENT", 0) > 100, kinds
     still_serves(agent, x, want)
+
+
+def test_frames_carry_text_and_every_numeric_dtype_both_ways() -> None:
+    """The codec alone: what a request or an answer carries comes back equal, text included."""
+    tensors = {dtype: (np.arange(6) % 2 == 1) if dtype == "bool" else np.arange(6).astype(dtype).reshape(2, 3)
+               for dtype in fw.CODE_BY_DTYPE}
+    text = np.array([["héllo", ""], ["wörld", "x" * 300]], dtype=object)
+    writer = fw.predict_request("m", {**tensors, "words": text}, outputs=["a", "b"], capture=True, capture_id="c-1")
+    frame = fw.read_predict(b"".join(bytes(p) for p in writer.parts) + bytes(writer.buf))
+    assert (frame.model, frame.capture, frame.capture_id, frame.outputs) == ("m", True, "c-1", ("a", "b"))
+    got = {t.name: t.array for t in frame.inputs}
+    for name, array in tensors.items():
+        assert got[name].dtype == array.dtype and np.array_equal(got[name], array), name
+    assert got["words"].tolist() == text.tolist()
+    reply = fw.predict_response("1.2.0", "c-1", 3, 4, 0, {"words": text, "f": tensors["float32"]})
+    reply.patch_u64(reply.total_at, 99)
+    parsed = fw.read_predict_ok(b"".join(bytes(p) for p in reply.parts) + bytes(reply.buf))
+    assert (parsed.version, parsed.capture_id, parsed.queue_us, parsed.compute_us, parsed.total_us) == ("1.2.0", "c-1", 3, 4, 99)
+    assert parsed.outputs["words"].tolist() == text.tolist() and np.array_equal(parsed.outputs["f"], tensors["float32"])
+    with pytest.raises(fw.FrameError, match="ends inside"):
+        fw.read_predict(b"".join(bytes(p) for p in writer.parts)[:-3])
