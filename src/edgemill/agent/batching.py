@@ -47,7 +47,7 @@ class _Request:
     arrived: float
     done: threading.Event = field(default_factory=threading.Event)
     outputs: Arrays | None = None
-    error: BaseException | None = None
+    error: Exception | None = None
     started: float = 0.0
     finished: float = 0.0
     batch_rows: int = 0
@@ -161,7 +161,7 @@ class DynamicBatcher:
                 names = list(batch[0].inputs)
                 stacked = {n: np.concatenate([r.inputs[n] for r in batch]) for n in names}
                 outputs = self._split(self._run(stacked), batch, rows)
-        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error, the thread lives
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the thread lives
             if isinstance(exc, _NotBatchMajor) and not self._unbatchable:
                 self._unbatchable = True
                 log.warning("%s: output %r does not come back with one row per input row, so its requests are "
@@ -195,7 +195,7 @@ class DynamicBatcher:
             request.started = time.perf_counter()
             try:
                 request.outputs = self._run(request.inputs)
-            except BaseException as exc:  # noqa: BLE001 - handed to its own request
+            except Exception as exc:  # noqa: BLE001 - handed to its own request
                 request.error = exc
             request.finished = time.perf_counter()
             request.batch_rows = request.rows
