@@ -258,3 +258,20 @@ def test_an_empty_unix_socket_means_none_as_an_empty_address_does(tmp_path: Path
     path.write_text('[listen]\naddress = ""\nunix_socket = ""\n[models]\nallow_unsigned = true\n')
     result = run_cli("agent", "--config", path)
     assert result.code == 1 and "listens nowhere" in result.err
+
+
+def test_the_example_config_loads_as_printed_and_with_its_options_turned_on(tmp_path: Path) -> None:
+    from edgemill.agent.config import load_config
+
+    printed = run_cli("agent", "--example-config")
+    assert printed.code == 0
+    path = tmp_path / "agent.toml"
+    path.write_text(printed.out)
+    assert load_config(path).listen.fast_socket_path() is None  # no unix_socket by default
+    enabled = printed.out.replace("# unix_socket", "unix_socket").replace("# fast_path", "fast_path")
+    enabled = enabled.replace("# [models.batching.detector]", "[models.batching.detector]")
+    enabled = enabled.replace("# max_batch_size", "max_batch_size").replace("# max_queue_delay_us", "max_queue_delay_us")
+    path.write_text(enabled)
+    config = load_config(path)
+    assert config.listen.fast_socket_path() == Path("/run/edgemill/agent.sock.fast")
+    assert config.models.batching["detector"].max_batch_size == 8

@@ -22,6 +22,7 @@ fleet = "default"
 [listen]
 address = "127.0.0.1:8601"          # gRPC (edgemill.v1, KServe V2, Edge Manager); "" disables TCP
 # unix_socket = "/run/edgemill/agent.sock"
+# fast_path = true                  # with unix_socket: Predict in plain frames on "<unix_socket>.fast" (docs/fastpath.md)
 metrics_address = "127.0.0.1:9601"  # Prometheus text at /metrics; "" disables
 max_workers = 16
 # [listen.tls]                      # TLS; add client_ca_file for mutual TLS
@@ -35,6 +36,9 @@ trusted_keys = ["keys/edgemill.pub"]  # required (or allow_unsigned = true on a 
 memory_budget_mb = 1024
 when_over_budget = "refuse"         # or "evict-lru": unload the least recently used idle model
 max_concurrency = 4                 # requests computing at once per model
+# [models.batching.detector]        # dynamic batching for the model named "detector" (dynamic batch dimension)
+# max_batch_size = 8
+# max_queue_delay_us = 2000         # the longest a request waits for others
 
 [capture]
 directory = "captures"              # the durable on-disk queue
