@@ -67,7 +67,13 @@ def add_audit_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentP
 
 
 def _when(value: str | None) -> str:
-    return "-" if not value else value.replace("T", " ").replace("+00:00", "Z")[:20]
+    """An API datetime as 'YYYY-MM-DD HH:MM:SS' (UTC, whole seconds), '-' for none."""
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return value
 
 
 def create(args: argparse.Namespace) -> int:

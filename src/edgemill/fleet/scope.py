@@ -39,12 +39,14 @@ class FleetScope:
     def allows(self, fleet: str) -> bool:
         return self.fleets is None or fleet in self.fleets
 
-    def check(self, request: Request, fleet: str, what: str) -> None:
-        """Admit a request that touches ``what`` (e.g. "device 'cam-7'") of ``fleet``, or a 403."""
+    def check(self, request: Request, fleet: str, what: str | None = None) -> None:
+        """Admit a request that touches ``what`` (e.g. "device 'cam-7'") of ``fleet``, or the fleet itself
+        (``what`` None); else a 403."""
         request.state.audit_fleet = fleet
         if not self.allows(fleet):
+            where = f"fleet {fleet!r} is not one of them" if what is None else f"{what} is in fleet {fleet!r}"
             raise PermissionDeniedError(
-                f"operator key {self.key!r} is limited to fleet(s) {self.described()}; {what} is in another fleet",
+                f"operator key {self.key!r} is limited to fleet(s) {self.described()}; {where}",
                 value=f"{request.method} {request.url.path}", field="Authorization",
                 fix="use a key for that fleet, or ask an admin to widen this key's fleets "
                     "(edgemill keys operator create NAME --fleet FLEET)")

@@ -65,7 +65,7 @@ def fleet_in_scope(request: Request, session: Session, name: str) -> Fleet:
     """The named fleet, if the request's key may touch it (404 when it does not exist, 403 when the key
     is limited to other fleets)."""
     fleet = get_fleet(session, name)
-    scope_of(request).check(request, fleet.name, f"fleet {fleet.name!r}")
+    scope_of(request).check(request, fleet.name)
     return fleet
 
 
