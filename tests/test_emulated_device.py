@@ -5,6 +5,7 @@ native and one emulated device through a rollout, captures and a rollback."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -107,6 +108,8 @@ def test_the_x86_built_bundle_installs_offline_and_the_agent_serves_an_aarch64_p
     shutil.copy(package, models / "detector.emp")
     port = free_port()
     _configure(device, "arm-standalone", keypair[1], port)
+    config = device.path(CONFIG)
+    config.write_text(_set(config.read_text(), "listen", "unix_socket", '"/tmp/edgemill.sock"'))  # + the fast path
     agent = EmulatedAgent(device)
     with agent:
         x = np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)
@@ -116,6 +119,19 @@ def test_the_x86_built_bundle_installs_offline_and_the_agent_serves_an_aarch64_p
         want = load_package(package).run({"features": x})
         for name, value in want.items():
             np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+        # An application on the device: the installed client takes the agent's fast path there.
+        local = device.run([AGENT_PYTHON, "-c", (
+            "import json, sys, numpy as np\n"
+            "from edgemill.client import AgentClient\n"
+            "x = np.array(json.loads(sys.stdin.read()), dtype=np.float32)\n"
+            "with AgentClient('unix:/tmp/edgemill.sock', timeout=120) as c:\n"
+            "    out = c.predict('detector', {'features': x})\n"
+            "    print(json.dumps({'transport': c.transport, 'outputs': {k: v.tolist() for k, v in out.outputs.items()}}))\n")],
+            input=json.dumps(x.tolist()), timeout=300)
+        answer = json.loads(local.stdout.strip().splitlines()[-1])
+        assert answer["transport"] == "fast", local.stdout + local.stderr
+        for name, value in want.items():
+            np.testing.assert_allclose(np.array(answer["outputs"][name], dtype=np.float32), value, rtol=1e-5, atol=1e-6)
         assert agent.terminate(60) == 0  # SIGTERM, as systemctl stop sends it
     print(f"\ninstall.sh on emulated aarch64: {install_s:.1f} s")
 
