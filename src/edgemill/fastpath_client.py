@@ -107,7 +107,7 @@ class FastChannel:
         return answer, payload
 
     def ping(self) -> None:
-        kind, payload = self.call(fw.PING, fw.Writer())
+        kind, _ = self.call(fw.PING, fw.Writer())
         if kind != fw.PONG:
             raise FastPathUnavailable(f"{self.path}: answered a PING with frame type {kind}")
 

@@ -154,7 +154,7 @@ class FastPathServer:
             if isinstance(exc, fw.FrameError) and model:
                 self.dataplane.metrics.error(model, "INVALID_ARGUMENT")
             return fw.ERROR, fw.error_payload(status_for(exc).grpc_code, exc.one_line())
-        except Exception as exc:  # noqa: BLE001 - a bug of ours: said, logged, and the connection lives
+        except Exception as exc:  # a bug of ours: said, logged, and the connection lives
             log.exception("internal error on the fast path")
             return fw.ERROR, fw.error_payload("INTERNAL", f"internal error: {type(exc).__name__}: {exc}. This is a "
                                               "bug in edgemill; see the agent log.")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputMismatchError
-from .wire import MAX_DIMS, check_shape, tensor_bytes
+from .wire import MAX_DIMS, tensor_bytes
 
 MAGIC = b"EMF1"
 HEADER = struct.Struct("<4sBBHII")  # magic, type, flags (0), reserved (0), request id, payload length
@@ -45,6 +45,7 @@ CODE_NAMES = {number: name for name, number in GRPC_CODES.items()}
 
 _U8, _U16, _U32, _U64 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
 _INLINE_BYTES = struct.Struct("<BQ")
+_U64S: dict[int, struct.Struct] = {}  # "<nQ" by n: a tensor's shape in one unpack
 _TIMING = struct.Struct("<QQQ")
 
 
@@ -195,9 +196,10 @@ class Reader:
         self.buf = memoryview(payload)
         self.end = len(self.buf)
         self.at = 0
+        self.subject = ""  # put before ``what`` in errors: "tensor 'x''s " while a tensor is read
 
     def _short(self, n: int, what: str) -> FrameError:
-        return FrameError(f"the frame ends inside {what}", value=f"{n} bytes wanted, {self.end - self.at} left",
+        return FrameError(f"the frame ends inside {self.subject}{what}", value=f"{n} bytes wanted, {self.end - self.at} left",
                           fix="send the whole payload the header's length announces (docs/fastpath.md)")
 
     def take(self, n: int, what: str) -> memoryview:
@@ -227,7 +229,7 @@ class Reader:
         return self._int(_U64, what)
 
     def u64s(self, count: int, what: str) -> tuple[int, ...]:
-        fmt = struct.Struct(f"<{count}Q")
+        fmt = _U64S.get(count) or _U64S.setdefault(count, struct.Struct(f"<{count}Q"))
         at = self.at
         if fmt.size > self.end - at:
             raise self._short(fmt.size, what)
@@ -239,7 +241,8 @@ class Reader:
         try:
             return str(data, "utf-8")
         except UnicodeDecodeError:
-            raise FrameError(f"{what} is not UTF-8", value=bytes(data[:32]), fix="encode names as UTF-8") from None
+            raise FrameError(f"{self.subject}{what} is not UTF-8", value=bytes(data[:32]),
+                             fix="encode names as UTF-8") from None
 
     def done(self, what: str) -> None:
         if self.at != self.end:
@@ -247,7 +250,7 @@ class Reader:
                              fix="the header's length must be the payload's exact size")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TensorField:
     """A tensor as read: its array (inline) or the shared-memory region holding it."""
 
@@ -259,31 +262,34 @@ class TensorField:
 
 
 def read_tensor(r: Reader) -> TensorField:
+    r.subject = ""
     name = r.text("a tensor name")
-    code = r.u8(f"tensor {name!r}'s dtype")
+    r.subject = f"tensor {name!r}'s "
+    code = r.u8("dtype")
     if code != STRING and code not in DTYPE_BY_CODE:
         raise FrameError(f"tensor {name!r} has an unknown dtype code", value=code,
                          fix=f"use one of {sorted(DTYPE_BY_CODE)} or {STRING} (text)")
-    ndim = r.u8(f"tensor {name!r}'s rank")
+    ndim = r.u8("rank")
     if ndim > MAX_DIMS:
         raise FrameError(f"tensor {name!r} has {ndim} dimensions", value=ndim, expected=f"at most {MAX_DIMS}")
-    shape = check_shape(name, r.u64s(ndim, f"tensor {name!r}'s shape"))
-    if any(d > 2**40 for d in shape):
+    shape = r.u64s(ndim, "shape")  # unsigned: never negative; MAX_DIMS checked above
+    if shape and max(shape) > 2**40:
         raise FrameError(f"tensor {name!r} has an impossible dimension", value=list(shape), fix="send the real shape")
-    storage = r.u8(f"tensor {name!r}'s storage")
+    storage = r.u8("storage")
     dtype = None if code == STRING else DTYPE_BY_CODE[code]
     if storage == SHARED_MEMORY:
         if dtype is None:
             raise FrameError(f"tensor {name!r} is text, which shared memory cannot carry", value=name,
                              fix="send text inline")
-        region = (r.text(f"tensor {name!r}'s segment name"), r.u64(f"tensor {name!r}'s offset"),
-                  r.u64(f"tensor {name!r}'s size"))
+        region = (r.text("segment name"), r.u64("offset"), r.u64("size"))
+        r.subject = ""
         return TensorField(name, dtype, shape, shm=region)
     if storage != INLINE:
         raise FrameError(f"tensor {name!r} has an unknown storage kind", value=storage,
                          fix=f"use {INLINE} (inline) or {SHARED_MEMORY} (shared memory)")
-    nbytes = r.u64(f"tensor {name!r}'s byte count")
-    data = r.take(nbytes, f"tensor {name!r}'s data")
+    nbytes = r.u64("byte count")
+    data = r.take(nbytes, "data")
+    r.subject = ""
     if dtype is None:
         return TensorField(name, None, shape, array=_text(name, data, shape))
     expected = math.prod(shape) * dtype.itemsize
@@ -295,10 +301,11 @@ def read_tensor(r: Reader) -> TensorField:
 
 def _text(name: str, data: memoryview, shape: tuple[int, ...]) -> np.ndarray:
     r = Reader(data)
+    r.subject = f"tensor {name!r}'s "
     count = math.prod(shape)
     values = []
     for _ in range(count):
-        raw = r.take(r.u32(f"tensor {name!r}'s element length"), f"tensor {name!r}'s element")
+        raw = r.take(r.u32("element length"), "element")
         try:
             values.append(str(raw, "utf-8"))
         except UnicodeDecodeError:
@@ -310,7 +317,7 @@ def _text(name: str, data: memoryview, shape: tuple[int, ...]) -> np.ndarray:
     return out.reshape(shape)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PredictFrame:
     model: str
     capture: bool
@@ -330,7 +337,7 @@ def read_predict(payload: bytes | bytearray | memoryview) -> PredictFrame:
     return PredictFrame(model, bool(flags & FLAG_CAPTURE), capture_id, outputs, inputs)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PredictReply:
     version: str
     capture_id: str
