@@ -665,3 +665,35 @@ def test_the_next_heartbeat_is_one_interval_after_the_last_spread_so_a_fleet_in_
     assert all(d == 0.0 for d in late)
     just_late = [next_heartbeat_in(100.0, 130.0, 30.0, rng) for _ in range(2000)]
     assert 0.4 < sum(d == 0.0 for d in just_late) / 2000 < 0.6 and max(just_late) <= HEARTBEAT_JITTER * 30.0
+
+
+def test_an_evicted_desired_model_is_left_to_load_on_its_next_request(
+        plane: FakeControlPlane, versions: dict[str, Path], keypair: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync counts an evicted model as in place: it does not load it back (which would only evict
+    another, every sync); the next Predict for it does, from the package the sync applied."""
+    from edgemill.agent import models as models_module
+
+    monkeypatch.setattr(models_module, "_rss_bytes", lambda: 0)  # each model costs its files exactly
+    v1 = plane.want((versions["1.0.0"], False))[0]
+    size_mb = versions["1.0.0"].stat().st_size / 2**20
+    config = sync_config(tmp_path, plane.url, keypair[1])
+    config = config.model_copy(update={"models": config.models.model_copy(update={
+        "memory_budget_mb": size_mb * 1.5, "when_over_budget": "evict-lru"})})  # room for one of two
+    models = ModelManager(config.models)
+    sync = Sync(config, models)
+    sync.start()
+    try:
+        assert wait_for(lambda: plane.reports("1.0.0"), 10), plane.heartbeats[-1:]
+        other = tmp_path / "other.emp"
+        shutil.copy(versions["3.0.0"], other)
+        _, evicted = models.load(other, name="other")  # an application's LoadModel evicts the desired one
+        assert evicted == ["mlp"] and set(models.evicted()) == {"mlp"}
+        beats = len(plane.heartbeats)
+        assert wait_for(lambda: len(plane.heartbeats) >= beats + 3, 10)  # several syncs later:
+        assert [m.name for m in models.list()] == ["other"] and plane.downloads == [v1.package_id]
+        with models.use("mlp") as (loaded, _):  # a Predict: loaded again from the applied file
+            assert loaded.model.package_id == v1.package_id
+        assert models.cold_starts == 1 and [m.name for m in models.list()] == ["mlp"]
+    finally:
+        sync.stop()
