@@ -960,6 +960,13 @@ def test_a_viewer_finds_no_controls_and_an_admin_creates_and_revokes_a_key(fleet
             for camera in CAMERAS:
                 expect(page.locator("main tbody tr", has_text=camera)).to_have_count(0)
             shoot(page, shots, "devices-as-lab-lead")
+            for route, heading in (("overview", "Overview"), ("models", "Models"), ("model/mlp", "mlp"),
+                                   ("captures", "Captures"), ("deployments", "Deployments"), ("alerts", "Alerts"),
+                                   ("audit", "Audit")):  # every page reads with a limited key, no refusal
+                go(page, route, heading)
+                expect(page.locator("#banner")).to_be_hidden()
+                for camera in CAMERAS:  # the other fleet's cameras appear on none of them
+                    expect(page.locator("main", has_text=camera)).to_have_count(0)
             page.evaluate("location.hash = 'keys'")
             expect(page.locator("#banner")).to_contain_text("needs a key for every fleet")
             assert not console.problems, console.problems
