@@ -4,7 +4,9 @@
 
 (a) Predict overhead: p50/p99 of ``AgentClient.predict`` over the local fast path, over gRPC on the
     Unix socket and over gRPC on TCP, minus ``model.run`` in-process, on a small MLP (batch 1, 1
-    intra-op thread), one client, one call at a time.
+    intra-op thread), one client, one call at a time; and the agent's own time per call (the
+    response's ``timing.total_us``: from the decoded request to the encoded answer), apart from the
+    transport's.
     A Python thread echoing the same size of frame over a Unix socket, and a Python gRPC server whose
     handler does nothing (same payload size), show the floor of each transport on this machine.
 (b) Throughput: 8 client processes, each alternating between two models (the MLP and a small CNN),
@@ -152,11 +154,17 @@ def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str
                 if label.startswith("agent, fast"):
                     client.load_model(str(packages["mlp"]), name="mlp")
                     assert client.transport == "fast", "the agent offered no fast path"
-                agent_times = time_calls(lambda: client.predict("mlp", feed), iterations=calls, warmup=200)
-                stats = percentiles(agent_times)
+                own: list[float] = []  # the agent's own time per call (timing.total_us): decode to encode
+
+                def call() -> None:
+                    own.append(client.predict("mlp", feed).timing.total_us / 1e6)
+
+                agent_times = time_calls(call, iterations=calls, warmup=200)
+                stats, inside = percentiles(agent_times), percentiles(own[200:])
                 rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}",
-                             f"{stats['p50_us'] - local['p50_us']:.0f}", f"{stats['p99_us'] - local['p99_us']:.0f}"])
-        return rows
+                             f"{stats['p50_us'] - local['p50_us']:.0f}", f"{stats['p99_us'] - local['p99_us']:.0f}",
+                             f"{inside['p50_us']:.0f}"])
+        return [r + ["-"] * (6 - len(r)) for r in rows]
     finally:
         agent.stop()
 
@@ -212,7 +220,7 @@ def framed_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
 
         stats = percentiles(time_calls(call, iterations=calls, warmup=200))
         conn.close()
-        return [["bare framed echo (Python), Unix socket", f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-"]]
+        return [["bare framed echo (Python), Unix socket", f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-", "-"]]
     finally:
         proc.kill()
         proc.wait(10)
@@ -232,7 +240,7 @@ def grpc_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
             with grpc.insecure_channel(target) as channel:
                 call = channel.unary_unary("/bench.Echo/Echo")
                 stats = percentiles(time_calls(lambda: call(payload), iterations=calls, warmup=200))
-            rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-"])
+            rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-", "-"])
         return rows
     finally:
         proc.kill()
@@ -572,7 +580,8 @@ def main() -> None:
             print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
             rows = (overhead(packages, work, args.calls) + framed_floor(work, args.calls, payload_bytes=64 * 4 + 40)
                     + grpc_floor(work, args.calls, payload_bytes=64 * 4))
-            print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs"]))
+            print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs",
+                                        "agent's own p50 µs"]))
         if "b" in only:
             print(f"\n## (b) Throughput, {args.clients} client processes alternating MLP and CNN, {args.duration:g} s\n")
             print(markdown_table(throughput(packages, work, args.duration, args.clients, args.mlserver_python),
