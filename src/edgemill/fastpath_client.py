@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import struct
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,7 +65,7 @@ class FastChannel:
         except OSError as exc:
             conn.close()
             raise FastPathUnavailable(f"{self.path}: {exc.strerror}") from None
-        _timeouts(conn, self.timeout)
+        fw.kernel_timeouts(conn, self.timeout)
         return conn
 
     def _take(self) -> socket.socket:
@@ -85,7 +84,7 @@ class FastChannel:
         conn = self._take()
         try:
             if timeout is not None and timeout != self.timeout:
-                _timeouts(conn, timeout)
+                fw.kernel_timeouts(conn, timeout)
             conn.sendmsg(writer.frame(kind, request_id))
             head = _recv_exact(conn, fw.HEADER_SIZE)
             magic, answer, _, _, answered_id, length = fw.HEADER.unpack(head)
@@ -102,7 +101,7 @@ class FastChannel:
             conn.close()
             raise
         if timeout is not None and timeout != self.timeout:
-            _timeouts(conn, self.timeout)
+            fw.kernel_timeouts(conn, self.timeout)
         self._give(conn)
         return answer, payload
 
@@ -128,14 +127,6 @@ class FastChannel:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-def _timeouts(conn: socket.socket, seconds: float) -> None:
-    """Kernel send and receive timeouts (cheaper per call than Python's socket timeouts)."""
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytearray:

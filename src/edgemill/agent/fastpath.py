@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -98,7 +97,7 @@ class FastPathServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
-            receive_timeout(conn, FRAME_TIMEOUT_S)
+            fw.kernel_timeouts(conn, FRAME_TIMEOUT_S, send=False)
             while not self._stopping.is_set():
                 head = _recv_exact(conn, fw.HEADER_SIZE, first=True)
                 if head is None:
@@ -175,13 +174,6 @@ def _array(field: fw.TensorField) -> np.ndarray:
         return tensor_from_shared_memory(field.name, name, offset, size, field.dtype, field.shape)
     assert field.array is not None
     return field.array
-
-
-def receive_timeout(conn: socket.socket, seconds: float) -> None:
-    """A kernel receive timeout (SO_RCVTIMEO) on a blocking socket: no per-call poll, as Python's own
-    socket timeouts would add to every frame."""
-    whole = int(seconds)
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 def _recv_exact(conn: socket.socket, n: int, first: bool = False) -> bytearray | None:

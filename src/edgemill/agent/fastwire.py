@@ -1,5 +1,6 @@
 """The local fast path's frames (docs/fastpath.md): a 16-byte header and a payload of length-prefixed
-fields, little-endian, shared by the agent's server and the Python client. NumPy only, no gRPC.
+fields, little-endian, shared by the agent's server and the Python client. Dtype numbers are the
+edgemill.v1 API's, status codes gRPC's and text KServe V2's raw BYTES, each taken from where it is defined.
 
 Every reader checks each length against what is left of the payload before it reads, so a frame that
 lies about a length is a :class:`FrameError` naming the field, never a read past the buffer.
@@ -8,39 +9,35 @@ lies about a length is a :class:`FrameError` naming the field, never a read past
 from __future__ import annotations
 
 import math
+import socket
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from ..errors import InputMismatchError
+from .v1_types import DTYPE_BY_ENUM, pb
 from .wire import MAX_DIMS, tensor_bytes
+from .wire_text import pack_lengths, text_array, text_elements, unpack_lengths
 
 MAGIC = b"EMF1"
 HEADER = struct.Struct("<4sBBHII")  # magic, type, flags (0), reserved (0), request id, payload length
 HEADER_SIZE = HEADER.size  # 16
 
 PREDICT, PREDICT_OK, ERROR, PING, PONG = 1, 2, 3, 4, 5
-TYPES = {PREDICT: "PREDICT", PREDICT_OK: "PREDICT_OK", ERROR: "ERROR", PING: "PING", PONG: "PONG"}
 
 INLINE, SHARED_MEMORY = 0, 1
-STRING = 14
-# The edgemill.v1 DataType numbers (proto/edgemill/v1/agent.proto), so one table serves every client.
-DTYPE_BY_CODE: dict[int, np.dtype] = {
-    1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<f8"), 4: np.dtype("i1"), 5: np.dtype("<i2"),
-    6: np.dtype("<i4"), 7: np.dtype("<i8"), 8: np.dtype("u1"), 9: np.dtype("<u2"), 10: np.dtype("<u4"),
-    11: np.dtype("<u8"), 12: np.dtype("?"),
-}
+STRING = pb.STRING
+# The edgemill.v1 DataType numbers (proto/edgemill/v1/agent.proto), little-endian as on the wire.
+DTYPE_BY_CODE: dict[int, np.dtype] = {code: d.newbyteorder("<") for code, d in DTYPE_BY_ENUM.items()}
 CODE_BY_DTYPE: dict[str, int] = {d.name: c for c, d in DTYPE_BY_CODE.items()}
 _CODE_BY_NUMPY: dict[np.dtype, int] = {d: c for c, d in DTYPE_BY_CODE.items()}  # native-order dtypes hash alike
 FLAG_CAPTURE = 1
 
 # gRPC status codes by name and number: the fast path answers with the same codes as the gRPC path.
-GRPC_CODES = {"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4,
-              "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
-              "FAILED_PRECONDITION": 9, "ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13,
-              "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16}
+GRPC_CODES: dict[str, int] = {code.name: code.value[0] for code in grpc.StatusCode}
 CODE_NAMES = {number: name for name, number in GRPC_CODES.items()}
 
 _U8, _U16, _U32, _U64 = struct.Struct("<B"), struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
@@ -51,6 +48,16 @@ _TIMING = struct.Struct("<QQQ")
 
 class FrameError(InputMismatchError):
     """A payload that does not parse: answered INVALID_ARGUMENT, the connection stays open."""
+
+
+def kernel_timeouts(conn: socket.socket, seconds: float, send: bool = True) -> None:
+    """Kernel receive (and send) timeouts on a blocking socket (SO_RCVTIMEO, SO_SNDTIMEO): a call that
+    waits too long raises BlockingIOError, and no call pays the poll Python's own socket timeouts add."""
+    whole = int(seconds)
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    if send:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def header(kind: int, request_id: int, length: int) -> bytes:
@@ -135,12 +142,9 @@ def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, i
         w.u64(shm[2])
         return
     if array.dtype.kind in "OUS":
-        w.u8(INLINE)
-        elements = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in array.reshape(-1).tolist()]
-        w.u64(sum(4 + len(e) for e in elements))
-        for e in elements:
-            w.u32(len(e))
-            w.raw(e)
+        data = pack_lengths(text_elements(name, array))
+        w.raw(_INLINE_BYTES.pack(INLINE, len(data)))
+        w.raw(data)
         return
     data = tensor_bytes(array)
     w.raw(_INLINE_BYTES.pack(INLINE, len(data)))
@@ -300,21 +304,7 @@ def read_tensor(r: Reader) -> TensorField:
 
 
 def _text(name: str, data: memoryview, shape: tuple[int, ...]) -> np.ndarray:
-    r = Reader(data)
-    r.subject = f"tensor {name!r}'s "
-    count = math.prod(shape)
-    values = []
-    for _ in range(count):
-        raw = r.take(r.u32("element length"), "element")
-        try:
-            values.append(str(raw, "utf-8"))
-        except UnicodeDecodeError:
-            raise FrameError(f"tensor {name!r} has an element that is not UTF-8", value=bytes(raw[:32]),
-                             fix="encode text as UTF-8") from None
-    r.done(f"tensor {name!r}'s {count} elements")
-    out = np.empty(count, dtype=object)
-    out[:] = values
-    return out.reshape(shape)
+    return text_array(name, unpack_lengths(name, bytes(data)), shape)
 
 
 @dataclass(slots=True)
