@@ -39,6 +39,13 @@ def check_batchable(name: str, inputs: list[TensorSpec], outputs: list[TensorSpe
                                   "with a dynamic first dimension (e.g. --input NAME:batchx...)")
 
 
+@dataclass(frozen=True)
+class BatchedResult:
+    outputs: Arrays
+    started: float  # perf_counter() when its batch started computing
+    finished: float
+
+
 @dataclass
 class _Request:
     inputs: Arrays
@@ -46,19 +53,12 @@ class _Request:
     key: tuple[tuple[str, str, tuple[int, ...]], ...]  # what must match to stack: names, dtypes, row shapes
     arrived: float
     done: threading.Event = field(default_factory=threading.Event)
-    outputs: Arrays | None = None
+    result: BatchedResult | None = None
     error: Exception | None = None
-    started: float = 0.0
-    finished: float = 0.0
-    batch_rows: int = 0
 
-
-@dataclass(frozen=True)
-class BatchedResult:
-    outputs: Arrays
-    started: float  # perf_counter() when its batch started computing
-    finished: float
-    batch_rows: int  # rows of the batch it ran in
+    def answer(self, result: BatchedResult | None = None, error: Exception | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
 
 
 class DynamicBatcher:
@@ -84,11 +84,11 @@ class DynamicBatcher:
         arrays = dict(inputs)
         first = next(iter(arrays.values()))
         rows = int(first.shape[0]) if first.ndim else 1
-        key = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in arrays.items()))
-        request = _Request(arrays, rows, key, time.perf_counter())
         if self._unbatchable or rows > self.policy.max_batch_size or rows == 0 or any(
                 a.ndim == 0 or a.shape[0] != rows for a in arrays.values()):
-            return self._alone(request)  # too large to share a batch, or not batch-major: as without batching
+            return self._alone(arrays)  # too large to share a batch, or not batch-major: as without batching
+        key = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in arrays.items()))
+        request = _Request(arrays, rows, key, time.perf_counter())
         with self._cond:
             if self._closed:
                 closed = True
@@ -97,17 +97,17 @@ class DynamicBatcher:
                 self._queue.append(request)
                 self._cond.notify()
         if closed:  # the model was replaced or unloaded while this request held it
-            return self._alone(request)
+            return self._alone(arrays)
         request.done.wait()
         if request.error is not None:
             raise request.error
-        assert request.outputs is not None
-        return BatchedResult(request.outputs, request.started, request.finished, request.batch_rows)
+        assert request.result is not None
+        return request.result
 
-    def _alone(self, request: _Request) -> BatchedResult:
+    def _alone(self, inputs: Arrays) -> BatchedResult:
         started = time.perf_counter()
-        outputs = self._run(request.inputs)
-        return BatchedResult(outputs, started, time.perf_counter(), request.rows)
+        outputs = self._run(inputs)
+        return BatchedResult(outputs, started, time.perf_counter())
 
     def close(self) -> None:
         """Stop taking requests; those queued are still run."""
@@ -169,10 +169,8 @@ class DynamicBatcher:
             if len(batch) > 1 and not isinstance(exc, EdgemillError):
                 self._one_by_one(batch)  # a batch-level failure must not be blamed on every request
                 return
-            finished = time.perf_counter()
             for request in batch:
-                request.error, request.started, request.finished = exc, started, finished
-                request.done.set()
+                request.answer(error=exc)
             return
         finished = time.perf_counter()
         self.batches += 1
@@ -180,8 +178,7 @@ class DynamicBatcher:
         if self._observe is not None:
             self._observe(rows)
         for request, result in zip(batch, outputs):
-            request.outputs, request.started, request.finished, request.batch_rows = result, started, finished, rows
-            request.done.set()
+            request.answer(BatchedResult(result, started, finished))
 
     def _split(self, outputs: Arrays, batch: list[_Request], rows: int) -> list[Arrays]:
         wrong = [n for n, a in outputs.items() if a.ndim == 0 or a.shape[0] != rows]
@@ -192,14 +189,10 @@ class DynamicBatcher:
 
     def _one_by_one(self, batch: list[_Request]) -> None:
         for request in batch:
-            request.started = time.perf_counter()
             try:
-                request.outputs = self._run(request.inputs)
+                request.answer(self._alone(request.inputs))
             except Exception as exc:  # noqa: BLE001 - handed to its own request
-                request.error = exc
-            request.finished = time.perf_counter()
-            request.batch_rows = request.rows
-            request.done.set()
+                request.answer(error=exc)
         self.batches += len(batch)
         self.requests += len(batch)
 
