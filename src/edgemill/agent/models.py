@@ -69,7 +69,7 @@ class Evicted:
     """A model out of memory that the next request for it loads again: its package, and which one."""
 
     path: Path
-    package_id: str  # "" when unknown (a package that never loaded): verified, but not pinned
+    package_id: str  # the load checks the file is still this package
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,12 @@ class ModelManager:
             if record is None:  # unloaded on purpose meanwhile
                 raise self._not_found(name)
             started = time.perf_counter()
-            prepared = self.prepare(record.path, name, replace=True, package_id=record.package_id or None)
+            prepared = self.prepare(record.path, name, replace=True, package_id=record.package_id)
             self.install(prepared)
             loaded = prepared.loaded
             seconds = time.perf_counter() - started
-            self.cold_starts += 1
+            with self._lock:
+                self.cold_starts += 1
             log.info("cold start: loaded %s again for a request in %.0f ms", name, seconds * 1e3)
             if self._on_cold_start is not None:
                 self._on_cold_start(name, seconds)
@@ -185,7 +186,7 @@ class ModelManager:
             return sum(m.memory_bytes for m in self._pending)
 
     def _not_found(self, name: str) -> ModelNotFoundError:
-        known = ", ".join(sorted(self._models)) or "none"  # noqa: evicted ones load on request, unnamed here
+        known = ", ".join(sorted(self._models)) or "none"
         return ModelNotFoundError("no model loaded under that name", value=name,
                                   fix=f"load it first (LoadModel) or use a loaded one: {known}")
 

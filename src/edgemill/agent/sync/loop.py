@@ -340,7 +340,7 @@ class Sync:
             self._skips_logged &= relevant
         # An evicted model counts as in place: a request loads it again (a cold start); loading it here
         # would only evict another one, and again on the next sync.
-        loaded = {name: e.package_id for name, e in self.models.evicted().items() if e.package_id}
+        loaded = {name: e.package_id for name, e in self.models.evicted().items()}
         loaded.update({m.name: m.model.package_id for m in self.models.list()})
         changed = False
         for action in plan(desired, loaded, relevant, managed=set(self._state.applied)):
