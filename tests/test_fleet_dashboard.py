@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -466,6 +467,19 @@ def go(page: Any, route: str, heading: str) -> None:
     expect(page.locator("#main")).to_have_attribute("aria-busy", "false")
 
 
+@contextmanager
+def dashboard_page() -> Iterator[tuple[Any, Console]]:
+    """A headless Chromium page (1366x900, 10 s default timeout) and the console watcher on it."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            page.set_default_timeout(10_000)
+            yield page, Console(page)
+        finally:
+            browser.close()
+
+
 def screenshot_dir(tmp_path: Path) -> Path:
     target = Path(os.environ["EDGEMILL_SCREENSHOT_DIR"]) if os.environ.get("EDGEMILL_SCREENSHOT_DIR") else tmp_path
     target.mkdir(parents=True, exist_ok=True)
@@ -515,212 +529,205 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
     s = fleet.server
     shots = screenshot_dir(tmp_path)
     bins = {f.key: f.bins for baseline in fleet.baselines.values() for f in baseline.features}  # the same in each
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.set_default_timeout(10_000)
-            console = Console(page)
-            paths = s.call("GET", "/openapi.json")["paths"]
-            assert not [p for p in paths if p == "/" or p.startswith("/dashboard")], "the dashboard is not API"
+    with dashboard_page() as (page, console):
+        paths = s.call("GET", "/openapi.json")["paths"]
+        assert not [p for p in paths if p == "/" or p.startswith("/dashboard")], "the dashboard is not API"
 
-            # The key handed over in the address is taken, kept for the tab, and removed from the address.
-            page.goto(f"{s.url}/#key={s.key}")
-            page.locator("main h1", has_text="Overview").wait_for()
-            assert "key=" not in page.url and page.url.endswith("/dashboard/#overview")
-            assert page.evaluate("sessionStorage.getItem('edgemill.apiKey')") == s.key
+        # The key handed over in the address is taken, kept for the tab, and removed from the address.
+        page.goto(f"{s.url}/#key={s.key}")
+        page.locator("main h1", has_text="Overview").wait_for()
+        assert "key=" not in page.url and page.url.endswith("/dashboard/#overview")
+        assert page.evaluate("sessionStorage.getItem('edgemill.apiKey')") == s.key
 
-            # Overview: health numbers, the sick device and model highlighted, the rollout, the alert.
-            labels = page.locator(".tile .label").all_inner_texts()
-            tiles = dict(zip(labels, page.locator(".tile .big").all_inner_texts(), strict=True))
-            assert tiles == {"devices": "5", "online": "3", "degraded": "1", "offline": "0", "never seen": "1"}
-            assert page.locator(".stack[aria-label^='Devices by status']").get_attribute("aria-label") == \
-                "Devices by status: 3 online, 1 degraded, 0 offline, 1 never seen"
-            sick = page.locator(".item.warn", has_text=SICK)
-            assert "error rate" in sick.inner_text()
-            assert "error rate" in page.locator(".item.bad", has_text="classifier").first.inner_text()
-            rollout = page.locator(".item", has_text="mlp 1.1.0 → factory-a")
-            assert "1 of 4 updated · wave 1 / 2" in rollout.inner_text()
-            assert page.locator(".item.bad", has_text="classifier-errors").count() == 1
-            drifting = panel(page, "Needs attention").locator("div", has=page.locator("h3", has_text="Drift"))
-            drifting_device = drifting.locator(f".item.bad:has(a[href='#device/{DRIFTING}'])").first
-            assert "significant drift" in drifting_device.inner_text()
-            expect_charts(page, 2)
-            shoot(page, shots, "overview")
+        # Overview: health numbers, the sick device and model highlighted, the rollout, the alert.
+        labels = page.locator(".tile .label").all_inner_texts()
+        tiles = dict(zip(labels, page.locator(".tile .big").all_inner_texts(), strict=True))
+        assert tiles == {"devices": "5", "online": "3", "degraded": "1", "offline": "0", "never seen": "1"}
+        assert page.locator(".stack[aria-label^='Devices by status']").get_attribute("aria-label") == \
+            "Devices by status: 3 online, 1 degraded, 0 offline, 1 never seen"
+        sick = page.locator(".item.warn", has_text=SICK)
+        assert "error rate" in sick.inner_text()
+        assert "error rate" in page.locator(".item.bad", has_text="classifier").first.inner_text()
+        rollout = page.locator(".item", has_text="mlp 1.1.0 → factory-a")
+        assert "1 of 4 updated · wave 1 / 2" in rollout.inner_text()
+        assert page.locator(".item.bad", has_text="classifier-errors").count() == 1
+        drifting = panel(page, "Needs attention").locator("div", has=page.locator("h3", has_text="Drift"))
+        drifting_device = drifting.locator(f".item.bad:has(a[href='#device/{DRIFTING}'])").first
+        assert "significant drift" in drifting_device.inner_text()
+        expect_charts(page, 2)
+        shoot(page, shots, "overview")
 
-            # Devices: list, status filter, fleet filter.
-            page.click("nav >> text=Devices")
-            page.locator("main h1", has_text="Devices").wait_for()
-            rows = page.locator("main tbody tr")
-            expect(rows).to_have_count(5)
-            assert page.locator("tbody tr.warn th").inner_text() == SICK
-            page.click("a.chip.filter.degraded")
-            expect(rows).to_have_count(1)
-            assert page.locator("main tbody tr th").inner_text() == SICK
-            page.click("a.chip.filter.all")
-            expect(rows).to_have_count(5)
-            page.select_option("#fleet-filter", LAB)
-            expect(rows).to_have_count(1)
-            assert "never seen" in page.locator("main tbody tr").inner_text()
-            page.click("a.chip.filter.all")
-            expect(rows).to_have_count(1)  # the fleet filter stays
-            page.select_option("#fleet-filter", "")
-            expect(rows).to_have_count(5)
-            shoot(page, shots, "devices")
+        # Devices: list, status filter, fleet filter.
+        page.click("nav >> text=Devices")
+        page.locator("main h1", has_text="Devices").wait_for()
+        rows = page.locator("main tbody tr")
+        expect(rows).to_have_count(5)
+        assert page.locator("tbody tr.warn th").inner_text() == SICK
+        page.click("a.chip.filter.degraded")
+        expect(rows).to_have_count(1)
+        assert page.locator("main tbody tr th").inner_text() == SICK
+        page.click("a.chip.filter.all")
+        expect(rows).to_have_count(5)
+        page.select_option("#fleet-filter", LAB)
+        expect(rows).to_have_count(1)
+        assert "never seen" in page.locator("main tbody tr").inner_text()
+        page.click("a.chip.filter.all")
+        expect(rows).to_have_count(1)  # the fleet filter stays
+        page.select_option("#fleet-filter", "")
+        expect(rows).to_have_count(5)
+        shoot(page, shots, "devices")
 
-            # A device that never reported: its charts say so instead of drawing nothing.
-            go(page, "#device/bench-01", "bench-01")
-            expect(page.locator(".chart .no-data")).to_have_count(2)
-            assert page.locator(".no-data").first.inner_text() == "no data yet"
+        # A device that never reported: its charts say so instead of drawing nothing.
+        go(page, "#device/bench-01", "bench-01")
+        expect(page.locator(".chart .no-data")).to_have_count(2)
+        assert page.locator(".no-data").first.inner_text() == "no data yet"
 
-            # A device: its models, agent report in units people read, and a traffic and a latency chart per model.
-            go(page, f"#device/{SICK}", SICK)
-            text = page.locator("main").inner_text()
-            assert "classifier" in text and "mlp" in text
-            agent = panel(page, "Agent").inner_text()
-            for shown in ("85 MiB of 2 GiB (4.1 %)", "340 KiB", "oldest queued age\n45 s", "3 h 12 min"):
-                assert shown in agent, (shown, agent)
-            assert "error rate" in page.locator(".callout").inner_text()
-            assert panel(page, "Performance").locator(".series-title").all_inner_texts() == ["classifier", "mlp"]
-            # Per model input and prediction drift, traffic and latency; but SICK is the canary: the mlp
-            # version new on it has no closed drift bucket yet, so its drift charts say "no data yet".
-            expect_charts(page, 6)
-            shoot(page, shots, "device")
-            page.set_viewport_size({"width": 800, "height": 900})  # the charts follow their boxes
-            page.wait_for_timeout(200)
-            expect_charts(page, 6)
-            page.set_viewport_size({"width": 1366, "height": 900})
+        # A device: its models, agent report in units people read, and a traffic and a latency chart per model.
+        go(page, f"#device/{SICK}", SICK)
+        text = page.locator("main").inner_text()
+        assert "classifier" in text and "mlp" in text
+        agent = panel(page, "Agent").inner_text()
+        for shown in ("85 MiB of 2 GiB (4.1 %)", "340 KiB", "oldest queued age\n45 s", "3 h 12 min"):
+            assert shown in agent, (shown, agent)
+        assert "error rate" in page.locator(".callout").inner_text()
+        assert panel(page, "Performance").locator(".series-title").all_inner_texts() == ["classifier", "mlp"]
+        # Per model input and prediction drift, traffic and latency; but SICK is the canary: the mlp
+        # version new on it has no closed drift bucket yet, so its drift charts say "no data yet".
+        expect_charts(page, 6)
+        shoot(page, shots, "device")
+        page.set_viewport_size({"width": 800, "height": 900})  # the charts follow their boxes
+        page.wait_for_timeout(200)
+        expect_charts(page, 6)
+        page.set_viewport_size({"width": 1366, "height": 900})
 
-            # A drifting device: per model, its PSI over time, and its worst input and prediction feature
-            # against the reference, mass moved to the outer bins.
-            go(page, f"#device/{DRIFTING}", DRIFTING)
-            drift = panel(page, "Drift")
-            statuses = drift.locator(".drift-status")
-            expect(statuses).to_have_count(2)
-            assert all("significant drift" in t for t in statuses.all_inner_texts()), statuses.all_inner_texts()
-            histograms = drift.locator(".hist")
-            expect(histograms).to_have_count(4)
-            for i in range(4):
-                expect_histogram(histograms.nth(i), bins[histograms.nth(i).locator("figcaption code").inner_text()])
-                reference, window = histograms.nth(i).locator(".hist-bin").first.evaluate(BAR_HEIGHTS)
-                assert window > 2 * reference, (i, reference, window)
-            expect_charts(page, 8)
-            shoot_part(drift, shots, "device-drift")
+        # A drifting device: per model, its PSI over time, and its worst input and prediction feature
+        # against the reference, mass moved to the outer bins.
+        go(page, f"#device/{DRIFTING}", DRIFTING)
+        drift = panel(page, "Drift")
+        statuses = drift.locator(".drift-status")
+        expect(statuses).to_have_count(2)
+        assert all("significant drift" in t for t in statuses.all_inner_texts()), statuses.all_inner_texts()
+        histograms = drift.locator(".hist")
+        expect(histograms).to_have_count(4)
+        for i in range(4):
+            expect_histogram(histograms.nth(i), bins[histograms.nth(i).locator("figcaption code").inner_text()])
+            reference, window = histograms.nth(i).locator(".hist-bin").first.evaluate(BAR_HEIGHTS)
+            assert window > 2 * reference, (i, reference, window)
+        expect_charts(page, 8)
+        shoot_part(drift, shots, "device-drift")
 
-            # One heartbeat from a silent device: its charts hold one sample each, on a span of minutes, not years.
-            _heartbeat(s, BENCH, fleet.credentials[BENCH], 1, {"mlp": ("1.0.0", fleet.packages["mlp-1.0.0"])},
-                       {(BENCH, "mlp"): (0, 0)}, fleet.baselines)
-            go(page, f"#device/{BENCH}", BENCH)
-            expect_charts(page, 2, series_pixels=40)
-            spans = page.locator(".chart .sr-only").evaluate_all(CHART_SPANS)
-            assert len(spans) == 2 and all(0 < span < 86400 for span in spans), spans
-            shoot(page, shots, "device-single-sample")
+        # One heartbeat from a silent device: its charts hold one sample each, on a span of minutes, not years.
+        _heartbeat(s, BENCH, fleet.credentials[BENCH], 1, {"mlp": ("1.0.0", fleet.packages["mlp-1.0.0"])},
+                   {(BENCH, "mlp"): (0, 0)}, fleet.baselines)
+        go(page, f"#device/{BENCH}", BENCH)
+        expect_charts(page, 2, series_pixels=40)
+        spans = page.locator(".chart .sr-only").evaluate_all(CHART_SPANS)
+        assert len(spans) == 2 and all(0 < span < 86400 for span in spans), spans
+        shoot(page, shots, "device-single-sample")
 
-            # Models: the problem model highlighted; a model's versions, lineage chain and charts.
-            go(page, "#models", "Models")
-            assert page.locator("tr.bad th").inner_text() == "classifier"
-            page.click("main >> text=mlp")
-            page.locator("main h1", has_text="mlp").wait_for()
-            expect(page.locator(".chain")).to_have_count(2)
-            chain = page.locator(".lineage", has_text="1.1.0").locator(".node")
-            assert chain.locator("h4").all_text_contents() == ["Source", "Compile", "Package", "Deployments", "Devices"]
-            assert "sha256" in chain.nth(0).inner_text()
-            assert fleet.packages["mlp-1.1.0"][:12] in chain.nth(2).inner_text()
-            assert f"#{fleet.deployment}" in chain.nth(3).inner_text()
-            assert fleet.canary in chain.nth(4).inner_text()
-            assert "staging" in panel(page, "Versions").locator("table").inner_text()
-            expect_charts(page, 4)  # input and prediction drift, traffic and latency
-            shoot(page, shots, "model")
+        # Models: the problem model highlighted; a model's versions, lineage chain and charts.
+        go(page, "#models", "Models")
+        assert page.locator("tr.bad th").inner_text() == "classifier"
+        page.click("main >> text=mlp")
+        page.locator("main h1", has_text="mlp").wait_for()
+        expect(page.locator(".chain")).to_have_count(2)
+        chain = page.locator(".lineage", has_text="1.1.0").locator(".node")
+        assert chain.locator("h4").all_text_contents() == ["Source", "Compile", "Package", "Deployments", "Devices"]
+        assert "sha256" in chain.nth(0).inner_text()
+        assert fleet.packages["mlp-1.1.0"][:12] in chain.nth(2).inner_text()
+        assert f"#{fleet.deployment}" in chain.nth(3).inner_text()
+        assert fleet.canary in chain.nth(4).inner_text()
+        assert "staging" in panel(page, "Versions").locator("table").inner_text()
+        expect_charts(page, 4)  # input and prediction drift, traffic and latency
+        shoot(page, shots, "model")
 
-            # The model's drift: the production version, features worst first, the worst one's histogram
-            # against the baseline, devices worst first; another feature is picked without leaving the spot.
-            drift = panel(page, "Drift")
-            assert drift.locator("#drift-version").input_value() == "1.0.0"
-            assert "PSI" in drift.locator(".drift-status").inner_text()
-            features = drift.locator(".table-wrap table").first.locator("tbody tr")
-            scores = [float(v) for v in features.locator("td.num:nth-of-type(1)").all_inner_texts()]
-            assert scores == sorted(scores, reverse=True) and len(scores) == 10, scores
-            worst_key = features.first.locator("th").inner_text()
-            histogram = drift.locator(".hist")
-            assert worst_key in histogram.locator("figcaption").inner_text()
-            expect_histogram(histogram, bins[worst_key])
-            devices = drift.locator(".table-wrap table").nth(1).locator("tbody tr")
-            assert devices.first.locator("th").inner_text() == DRIFTING
-            second_key = features.nth(1).locator("th").inner_text()
-            features.nth(1).locator("a").click()
-            expect(histogram.locator("figcaption")).to_contain_text(second_key)
-            assert page.evaluate("window.scrollY") > 0  # the same page: it stays where it was
-            expect(drift.locator("tr.selected th")).to_have_text(second_key)
-            shoot_part(drift, shots, "model-drift")
+        # The model's drift: the production version, features worst first, the worst one's histogram
+        # against the baseline, devices worst first; another feature is picked without leaving the spot.
+        drift = panel(page, "Drift")
+        assert drift.locator("#drift-version").input_value() == "1.0.0"
+        assert "PSI" in drift.locator(".drift-status").inner_text()
+        features = drift.locator(".table-wrap table").first.locator("tbody tr")
+        scores = [float(v) for v in features.locator("td.num:nth-of-type(1)").all_inner_texts()]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 10, scores
+        worst_key = features.first.locator("th").inner_text()
+        histogram = drift.locator(".hist")
+        assert worst_key in histogram.locator("figcaption").inner_text()
+        expect_histogram(histogram, bins[worst_key])
+        devices = drift.locator(".table-wrap table").nth(1).locator("tbody tr")
+        assert devices.first.locator("th").inner_text() == DRIFTING
+        second_key = features.nth(1).locator("th").inner_text()
+        features.nth(1).locator("a").click()
+        expect(histogram.locator("figcaption")).to_contain_text(second_key)
+        assert page.evaluate("window.scrollY") > 0  # the same page: it stays where it was
+        expect(drift.locator("tr.selected th")).to_have_text(second_key)
+        shoot_part(drift, shots, "model-drift")
 
-            # The last hour pinned as the reference, then unpinned: back to the package baseline.
-            drift.locator("button", has_text="Pin the last 1 h as reference").click()
-            page.click("#confirm-ok")
-            expect(drift.locator(".drift-reference")).to_contain_text("a pinned window")
-            drift.locator("button", has_text="Unpin").click()
-            page.click("#confirm-ok")
-            expect(drift.locator(".drift-reference")).to_contain_text("the package baseline")
+        # The last hour pinned as the reference, then unpinned: back to the package baseline.
+        drift.locator("button", has_text="Pin the last 1 h as reference").click()
+        page.click("#confirm-ok")
+        expect(drift.locator(".drift-reference")).to_contain_text("a pinned window")
+        drift.locator("button", has_text="Unpin").click()
+        page.click("#confirm-ok")
+        expect(drift.locator(".drift-reference")).to_contain_text("the package baseline")
 
-            # Deployments: the list, then pause and resume with confirmation.
-            go(page, "#deployments", "Deployments")
-            page.click(f"main a[href='#deployment/{fleet.deployment}']")
-            page.locator("main h1", has_text=f"Deployment #{fleet.deployment}").wait_for()
-            assert fleet.canary in page.locator(".wave", has_text="wave 1 · canary").inner_text()
-            assert "created" in page.locator(".timeline").inner_text()
-            page.click("button:text('Pause')")
-            page.locator("dialog[open]").wait_for()
-            page.click("#confirm-ok")
-            page.locator(".page-head .chip.paused").wait_for()
-            assert s.call("GET", f"/api/v1/deployments/{fleet.deployment}")["state"] == "paused"
-            page.click("button:text('Resume')")
-            page.click("button:text('Cancel')")  # cancelled: nothing happens
-            assert s.call("GET", f"/api/v1/deployments/{fleet.deployment}")["state"] == "paused"
-            page.click("button:text('Resume')")
-            page.click("#confirm-ok")
-            page.locator(".page-head .chip.rolling").wait_for()
-            shoot(page, shots, "deployment")
+        # Deployments: the list, then pause and resume with confirmation.
+        go(page, "#deployments", "Deployments")
+        page.click(f"main a[href='#deployment/{fleet.deployment}']")
+        page.locator("main h1", has_text=f"Deployment #{fleet.deployment}").wait_for()
+        assert fleet.canary in page.locator(".wave", has_text="wave 1 · canary").inner_text()
+        assert "created" in page.locator(".timeline").inner_text()
+        page.click("button:text('Pause')")
+        page.locator("dialog[open]").wait_for()
+        page.click("#confirm-ok")
+        page.locator(".page-head .chip.paused").wait_for()
+        assert s.call("GET", f"/api/v1/deployments/{fleet.deployment}")["state"] == "paused"
+        page.click("button:text('Resume')")
+        page.click("button:text('Cancel')")  # cancelled: nothing happens
+        assert s.call("GET", f"/api/v1/deployments/{fleet.deployment}")["state"] == "paused"
+        page.click("button:text('Resume')")
+        page.click("#confirm-ok")
+        page.locator(".page-head .chip.rolling").wait_for()
+        shoot(page, shots, "deployment")
 
-            # Alerts: firing first, with its failing webhook; the rules.
-            go(page, "#alerts", "Alerts")
-            first = page.locator(".table-wrap table").first.locator("tbody tr").first
-            assert "firing" in first.inner_text() and "classifier-errors" in first.inner_text()
-            assert re.search(r"retrying|gave up|pending", first.inner_text())
-            rules = page.locator(".table-wrap table").nth(1).locator("tbody tr")
-            assert rules.count() == 3
-            assert "prediction drift (PSI) of output:logits:top_score > 50.00 over 5 min" in \
-                rules.filter(has_text="mlp-confidence").inner_text()
-            shoot(page, shots, "alerts")
+        # Alerts: firing first, with its failing webhook; the rules.
+        go(page, "#alerts", "Alerts")
+        first = page.locator(".table-wrap table").first.locator("tbody tr").first
+        assert "firing" in first.inner_text() and "classifier-errors" in first.inner_text()
+        assert re.search(r"retrying|gave up|pending", first.inner_text())
+        rules = page.locator(".table-wrap table").nth(1).locator("tbody tr")
+        assert rules.count() == 3
+        assert "prediction drift (PSI) of output:logits:top_score > 50.00 over 5 min" in \
+            rules.filter(has_text="mlp-confidence").inner_text()
+        shoot(page, shots, "alerts")
 
-            # Auto-refresh: the view is read again within the 5 s period, but not while the tab is hidden.
-            refresh = page.locator("#refresh")
-            before = refresh.inner_text()
-            expect(refresh).not_to_have_text(before, timeout=8000)
-            page.evaluate(HIDE_TAB)
-            expect(refresh).to_have_text("refresh paused")
-            page.wait_for_timeout(6000)
-            expect(refresh).to_have_text("refresh paused")
-            page.evaluate(SHOW_TAB)  # shown again: read at once
-            expect(refresh).to_have_text(re.compile("^updated "), timeout=2000)
+        # Auto-refresh: the view is read again within the 5 s period, but not while the tab is hidden.
+        refresh = page.locator("#refresh")
+        before = refresh.inner_text()
+        expect(refresh).not_to_have_text(before, timeout=8000)
+        page.evaluate(HIDE_TAB)
+        expect(refresh).to_have_text("refresh paused")
+        page.wait_for_timeout(6000)
+        expect(refresh).to_have_text("refresh paused")
+        page.evaluate(SHOW_TAB)  # shown again: read at once
+        expect(refresh).to_have_text(re.compile("^updated "), timeout=2000)
 
-            # A failure shows the server's own message in the banner.
-            console.allowed.append(re.compile(r"status of 404"))
-            go(page, "#device/no-such-device", "Device")
-            assert "no device with that name" in page.locator("#banner").inner_text()
+        # A failure shows the server's own message in the banner.
+        console.allowed.append(re.compile(r"status of 404"))
+        go(page, "#device/no-such-device", "Device")
+        assert "no device with that name" in page.locator("#banner").inner_text()
 
-            # A wrong key brings the sign-in form back with the server's message; the right one gets in.
-            console.allowed.append(re.compile(r"status of 401"))
-            page.evaluate("sessionStorage.setItem('edgemill.apiKey', 'emk_wrong')")
-            page.evaluate("history.replaceState(null, '', '#overview')")
-            page.reload()
-            page.locator("#login:not([hidden])").wait_for()
-            assert "unknown or revoked operator API key" in page.locator("#login-message").inner_text()
-            page.fill("#login-key", s.key)
-            page.click("#login button[type=submit]")
-            page.locator("main h1", has_text="Overview").wait_for()
+        # A wrong key brings the sign-in form back with the server's message; the right one gets in.
+        console.allowed.append(re.compile(r"status of 401"))
+        page.evaluate("sessionStorage.setItem('edgemill.apiKey', 'emk_wrong')")
+        page.evaluate("history.replaceState(null, '', '#overview')")
+        page.reload()
+        page.locator("#login:not([hidden])").wait_for()
+        assert "unknown or revoked operator API key" in page.locator("#login-message").inner_text()
+        page.fill("#login-key", s.key)
+        page.click("#login button[type=submit]")
+        page.locator("main h1", has_text="Overview").wait_for()
 
-            assert console.problems == []
-        finally:
-            browser.close()
+        assert console.problems == []
     print(f"\nscreenshots in {shots}: overview.png device.png device-drift.png model-drift.png (and devices, model, "
           "device-single-sample, deployment, alerts)")
 
@@ -728,155 +735,148 @@ def test_every_view_shows_the_fleet_with_charts_and_a_clean_console(fleet: Fleet
 def test_captures_show_their_data_take_labels_and_give_live_accuracy(captured: Captured, tmp_path: Path) -> None:
     s = captured.server
     shots = screenshot_dir(tmp_path)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.set_default_timeout(10_000)
-            console = Console(page)
-            console.allowed.append(re.compile(r"status of 422"))  # the label refused on purpose
-            views_read: list[str] = []  # the capture views the page asked for
-            page.on("request", lambda r: views_read.append(r.url) if r.url.endswith("/view") else None)
-            page.goto(f"{s.url}/#key={s.key}")
-            page.locator("main h1", has_text="Overview").wait_for()
+    with dashboard_page() as (page, console):
+        console.allowed.append(re.compile(r"status of 422"))  # the label refused on purpose
+        views_read: list[str] = []  # the capture views the page asked for
+        page.on("request", lambda r: views_read.append(r.url) if r.url.endswith("/view") else None)
+        page.goto(f"{s.url}/#key={s.key}")
+        page.locator("main h1", has_text="Overview").wait_for()
 
-            # The list: every capture, newest first; image inputs as thumbnails, the others by their shape.
-            page.click("nav >> text=Captures")
-            page.locator("main h1", has_text="Captures").wait_for()
-            rows = page.locator("main tbody tr")
-            expect(rows).to_have_count(CAPTURES)
-            assert "wav-2" in rows.first.inner_text()
-            thumbs = page.locator("main tbody canvas.thumb-img")
-            expect(thumbs).to_have_count(IMAGES)
-            colours = thumbs.evaluate_all(f"cs => cs.map({CANVAS_COLOURS})")
-            assert all(c > 10 for c in colours), colours
-            assert rows.filter(has_text="wav-0").locator(".thumb-shape").text_content() == "[1 × 16000] float32"
-            assert rows.filter(has_text="tab-0").locator(".thumb-shape").text_content() == "[1 × 64] float32"
-            assert "unlabeled" in rows.filter(has_text="img-11").inner_text()
-            assert "right" in rows.filter(has_text="img-00").inner_text()
-            assert "wrong" in rows.filter(has_text="img-03").inner_text()
-            expect(page.locator("main button", has_text="Next")).to_be_disabled()  # one short page
-            assert len(views_read) == CAPTURES, views_read
-            shoot(page, shots, "captures")
+        # The list: every capture, newest first; image inputs as thumbnails, the others by their shape.
+        page.click("nav >> text=Captures")
+        page.locator("main h1", has_text="Captures").wait_for()
+        rows = page.locator("main tbody tr")
+        expect(rows).to_have_count(CAPTURES)
+        assert "wav-2" in rows.first.inner_text()
+        thumbs = page.locator("main tbody canvas.thumb-img")
+        expect(thumbs).to_have_count(IMAGES)
+        colours = thumbs.evaluate_all(f"cs => cs.map({CANVAS_COLOURS})")
+        assert all(c > 10 for c in colours), colours
+        assert rows.filter(has_text="wav-0").locator(".thumb-shape").text_content() == "[1 × 16000] float32"
+        assert rows.filter(has_text="tab-0").locator(".thumb-shape").text_content() == "[1 × 64] float32"
+        assert "unlabeled" in rows.filter(has_text="img-11").inner_text()
+        assert "right" in rows.filter(has_text="img-00").inner_text()
+        assert "wrong" in rows.filter(has_text="img-03").inner_text()
+        expect(page.locator("main button", has_text="Next")).to_be_disabled()  # one short page
+        assert len(views_read) == CAPTURES, views_read
+        shoot(page, shots, "captures")
 
-            # Shown again (as every 5 s), the rows' thumbnails come from what was read, not from the server.
-            page.click("a.chip.filter.label-labeled")
-            expect(rows.filter(has_text="unlabeled")).to_have_count(0)
-            page.click("a.chip.filter.label-all")
-            expect(rows).to_have_count(CAPTURES)
-            expect(thumbs).to_have_count(IMAGES)
-            assert len(views_read) == CAPTURES, views_read
+        # Shown again (as every 5 s), the rows' thumbnails come from what was read, not from the server.
+        page.click("a.chip.filter.label-labeled")
+        expect(rows.filter(has_text="unlabeled")).to_have_count(0)
+        page.click("a.chip.filter.label-all")
+        expect(rows).to_have_count(CAPTURES)
+        expect(thumbs).to_have_count(IMAGES)
+        assert len(views_read) == CAPTURES, views_read
 
-            # Filters live in the address: the label state picked in the page survives a reload.
-            page.click("a.chip.filter.label-unlabeled")
-            expect(rows).to_have_count(CAPTURES - LABELED)
-            assert "labeled=false" in page.url
-            page.reload()
-            page.locator("main h1", has_text="Captures").wait_for()
-            expect(rows).to_have_count(CAPTURES - LABELED)
-            page.click("a.chip.filter.label-labeled")
-            expect(rows.filter(has_text="unlabeled")).to_have_count(0)
-            expect(rows).to_have_count(LABELED)
-            page.fill("#captures-model", "keyword")
-            page.press("#captures-model", "Enter")
-            expect(page.locator(".empty-state")).to_have_text("No captures match these filters.")
-            page.click("a.chip.filter.label-all")
-            expect(rows).to_have_count(WAVES)
-            assert page.input_value("#captures-model") == "keyword"
-            page.click("main >> text=clear filters")
-            expect(rows).to_have_count(CAPTURES)
+        # Filters live in the address: the label state picked in the page survives a reload.
+        page.click("a.chip.filter.label-unlabeled")
+        expect(rows).to_have_count(CAPTURES - LABELED)
+        assert "labeled=false" in page.url
+        page.reload()
+        page.locator("main h1", has_text="Captures").wait_for()
+        expect(rows).to_have_count(CAPTURES - LABELED)
+        page.click("a.chip.filter.label-labeled")
+        expect(rows.filter(has_text="unlabeled")).to_have_count(0)
+        expect(rows).to_have_count(LABELED)
+        page.fill("#captures-model", "keyword")
+        page.press("#captures-model", "Enter")
+        expect(page.locator(".empty-state")).to_have_text("No captures match these filters.")
+        page.click("a.chip.filter.label-all")
+        expect(rows).to_have_count(WAVES)
+        assert page.input_value("#captures-model") == "keyword"
+        page.click("main >> text=clear filters")
+        expect(rows).to_have_count(CAPTURES)
 
-            # An image capture, opened from its row: the picture, the answer, and the label form.
-            rows.filter(has_text="img-11").locator("td").nth(3).click()
-            page.locator("main h1", has_text="img-11").wait_for()
-            inputs = panel(page, "Inputs")
-            picture = inputs.locator("canvas.pixelated")
-            expect(picture).to_have_count(1)
-            assert picture.evaluate(CANVAS_COLOURS) > 10
-            box = picture.bounding_box()
-            assert box and box["width"] == 256 and box["height"] == 256, box  # 64 px, four times over
-            assert "[1 × 3 × 64 × 64] float32" in inputs.inner_text() and "scaled from [-2, 2]" in inputs.inner_text()
-            said = captured.predicted["img-11"]
-            answer = panel(page, "Answer")
-            assert answer.locator(".answer strong").inner_text() == str(said)
-            assert answer.locator("li.picked .bar-name").inner_text() == f"class {said}"
-            assert '"frame": 1011' in panel(page, "Auxiliary").inner_text()
-            label = panel(page, "Label")
-            assert "Not labeled yet." in label.inner_text()
-            page.fill("#label-0", "3")
-            page.click("main button:text('Save label')")
-            expect(label.locator("dd").first).to_contain_text("class 3")
-            stored = {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}
-            assert stored["img-11"]["label"] == [3] and stored["img-11"]["labeled_by"] == "admin", stored["img-11"]
-            assert "admin" in label.inner_text()
-            shoot(page, shots, "capture-image")
+        # An image capture, opened from its row: the picture, the answer, and the label form.
+        rows.filter(has_text="img-11").locator("td").nth(3).click()
+        page.locator("main h1", has_text="img-11").wait_for()
+        inputs = panel(page, "Inputs")
+        picture = inputs.locator("canvas.pixelated")
+        expect(picture).to_have_count(1)
+        assert picture.evaluate(CANVAS_COLOURS) > 10
+        box = picture.bounding_box()
+        assert box and box["width"] == 256 and box["height"] == 256, box  # 64 px, four times over
+        assert "[1 × 3 × 64 × 64] float32" in inputs.inner_text() and "scaled from [-2, 2]" in inputs.inner_text()
+        said = captured.predicted["img-11"]
+        answer = panel(page, "Answer")
+        assert answer.locator(".answer strong").inner_text() == str(said)
+        assert answer.locator("li.picked .bar-name").inner_text() == f"class {said}"
+        assert '"frame": 1011' in panel(page, "Auxiliary").inner_text()
+        label = panel(page, "Label")
+        assert "Not labeled yet." in label.inner_text()
+        page.fill("#label-0", "3")
+        page.click("main button:text('Save label')")
+        expect(label.locator("dd").first).to_contain_text("class 3")
+        stored = {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}
+        assert stored["img-11"]["label"] == [3] and stored["img-11"]["labeled_by"] == "admin", stored["img-11"]
+        assert "admin" in label.inner_text()
+        shoot(page, shots, "capture-image")
 
-            # A class the model does not have: the server's message in the banner, the typed value kept.
-            page.fill("#label-0", "12")
-            page.click("main button:text('Save new label')")
-            expect(page.locator("#banner")).to_be_visible()
-            expect(page.locator("#banner")).to_contain_text("the class index is out of range for this model")
-            expect(page.locator("#banner")).to_contain_text("0 to 9")
-            assert page.locator("#banner").inner_text().count("send a class index from 0 to 9") == 1  # the fix, once
-            assert page.input_value("#label-0") == "12"
-            shoot(page, shots, "capture-label-refused")
-            assert {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}["img-11"]["label"] == [3]
+        # A class the model does not have: the server's message in the banner, the typed value kept.
+        page.fill("#label-0", "12")
+        page.click("main button:text('Save new label')")
+        expect(page.locator("#banner")).to_be_visible()
+        expect(page.locator("#banner")).to_contain_text("the class index is out of range for this model")
+        expect(page.locator("#banner")).to_contain_text("0 to 9")
+        assert page.locator("#banner").inner_text().count("send a class index from 0 to 9") == 1  # the fix, once
+        assert page.input_value("#label-0") == "12"
+        shoot(page, shots, "capture-label-refused")
+        assert {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}["img-11"]["label"] == [3]
 
-            # Audio: the envelope of the signal over the sample index, and the auxiliary text.
-            go(page, "#capture/cam-03/wav-0", "wav-0")
-            expect_charts(page, 1)
-            assert "16,000 samples" in panel(page, "Inputs").inner_text()
-            assert "sample_rate=16000" in panel(page, "Auxiliary").inner_text()
-            assert "binary: not shown" in panel(page, "Auxiliary").inner_text()
-            assert "class 3" in panel(page, "Answer").inner_text()
-            shoot(page, shots, "capture-audio")
+        # Audio: the envelope of the signal over the sample index, and the auxiliary text.
+        go(page, "#capture/cam-03/wav-0", "wav-0")
+        expect_charts(page, 1)
+        assert "16,000 samples" in panel(page, "Inputs").inner_text()
+        assert "sample_rate=16000" in panel(page, "Auxiliary").inner_text()
+        assert "binary: not shown" in panel(page, "Auxiliary").inner_text()
+        assert "class 3" in panel(page, "Answer").inner_text()
+        shoot(page, shots, "capture-audio")
 
-            # A row of features: a grid of index and value.
-            go(page, "#capture/cam-04/tab-0", "tab-0")
-            expect(panel(page, "Inputs").locator("ol.values li")).to_have_count(64)
-            shoot(page, shots, "capture-table")
+        # A row of features: a grid of index and value.
+        go(page, "#capture/cam-04/tab-0", "tab-0")
+        expect(panel(page, "Inputs").locator("ol.values li")).to_have_count(64)
+        shoot(page, shots, "capture-table")
 
-            # A regressor's batch of two: a value per sample, labeled with one number each; a string tensor
-            # is shown by its shape and dtype.
-            go(page, "#capture/cam-01/reg-0", "reg-0")
-            assert "Predicted values 12, 4.5" in panel(page, "Answer").inner_text()
-            unit = panel(page, "Inputs").locator("figure.kind-other")
-            assert "unit" in unit.inner_text() and "<U2" in unit.inner_text()
-            page.fill("#label-0", "12.5")
-            page.fill("#label-1", "4")
-            page.click("main button:text('Save label')")
-            expect(panel(page, "Label").locator("dd").first).to_contain_text("12.5, 4")
-            stored = {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}
-            assert stored["reg-0"]["label"] == [12.5, 4.0], stored["reg-0"]
-            shoot(page, shots, "capture-regression")
+        # A regressor's batch of two: a value per sample, labeled with one number each; a string tensor
+        # is shown by its shape and dtype.
+        go(page, "#capture/cam-01/reg-0", "reg-0")
+        assert "Predicted values 12, 4.5" in panel(page, "Answer").inner_text()
+        unit = panel(page, "Inputs").locator("figure.kind-other")
+        assert "unit" in unit.inner_text() and "<U2" in unit.inner_text()
+        page.fill("#label-0", "12.5")
+        page.fill("#label-1", "4")
+        page.click("main button:text('Save label')")
+        expect(panel(page, "Label").locator("dd").first).to_contain_text("12.5, 4")
+        stored = {c["capture_id"]: c for c in s.call("GET", "/api/v1/captures?labeled=true")}
+        assert stored["reg-0"]["label"] == [12.5, 4.0], stored["reg-0"]
+        shoot(page, shots, "capture-regression")
 
-            # The model page: live accuracy from the labels, with the count it rests on.
-            go(page, "#model/classifier", "classifier")
-            accuracy = panel(page, "Live accuracy")
-            top1 = (LABELED - len(WRONG) + (said == 3)) / (LABELED + 1)
-            headline = accuracy.locator(".headline").inner_text()
-            assert f"{100 * top1:.1f} % of {LABELED + 1} labeled samples" in headline, headline
-            expect(accuracy.locator(".plot .uplot canvas")).not_to_have_count(0)
-            versions = accuracy.locator(".accuracy-groups table").first.locator("tbody tr")
-            assert versions.all_inner_texts() == [f"1.0.0\t{LABELED + 1}\t{100 * top1:.1f} %"], versions.all_inner_texts()
-            shoot_part(accuracy, shots, "model-accuracy")
+        # The model page: live accuracy from the labels, with the count it rests on.
+        go(page, "#model/classifier", "classifier")
+        accuracy = panel(page, "Live accuracy")
+        top1 = (LABELED - len(WRONG) + (said == 3)) / (LABELED + 1)
+        headline = accuracy.locator(".headline").inner_text()
+        assert f"{100 * top1:.1f} % of {LABELED + 1} labeled samples" in headline, headline
+        expect(accuracy.locator(".plot .uplot canvas")).not_to_have_count(0)
+        versions = accuracy.locator(".accuracy-groups table").first.locator("tbody tr")
+        assert versions.all_inner_texts() == [f"1.0.0\t{LABELED + 1}\t{100 * top1:.1f} %"], versions.all_inner_texts()
+        shoot_part(accuracy, shots, "model-accuracy")
 
-            # A version validated on captures names them in its lineage and links to them; nothing of this
-            # model is labeled yet, and its accuracy section says where to label.
-            go(page, "#model/scorer", "scorer")
-            parent = page.locator(".lineage", has_text="1.1.0").locator(".parent")
-            expect(parent).to_have_text(f"validated on {TABULAR} samples captured by scorer 1.0.0")
-            assert parent.locator("a").get_attribute("href") == "#captures?model=scorer&version=1.0.0"
-            assert "No labeled captures yet" in panel(page, "Live accuracy").inner_text()
-            shoot_part(panel(page, "Lineage"), shots, "model-lineage")
-            parent.locator("a").click()
-            page.locator("main h1", has_text="Captures").wait_for()
-            expect(rows).to_have_count(TABULAR)
-            assert page.input_value("#captures-version") == "1.0.0"
+        # A version validated on captures names them in its lineage and links to them; nothing of this
+        # model is labeled yet, and its accuracy section says where to label.
+        go(page, "#model/scorer", "scorer")
+        parent = page.locator(".lineage", has_text="1.1.0").locator(".parent")
+        expect(parent).to_have_text(f"validated on {TABULAR} samples captured by scorer 1.0.0")
+        assert parent.locator("a").get_attribute("href") == "#captures?model=scorer&version=1.0.0"
+        assert "No labeled captures yet" in panel(page, "Live accuracy").inner_text()
+        shoot_part(panel(page, "Lineage"), shots, "model-lineage")
+        parent.locator("a").click()
+        page.locator("main h1", has_text="Captures").wait_for()
+        expect(rows).to_have_count(TABULAR)
+        assert page.input_value("#captures-version") == "1.0.0"
 
-            assert console.problems == []
-        finally:
-            browser.close()
+        assert console.problems == []
     print(f"\nscreenshots in {shots}: captures.png capture-image.png capture-audio.png capture-table.png "
           "model-accuracy.png (and capture-label-refused, capture-table, capture-regression, model-lineage)")
 
@@ -887,88 +887,81 @@ def test_a_viewer_finds_no_controls_and_an_admin_creates_and_revokes_a_key(fleet
     s = fleet.server
     viewer = s.call("POST", "/api/v1/operator-keys", {"name": "wall-screen", "role": "viewer"})["key"]
     shots = screenshot_dir(tmp_path)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1366, "height": 900})
-            page.set_default_timeout(10_000)
-            console = Console(page)
-            console.allowed.append(re.compile(r"status of 403"))  # the keys page opened by a viewer, on purpose
+    with dashboard_page() as (page, console):
+        console.allowed.append(re.compile(r"status of 403"))  # the keys page opened by a viewer, on purpose
 
-            # A viewer: every page reads, no page offers a change.
-            page.goto(f"{s.url}/#key={viewer}")
-            page.locator("main h1", has_text="Overview").wait_for()
-            expect(page.locator("#whoami")).to_have_text("wall-screen · viewer")
-            expect(page.locator("nav a[data-nav=keys]")).to_be_hidden()
-            go(page, f"deployment/{fleet.deployment}", f"Deployment #{fleet.deployment}")
-            assert page.locator("#main button").count() == 0  # no pause, resume or roll back
-            go(page, "model/mlp", "mlp")
-            page.locator("main h2", has_text="Drift").first.wait_for()
-            expect(page.locator("#main button", has_text="Pin")).to_have_count(0)
-            expect(page.locator("#main button", has_text="Unpin")).to_have_count(0)
-            for route, heading in (("devices", "Devices"), ("alerts", "Alerts"), ("captures", "Captures"),
-                                   ("deployments", "Deployments")):
-                go(page, route, heading)
-                for word in ("Delete", "Roll back", "Revoke", "Create", "Save label"):
-                    expect(page.locator("#main button", has_text=word)).to_have_count(0)
-            go(page, "audit", "Audit")
-            assert page.locator("main tbody tr").count() >= 1  # what the fixture and the admin did
-            shoot(page, shots, "audit-as-viewer")
-            page.evaluate("location.hash = 'keys'")  # typed by hand: refused, and said why
-            expect(page.locator("#banner")).to_contain_text("needs the admin role")
+        # A viewer: every page reads, no page offers a change.
+        page.goto(f"{s.url}/#key={viewer}")
+        page.locator("main h1", has_text="Overview").wait_for()
+        expect(page.locator("#whoami")).to_have_text("wall-screen · viewer")
+        expect(page.locator("nav a[data-nav=keys]")).to_be_hidden()
+        go(page, f"deployment/{fleet.deployment}", f"Deployment #{fleet.deployment}")
+        assert page.locator("#main button").count() == 0  # no pause, resume or roll back
+        go(page, "model/mlp", "mlp")
+        page.locator("main h2", has_text="Drift").first.wait_for()
+        expect(page.locator("#main button", has_text="Pin")).to_have_count(0)
+        expect(page.locator("#main button", has_text="Unpin")).to_have_count(0)
+        for route, heading in (("devices", "Devices"), ("alerts", "Alerts"), ("captures", "Captures"),
+                               ("deployments", "Deployments")):
+            go(page, route, heading)
+            for word in ("Delete", "Roll back", "Revoke", "Create", "Save label"):
+                expect(page.locator("#main button", has_text=word)).to_have_count(0)
+        go(page, "audit", "Audit")
+        assert page.locator("main tbody tr").count() >= 1  # what the fixture and the admin did
+        shoot(page, shots, "audit-as-viewer")
+        page.evaluate("location.hash = 'keys'")  # typed by hand: refused, and said why
+        expect(page.locator("#banner")).to_contain_text("needs the admin role")
 
-            # An admin: the controls are there, and keys are made and revoked from the page.
-            page.evaluate(f"location.hash = {json.dumps('overview?key=' + s.key)}")
-            expect(page.locator("#whoami")).to_contain_text("· admin")
-            go(page, f"deployment/{fleet.deployment}", f"Deployment #{fleet.deployment}")
-            expect(page.locator("#main button", has_text="Roll back")).to_have_count(1)
-            page.click("nav a[data-nav=keys]")
-            page.locator("main h1", has_text="Operator keys").wait_for()
-            page.fill("#key-name", "ci-bot")
-            page.select_option("#key-role", "deployer")
-            page.select_option("#key-expiry", label="30 days")
-            page.click("#main button[type=submit]")
-            expect(page.locator("#new-key")).to_contain_text("emk_")
-            secret = page.locator("#new-key").inner_text().strip()
-            assert s.call("GET", "/api/v1/whoami", token=secret)["role"] == "deployer"
-            row = page.locator("main tbody tr", has_text="ci-bot")
-            expect(row).to_contain_text("active")
-            shoot(page, shots, "keys")
-            row.locator("button", has_text="Revoke").click()
-            page.click("#confirm-ok")
-            expect(page.locator("main tbody tr", has_text="ci-bot")).to_contain_text("revoked")
-            with pytest.raises(AssertionError, match="401"):
-                s.call("GET", "/api/v1/whoami", token=secret)
-            go(page, "audit", "Audit")
-            expect(page.locator("main tbody")).to_contain_text("DELETE /api/v1/operator-keys/ci-bot")
-            expect(page.locator("main tbody")).to_contain_text("POST /api/v1/operator-keys")
+        # An admin: the controls are there, and keys are made and revoked from the page.
+        page.evaluate(f"location.hash = {json.dumps('overview?key=' + s.key)}")
+        expect(page.locator("#whoami")).to_contain_text("· admin")
+        go(page, f"deployment/{fleet.deployment}", f"Deployment #{fleet.deployment}")
+        expect(page.locator("#main button", has_text="Roll back")).to_have_count(1)
+        page.click("nav a[data-nav=keys]")
+        page.locator("main h1", has_text="Operator keys").wait_for()
+        page.fill("#key-name", "ci-bot")
+        page.select_option("#key-role", "deployer")
+        page.select_option("#key-expiry", label="30 days")
+        page.click("#main button[type=submit]")
+        expect(page.locator("#new-key")).to_contain_text("emk_")
+        secret = page.locator("#new-key").inner_text().strip()
+        assert s.call("GET", "/api/v1/whoami", token=secret)["role"] == "deployer"
+        row = page.locator("main tbody tr", has_text="ci-bot")
+        expect(row).to_contain_text("active")
+        shoot(page, shots, "keys")
+        row.locator("button", has_text="Revoke").click()
+        page.click("#confirm-ok")
+        expect(page.locator("main tbody tr", has_text="ci-bot")).to_contain_text("revoked")
+        with pytest.raises(AssertionError, match="401"):
+            s.call("GET", "/api/v1/whoami", token=secret)
+        go(page, "audit", "Audit")
+        expect(page.locator("main tbody")).to_contain_text("DELETE /api/v1/operator-keys/ci-bot")
+        expect(page.locator("main tbody")).to_contain_text("POST /api/v1/operator-keys")
 
-            # A key limited to the lab fleet, made on the page: signed in, it sees the lab's devices only,
-            # and no Keys section (a limited admin cannot make itself a wider key).
-            page.click("nav a[data-nav=keys]")
-            page.locator("main h1", has_text="Operator keys").wait_for()
-            page.fill("#key-name", "lab-lead")
-            page.select_option("#key-role", "admin")
-            page.check(f"#key-fleets input[value={LAB}]")
-            page.click("#main button[type=submit]")
-            expect(page.locator("main tbody tr", has_text="lab-lead")).to_contain_text(LAB)
-            limited = page.locator("#new-key").inner_text().strip()
-            page.evaluate(f"location.hash = {json.dumps('devices?key=' + limited)}")
-            expect(page.locator("#whoami")).to_have_text(f"lab-lead · admin · {LAB}")
-            expect(page.locator("nav a[data-nav=keys]")).to_be_hidden()
-            page.locator("main tbody tr", has_text=BENCH).wait_for()
-            for camera in CAMERAS:
-                expect(page.locator("main tbody tr", has_text=camera)).to_have_count(0)
-            shoot(page, shots, "devices-as-lab-lead")
-            for route, heading in (("overview", "Overview"), ("models", "Models"), ("model/mlp", "mlp"),
-                                   ("captures", "Captures"), ("deployments", "Deployments"), ("alerts", "Alerts"),
-                                   ("audit", "Audit")):  # every page reads with a limited key, no refusal
-                go(page, route, heading)
-                expect(page.locator("#banner")).to_be_hidden()
-                for camera in CAMERAS:  # the other fleet's cameras appear on none of them
-                    expect(page.locator("main", has_text=camera)).to_have_count(0)
-            page.evaluate("location.hash = 'keys'")
-            expect(page.locator("#banner")).to_contain_text("needs a key for every fleet")
-            assert not console.problems, console.problems
-        finally:
-            browser.close()
+        # A key limited to the lab fleet, made on the page: signed in, it sees the lab's devices only,
+        # and no Keys section (a limited admin cannot make itself a wider key).
+        page.click("nav a[data-nav=keys]")
+        page.locator("main h1", has_text="Operator keys").wait_for()
+        page.fill("#key-name", "lab-lead")
+        page.select_option("#key-role", "admin")
+        page.check(f"#key-fleets input[value={LAB}]")
+        page.click("#main button[type=submit]")
+        expect(page.locator("main tbody tr", has_text="lab-lead")).to_contain_text(LAB)
+        limited = page.locator("#new-key").inner_text().strip()
+        page.evaluate(f"location.hash = {json.dumps('devices?key=' + limited)}")
+        expect(page.locator("#whoami")).to_have_text(f"lab-lead · admin · {LAB}")
+        expect(page.locator("nav a[data-nav=keys]")).to_be_hidden()
+        page.locator("main tbody tr", has_text=BENCH).wait_for()
+        for camera in CAMERAS:
+            expect(page.locator("main tbody tr", has_text=camera)).to_have_count(0)
+        shoot(page, shots, "devices-as-lab-lead")
+        for route, heading in (("overview", "Overview"), ("models", "Models"), ("model/mlp", "mlp"),
+                               ("captures", "Captures"), ("deployments", "Deployments"), ("alerts", "Alerts"),
+                               ("audit", "Audit")):  # every page reads with a limited key, no refusal
+            go(page, route, heading)
+            expect(page.locator("#banner")).to_be_hidden()
+            for camera in CAMERAS:  # the other fleet's cameras appear on none of them
+                expect(page.locator("main", has_text=camera)).to_have_count(0)
+        page.evaluate("location.hash = 'keys'")
+        expect(page.locator("#banner")).to_contain_text("needs a key for every fleet")
+        assert not console.problems, console.problems
