@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UsageError
 from .fleet_cmds import _client, _remote_args
 from .output import emit_json, info
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from .times import parse_since
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -50,28 +46,6 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     lab.add_argument("file", type=Path, metavar="LABELS.csv|LABELS.jsonl")
     _remote_args(lab)
     lab.set_defaults(handler=label)
-
-
-def parse_since(text: str | None, now: float | None = None) -> float | None:
-    if text is None:
-        return None
-    now = time.time() if now is None else now
-    value = text.strip()
-    match = _DURATION.fullmatch(value)
-    if match:
-        return now - float(match[1]) * _UNIT_S[match[2]]
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError("bad --since", value=text, expected="a duration (30m, 12h, 7d), an ISO date or time, or unix seconds",
-                         fix="e.g. --since 7d or --since 2026-12-01") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def export(args: argparse.Namespace) -> int:

@@ -5,27 +5,14 @@ the audit trail)."""
 from __future__ import annotations
 
 import argparse
-import re
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import UsageError
 from .fleet_cmds import _client, _remote_args
 from .output import emit_json
+from .times import duration_s, parse_since
 
 ROLES = ("viewer", "deployer", "admin")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def duration_s(text: str) -> int:
-    """'30d', '12h', '90m', '3600' -> seconds."""
-    match = re.fullmatch(r"(\d+)\s*([smhdw]?)", text.strip())
-    if match is None or int(match.group(1)) == 0:
-        raise UsageError("not a duration", value=text, expected="a number with s, m, h, d or w (e.g. 30d, 12h)",
-                         fix="e.g. --expires 30d")
-    return int(match.group(1)) * _UNITS[match.group(2) or "s"]
-
-
 def add_operator_parsers(keys_sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     operator = keys_sub.add_parser("operator", help="operator API keys of a control plane: create, list, revoke")
     actions = operator.add_subparsers(dest="operator_command", metavar="ACTION", required=True)
@@ -125,7 +112,7 @@ def audit(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             query[name] = getattr(args, name)
     if args.since is not None:
-        query["since"] = datetime.now(timezone.utc).timestamp() - duration_s(args.since)
+        query["since"] = parse_since(args.since)
     events = _client(args).request("GET", "/api/v1/audit", query=query)
     if args.json:
         emit_json(events)
