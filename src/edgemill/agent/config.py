@@ -52,6 +52,9 @@ class ListenConfig(_Section):
     metrics_address: str = "127.0.0.1:9601"  # Prometheus text at /metrics; "" disables
     max_workers: int = Field(16, ge=1, le=1024)  # concurrent requests in flight
     max_message_mb: int = Field(64, ge=1, le=2047)
+    # grpcio's I/O core for the gRPC server (agent/grpc_io.py): "iomgr" spends less CPU per call than
+    # grpcio's EventEngine default (bench/agent.py); "event-engine" keeps grpcio's default.
+    grpc_io: Literal["iomgr", "event-engine"] = "iomgr"
     tls: TlsConfig | None = None
 
     @field_validator("address", "metrics_address")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ address = "127.0.0.1:8601"          # gRPC (edgemill.v1, KServe V2, Edge Manager
 # fast_path = true                  # with unix_socket: Predict in plain frames on "<unix_socket>.fast" (docs/fastpath.md)
 metrics_address = "127.0.0.1:9601"  # Prometheus text at /metrics; "" disables
 max_workers = 16
+# grpc_io = "iomgr"                 # grpcio's I/O core: "iomgr" (less CPU per call) or "event-engine" (grpcio's default)
 # [listen.tls]                      # TLS; add client_ca_file for mutual TLS
 # cert_file = "agent.crt"
 # key_file = "agent.key"
@@ -149,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise UsageError("no configuration given", fix="pass --config agent.toml (see --example-config) "
                                                        "or --edge-manager-config config.json")
+    from ..agent import grpc_io
+
+    decision = grpc_io.apply(config.listen.grpc_io, os.environ)  # before anything imports grpc
+    logging.getLogger("edgemill.agent").info("gRPC I/O: %s", decision.reason)
     from ..agent.daemon import Agent  # after the config is known good: a config error needs no gRPC
 
     agent = Agent(config)
