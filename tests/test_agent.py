@@ -93,6 +93,20 @@ def test_the_unix_socket_serves_the_same_api(running_agent: AgentProcess, signed
                                    local.run(feed)[local.outputs[0].name], rtol=1e-6, atol=1e-6)
 
 
+def test_byte_swapped_inputs_travel_as_their_values(running_agent: AgentProcess, signed: dict[str, Path]) -> None:
+    """A big-endian array (read from a file written elsewhere) is the same tensor to the agent, on gRPC and
+    on the fast path: the wire is little-endian, whatever the caller's byte order."""
+    model = rt.load(signed["mlp"])
+    feed = feed_for(model)
+    swapped = {name: value.astype(value.dtype.newbyteorder(">")) for name, value in feed.items()}
+    for fast in (False, True):
+        with AgentClient(running_agent.unix, fast_path=fast) as client:
+            assert client.transport == ("fast" if fast else "grpc")
+            got = client.predict("mlp", swapped).outputs
+        for name, value in model.run(feed).items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=1e-6)
+
+
 def test_inputs_by_shared_memory_handle(running_agent: AgentProcess, signed: dict[str, Path]) -> None:
     local = rt.load(signed["mlp"])
     spec = local.inputs[0]

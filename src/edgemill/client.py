@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 from .agent import protos
-from .agent.v1_types import DTYPE_BY_ENUM, DTYPE_NAME_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, pb
+from .agent.v1_types import DTYPE_BY_ENUM, DTYPE_NAME_BY_ENUM, ENUM_BY_DTYPE, STATE_BY_ENUM, enum_of, pb
 from .agent.wire import tensor_bytes
 from .agent.wire_text import is_text, text_array, text_elements
 from .fastpath_client import FastChannel, FastPathError, FastPathTimeout, FastPathUnavailable, fast_socket_for
@@ -115,7 +115,7 @@ def _tensor(name: str, value: Any) -> Any:
 
 
 def _dtype_enum(name: str, array: np.ndarray) -> int:
-    enum = ENUM_BY_DTYPE.get(array.dtype.name)
+    enum = enum_of(array.dtype)
     if enum is None:
         raise TypeError(f"tensor {name!r} has dtype {array.dtype.name}, which the agent API cannot carry; "
                         f"use one of {sorted(ENUM_BY_DTYPE)}")

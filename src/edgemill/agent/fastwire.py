@@ -128,6 +128,8 @@ def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, i
         w.u8(STRING)
     else:
         code = _CODE_BY_NUMPY.get(array.dtype)
+        if code is None:  # a byte-swapped dtype goes by name; tensor_bytes writes it little-endian
+            code = CODE_BY_DTYPE.get(array.dtype.name)
         if code is None:
             raise FrameError(f"tensor {name!r} has a dtype the fast path cannot carry", value=array.dtype.name,
                              fix=f"use one of {sorted(CODE_BY_DTYPE)} or text")

@@ -11,7 +11,7 @@ import numpy as np
 from ...errors import InputMismatchError
 from ...tensors import TensorSpec
 from .. import protos
-from ..v1_types import CAPTURE_STATE, DTYPE_BY_ENUM, ENUM_BY_DTYPE, pb
+from ..v1_types import CAPTURE_STATE, DTYPE_BY_ENUM, ENUM_BY_DTYPE, enum_of, pb
 from ..dataplane import DataPlane, ModelView
 from ..wire import tensor_bytes, tensor_from_bytes, tensor_from_shared_memory, write_to_shared_memory
 from ..wire_text import is_text, text_array, text_elements
@@ -72,7 +72,7 @@ def encode_tensor(name: str, array: np.ndarray, shm: Any = None) -> Any:
                                      fix=f"leave {name!r} out of output_shared_memory: it comes back inline")
         return pb.Tensor(name=name, dtype=pb.STRING, shape=array.shape,
                          strings=pb.Strings(values=text_elements(name, array)))
-    enum = ENUM_BY_DTYPE.get(array.dtype.name)
+    enum = enum_of(array.dtype)
     if enum is None:
         raise InputMismatchError(f"output {name!r} has a dtype the API cannot carry", value=array.dtype.name,
                                  fix="recompile the model with numeric outputs")
