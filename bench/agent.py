@@ -6,12 +6,14 @@
     Unix socket and over gRPC on TCP, minus ``model.run`` in-process, on a small MLP (batch 1, 1
     intra-op thread), one client, one call at a time; and the agent's own time per call (the
     response's ``timing.total_us``: from the decoded request to the encoded answer), apart from the
-    transport's.
+    transport's. gRPC is measured on both of grpcio's I/O cores (``[listen] grpc_io``: "iomgr", the
+    agent's default, and "event-engine", grpcio's default).
     A Python thread echoing the same size of frame over a Unix socket, and a Python gRPC server whose
-    handler does nothing (same payload size), show the floor of each transport on this machine.
+    handler does nothing (same payload size, on each I/O core), show the floor of each transport on
+    this machine. Every path's calls are spread over interleaved rounds.
 (b) Throughput: 8 client processes, each alternating between two models (the MLP and a small CNN),
     for ``--duration`` seconds, against
-      - the edgemill agent through its KServe V2 service (tritonclient gRPC),
+      - the edgemill agent through its KServe V2 service (tritonclient gRPC), on each gRPC I/O core,
       - the edgemill agent through edgemill.client on its Unix socket (which takes the fast path),
       - MLServer 1.x (its default settings) serving the same ONNX files through a ten-line onnxruntime
         runtime, through its KServe V2 gRPC (the same tritonclient load generator),
@@ -112,12 +114,12 @@ def feeds(package: Path) -> dict[str, Any]:
 
 class Agent:
     def __init__(self, work: Path, threads: int = 1, concurrency: int = 4, budget_mb: float = 4096,
-                 models_toml: str = "", standalone: bool = False) -> None:
+                 models_toml: str = "", standalone: bool = False, grpc_io: str = "iomgr") -> None:
         self.port, self.sock = free_port(), work / "agent.sock"
         config = work / "agent.toml"
         config.write_text(
             f'[listen]\naddress = "127.0.0.1:{self.port}"\nunix_socket = "{self.sock}"\nmetrics_address = ""\n'
-            f'max_workers = 32\n[models]\nstandalone = {str(standalone).lower()}\ndirectory = "{work / "models"}"\n'
+            f'max_workers = 32\ngrpc_io = "{grpc_io}"\n[models]\nstandalone = {str(standalone).lower()}\ndirectory = "{work / "models"}"\n'
             f'allow_unsigned = true\nthreads = {threads}\n'
             f'max_concurrency = {concurrency}\nmemory_budget_mb = {budget_mb}\n{models_toml}'
             f'[capture]\ndirectory = "{work / "queue"}"\nstore = "file://{work / "store"}"\n')
@@ -135,38 +137,105 @@ class Agent:
 # --- (a) overhead -----------------------------------------------------------------------------
 
 
+ROUNDS = 10  # every path's calls are spread over this many rounds, the paths taking turns: slow drifts of
+#            the machine (other guests on the host) fall on every path alike
+
+
+def run_rounds(paths: list[tuple[str, Any]], calls: int, warmup: int = 200) -> dict[str, list[float]]:
+    """Seconds per call for each ``(label, call)``, measured in interleaved rounds."""
+    for _, call in paths:
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {label: [] for label, _ in paths}
+    for _ in range(ROUNDS):
+        for label, call in paths:
+            times[label] += time_calls(call, iterations=max(1, calls // ROUNDS), warmup=0)
+    return times
+
+
 def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str]]:
+    """Rows of section (a): the agent's paths (on both of grpcio's I/O cores) and the bare transports."""
+    import grpc
+
     import edgemill.runtime as rt
+    from edgemill.agent.grpc_io import IOMGR_EXPERIMENTS, VARIABLE
     from edgemill.client import AgentClient
 
     feed = feeds(packages["mlp"])
     model = rt.load(packages["mlp"], threads=1)
     local = percentiles(time_calls(lambda: model.run(feed), iterations=calls, warmup=200))
-    (work / "overhead").mkdir()
-    agent = Agent(work / "overhead", threads=1)
+    for io in ("iomgr", "event-engine"):
+        (work / f"overhead-{io}").mkdir()
+    agents = {io: Agent(work / f"overhead-{io}", threads=1, grpc_io=io) for io in ("iomgr", "event-engine")}
+    echo_procs = {io: subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(work / f"echo-{io}.sock")],
+                                       stdout=subprocess.PIPE, text=True,
+                                       env={**os.environ, VARIABLE: IOMGR_EXPERIMENTS} if io == "iomgr" else None)
+                  for io in ("iomgr", "event-engine")}
+    framed = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO_SERVER, str(work / "framed-echo.sock")],
+                              stdout=subprocess.PIPE, text=True)
+    closers: list[Any] = []
     try:
-        rows = [["in-process `model.run`", f"{local['p50_us']:.0f}", f"{local['p99_us']:.0f}", "-", "-"]]
-        paths = (("agent, fast path (Unix socket)", f"unix:{agent.sock}", True),
-                 ("agent, gRPC over the Unix socket", f"unix:{agent.sock}", False),
-                 ("agent, gRPC over TCP 127.0.0.1", f"127.0.0.1:{agent.port}", False))
-        for label, target, fast in paths:
-            with AgentClient(target, fast_path=fast) as client:
-                if label.startswith("agent, fast"):
-                    client.load_model(str(packages["mlp"]), name="mlp")
-                    assert client.transport == "fast", "the agent offered no fast path"
-                own: list[float] = []  # the agent's own time per call (timing.total_us): decode to encode
+        ports = {io: int(proc.stdout.readline()) for io, proc in echo_procs.items()}  # type: ignore[union-attr]
+        framed.stdout.readline()  # type: ignore[union-attr]
+        own: dict[str, list[float]] = {}  # the agent's own time per call (timing.total_us): decode to encode
+        paths: list[tuple[str, Any]] = []
 
-                def call() -> None:
-                    own.append(client.predict("mlp", feed).timing.total_us / 1e6)
+        def agent_path(label: str, target: str, fast: bool) -> None:
+            client = AgentClient(target, fast_path=fast)
+            closers.append(client)
+            client.predict("mlp", feed)  # the model is loaded below; this connects
+            if fast:
+                assert client.transport == "fast", "the agent offered no fast path"
+            own[label] = []
+            paths.append((label, lambda: own[label].append(client.predict("mlp", feed).timing.total_us / 1e6)))
 
-                agent_times = time_calls(call, iterations=calls, warmup=200)
-                stats, inside = percentiles(agent_times), percentiles(own[200:])
+        for agent in agents.values():
+            with AgentClient(f"unix:{agent.sock}", fast_path=False) as loader:
+                loader.load_model(str(packages["mlp"]), name="mlp")
+        iomgr, event_engine = agents["iomgr"], agents["event-engine"]
+        agent_path("agent, fast path (Unix socket)", f"unix:{iomgr.sock}", True)
+        agent_path("agent, gRPC over the Unix socket (grpc_io iomgr, the default)", f"unix:{iomgr.sock}", False)
+        agent_path("agent, gRPC over TCP 127.0.0.1 (grpc_io iomgr)", f"127.0.0.1:{iomgr.port}", False)
+        agent_path("agent, gRPC over the Unix socket (grpc_io event-engine)", f"unix:{event_engine.sock}", False)
+        agent_path("agent, gRPC over TCP 127.0.0.1 (grpc_io event-engine)", f"127.0.0.1:{event_engine.port}", False)
+        payload = b"x" * (64 * 4)
+        for io in ("iomgr", "event-engine"):
+            for transport, target in (("Unix socket", f"unix:{work / f'echo-{io}.sock'}"),
+                                      ("TCP", f"127.0.0.1:{ports[io]}")):
+                channel = grpc.insecure_channel(target)
+                closers.append(channel)
+                echo = channel.unary_unary("/bench.Echo/Echo")
+                paths.append((f"bare grpcio echo, {transport} (server on {io})", lambda echo=echo: echo(payload)))
+        conn = socket.socket(socket.AF_UNIX)
+        conn.connect(str(work / "framed-echo.sock"))
+        closers.append(conn)
+        frame = b"EMF1" + bytes(8) + (64 * 4 + 40).to_bytes(4, "little") + b"x" * (64 * 4 + 40)
+
+        def framed_call() -> None:
+            conn.sendall(frame)
+            conn.recv(len(frame), socket.MSG_WAITALL)
+
+        paths.append(("bare framed echo (Python), Unix socket", framed_call))
+        times = run_rounds(paths, calls)
+        rows = [["in-process `model.run`", f"{local['p50_us']:.0f}", f"{local['p99_us']:.0f}", "-", "-", "-"]]
+        for label, _ in paths:
+            stats = percentiles(times[label])
+            if label in own:
+                inside = percentiles(own[label])
                 rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}",
                              f"{stats['p50_us'] - local['p50_us']:.0f}", f"{stats['p99_us'] - local['p99_us']:.0f}",
                              f"{inside['p50_us']:.0f}"])
-        return [r + ["-"] * (6 - len(r)) for r in rows]
+            else:
+                rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-", "-"])
+        return rows
     finally:
-        agent.stop()
+        for closer in closers:
+            closer.close()
+        for agent in agents.values():
+            agent.stop()
+        for proc in (*echo_procs.values(), framed):
+            proc.kill()
+            proc.wait(10)
 
 
 ECHO_SERVER = """
@@ -202,49 +271,6 @@ while True:
     conn, _ = listener.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
-
-
-def framed_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
-    """A Python thread echoing 16-byte-header frames over a Unix socket: the fast path's floor."""
-    sock = work / "framed-echo.sock"
-    proc = subprocess.Popen([sys.executable, "-c", FRAMED_ECHO_SERVER, str(sock)], stdout=subprocess.PIPE, text=True)
-    try:
-        proc.stdout.readline()  # type: ignore[union-attr]
-        conn = socket.socket(socket.AF_UNIX)
-        conn.connect(str(sock))
-        frame = b"EMF1" + bytes(8) + payload_bytes.to_bytes(4, "little") + b"x" * payload_bytes
-
-        def call() -> None:
-            conn.sendall(frame)
-            conn.recv(len(frame), socket.MSG_WAITALL)
-
-        stats = percentiles(time_calls(call, iterations=calls, warmup=200))
-        conn.close()
-        return [["bare framed echo (Python), Unix socket", f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-", "-"]]
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-def grpc_floor(work: Path, calls: int, payload_bytes: int) -> list[list[str]]:
-    """The same client library against a Python gRPC server that does nothing: the transport's floor."""
-    import grpc
-
-    sock = work / "echo.sock"
-    proc = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, str(sock)], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())  # type: ignore[union-attr]
-        rows = []
-        payload = b"x" * payload_bytes
-        for label, target in (("bare grpcio echo, Unix socket", f"unix:{sock}"), ("bare grpcio echo, TCP", f"127.0.0.1:{port}")):
-            with grpc.insecure_channel(target) as channel:
-                call = channel.unary_unary("/bench.Echo/Echo")
-                stats = percentiles(time_calls(lambda: call(payload), iterations=calls, warmup=200))
-            rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}", "-", "-", "-"])
-        return rows
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 # --- (b) throughput ---------------------------------------------------------------------------
@@ -360,17 +386,23 @@ def throughput(packages: dict[str, Path], work: Path, duration: float, clients: 
     models = ["mlp", "cnn"]
     inputs = {m: feeds(packages[m]) for m in models}
     rows: list[list[str]] = []
-    (work / "throughput").mkdir()
-    agent = Agent(work / "throughput", threads=1, concurrency=4)
-    try:
-        with AgentClient(f"127.0.0.1:{agent.port}") as client:
-            for m in models:
-                client.load_model(str(packages[m]), name=m)
-        agent_v2 = drive(_v2_worker, f"127.0.0.1:{agent.port}", models, inputs, clients, duration)
-        agent_own = drive(_edgemill_worker, f"unix:{agent.sock}", models, inputs, clients, duration)
-    finally:
-        agent.stop()
+    measured: dict[str, tuple[float, float]] = {}
+    for io in ("iomgr", "event-engine"):  # the agent's default gRPC I/O core, and grpcio's own default
+        (work / f"throughput-{io}").mkdir()
+        agent = Agent(work / f"throughput-{io}", threads=1, concurrency=4, grpc_io=io)
+        try:
+            with AgentClient(f"127.0.0.1:{agent.port}") as client:
+                for m in models:
+                    client.load_model(str(packages[m]), name=m)
+            v2 = drive(_v2_worker, f"127.0.0.1:{agent.port}", models, inputs, clients, duration)
+            own = drive(_edgemill_worker, f"unix:{agent.sock}", models, inputs, clients, duration) if io == "iomgr" else 0.0
+            measured[io] = (v2, own)
+        finally:
+            agent.stop()
+    agent_v2, agent_own = measured["iomgr"]
     rows.append(["edgemill agent, KServe V2 gRPC (tritonclient)", f"{agent_v2:.0f}", "1.00"])
+    rows.append(["edgemill agent, KServe V2 gRPC, grpc_io = event-engine", f"{measured['event-engine'][0]:.0f}",
+                 f"{measured['event-engine'][0] / agent_v2:.2f}"])
     rows.append(["edgemill agent, edgemill.client on the Unix socket (fast path)", f"{agent_own:.0f}",
                  f"{agent_own / agent_v2:.2f}"])
     if mlserver_python:
@@ -578,8 +610,7 @@ def main() -> None:
         packages = build_models(work)
         if "a" in only:
             print("## (a) Predict overhead over in-process `model.run` (MLP, batch 1, 1 thread)\n")
-            rows = (overhead(packages, work, args.calls) + framed_floor(work, args.calls, payload_bytes=64 * 4 + 40)
-                    + grpc_floor(work, args.calls, payload_bytes=64 * 4))
+            rows = overhead(packages, work, args.calls)
             print(markdown_table(rows, ["path", "p50 µs", "p99 µs", "overhead p50 µs", "overhead p99 µs",
                                         "agent's own p50 µs"]))
         if "b" in only:
