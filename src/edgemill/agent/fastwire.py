@@ -202,7 +202,11 @@ class Reader:
         self.buf = memoryview(payload)
         self.end = len(self.buf)
         self.at = 0
-        self.subject = ""  # put before ``what`` in errors: "tensor 'x''s " while a tensor is read
+        self.tensor: str | None = None  # the tensor being read, named in errors ("tensor 'x''s shape")
+
+    @property
+    def subject(self) -> str:
+        return "" if self.tensor is None else f"tensor {self.tensor!r}'s "
 
     def _short(self, n: int, what: str) -> FrameError:
         return FrameError(f"the frame ends inside {self.subject}{what}", value=f"{n} bytes wanted, {self.end - self.at} left",
@@ -221,6 +225,14 @@ class Reader:
             raise self._short(fmt.size, what)
         self.at = at + fmt.size
         return int(fmt.unpack_from(self.buf, at)[0])
+
+    def ints(self, fmt: struct.Struct, what: str) -> tuple[int, ...]:
+        """Several fixed-size fields in one unpack."""
+        at = self.at
+        if fmt.size > self.end - at:
+            raise self._short(fmt.size, what)
+        self.at = at + fmt.size
+        return fmt.unpack_from(self.buf, at)
 
     def u8(self, what: str) -> int:
         return self._int(_U8, what)
@@ -267,15 +279,17 @@ class TensorField:
     shm: tuple[str, int, int] | None = None
 
 
+_CODE_RANK = struct.Struct("<BB")
+
+
 def read_tensor(r: Reader) -> TensorField:
-    r.subject = ""
+    r.tensor = None
     name = r.text("a tensor name")
-    r.subject = f"tensor {name!r}'s "
-    code = r.u8("dtype")
+    r.tensor = name
+    code, ndim = r.ints(_CODE_RANK, "dtype and rank")
     if code != STRING and code not in DTYPE_BY_CODE:
         raise FrameError(f"tensor {name!r} has an unknown dtype code", value=code,
                          fix=f"use one of {sorted(DTYPE_BY_CODE)} or {STRING} (text)")
-    ndim = r.u8("rank")
     if ndim > MAX_DIMS:
         raise FrameError(f"tensor {name!r} has {ndim} dimensions", value=ndim, expected=f"at most {MAX_DIMS}")
     shape = r.u64s(ndim, "shape")  # unsigned: never negative; MAX_DIMS checked above
@@ -288,14 +302,14 @@ def read_tensor(r: Reader) -> TensorField:
             raise FrameError(f"tensor {name!r} is text, which shared memory cannot carry", value=name,
                              fix="send text inline")
         region = (r.text("segment name"), r.u64("offset"), r.u64("size"))
-        r.subject = ""
+        r.tensor = None
         return TensorField(name, dtype, shape, shm=region)
     if storage != INLINE:
         raise FrameError(f"tensor {name!r} has an unknown storage kind", value=storage,
                          fix=f"use {INLINE} (inline) or {SHARED_MEMORY} (shared memory)")
     nbytes = r.u64("byte count")
     data = r.take(nbytes, "data")
-    r.subject = ""
+    r.tensor = None
     if dtype is None:
         return TensorField(name, None, shape, array=_text(name, data, shape))
     expected = math.prod(shape) * dtype.itemsize
@@ -342,7 +356,7 @@ class PredictReply:
 def read_predict_ok(payload: bytes | bytearray | memoryview) -> PredictReply:
     r = Reader(payload)
     version, capture_id = r.text("the model version"), r.text("the capture id")
-    queue_us, compute_us, total_us = r.u64("queue_us"), r.u64("compute_us"), r.u64("total_us")
+    queue_us, compute_us, total_us = r.ints(_TIMING, "the timing")
     outputs: dict[str, np.ndarray] = {}
     for _ in range(r.u16("the output count")):
         field = read_tensor(r)
