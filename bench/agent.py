@@ -137,14 +137,15 @@ class Agent:
 # --- (a) overhead -----------------------------------------------------------------------------
 
 
+WARMUP = 200  # untimed calls per path before the rounds
 ROUNDS = 10  # every path's calls are spread over this many rounds, the paths taking turns: slow drifts of
 #            the machine (other guests on the host) fall on every path alike
 
 
-def run_rounds(paths: list[tuple[str, Any]], calls: int, warmup: int = 200) -> dict[str, list[float]]:
-    """Seconds per call for each ``(label, call)``, measured in interleaved rounds."""
+def run_rounds(paths: list[tuple[str, Any]], calls: int) -> dict[str, list[float]]:
+    """Seconds per call for each ``(label, call)``, measured in interleaved rounds after WARMUP calls each."""
     for _, call in paths:
-        for _ in range(warmup):
+        for _ in range(WARMUP):
             call()
     times: dict[str, list[float]] = {label: [] for label, _ in paths}
     for _ in range(ROUNDS):
@@ -183,7 +184,7 @@ def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str
         def agent_path(label: str, target: str, fast: bool) -> None:
             client = AgentClient(target, fast_path=fast)
             closers.append(client)
-            client.predict("mlp", feed)  # the model is loaded below; this connects
+            client.predict("mlp", feed)  # connects (the model is loaded already)
             if fast:
                 assert client.transport == "fast", "the agent offered no fast path"
             own[label] = []
@@ -221,7 +222,7 @@ def overhead(packages: dict[str, Path], work: Path, calls: int) -> list[list[str
         for label, _ in paths:
             stats = percentiles(times[label])
             if label in own:
-                inside = percentiles(own[label])
+                inside = percentiles(own[label][WARMUP:])
                 rows.append([label, f"{stats['p50_us']:.0f}", f"{stats['p99_us']:.0f}",
                              f"{stats['p50_us'] - local['p50_us']:.0f}", f"{stats['p99_us'] - local['p99_us']:.0f}",
                              f"{inside['p50_us']:.0f}"])
