@@ -126,8 +126,11 @@ def test_manifest_describes_the_package(packages: dict) -> None:
 
 
 @pytest.mark.parametrize("target", ["aarch64", "jetson", "x86_64-avx2"])
-def test_targets_this_machine_cannot_run_still_compile(target: str, model_dir: Path, tmp_path: Path) -> None:
-    result = edgemill.compile(model_dir / "cnn.onnx", target=target, output=tmp_path / f"{target}.emp")
+def test_packages_for_other_targets_leave_layouts_to_the_device_and_run_here(target: str, model_dir: Path, tmp_path: Path) -> None:
+    # onnxruntime's layout choices are what is checked. x86_64-avx2 does run here (any AVX2 host), so its
+    # compile measures backends and may package OpenVINO when that wins on this machine at this moment.
+    result = edgemill.compile(model_dir / "cnn.onnx", target=target, output=tmp_path / f"{target}.emp",
+                              backend="onnxruntime")
     assert result.manifest.target["name"] == target
     assert result.manifest.backend_options["load_optimization"] == "all"  # layouts left to the device
     assert "requires_cpu_features" not in result.manifest.backend_options
