@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from ..errors import InputMismatchError
-from .v1_types import DTYPE_BY_ENUM, pb
+from .v1_types import DTYPE_BY_ENUM, enum_of, pb
 from .wire import MAX_DIMS, tensor_bytes
 from .wire_text import pack_lengths, text_array, text_elements, unpack_lengths
 
@@ -33,7 +33,6 @@ STRING = pb.STRING
 # The edgemill.v1 DataType numbers (proto/edgemill/v1/agent.proto), little-endian as on the wire.
 DTYPE_BY_CODE: dict[int, np.dtype] = {code: d.newbyteorder("<") for code, d in DTYPE_BY_ENUM.items()}
 CODE_BY_DTYPE: dict[str, int] = {d.name: c for c, d in DTYPE_BY_CODE.items()}
-_CODE_BY_NUMPY: dict[np.dtype, int] = {d: c for c, d in DTYPE_BY_CODE.items()}  # native-order dtypes hash alike
 FLAG_CAPTURE = 1
 
 # gRPC status codes by name and number: the fast path answers with the same codes as the gRPC path.
@@ -127,9 +126,7 @@ def write_tensor(w: Writer, name: str, array: np.ndarray, shm: tuple[str, int, i
     if array.dtype.kind in "OUS":
         w.u8(STRING)
     else:
-        code = _CODE_BY_NUMPY.get(array.dtype)
-        if code is None:  # a byte-swapped dtype goes by name; tensor_bytes writes it little-endian
-            code = CODE_BY_DTYPE.get(array.dtype.name)
+        code = enum_of(array.dtype)  # the edgemill.v1 numbers; tensor_bytes writes a byte-swapped one little-endian
         if code is None:
             raise FrameError(f"tensor {name!r} has a dtype the fast path cannot carry", value=array.dtype.name,
                              fix=f"use one of {sorted(CODE_BY_DTYPE)} or text")
@@ -220,11 +217,7 @@ class Reader:
         return self.buf[at:at + n]
 
     def _int(self, fmt: struct.Struct, what: str) -> int:
-        at = self.at
-        if fmt.size > self.end - at:
-            raise self._short(fmt.size, what)
-        self.at = at + fmt.size
-        return int(fmt.unpack_from(self.buf, at)[0])
+        return int(self.ints(fmt, what)[0])
 
     def ints(self, fmt: struct.Struct, what: str) -> tuple[int, ...]:
         """Several fixed-size fields in one unpack."""
@@ -248,11 +241,7 @@ class Reader:
 
     def u64s(self, count: int, what: str) -> tuple[int, ...]:
         fmt = _U64S.get(count) or _U64S.setdefault(count, struct.Struct(f"<{count}Q"))
-        at = self.at
-        if fmt.size > self.end - at:
-            raise self._short(fmt.size, what)
-        self.at = at + fmt.size
-        return fmt.unpack_from(self.buf, at)
+        return self.ints(fmt, what)
 
     def text(self, what: str) -> str:
         data = self.take(self.u16(what), what)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import protos
+from .wire import dtype_lookup
 
 pb = protos.load("edgemill.v1.agent_pb2")
 
@@ -17,14 +18,7 @@ DTYPE_BY_ENUM: dict[int, np.dtype] = {
 TEXT = "str"  # the spec dtype of a text tensor: STRING on the wire, an object array of str in NumPy
 ENUM_BY_DTYPE: dict[str, int] = {**{d.name: e for e, d in DTYPE_BY_ENUM.items()}, TEXT: pb.STRING}
 DTYPE_NAME_BY_ENUM: dict[int, str] = {e: n for n, e in ENUM_BY_DTYPE.items()}
-_ENUM_BY_NUMPY: dict[np.dtype, int] = {d: e for e, d in DTYPE_BY_ENUM.items()}
-
-
-def enum_of(dtype: np.dtype) -> int | None:
-    """The wire enum of a numeric dtype, or None. By the dtype itself first: ``dtype.name`` costs more
-    than a microsecond, a noticeable share of a small model's request; a byte-swapped dtype goes by name."""
-    enum = _ENUM_BY_NUMPY.get(dtype)
-    return enum if enum is not None else ENUM_BY_DTYPE.get(dtype.name)
+enum_of = dtype_lookup(ENUM_BY_DTYPE)  # the wire enum of a numeric dtype, or None
 CAPTURE_STATE: dict[str, int] = {"unknown": pb.UNKNOWN, "queued": pb.QUEUED, "uploading": pb.UPLOADING,
                                  "uploaded": pb.UPLOADED, "failed": pb.FAILED}
 STATE_BY_ENUM: dict[int, str] = {e: s for s, e in CAPTURE_STATE.items()}

@@ -19,7 +19,7 @@ from ...package.reader import open_package
 from .. import protos
 from ..dataplane import DataPlane
 from ..models import is_package
-from ..wire import check_shape, tensor_bytes, tensor_from_bytes
+from ..wire import check_shape, dtype_lookup, tensor_bytes, tensor_from_bytes
 from ..wire_text import is_text, pack_lengths, text_array, text_elements, unpack_lengths
 from .status import translate_errors
 
@@ -30,7 +30,7 @@ V2_BY_DTYPE = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "
                "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
                "float32": "FP32", "float64": "FP64"}
 DTYPE_BY_V2 = {v: np.dtype(k) for k, v in V2_BY_DTYPE.items()}
-_V2_BY_NUMPY = {np.dtype(k): v for k, v in V2_BY_DTYPE.items()}  # dtype.name costs a microsecond a call
+v2_datatype_of = dtype_lookup(V2_BY_DTYPE)
 TEXT = "BYTES"  # V2's datatype for str tensors: in bytes_contents, or length-prefixed in the raw entry
 # Typed `contents` fields by V2 datatype (requests may carry data there instead of raw bytes).
 _CONTENTS_FIELD = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -151,7 +151,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 response.outputs.add(name=name, datatype=TEXT, shape=array.shape)
                 response.raw_output_contents.append(pack_lengths(text_elements(name, array)))
                 continue
-            datatype = _V2_BY_NUMPY.get(array.dtype) or V2_BY_DTYPE.get(array.dtype.name)
+            datatype = v2_datatype_of(array.dtype)
             if datatype is None:
                 raise UserError(f"output {name!r} has a dtype V2 cannot carry", value=array.dtype.name,
                                 fix="recompile the model with numeric outputs")
