@@ -29,11 +29,13 @@ from .drift_refs import Reference, References, samples_of, split_by_sizes, worst
 from .views import ts
 
 SERIES_POINTS = 96
+# One fleet by name, several (the fleets an operator key is limited to), or None (every fleet).
+Fleets = str | tuple[str, ...] | None
 DEVICES_SHOWN = 200
 
 
 def resolve_version(session: Session, model: str, version: str | None, device: str | None = None,
-                    fleet: str | tuple[str, ...] | None = None) -> tuple[str | None, str | None]:
+                    fleet: Fleets = None) -> tuple[str | None, str | None]:
     """(version, package id) to report on: the one named, else the one most devices in scope run now,
     else the newest uploaded. A model the registry does not know is a 404."""
     model_row = session.scalar(select(Model).where(Model.name == model))
@@ -61,7 +63,7 @@ def resolve_version(session: Session, model: str, version: str | None, device: s
     return (newest.version, newest.package_id) if newest is not None else (None, None)
 
 
-def check_scope(session: Session, device: str | None, fleet: str | tuple[str, ...] | None) -> None:
+def check_scope(session: Session, device: str | None, fleet: Fleets) -> None:
     """A 404 naming the device or fleet of the scope that does not exist."""
     if isinstance(fleet, tuple):  # a key's fleets: they were checked when the key was made
         fleet = None
@@ -75,7 +77,7 @@ def check_scope(session: Session, device: str | None, fleet: str | tuple[str, ..
 
 
 def drift_report(session: Session, references: References, config: ServerConfig, now: float, model: str,
-                 version: str | None = None, device: str | None = None, fleet: str | tuple[str, ...] | None = None,
+                 version: str | None = None, device: str | None = None, fleet: Fleets = None,
                  window_s: float = 3600.0, range_s: float = 86400.0) -> schemas.DriftOut:
     """``fleet``: one fleet's name, or several (an operator key's fleets: reported as no one fleet)."""
     check_scope(session, device, fleet)
@@ -126,7 +128,7 @@ class WindowCounts:
         return split_by_sizes(np.sum(list(self.per_device.values()), axis=0), self.sizes)
 
 
-def _scope_filter(column: Any, device: str | None, fleet: str | tuple[str, ...] | None) -> Any:
+def _scope_filter(column: Any, device: str | None, fleet: Fleets) -> Any:
     """SQL for "the device id in ``column`` is in scope" (None: every device). ``fleet`` may be several
     (the fleets an operator key is limited to)."""
     if device is None and fleet is None:
@@ -141,7 +143,7 @@ def _scope_filter(column: Any, device: str | None, fleet: str | tuple[str, ...] 
     return column.in_(ids.scalar_subquery())
 
 
-def window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | tuple[str, ...] | None,
+def window_counts(session: Session, model: str, package_id: str | None, device: str | None, fleet: Fleets,
                   since: float, sizes: list[int] | None, until: float | None = None) -> WindowCounts:
     """Per device: its counts in the window (closed buckets + the open one; flat, in feature order) and
     its open bucket alone; refusals in scope; device names. Counts of another shape than ``sizes`` (the
@@ -220,7 +222,7 @@ def _devices(counted: WindowCounts, reference: Reference | None) -> list[schemas
     return out[:DEVICES_SHOWN]
 
 
-def _series(session: Session, model: str, package_id: str | None, device: str | None, fleet: str | tuple[str, ...] | None,
+def _series(session: Session, model: str, package_id: str | None, device: str | None, fleet: Fleets,
             now: float, range_s: float) -> list[schemas.DriftPointOut]:
     """Per time bin: the worst and the median device's bucket PSI (read from the stored scores)."""
     if package_id is None:

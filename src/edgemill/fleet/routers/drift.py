@@ -10,7 +10,7 @@ from .. import schemas
 from ..auth import require_deployer, require_viewer
 from ..db.tables import DriftReference
 from ..drift_refs import samples_of
-from ..drift_view import drift_report, reference_out, window_counts
+from ..drift_view import Fleets, drift_report, reference_out, window_counts
 from ..scope import scope_of
 from ..state import server_state
 from .common import device_in_scope, fleet_in_scope, get_version
@@ -38,7 +38,7 @@ def drift(request: Request, model: str, version: str | None = None, device: str 
                 device_in_scope(request, session, device)
             if fleet is not None:
                 fleet_in_scope(request, session, fleet)
-        within: str | tuple[str, ...] | None = fleet
+        within: Fleets = fleet
         if scope.limited and device is None and fleet is None:  # every device the key may see
             fleets = tuple(sorted(scope.fleets or ()))
             within = fleets[0] if len(fleets) == 1 else fleets
