@@ -37,6 +37,14 @@ def _private_tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["EDGEMILL_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgemill-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _tuning_cache_per_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And each test a cache of its own (shared fixtures keep the session's, above). A test that compiles a model
+    an earlier test compiled would otherwise build only that test's winner, and which candidate wins depends on
+    the CPU: a test that looks for a losing candidate in the report passes on one machine and fails on another."""
+    monkeypatch.setenv("EDGEMILL_CACHE_DIR", str(tmp_path_factory.mktemp("edgemill-cache")))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _no_emulated_devices_unless_asked(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A cross-target compile judges on a prepared emulated device when the machine has one: the tests get
