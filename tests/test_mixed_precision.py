@@ -80,6 +80,29 @@ def test_a_budget_too_small_stops_at_the_best_point_found_and_says_so() -> None:
     assert outcome.to_dict()["stopped_by_budget"] is True
 
 
+@pytest.mark.parametrize("needed, start", [(5, 8), (5, 4), (5, 5), (13, 3), (1, 16)])
+def test_a_warm_start_finds_the_same_fewest_layers_with_fewer_points(needed: int, start: int) -> None:
+    judge, calls = judge_needing(*names(*range(needed)))
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0, start=start)
+    assert calls[0] == start and outcome.started_at == start
+    assert [layer.name for layer in outcome.kept] == names(*range(needed)) and outcome.passing_prefix == needed
+    cold, cold_calls = judge_needing(*names(*range(needed)))
+    mp.search(layers(40), quantize=lambda kept: kept, judge=cold, time_left=lambda: 1.0)
+    if start == needed:  # the first search's answer: one point to grow, one to confirm the one below fails
+        assert len(calls) <= len(cold_calls)
+
+
+def test_pruning_stops_at_its_share_of_the_budget_and_says_so() -> None:
+    judge, calls = judge_needing("op0", "op3")
+    share = iter([1.0, 1.0])  # two pruning points, then this search's share is spent
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0,
+                        prune_time_left=lambda: next(share, 0.0))
+    # grown to 4 (op0..op3), then op3 is tried back in INT8 (fails), op2 (passes): the share is spent
+    assert [layer.name for layer in outcome.kept] == ["op0", "op1", "op3"]
+    assert outcome.pruning_cut_short and not outcome.stopped_by_budget
+    assert "share of the budget" in outcome.summary and outcome.to_dict()["pruning_cut_short"] is True
+
+
 def test_a_budget_spent_before_any_pass_keeps_nothing_and_says_so() -> None:
     judge, calls = judge_needing(*names(*range(30)))
     remaining = iter([1.0, 1.0])

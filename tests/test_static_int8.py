@@ -107,6 +107,37 @@ def test_each_kernels_get_their_own_search_and_reuse_one_that_passes_on_them(qua
     assert static.for_kernels("strict", {}) is strict_model and calls == []
 
 
+def test_a_later_search_starts_where_the_first_found_a_pass(quantizer) -> None:  # noqa: ANN001
+    static, ctx, _ = quantizer
+    ctx.int8_kernels = ("ort", "strict")
+    static.for_kernels("ort", {})
+    first = searches(ctx)[0]
+    assert first["started_at"] == 1 and first["passing_prefix"] == 1
+    strict_notes: dict = {}
+    static.for_kernels("strict", strict_notes)
+    second = strict_notes["mixed_precision"]
+    assert second["started_at"] == first["passing_prefix"] and second["passed"]
+
+
+def test_pruning_leaves_a_share_of_the_budget_to_the_kernels_judged_later(quantizer, monkeypatch) -> None:  # noqa: ANN001
+    from edgemill.compiler import mixed_precision
+
+    static, ctx, _ = quantizer
+    ctx.int8_kernels = ("ort", "like-ort", "strict")
+    shares: list[float] = []
+    real_search = mixed_precision.search
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        shares.append(kwargs["prune_time_left"]() / args[3]())
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(mixed_precision, "search", recording)
+    static.for_kernels("ort", {})  # two kernels still to judge: pruning may use a third of the time left
+    static.for_kernels("like-ort", {})  # passes on onnxruntime's mixed model: no search
+    static.for_kernels("strict", {})  # the last: all of it
+    assert shares == [pytest.approx(1 / 3, abs=0.02), pytest.approx(1.0)]
+
+
 def test_all_searches_of_a_compile_share_one_budget(quantizer) -> None:  # noqa: ANN001
     static, ctx, _ = quantizer
     ctx.options.tune_budget = 0.0  # spent before the first point: every search stops and says so

@@ -90,6 +90,7 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
     built: list[Built] = []
     failed: list[Failed] = []
     ctx.int8_judge = _int8_judges(ctx, planned, feeds, labels, reference, output_names)
+    ctx.int8_kernels = tuple(c.label for c in planned if c.method.startswith("static-qdq"))
     try:
         _build_planned(ctx, prepared, planned, feeds, labels, reference, output_names, first_passing_only,
                        built, failed)

@@ -71,6 +71,7 @@ class CompileContext:
     # Set by candidates.build_all: the gate for a QDQ model run as the candidate of that label runs it,
     # which the mixed-precision search judges each point by. None: no search.
     int8_judge: Callable[[str], QuantizedJudge | None] | None = None
+    int8_kernels: tuple[str, ...] = ()  # the labels int8_judge judges, in plan order
     # Where the gate runs candidates: this host, or an emulated device of the target's architecture
     # (emulation/gate.py). None: this host.
     gate_runner: CandidateRunner | None = None

@@ -13,7 +13,11 @@ return the operators that hurt accuracy most to FP32, a few at a time, until it 
    by the same gate as every candidate, on the real INT8 kernels. The result: the fewest operators in
    FP32 that pass, never all of them (that would be the FP32 model).
 3. **Budget**: the search stops when its time is up, keeping the best passing point found so far (or
-   none), and says so.
+   none), and says so. Pruning only makes a passing model a little faster, so the caller can stop it
+   earlier (``prune_time_left``) to leave time for other searches, which may find a faster model.
+4. **Warm start** (``start``): a search for other kernels of the same quantized model can begin its growth
+   at the number of operators the first search needed, not at 1: the kernels round differently, but
+   the same operators hurt.
 
 Nothing here knows about onnxruntime's quantizer or the gate: the caller passes ``quantize`` (the model
 with these operators kept in FP32) and ``judge`` (its gate evaluation). See lowering/static_int8.py.
@@ -79,6 +83,9 @@ class Outcome:
     points: list[Point] = field(default_factory=list)
     stopped_by_budget: bool = False
     full_drop: float | None = None  # the gate's drop with every operator in INT8, when the caller knows it
+    started_at: int = 1  # the first point's number of FP32 operators (warm start)
+    passing_prefix: int | None = None  # the fewest of the worst ranked operators found to pass, before pruning
+    pruning_cut_short: bool = False  # pruning stopped to leave the rest of the budget to other searches
 
     @property
     def summary(self) -> str:
@@ -89,7 +96,9 @@ class Outcome:
             return f"mixed precision: {why} ({tried})"
         names = ", ".join(layer.name for layer in self.kept[:5]) + (", ..." if len(self.kept) > 5 else "")
         stop = ("; the time budget ran out, so this is the best point found, not necessarily the fewest "
-                "(raise --tune-budget to search further)" if self.stopped_by_budget else "")
+                "(raise --tune-budget to search further)" if self.stopped_by_budget else
+                "; pruning stopped at this search's share of the budget, so this is not necessarily the fewest "
+                "(raise --tune-budget to search further)" if self.pruning_cut_short else "")
         return (f"mixed precision: {len(self.kept)} of {self.quantized} quantized operators kept in FP32 "
                 f"({names}) to pass the gate ({tried}{stop})")
 
@@ -97,7 +106,9 @@ class Outcome:
         return {"quantized_operators": self.quantized, "full_int8_drop": self.full_drop,
                 "fp32_layers": [layer.to_dict() for layer in self.kept],
                 "passed": self.model is not None, "stopped_by_budget": self.stopped_by_budget,
-                "points": [p.to_dict() for p in self.points], "summary": self.summary}
+                "pruning_cut_short": self.pruning_cut_short, "started_at": self.started_at,
+                "passing_prefix": self.passing_prefix, "points": [p.to_dict() for p in self.points],
+                "summary": self.summary}
 
 
 def quantized_layers(qdq: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -248,12 +259,16 @@ Quantize = Callable[[list[str]], onnx.ModelProto]  # the model with these operat
 
 
 def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left: Callable[[], float],
-           progress: Callable[[str], None] = lambda message: None) -> Outcome:
+           progress: Callable[[str], None] = lambda message: None, start: int = 1,
+           prune_time_left: Callable[[], float] | None = None) -> Outcome:
     """The fewest of the worst ``ranked`` layers (every quantized operator) to keep in FP32 for ``judge``
     to pass (see the module docstring). ``time_left`` says how many seconds remain; the search stops
-    when it is not positive."""
+    when it is not positive. Growth begins at ``start`` layers (a warm start; when that point passes,
+    the bisection starts from 0). Pruning stops when ``prune_time_left`` (default: ``time_left``) is not
+    positive."""
     quantized = len(ranked)
-    outcome = Outcome(None, [], quantized)
+    most = len(ranked) - 1
+    outcome = Outcome(None, [], quantized, started_at=max(1, min(start, most)) if most >= 1 else 1)
     results: dict[tuple[str, ...], bool] = {}
     best: tuple[list[Layer], onnx.ModelProto] | None = None
 
@@ -277,9 +292,8 @@ def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left:
             best = (list(kept), model)
         return passed
 
-    # Grow: 1, 2, 4, ... up to all ranked layers but one (all of them in FP32 is the FP32 model).
-    most = len(ranked) - 1
-    failing, passing, k = 0, None, 1
+    # Grow: start, 2 start, 4 start, ... up to all ranked layers but one (all of them is the FP32 model).
+    failing, passing, k = 0, None, outcome.started_at
     while most >= 1:
         k = min(k, most)
         verdict = tried(list(ranked[:k]))
@@ -302,11 +316,15 @@ def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left:
             passing = middle
         else:
             failing = middle
+    outcome.passing_prefix = passing
     # Prune: the ranking is an estimate (a quantized tensor between two operators counts for both), so
     # try each kept layer back in INT8, the least sensitive first, and leave it there if the gate still passes.
     if best is not None and not outcome.stopped_by_budget:
         for layer in reversed(list(best[0])):
             kept = [x for x in best[0] if x.name != layer.name]
+            if prune_time_left is not None and prune_time_left() <= 0 and tuple(x.name for x in kept) not in results:
+                outcome.pruning_cut_short = True
+                break
             if not kept or tried(kept) is None:
                 break
     if best is not None:

@@ -9,7 +9,12 @@ OpenVINO by one of 197 images). So each kind of kernels gets its own verdict:
 1. the fully quantized model, when it passes on these kernels;
 2. else a mixed-precision model another backend's search found, when it passes here too (no new search);
 3. else a mixed-precision search (:mod:`..mixed_precision`) judged on these kernels, in what is left of
-   the one ``--tune-budget`` all the searches of a compile share.
+   the one ``--tune-budget`` all the searches of a compile share. It starts where an earlier search on
+   other kernels found a passing point (the same operators hurt on both), and its pruning stops at its
+   share of what is left, so that the kernels judged after it still get a search: a search that passes
+   gives a candidate, and pruning only makes one a little faster (measured on an encoder: all of the
+   20 s went to onnxruntime's search, and OpenVINO's INT8+bf16, the fastest passing encoder in an
+   earlier run, was rejected for want of time).
 
 Calibration ranges, the ranking of operators and every searched model are shared; only verdicts differ.
 """
@@ -60,6 +65,7 @@ class _Verdict:
     model: onnx.ModelProto
     notes: dict[str, Any] = field(default_factory=dict)
     mixed: bool = False  # a mixed-precision model that passed on the kernels it was searched for
+    passing_prefix: int | None = None  # how many of the worst ranked operators its search needed in FP32
 
 
 class StaticInt8:
@@ -146,6 +152,9 @@ class StaticInt8:
         def time_left() -> float:
             return deadline - time.monotonic()
 
+        # Judged after these: each gets an equal share of the time left for pruning (not for finding a pass).
+        later = [k for k in ctx.int8_kernels if k != kernels and k not in self._verdicts]
+        warm = [v.passing_prefix for v in self._verdicts.values() if v.passing_prefix]
         with ctx.step("mixed_precision", f"static INT8 misses the allowance on {kernels} (drop {full_drop:.4g}): "
                       f"searching for the operators to keep in FP32 ({max(0.0, time_left()):.0f} s left of "
                       f"{budget:g} s)") as record:
@@ -154,8 +163,11 @@ class StaticInt8:
                 # that is part of what the gate sees. The ranking is the quantization's, whatever kernels.
                 self._ranked = mixed_precision.rank_layers(onnx.load(self._source), self.full, judge.feeds, time_left)
             ranked, out_of_time = self._ranked
+            reserve = max(0.0, time_left()) * len(later) / (len(later) + 1)
             outcome = mixed_precision.search(ranked, self.quantize, _int8_only(judge), time_left,
-                                             lambda message: ctx.progress("mixed_precision", message, None))
+                                             lambda message: ctx.progress("mixed_precision", message, None),
+                                             start=min(warm) if warm else 1,
+                                             prune_time_left=lambda: time_left() - reserve)
             outcome.stopped_by_budget = outcome.stopped_by_budget or out_of_time
             outcome.full_drop = full_drop
             found = {**outcome.to_dict(), "judged_on": kernels}
@@ -164,7 +176,7 @@ class StaticInt8:
         if outcome.model is None:
             return _Verdict(self.full, notes)
         notes["quantized_nodes"] = require_quantized(outcome.model, "mixed-precision INT8")
-        return _Verdict(outcome.model, notes, mixed=True)
+        return _Verdict(outcome.model, notes, mixed=True, passing_prefix=outcome.passing_prefix)
 
 
 class _Reader:
