@@ -103,6 +103,25 @@ def test_pruning_stops_at_its_share_of_the_budget_and_says_so() -> None:
     assert "share of the budget" in outcome.summary and outcome.to_dict()["pruning_cut_short"] is True
 
 
+def test_pruning_tries_the_matrix_products_first_where_int8_pays() -> None:
+    ranked = [mp.Layer(f"op{i}", "MatMul" if i % 2 else "Add", 1.0 / (i + 1)) for i in range(10)]
+    judge, _ = judge_needing("op0", "op3")  # grows to op0..op3, then prunes them
+    outcome = mp.search(ranked, quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0)
+    assert outcome.prune_tried == ["op3", "op1", "op2", "op0"]  # MatMuls first, each kind least sensitive first
+    assert [layer.name for layer in outcome.kept] == ["op0", "op3"]
+
+
+def test_a_seeded_search_only_prunes_trying_what_the_earlier_pruning_did_not_first() -> None:
+    judge, calls = judge_needing("op0", "op3")
+    seed = (layers(8), names(*range(8)), ["op7", "op6"])  # an earlier pruning tried op7 and op6, then stopped
+    outcome = mp.search(layers(40), quantize=lambda kept: kept, judge=judge, time_left=lambda: 1.0, seed=seed)
+    assert [layer.name for layer in outcome.kept] == ["op0", "op3"] and outcome.model == ["op0", "op3"]
+    assert calls[0] == 7 and outcome.points[0].fp32 == 7  # op5 back in INT8 first, not op7
+    assert outcome.prune_tried[:5] == ["op5", "op4", "op3", "op2", "op1"] and outcome.prune_tried[-2:] == ["op7", "op6"]
+    assert outcome.seeded and outcome.started_at == 8 and outcome.passing_prefix is None
+    assert max(calls) < 8  # the seed is not judged again
+
+
 def test_a_budget_spent_before_any_pass_keeps_nothing_and_says_so() -> None:
     judge, calls = judge_needing(*names(*range(30)))
     remaining = iter([1.0, 1.0])

@@ -55,6 +55,7 @@ def quantizer(tmp_path: Path):  # noqa: ANN201
         "ort": judge_keeping(SENSITIVE, calls=calls, name="ort"),
         "like-ort": judge_keeping(SENSITIVE, calls=calls, name="like-ort"),
         "strict": judge_keeping(SENSITIVE, "second_matmul", calls=calls, name="strict"),
+        "like-strict": judge_keeping(SENSITIVE, "second_matmul", calls=calls, name="like-strict"),
     }
     options = SimpleNamespace(calibration_method="minmax", mixed_precision=True, tune_budget=30.0)
     ctx = CompileContext(options=options, target=get_target("host"),  # type: ignore[arg-type]
@@ -136,6 +137,34 @@ def test_pruning_leaves_a_share_of_the_budget_to_the_kernels_judged_later(quanti
     static.for_kernels("like-ort", {})  # passes on onnxruntime's mixed model: no search
     static.for_kernels("strict", {})  # the last: all of it
     assert shares == [pytest.approx(1 / 3, abs=0.02), pytest.approx(1.0)]
+
+
+def test_kernels_that_pass_a_model_whose_pruning_was_cut_short_go_on_pruning_it(quantizer, monkeypatch) -> None:  # noqa: ANN001
+    from edgemill.compiler import mixed_precision
+
+    static, ctx, calls = quantizer
+    ctx.int8_kernels = ("strict", "like-strict")
+    real_search = mixed_precision.search
+    first_call = [True]
+
+    def share_spent_at_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if first_call.pop() if first_call else False:  # the first search gets no time to prune
+            kwargs["prune_time_left"] = lambda: 0.0
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(mixed_precision, "search", share_spent_at_first)
+    first_notes: dict = {}
+    first_model = static.for_kernels("strict", first_notes)
+    first = first_notes["mixed_precision"]
+    assert first["pruning_cut_short"] and first["passed"] and len(first["fp32_layers"]) > 2, first
+
+    later_notes: dict = {}
+    later_model = static.for_kernels("like-strict", later_notes)
+    later = later_notes["mixed_precision"]
+    assert later["seeded"] and later["pruned_from"] == "strict" and later["started_at"] == len(first["fp32_layers"])
+    assert {layer["name"] for layer in later["fp32_layers"]} == {SENSITIVE, "second_matmul"}
+    assert later_model is not first_model and {"first_matmul", "last_matmul"} <= in_int8(later_model)
+    assert "pruning stopped" not in later["summary"] and "2 of" in later["summary"]
 
 
 def test_all_searches_of_a_compile_share_one_budget(quantizer) -> None:  # noqa: ANN001

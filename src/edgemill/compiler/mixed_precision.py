@@ -8,8 +8,9 @@ return the operators that hurt accuracy most to FP32, a few at a time, until it 
    error: a small error before a normalization can be a large one after it.
 2. **Search** (:func:`search`): keep the ``k`` worst operators in FP32 for ``k = 1, 2, 4, ...`` until the
    gate passes, bisect between the last failing and the first passing ``k``, then try each kept operator
-   back in INT8, the least sensitive first (the ranking is an estimate: a tensor between two quantized
-   operators counts for both). Each point is a re-quantization (the calibration ranges are reused) judged
+   back in INT8 (the ranking is an estimate: a tensor between two quantized operators counts for both):
+   the matrix products and convolutions first, where INT8 pays when the time runs out before the end,
+   each kind the least sensitive first. Each point is a re-quantization (the calibration ranges are reused) judged
    by the same gate as every candidate, on the real INT8 kernels. The result: the fewest operators in
    FP32 that pass, never all of them (that would be the FP32 model).
 3. **Budget**: the search stops when its time is up, keeping the best passing point found so far (or
@@ -17,7 +18,8 @@ return the operators that hurt accuracy most to FP32, a few at a time, until it 
    earlier (``prune_time_left``) to leave time for other searches, which may find a faster model.
 4. **Warm start** (``start``): a search for other kernels of the same quantized model can begin its growth
    at the number of operators the first search needed, not at 1: the kernels round differently, but
-   the same operators hurt.
+   the same operators hurt. And where another search's model passes on these kernels too but its
+   pruning was cut short, the search can go on pruning it (``seed``) instead of starting over.
 
 Nothing here knows about onnxruntime's quantizer or the gate: the caller passes ``quantize`` (the model
 with these operators kept in FP32) and ``judge`` (its gate evaluation). See lowering/static_int8.py.
@@ -83,7 +85,9 @@ class Outcome:
     points: list[Point] = field(default_factory=list)
     stopped_by_budget: bool = False
     full_drop: float | None = None  # the gate's drop with every operator in INT8, when the caller knows it
-    started_at: int = 1  # the first point's number of FP32 operators (warm start)
+    started_at: int = 1  # the first point's number of FP32 operators (warm start; with a seed, its size)
+    seeded: bool = False  # pruning went on from a passing point found before (``seed``), without growing
+    prune_tried: list[str] = field(default_factory=list)  # the kept layers tried back in INT8, in order
     passing_prefix: int | None = None  # the fewest of the worst ranked operators found to pass, before pruning
     pruning_cut_short: bool = False  # pruning stopped to leave the rest of the budget to other searches
 
@@ -106,7 +110,7 @@ class Outcome:
         return {"quantized_operators": self.quantized, "full_int8_drop": self.full_drop,
                 "fp32_layers": [layer.to_dict() for layer in self.kept],
                 "passed": self.model is not None, "stopped_by_budget": self.stopped_by_budget,
-                "pruning_cut_short": self.pruning_cut_short, "started_at": self.started_at,
+                "pruning_cut_short": self.pruning_cut_short, "started_at": self.started_at, "seeded": self.seeded,
                 "passing_prefix": self.passing_prefix, "points": [p.to_dict() for p in self.points],
                 "summary": self.summary}
 
@@ -260,12 +264,14 @@ Quantize = Callable[[list[str]], onnx.ModelProto]  # the model with these operat
 
 def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left: Callable[[], float],
            progress: Callable[[str], None] = lambda message: None, start: int = 1,
-           prune_time_left: Callable[[], float] | None = None) -> Outcome:
+           prune_time_left: Callable[[], float] | None = None,
+           seed: tuple[Sequence[Layer], onnx.ModelProto, Sequence[str]] | None = None) -> Outcome:
     """The fewest of the worst ``ranked`` layers (every quantized operator) to keep in FP32 for ``judge``
     to pass (see the module docstring). ``time_left`` says how many seconds remain; the search stops
     when it is not positive. Growth begins at ``start`` layers (a warm start; when that point passes,
     the bisection starts from 0). Pruning stops when ``prune_time_left`` (default: ``time_left``) is not
-    positive."""
+    positive. ``seed``: these layers kept in FP32, the model they give (already judged to pass), and the
+    layers an earlier pruning of it tried; the search only prunes it further, the untried layers first."""
     quantized = len(ranked)
     most = len(ranked) - 1
     outcome = Outcome(None, [], quantized, started_at=max(1, min(start, most)) if most >= 1 else 1)
@@ -292,8 +298,12 @@ def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left:
             best = (list(kept), model)
         return passed
 
-    # Grow: start, 2 start, 4 start, ... up to all ranked layers but one (all of them is the FP32 model).
     failing, passing, k = 0, None, outcome.started_at
+    if seed is not None:
+        best = (list(seed[0]), seed[1])
+        results[tuple(layer.name for layer in seed[0])] = True
+        outcome.seeded, outcome.started_at, most = True, len(seed[0]), 0  # no growing, no bisecting
+    # Grow: start, 2 start, 4 start, ... up to all ranked layers but one (all of them is the FP32 model).
     while most >= 1:
         k = min(k, most)
         verdict = tried(list(ranked[:k]))
@@ -316,16 +326,23 @@ def search(ranked: Sequence[Layer], quantize: Quantize, judge: Judge, time_left:
             passing = middle
         else:
             failing = middle
-    outcome.passing_prefix = passing
+    outcome.passing_prefix = passing if seed is None else None
     # Prune: the ranking is an estimate (a quantized tensor between two operators counts for both), so
-    # try each kept layer back in INT8, the least sensitive first, and leave it there if the gate still passes.
+    # try each kept layer back in INT8, and leave it there if the gate still passes. The compute operators
+    # first (where INT8 pays, if the time runs out before the rest), each kind the least sensitive first.
     if best is not None and not outcome.stopped_by_budget:
-        for layer in reversed(list(best[0])):
+        order = sorted(reversed(best[0]), key=lambda x: x.op_type not in COMPUTE_OPS)  # stable
+        if seed is not None:  # what the earlier pruning tried, last: it failed there, it may fail here
+            order = [x for x in order if x.name not in seed[2]] + [x for x in order if x.name in seed[2]]
+        for layer in order:
             kept = [x for x in best[0] if x.name != layer.name]
+            if not kept:
+                break
             if prune_time_left is not None and prune_time_left() <= 0 and tuple(x.name for x in kept) not in results:
                 outcome.pruning_cut_short = True
                 break
-            if not kept or tried(kept) is None:
+            outcome.prune_tried.append(layer.name)
+            if tried(kept) is None:
                 break
     if best is not None:
         outcome.model = best[1]

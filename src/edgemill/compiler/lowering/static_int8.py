@@ -14,7 +14,9 @@ OpenVINO by one of 197 images). So each kind of kernels gets its own verdict:
    share of what is left, so that the kernels judged after it still get a search: a search that passes
    gives a candidate, and pruning only makes one a little faster (measured on an encoder: all of the
    20 s went to onnxruntime's search, and OpenVINO's INT8+bf16, the fastest passing encoder in an
-   earlier run, was rejected for want of time).
+   earlier run, was rejected for want of time). When 2. finds a model whose pruning was cut short, these
+   kernels go on pruning it with their share, so the time kept for them is not lost when they need no
+   search of their own.
 
 Calibration ranges, the ranking of operators and every searched model are shared; only verdicts differ.
 """
@@ -66,6 +68,9 @@ class _Verdict:
     notes: dict[str, Any] = field(default_factory=dict)
     mixed: bool = False  # a mixed-precision model that passed on the kernels it was searched for
     passing_prefix: int | None = None  # how many of the worst ranked operators its search needed in FP32
+    kept: list[Layer] = field(default_factory=list)  # the operators in FP32 (mixed models)
+    cut_short: bool = False  # its search stopped pruning at its share of the budget
+    prune_tried: list[str] = field(default_factory=list)  # the kept operators its pruning tried back in INT8
 
 
 class StaticInt8:
@@ -134,30 +139,34 @@ class StaticInt8:
         full = judge(self.full)
         if full.passed:
             return _Verdict(self.full)
-        for verdict in self._verdicts.values():
+        for verdict in sorted(self._verdicts.values(), key=lambda v: len(v.kept)):  # the most INT8 first
             if verdict.mixed and judge(verdict.model).passed:
+                if verdict.cut_short and self._time_left() > 0:  # prune it further on these kernels
+                    return self._search(kernels, judge, float(full.drop), seed=verdict)
                 mixed = dict(verdict.notes["mixed_precision"], also_passes_on=kernels, full_int8_drop_here=float(full.drop))
-                return _Verdict(verdict.model, {**verdict.notes, "mixed_precision": mixed}, mixed=True)
+                return _Verdict(verdict.model, {**verdict.notes, "mixed_precision": mixed}, mixed=True,
+                                passing_prefix=verdict.passing_prefix, kept=verdict.kept)
         return self._search(kernels, judge, float(full.drop))
 
-    def _search(self, kernels: str, judge: QuantizedJudge, full_drop: float) -> _Verdict:
+    def _time_left(self) -> float:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._ctx.options.tune_budget
+        return self._deadline - time.monotonic()
+
+    def _search(self, kernels: str, judge: QuantizedJudge, full_drop: float, seed: _Verdict | None = None) -> _Verdict:
         from .. import mixed_precision
 
         ctx = self._ctx
         budget = ctx.options.tune_budget
-        if self._deadline is None:
-            self._deadline = time.monotonic() + budget
-        deadline = self._deadline
-
-        def time_left() -> float:
-            return deadline - time.monotonic()
-
+        time_left = self._time_left
         # Judged after these: each gets an equal share of the time left for pruning (not for finding a pass).
         later = [k for k in ctx.int8_kernels if k != kernels and k not in self._verdicts]
         warm = [v.passing_prefix for v in self._verdicts.values() if v.passing_prefix]
+        what = (f"{len(seed.kept)} operators kept in FP32 by the search on {seed.notes['mixed_precision']['judged_on']} "
+                "pass here too: returning more of them to INT8" if seed is not None else
+                "searching for the operators to keep in FP32")
         with ctx.step("mixed_precision", f"static INT8 misses the allowance on {kernels} (drop {full_drop:.4g}): "
-                      f"searching for the operators to keep in FP32 ({max(0.0, time_left()):.0f} s left of "
-                      f"{budget:g} s)") as record:
+                      f"{what} ({max(0.0, time_left()):.0f} s left of {budget:g} s)") as record:
             if self._ranked is None:
                 # Ranked on the inputs the gate judges: ranges calibrated on other data may clip these, and
                 # that is part of what the gate sees. The ranking is the quantization's, whatever kernels.
@@ -167,16 +176,22 @@ class StaticInt8:
             outcome = mixed_precision.search(ranked, self.quantize, _int8_only(judge), time_left,
                                              lambda message: ctx.progress("mixed_precision", message, None),
                                              start=min(warm) if warm else 1,
-                                             prune_time_left=lambda: time_left() - reserve)
+                                             prune_time_left=lambda: time_left() - reserve,
+                                             seed=(seed.kept, seed.model, seed.prune_tried) if seed is not None else None)
             outcome.stopped_by_budget = outcome.stopped_by_budget or out_of_time
             outcome.full_drop = full_drop
             found = {**outcome.to_dict(), "judged_on": kernels}
+            if seed is not None:
+                found["pruned_from"] = seed.notes["mixed_precision"]["judged_on"]
             record.update(found)
         notes: dict[str, Any] = {"mixed_precision": found}
         if outcome.model is None:
             return _Verdict(self.full, notes)
         notes["quantized_nodes"] = require_quantized(outcome.model, "mixed-precision INT8")
-        return _Verdict(outcome.model, notes, mixed=True, passing_prefix=outcome.passing_prefix)
+        return _Verdict(outcome.model, notes, mixed=True,
+                        passing_prefix=outcome.passing_prefix if seed is None else seed.passing_prefix,
+                        kept=list(outcome.kept), cut_short=outcome.pruning_cut_short,
+                        prune_tried=(seed.prune_tried if seed is not None else []) + outcome.prune_tried)
 
 
 class _Reader:
