@@ -89,8 +89,9 @@ def build_all(ctx: CompileContext, prepared: Any, planned: list[Candidate], feed
     but that order, so ``first_passing_only`` stops at the first that passes."""
     built: list[Built] = []
     failed: list[Failed] = []
-    ctx.int8_judge = _int8_judges(ctx, planned, feeds, labels, reference, output_names)
-    ctx.int8_kernels = tuple(c.label for c in planned if c.method.startswith("static-qdq"))
+    static_int8 = [c for c in planned if c.method.startswith("static-qdq")]
+    ctx.int8_judge = _int8_judges(ctx, static_int8, feeds, labels, reference, output_names)
+    ctx.int8_kernels = tuple(c.label for c in static_int8)
     try:
         _build_planned(ctx, prepared, planned, feeds, labels, reference, output_names, first_passing_only,
                        built, failed)
@@ -121,13 +122,13 @@ def _build_planned(ctx: CompileContext, prepared: Any, planned: list[Candidate],
             break
 
 
-def _int8_judges(ctx: CompileContext, planned: list[Candidate], feeds: list[dict[str, np.ndarray]],
+def _int8_judges(ctx: CompileContext, static_int8: list[Candidate], feeds: list[dict[str, np.ndarray]],
                  labels: np.ndarray | None, reference: Reference,
                  output_names: list[str]) -> Callable[[str], QuantizedJudge | None]:
     """For the label of a planned static INT8 candidate, the accuracy gate for a quantized ONNX model run
     as that candidate runs it (onnxruntime optimized for the target, or OpenVINO's IR with its precision
     hint): what the mixed-precision search judges each point by. None for any other label."""
-    by_label = {c.label: c for c in planned if c.method.startswith("static-qdq")}
+    by_label = {c.label: c for c in static_int8}
 
     def judge(label: str) -> QuantizedJudge | None:
         candidate = by_label.get(label)

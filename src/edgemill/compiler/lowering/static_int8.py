@@ -38,7 +38,7 @@ from .quiet import quiet_logger
 
 if TYPE_CHECKING:
     from ..context import CompileContext, QuantizedJudge
-    from ..mixed_precision import Layer
+    from ..mixed_precision import Layer, Outcome
 
 PERCENTILE = 99.999
 QUANTIZED_OPS = ("QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QAttention",
@@ -66,11 +66,35 @@ def quantized_model(model: onnx.ModelProto, ctx: CompileContext, kernels: str, n
 class _Verdict:
     model: onnx.ModelProto
     notes: dict[str, Any] = field(default_factory=dict)
-    mixed: bool = False  # a mixed-precision model that passed on the kernels it was searched for
-    passing_prefix: int | None = None  # how many of the worst ranked operators its search needed in FP32
-    kept: list[Layer] = field(default_factory=list)  # the operators in FP32 (mixed models)
-    cut_short: bool = False  # its search stopped pruning at its share of the budget
-    prune_tried: list[str] = field(default_factory=list)  # the kept operators its pruning tried back in INT8
+    found: Outcome | None = None  # the search whose passing model this is (None: not a mixed model)
+    seed: _Verdict | None = None  # the verdict whose model that search went on pruning
+
+    @property
+    def mixed(self) -> bool:
+        return self.found is not None
+
+    @property
+    def kept(self) -> list[Layer]:
+        """The operators in FP32."""
+        return self.found.kept if self.found is not None else []
+
+    @property
+    def cut_short(self) -> bool:
+        """Its search stopped pruning at its share of the budget."""
+        return self.found is not None and self.found.pruning_cut_short
+
+    @property
+    def passing_prefix(self) -> int | None:
+        """How many of the worst ranked operators the search that grew this model needed in FP32."""
+        if self.seed is not None:
+            return self.seed.passing_prefix
+        return self.found.passing_prefix if self.found is not None else None
+
+    @property
+    def prune_tried(self) -> list[str]:
+        """The kept operators every pruning of this model tried back in INT8."""
+        before = self.seed.prune_tried if self.seed is not None else []
+        return before + (self.found.prune_tried if self.found is not None else [])
 
 
 class StaticInt8:
@@ -144,8 +168,7 @@ class StaticInt8:
                 if verdict.cut_short and self._time_left() > 0:  # prune it further on these kernels
                     return self._search(kernels, judge, float(full.drop), seed=verdict)
                 mixed = dict(verdict.notes["mixed_precision"], also_passes_on=kernels, full_int8_drop_here=float(full.drop))
-                return _Verdict(verdict.model, {**verdict.notes, "mixed_precision": mixed}, mixed=True,
-                                passing_prefix=verdict.passing_prefix, kept=verdict.kept)
+                return _Verdict(verdict.model, {**verdict.notes, "mixed_precision": mixed}, verdict.found, verdict.seed)
         return self._search(kernels, judge, float(full.drop))
 
     def _time_left(self) -> float:
@@ -188,10 +211,7 @@ class StaticInt8:
         if outcome.model is None:
             return _Verdict(self.full, notes)
         notes["quantized_nodes"] = require_quantized(outcome.model, "mixed-precision INT8")
-        return _Verdict(outcome.model, notes, mixed=True,
-                        passing_prefix=outcome.passing_prefix if seed is None else seed.passing_prefix,
-                        kept=list(outcome.kept), cut_short=outcome.pruning_cut_short,
-                        prune_tried=(seed.prune_tried if seed is not None else []) + outcome.prune_tried)
+        return _Verdict(outcome.model, notes, outcome, seed)
 
 
 class _Reader:
